@@ -1,0 +1,351 @@
+//! The storage abstraction of s3ferry: one narrow, object-safe [`Store`] trait, lossless keys,
+//! the local and in-memory backends, and layers (retry, adaptive concurrency, fault injection).
+//!
+//! Layer composition used by the CLI (outermost first): `Retry -> Limit -> [Fault] -> backend`.
+//! Every attempt of the retry layer takes its own concurrency permit, so throttling lowers the
+//! limit seen by every concurrent caller.
+
+pub mod checksum;
+pub mod error;
+pub mod key;
+pub mod layer;
+pub mod local;
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+pub use error::{ErrorKind, HttpInfo, Result, StoreError};
+pub use key::{key_to_relpath, relpath_to_key, Location, UnsafeKey};
+
+/// Metadata key under which the source file's modification time travels with an object
+/// (seconds since the epoch with a fraction; the convention rclone uses too).
+pub const MTIME_META: &str = "mtime";
+
+/// What a listing, HEAD or GET says about an object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObjectMeta {
+    /// The key exactly as the store has it.
+    pub key: String,
+    pub size: u64,
+    /// When the store last wrote the object (S3 LastModified; local mtime).
+    pub last_modified: Option<SystemTime>,
+    /// The source file's modification time, where known (local mtime, or S3 `x-amz-meta-mtime`
+    /// from HEAD/GET; not known from S3 listings).
+    pub mtime: Option<SystemTime>,
+    /// ETag without quotes.
+    pub etag: Option<String>,
+    /// Full-object CRC64NVME where the store has it.
+    pub crc64nvme: Option<u64>,
+    pub storage_class: Option<String>,
+    pub version_id: Option<String>,
+    pub content_type: Option<String>,
+    /// User metadata (HEAD/GET only; `None` = not known).
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Local file identity (inode) for the hash cache.
+    pub inode: Option<u64>,
+}
+
+/// How a put treats an existing object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PutMode {
+    #[default]
+    Overwrite,
+    /// Only if no object exists (If-None-Match: *); else `AlreadyExists`.
+    Create,
+    /// Only if the current ETag matches (If-Match); else `PreconditionFailed`.
+    Update { etag: String },
+}
+
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct PutOptions {
+    pub mode: PutMode,
+    pub content_type: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub tags: Vec<(String, String)>,
+    pub storage_class: Option<String>,
+    /// Full-object CRC64NVME of the body; the store verifies it (S3 rejects a mismatch).
+    pub crc64nvme: Option<u64>,
+    /// The source's modification time, stored as metadata (S3) or as the file's mtime (local).
+    pub mtime: Option<SystemTime>,
+}
+
+impl PutOptions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn mode(mut self, m: PutMode) -> Self {
+        self.mode = m;
+        self
+    }
+    pub fn content_type(mut self, c: Option<String>) -> Self {
+        self.content_type = c;
+        self
+    }
+    pub fn metadata(mut self, m: BTreeMap<String, String>) -> Self {
+        self.metadata = m;
+        self
+    }
+    pub fn tags(mut self, t: Vec<(String, String)>) -> Self {
+        self.tags = t;
+        self
+    }
+    pub fn storage_class(mut self, s: Option<String>) -> Self {
+        self.storage_class = s;
+        self
+    }
+    pub fn crc64nvme(mut self, c: Option<u64>) -> Self {
+        self.crc64nvme = c;
+        self
+    }
+    pub fn mtime(mut self, t: Option<SystemTime>) -> Self {
+        self.mtime = t;
+        self
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct GetOptions {
+    /// Byte range to read; `None` = whole object.
+    pub range: Option<Range<u64>>,
+    /// Fail with `PreconditionFailed` unless the object still has this ETag.
+    pub if_match: Option<String>,
+}
+
+impl GetOptions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn range(mut self, r: Range<u64>) -> Self {
+        self.range = Some(r);
+        self
+    }
+    pub fn if_match(mut self, e: Option<String>) -> Self {
+        self.if_match = e;
+        self
+    }
+}
+
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+pub struct GetResult {
+    /// Metadata of the whole object (size = whole object size).
+    pub meta: ObjectMeta,
+    /// The bytes this body covers.
+    pub range: Range<u64>,
+    pub body: ByteStream,
+}
+
+impl GetResult {
+    /// Read the whole body; fails with `Corrupt` if it is shorter or longer than announced.
+    pub async fn bytes(self) -> Result<Bytes> {
+        use futures::TryStreamExt;
+        let want = self.range.end - self.range.start;
+        let key = self.meta.key.clone();
+        let chunks: Vec<Bytes> = self.body.try_collect().await?;
+        let total: usize = chunks.iter().map(|c| c.len()).sum();
+        if total as u64 != want {
+            return Err(StoreError::new(ErrorKind::Corrupt, "get", format!("body has {total} bytes, expected {want}"))
+                .with_key(key));
+        }
+        if chunks.len() == 1 {
+            return Ok(chunks.into_iter().next().unwrap_or_default());
+        }
+        let mut v = Vec::with_capacity(total);
+        for c in chunks {
+            v.extend_from_slice(&c);
+        }
+        Ok(v.into())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PutResult {
+    pub etag: Option<String>,
+    pub version_id: Option<String>,
+    pub crc64nvme: Option<u64>,
+}
+
+/// A finished part of a multipart upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartInfo {
+    pub part_number: u32,
+    pub etag: String,
+    pub crc64nvme: Option<u64>,
+}
+
+/// The source of a server-side copy.
+#[derive(Clone, Debug)]
+pub struct CopySource {
+    pub bucket: String,
+    pub key: String,
+    /// Copy only if the source still has this ETag (`x-amz-copy-source-if-match`).
+    pub if_match: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct CopyOptions {
+    /// `None` = copy metadata and tags from the source; `Some` = replace them.
+    pub replace: Option<PutOptions>,
+    pub storage_class: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ListOptions {
+    pub prefix: String,
+    pub start_after: Option<String>,
+}
+
+impl ListOptions {
+    pub fn prefix(p: impl Into<String>) -> Self {
+        Self { prefix: p.into(), start_after: None }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MultipartUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: Option<SystemTime>,
+}
+
+/// What a store can do, as data. Layers may change it; the engine checks before using a feature.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub conditional_writes: bool,
+    /// Stores with the same non-empty `copy_domain` can copy server-side between each other.
+    pub copy_domain: Option<String>,
+    pub upload_part_copy: bool,
+    pub tags: bool,
+    pub versions: bool,
+    pub crc64nvme: bool,
+    /// ETags are MD5-style (single or multipart) and can be recomputed from content.
+    pub md5_etags: bool,
+    /// Largest single PUT / CopyObject.
+    pub max_single_put: u64,
+    /// The store is a local file system (mtime is kept exactly; no request cost).
+    pub local: bool,
+}
+
+/// One narrow, object-safe storage trait. Keys are full keys within the store's bucket/root.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Human-readable location, e.g. `s3://bucket` or `/data`.
+    fn describe(&self) -> String;
+    /// The bucket name for server-side copies (`None` for local and memory stores).
+    fn bucket(&self) -> Option<&str> {
+        None
+    }
+    fn capabilities(&self) -> Capabilities;
+
+    /// Objects under `prefix`, sorted by key in byte order. Errors carrying a key are about one
+    /// entry (the listing goes on); errors without a key end the listing.
+    fn list(&self, opts: ListOptions) -> BoxStream<'static, Result<ObjectMeta>>;
+    /// Check that the bucket/root exists and is reachable with these credentials.
+    async fn check(&self) -> Result<()>;
+    async fn head(&self, key: &str) -> Result<ObjectMeta>;
+    async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult>;
+    async fn put(&self, key: &str, body: Bytes, opts: PutOptions) -> Result<PutResult>;
+    async fn get_tags(&self, key: &str) -> Result<Vec<(String, String)>>;
+
+    async fn create_multipart(&self, key: &str, opts: PutOptions, part_size: u64) -> Result<String>;
+    async fn upload_part(&self, key: &str, upload_id: &str, part_number: u32, body: Bytes, crc64nvme: Option<u64>)
+        -> Result<PartInfo>;
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        src: &CopySource,
+        range: Range<u64>,
+    ) -> Result<PartInfo>;
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<PartInfo>,
+        crc64nvme: Option<u64>,
+    ) -> Result<PutResult>;
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()>;
+    async fn list_multipart(&self, prefix: &str) -> Result<Vec<MultipartUpload>>;
+
+    /// Server-side copy into this store (source in the same copy domain).
+    async fn copy(&self, src: &CopySource, dst_key: &str, opts: CopyOptions) -> Result<PutResult>;
+    /// Delete keys; one result per key, in order. Deleting a missing key succeeds.
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<Result<()>>>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Conveniences over [`Store`].
+#[async_trait]
+pub trait StoreExt: Store {
+    async fn get_bytes(&self, key: &str) -> Result<Bytes> {
+        self.get(key, GetOptions::default()).await?.bytes().await
+    }
+    async fn put_bytes(&self, key: &str, body: impl Into<Bytes> + Send) -> Result<PutResult> {
+        self.put(key, body.into(), PutOptions::default()).await
+    }
+    async fn list_all(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        use futures::TryStreamExt;
+        self.list(ListOptions::prefix(prefix)).try_collect().await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        let mut r = self.delete_many(&[key.to_string()]).await?;
+        r.pop().unwrap_or(Ok(()))
+    }
+}
+
+impl<T: Store + ?Sized> StoreExt for T {}
+
+/// Format an mtime for [`MTIME_META`].
+pub fn format_mtime(t: SystemTime) -> String {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => format!("{}.{:09}", d.as_secs(), d.subsec_nanos()),
+        Err(e) => format!("-{}.{:09}", e.duration().as_secs(), e.duration().subsec_nanos()),
+    }
+}
+
+/// Parse [`MTIME_META`] (`secs[.frac]`, possibly negative).
+pub fn parse_mtime(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let (neg, s) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: u64 = secs.parse().ok()?;
+    let mut nanos = 0u32;
+    if !frac.is_empty() {
+        let digits: String = frac.chars().take(9).collect();
+        if !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        nanos = format!("{digits:0<9}").parse().ok()?;
+    }
+    let d = std::time::Duration::new(secs, nanos);
+    if neg {
+        SystemTime::UNIX_EPOCH.checked_sub(d)
+    } else {
+        SystemTime::UNIX_EPOCH.checked_add(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn mtime_roundtrip() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123_456_789);
+        assert_eq!(parse_mtime(&format_mtime(t)), Some(t));
+        assert_eq!(parse_mtime("1700000000.5"), Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 500_000_000)));
+        assert_eq!(parse_mtime("x"), None);
+    }
+}
