@@ -1,0 +1,10 @@
+//! The S3 side of s3ferry: the only crate that names `aws_sdk_*` types.
+//!
+//! [`S3Store`] implements [`s3ferry_store::Store`] on aws-sdk-s3 with the standard credential
+//! chain, profiles, custom endpoints (path-style by default there) and one error mapping
+//! function (`error::map_sdk_error`).
+
+mod error;
+mod s3;
+
+pub use s3::{S3Config, S3Store, MAX_SINGLE_PUT};

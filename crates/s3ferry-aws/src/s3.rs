@@ -1,0 +1,1011 @@
+//! [`S3Store`]: the [`Store`] trait on aws-sdk-s3.
+//!
+//! The SDK's own retries are off (our retry layer does that, with its budget and adaptive
+//! limit); a 10 s connect timeout stays. Bodies are in-memory `Bytes`, so request checksums go
+//! in plain headers (never aws-chunked trailers): we send CRC64NVME ourselves on PUT, UploadPart
+//! and CompleteMultipartUpload unless `checksum_when_required` is set.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::Credentials;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload,
+    CompletedPart, CreateBucketConfiguration, Delete, MetadataDirective, ObjectIdentifier, StorageClass,
+    TaggingDirective,
+};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use s3ferry_store::checksum::{clean_etag, crc64_from_b64, crc64_to_b64, crc64nvme};
+use s3ferry_store::{
+    format_mtime, parse_mtime, Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions,
+    MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store, StoreError, MTIME_META,
+};
+
+use crate::error::{build_error, map_body_error, map_sdk_error, root_cause, ErrCtx};
+
+/// Largest single PUT / CopyObject S3 accepts.
+pub const MAX_SINGLE_PUT: u64 = 5 * 1024 * 1024 * 1024;
+/// DeleteObjects takes at most this many keys.
+const DELETE_BATCH: usize = 1000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// RFC 3986 unreserved characters stay; everything else is percent-encoded.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+/// For `x-amz-copy-source`: like [`QUERY_VALUE`] but `/` stays.
+const COPY_SOURCE: &AsciiSet = &QUERY_VALUE.remove(b'/');
+
+/// How to reach one bucket.
+#[derive(Clone, Debug, Default)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Custom endpoint (`--endpoint-url`); `None` = AWS, or `AWS_ENDPOINT_URL[_S3]` / the profile's
+    /// `endpoint_url`, which the SDK reads itself.
+    pub endpoint_url: Option<String>,
+    /// Named profile from `~/.aws/config` / `~/.aws/credentials`.
+    pub profile: Option<String>,
+    /// Region; `None` = from env/profile, else `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style addressing; `None` = on when a custom endpoint is set, off for AWS.
+    pub force_path_style: Option<bool>,
+    /// Only send/validate checksums when an operation requires them (for S3-compatible servers
+    /// that reject the SDK's default checksums); we then verify data ourselves.
+    pub checksum_when_required: bool,
+    /// Explicit credentials; override the standard chain when `access_key_id` and
+    /// `secret_access_key` are both set.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// Attempts the SDK makes per request; 0 or 1 = no SDK retries (our retry layer retries).
+    pub max_attempts_sdk: u32,
+}
+
+impl S3Config {
+    pub fn new(bucket: impl Into<String>) -> Self {
+        Self { bucket: bucket.into(), ..Self::default() }
+    }
+}
+
+/// A bucket on S3 or an S3-compatible server.
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    ctx: ErrCtx,
+    copy_domain: String,
+    when_required: bool,
+    /// PutMode of multipart uploads started by this process, applied at completion (the trait's
+    /// `complete_multipart` does not carry it). Uploads resumed by another process complete
+    /// unconditionally.
+    modes: Arc<Mutex<HashMap<String, PutMode>>>,
+}
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store").field("bucket", &self.ctx.bucket).field("endpoint", &self.ctx.endpoint).finish()
+    }
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl S3Store {
+    /// Resolve configuration and credentials (standard chain, profile, env, explicit keys) and
+    /// build a client. Does not contact the bucket; call [`Store::check`] for that.
+    pub async fn connect(cfg: S3Config) -> Result<S3Store> {
+        s3ferry_store::key::validate_bucket(&cfg.bucket)
+            .map_err(|m| StoreError::new(ErrorKind::InvalidInput, "connect", m))?;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(p) = &cfg.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some(r) = &cfg.region {
+            loader = loader.region(Region::new(r.clone()));
+        }
+        if let Some(u) = &cfg.endpoint_url {
+            loader = loader.endpoint_url(u);
+        }
+        if let (Some(ak), Some(sk)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+            loader = loader.credentials_provider(Credentials::new(
+                ak,
+                sk,
+                cfg.session_token.clone(),
+                None,
+                "s3ferry-explicit",
+            ));
+        }
+        let retry = if cfg.max_attempts_sdk > 1 {
+            RetryConfig::standard().with_max_attempts(cfg.max_attempts_sdk)
+        } else {
+            RetryConfig::disabled()
+        };
+        loader = loader.retry_config(retry).timeout_config(TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).build());
+        if cfg.checksum_when_required {
+            loader = loader
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        }
+        let sdk = loader.load().await;
+
+        // The effective custom endpoint, if any: ours, then the env vars and profile setting the
+        // SDK honours (service-specific first).
+        let endpoint = cfg
+            .endpoint_url
+            .clone()
+            .or_else(|| env_nonempty("AWS_ENDPOINT_URL_S3"))
+            .or_else(|| env_nonempty("AWS_ENDPOINT_URL"))
+            .or_else(|| sdk.endpoint_url().map(str::to_string));
+        let mut s3 = aws_sdk_s3::config::Builder::from(&sdk);
+        let region = match sdk.region() {
+            Some(r) => r.to_string(),
+            None => {
+                s3 = s3.region(Region::from_static("us-east-1"));
+                "us-east-1".to_string()
+            }
+        };
+        if let Some(u) = &cfg.endpoint_url {
+            s3 = s3.endpoint_url(u);
+        }
+        s3 = s3.force_path_style(cfg.force_path_style.unwrap_or(endpoint.is_some()));
+
+        let endpoint_desc = endpoint.clone().unwrap_or_else(|| format!("AWS S3 ({region})"));
+        let ctx = ErrCtx { bucket: cfg.bucket.clone(), endpoint: endpoint_desc };
+
+        let access_key = match sdk.credentials_provider() {
+            Some(p) => match p.provide_credentials().await {
+                Ok(c) => c.access_key_id().to_string(),
+                Err(e) => {
+                    return Err(StoreError::new(
+                        ErrorKind::PermissionDenied,
+                        "connect",
+                        format!(
+                            "no usable AWS credentials ({}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --profile",
+                            root_cause(&e)
+                        ),
+                    )
+                    .with_source(e))
+                }
+            },
+            None => {
+                return Err(StoreError::new(ErrorKind::PermissionDenied, "connect", "no AWS credentials provider configured"))
+            }
+        };
+        let copy_domain = format!("s3|{}|{}", endpoint.as_deref().unwrap_or("aws"), access_key);
+        Ok(S3Store {
+            client: Client::from_conf(s3.build()),
+            ctx,
+            copy_domain,
+            when_required: cfg.checksum_when_required,
+            modes: Arc::default(),
+        })
+    }
+
+    /// The SDK client (for callers in this crate that need more than the Store trait).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket_name(&self) -> &str {
+        &self.ctx.bucket
+    }
+
+    /// The endpoint this store talks to, for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.ctx.endpoint
+    }
+
+    fn err<E>(&self, op: &'static str, key: Option<&str>, e: aws_sdk_s3::error::SdkError<E, HttpResponse>) -> StoreError
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        map_sdk_error(&self.ctx, op, key, e)
+    }
+
+    /// Create the bucket (`s3ferry mb`). An existing bucket is `AlreadyExists`.
+    pub async fn create_bucket(&self) -> Result<()> {
+        let region = self.client.config().region().map(|r| r.to_string()).unwrap_or_default();
+        let mut req = self.client.create_bucket().bucket(&self.ctx.bucket);
+        if !region.is_empty() && region != "us-east-1" {
+            req = req.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                    .build(),
+            );
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let mut e = self.err("create_bucket", None, e);
+                if e.kind == ErrorKind::AlreadyExists {
+                    e.message = format!("bucket '{}' already exists", self.ctx.bucket);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Delete every object (all versions and delete markers), abort every multipart upload,
+    /// then delete the bucket. For tests and `s3ferry rb --force`.
+    pub async fn delete_bucket_recursive(&self) -> Result<()> {
+        for u in self.list_multipart("").await? {
+            self.abort_multipart(&u.key, &u.upload_id).await?;
+        }
+        // Current objects first (works on servers without versioning support).
+        loop {
+            let keys: Vec<String> = self
+                .list(ListOptions::default())
+                .take(DELETE_BATCH)
+                .map(|r| r.map(|m| m.key))
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_>>()?;
+            if keys.is_empty() {
+                break;
+            }
+            for r in self.delete_many(&keys).await? {
+                r?;
+            }
+        }
+        self.delete_all_versions().await?;
+        match self.client.delete_bucket().bucket(&self.ctx.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.err("delete_bucket", None, e)),
+        }
+    }
+
+    async fn delete_all_versions(&self) -> Result<()> {
+        loop {
+            let out = match self.client.list_object_versions().bucket(&self.ctx.bucket).send().await {
+                Ok(o) => o,
+                // Servers without versioning support: the plain deletes above were enough.
+                Err(e) => {
+                    let e = self.err("list_versions", None, e);
+                    if matches!(e.kind, ErrorKind::Unsupported | ErrorKind::InvalidInput | ErrorKind::Other) {
+                        return Ok(());
+                    }
+                    return Err(e);
+                }
+            };
+            let mut ids = Vec::new();
+            for v in out.versions() {
+                ids.push((v.key().unwrap_or_default().to_string(), v.version_id().map(str::to_string)));
+            }
+            for m in out.delete_markers() {
+                ids.push((m.key().unwrap_or_default().to_string(), m.version_id().map(str::to_string)));
+            }
+            if ids.is_empty() {
+                return Ok(());
+            }
+            for chunk in ids.chunks(DELETE_BATCH) {
+                let objects = chunk
+                    .iter()
+                    .map(|(k, v)| ObjectIdentifier::builder().key(k).set_version_id(v.clone()).build())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| build_error("delete_versions", None, e))?;
+                let del = Delete::builder().set_objects(Some(objects)).quiet(true).build()
+                    .map_err(|e| build_error("delete_versions", None, e))?;
+                let out = self
+                    .client
+                    .delete_objects()
+                    .bucket(&self.ctx.bucket)
+                    .delete(del)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("delete_versions", None, e))?;
+                if let Some(e) = out.errors().first() {
+                    let kind = crate::error::kind_for(None, e.code());
+                    return Err(StoreError::new(
+                        kind,
+                        "delete_versions",
+                        e.message().unwrap_or("version not deleted").to_string(),
+                    )
+                    .with_key(e.key().unwrap_or_default()));
+                }
+            }
+        }
+    }
+
+    fn crc_to_send(&self, given: Option<u64>, body: &[u8]) -> Option<u64> {
+        match given {
+            Some(c) => Some(c),
+            None if !self.when_required => Some(crc64nvme(body)),
+            None => None,
+        }
+    }
+}
+
+type HttpResponse = aws_smithy_runtime_api::http::Response;
+
+fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<SystemTime> {
+    t.and_then(|d| SystemTime::try_from(*d).ok())
+}
+
+fn encode_tags(tags: &[(String, String)]) -> Option<String> {
+    if tags.is_empty() {
+        return None;
+    }
+    Some(
+        tags.iter()
+            .map(|(k, v)| format!("{}={}", utf8_percent_encode(k, QUERY_VALUE), utf8_percent_encode(v, QUERY_VALUE)))
+            .collect::<Vec<_>>()
+            .join("&"),
+    )
+}
+
+fn copy_source(src: &CopySource) -> String {
+    format!("{}/{}", utf8_percent_encode(&src.bucket, COPY_SOURCE), utf8_percent_encode(&src.key, COPY_SOURCE))
+}
+
+/// User metadata to send: the caller's plus `mtime`.
+fn user_metadata(opts: &PutOptions) -> Option<HashMap<String, String>> {
+    let mut m: HashMap<String, String> = opts.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(t) = opts.mtime {
+        m.insert(MTIME_META.to_string(), format_mtime(t));
+    }
+    (!m.is_empty()).then_some(m)
+}
+
+/// A CRC64NVME header value that describes the whole object (not a composite `xxx-N`).
+fn full_object_crc(value: Option<&str>, ty: Option<&ChecksumType>) -> Option<u64> {
+    let v = value?;
+    if v.contains('-') {
+        return None;
+    }
+    match ty {
+        None | Some(ChecksumType::FullObject) => crc64_from_b64(v),
+        Some(_) => None,
+    }
+}
+
+fn meta_from_headers(metadata: Option<&HashMap<String, String>>) -> (Option<BTreeMap<String, String>>, Option<SystemTime>) {
+    let md: BTreeMap<String, String> =
+        metadata.map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect()).unwrap_or_default();
+    let mtime = md.get(MTIME_META).and_then(|s| parse_mtime(s));
+    (Some(md), mtime)
+}
+
+/// `bytes a-b/total` -> (a, b+1, total).
+fn parse_content_range(s: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = s.trim().strip_prefix("bytes")?.trim();
+    let (span, total) = rest.split_once('/')?;
+    let (a, b) = span.split_once('-')?;
+    let a: u64 = a.trim().parse().ok()?;
+    let b: u64 = b.trim().parse().ok()?;
+    let total = total.trim().parse().ok();
+    Some((a, b.checked_add(1)?, total))
+}
+
+/// ListObjectsV2 with `encoding-type=url` decodes like botocore (`+` is a space).
+fn decode_listed_key(s: &str) -> String {
+    let plus = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus).decode_utf8_lossy().into_owned()
+}
+
+struct ListState {
+    client: Client,
+    ctx: ErrCtx,
+    prefix: String,
+    start_after: Option<String>,
+    token: Option<String>,
+    done: bool,
+}
+
+#[async_trait]
+impl Store for S3Store {
+    fn describe(&self) -> String {
+        format!("s3://{}", self.ctx.bucket)
+    }
+
+    fn bucket(&self) -> Option<&str> {
+        Some(&self.ctx.bucket)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            conditional_writes: true,
+            copy_domain: Some(self.copy_domain.clone()),
+            upload_part_copy: true,
+            tags: true,
+            versions: true,
+            crc64nvme: true,
+            md5_etags: true,
+            max_single_put: MAX_SINGLE_PUT,
+            local: false,
+        }
+    }
+
+    fn list(&self, opts: ListOptions) -> BoxStream<'static, Result<ObjectMeta>> {
+        let st = ListState {
+            client: self.client.clone(),
+            ctx: self.ctx.clone(),
+            prefix: opts.prefix,
+            start_after: opts.start_after,
+            token: None,
+            done: false,
+        };
+        stream::unfold(st, |mut st| async move {
+            if st.done {
+                return None;
+            }
+            let mut req = st
+                .client
+                .list_objects_v2()
+                .bucket(&st.ctx.bucket)
+                .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+                .set_continuation_token(st.token.clone());
+            if !st.prefix.is_empty() {
+                req = req.prefix(&st.prefix);
+            }
+            if st.token.is_none() {
+                req = req.set_start_after(st.start_after.clone());
+            }
+            let out = match req.send().await {
+                Ok(o) => o,
+                Err(e) => {
+                    st.done = true;
+                    let err = map_sdk_error(&st.ctx, "list", None, e);
+                    return Some((stream::iter(vec![Err(err)]), st));
+                }
+            };
+            let urlenc = out.encoding_type() == Some(&aws_sdk_s3::types::EncodingType::Url);
+            let page: Vec<Result<ObjectMeta>> = out
+                .contents()
+                .iter()
+                .map(|o| {
+                    let raw = o.key().unwrap_or_default();
+                    Ok(ObjectMeta {
+                        key: if urlenc { decode_listed_key(raw) } else { raw.to_string() },
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        last_modified: to_system_time(o.last_modified()),
+                        etag: o.e_tag().map(clean_etag),
+                        storage_class: o.storage_class().map(|s| s.as_str().to_string()),
+                        ..Default::default()
+                    })
+                })
+                .collect();
+            match (out.is_truncated(), out.next_continuation_token()) {
+                (Some(true), Some(t)) if !t.is_empty() => st.token = Some(t.to_string()),
+                _ => st.done = true,
+            }
+            Some((stream::iter(page), st))
+        })
+        .flatten()
+        .boxed()
+    }
+
+    async fn check(&self) -> Result<()> {
+        match self.client.head_bucket().bucket(&self.ctx.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let region = e
+                    .raw_response()
+                    .and_then(|r| r.headers().get("x-amz-bucket-region"))
+                    .map(str::to_string);
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                let mut err = self.err("check", None, e);
+                let b = &self.ctx.bucket;
+                match (err.kind, status) {
+                    (ErrorKind::NotFound | ErrorKind::BucketNotFound, _) => {
+                        err.kind = ErrorKind::BucketNotFound;
+                        err.message = format!("bucket '{b}' does not exist");
+                    }
+                    (ErrorKind::PermissionDenied, _) => {
+                        err.message = format!("access denied to bucket '{b}' — check credentials/profile");
+                    }
+                    (_, Some(301 | 307)) => {
+                        err.message = match region {
+                            Some(r) => format!("bucket '{b}' is in region {r}; pass --region {r}"),
+                            None => format!("bucket '{b}' is in another region"),
+                        };
+                    }
+                    _ => {}
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        let o = self
+            .client
+            .head_object()
+            .bucket(&self.ctx.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| self.err("head", Some(key), e))?;
+        let (metadata, mtime) = meta_from_headers(o.metadata());
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: o.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: to_system_time(o.last_modified()),
+            mtime,
+            etag: o.e_tag().map(clean_etag),
+            crc64nvme: full_object_crc(o.checksum_crc64_nvme(), o.checksum_type()),
+            storage_class: o.storage_class().map(|s| s.as_str().to_string()),
+            version_id: o.version_id().map(str::to_string),
+            content_type: o.content_type().map(str::to_string),
+            metadata,
+            inode: None,
+        })
+    }
+
+    async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
+        if let Some(r) = &opts.range {
+            if r.start > r.end {
+                return Err(StoreError::new(ErrorKind::InvalidInput, "get", format!("bad range {r:?}")).with_key(key));
+            }
+            if r.start == r.end {
+                // HTTP cannot ask for zero bytes: HEAD (with the same pin) and return nothing.
+                let meta = self.head(key).await?;
+                if let Some(want) = &opts.if_match {
+                    if meta.etag.as_deref() != Some(want.as_str()) {
+                        return Err(StoreError::new(ErrorKind::PreconditionFailed, "get", "ETag does not match")
+                            .with_key(key));
+                    }
+                }
+                if r.start > meta.size {
+                    return Err(StoreError::new(
+                        ErrorKind::InvalidInput,
+                        "get",
+                        format!("range {r:?} outside 0..{}", meta.size),
+                    )
+                    .with_key(key));
+                }
+                return Ok(GetResult { meta, range: r.clone(), body: stream::empty().boxed() });
+            }
+        }
+        let mut req = self.client.get_object().bucket(&self.ctx.bucket).key(key).set_if_match(opts.if_match.clone());
+        match &opts.range {
+            Some(r) => req = req.range(format!("bytes={}-{}", r.start, r.end - 1)),
+            None => req = req.checksum_mode(ChecksumMode::Enabled),
+        }
+        let o = req.send().await.map_err(|e| self.err("get", Some(key), e))?;
+        let len = o.content_length().unwrap_or(0).max(0) as u64;
+        let (range, size) = match (&opts.range, o.content_range().and_then(parse_content_range)) {
+            (_, Some((a, b, total))) => (a..b, total.unwrap_or(b)),
+            (Some(r), None) => {
+                // A server that ignored the Range header and sent the whole object.
+                if r.start != 0 || len != r.end {
+                    if len > 0 && len < r.end {
+                        (0..len, len)
+                    } else {
+                        return Err(StoreError::new(
+                            ErrorKind::Other,
+                            "get",
+                            "the server ignored the Range header (no Content-Range in the answer)",
+                        )
+                        .with_key(key));
+                    }
+                } else {
+                    (0..len, len)
+                }
+            }
+            (None, None) => (0..len, len),
+        };
+        let (metadata, mtime) = meta_from_headers(o.metadata());
+        let whole = opts.range.is_none();
+        let meta = ObjectMeta {
+            key: key.to_string(),
+            size,
+            last_modified: to_system_time(o.last_modified()),
+            mtime,
+            etag: o.e_tag().map(clean_etag),
+            crc64nvme: if whole { full_object_crc(o.checksum_crc64_nvme(), o.checksum_type()) } else { None },
+            storage_class: o.storage_class().map(|s| s.as_str().to_string()),
+            version_id: o.version_id().map(str::to_string),
+            content_type: o.content_type().map(str::to_string),
+            metadata,
+            inode: None,
+        };
+        let key_owned = key.to_string();
+        let body = stream::unfold((o.body, key_owned), |(mut b, key)| async move {
+            match b.next().await {
+                None => None,
+                Some(Ok(chunk)) => Some((Ok(chunk), (b, key))),
+                Some(Err(e)) => {
+                    let err = map_body_error("get", &key, e);
+                    Some((Err(err), (SdkByteStream::new(aws_smithy_types::body::SdkBody::empty()), key)))
+                }
+            }
+        })
+        .boxed();
+        Ok(GetResult { meta, range, body })
+    }
+
+    async fn put(&self, key: &str, body: Bytes, opts: PutOptions) -> Result<PutResult> {
+        let crc = self.crc_to_send(opts.crc64nvme, &body);
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.ctx.bucket)
+            .key(key)
+            .content_length(body.len() as i64)
+            .set_content_type(opts.content_type.clone())
+            .set_metadata(user_metadata(&opts))
+            .set_tagging(encode_tags(&opts.tags))
+            .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
+            .set_checksum_crc64_nvme(crc.map(crc64_to_b64))
+            .body(SdkByteStream::from(body));
+        match &opts.mode {
+            PutMode::Overwrite => {}
+            PutMode::Create => req = req.if_none_match("*"),
+            PutMode::Update { etag } => req = req.if_match(etag),
+        }
+        let out = req.send().await.map_err(|e| mode_error(self.err("put", Some(key), e), &opts.mode))?;
+        Ok(PutResult {
+            etag: out.e_tag().map(clean_etag),
+            version_id: out.version_id().map(str::to_string),
+            crc64nvme: out.checksum_crc64_nvme().and_then(crc64_from_b64).or(crc),
+        })
+    }
+
+    async fn get_tags(&self, key: &str) -> Result<Vec<(String, String)>> {
+        let out = self
+            .client
+            .get_object_tagging()
+            .bucket(&self.ctx.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.err("get_tags", Some(key), e))?;
+        Ok(out.tag_set().iter().map(|t| (t.key().to_string(), t.value().to_string())).collect())
+    }
+
+    async fn create_multipart(&self, key: &str, opts: PutOptions, _part_size: u64) -> Result<String> {
+        let mut req = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.ctx.bucket)
+            .key(key)
+            .set_content_type(opts.content_type.clone())
+            .set_metadata(user_metadata(&opts))
+            .set_tagging(encode_tags(&opts.tags))
+            .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from));
+        if !self.when_required {
+            req = req.checksum_algorithm(ChecksumAlgorithm::Crc64Nvme).checksum_type(ChecksumType::FullObject);
+        }
+        let out = req.send().await.map_err(|e| self.err("create_multipart", Some(key), e))?;
+        let id = out.upload_id().unwrap_or_default().to_string();
+        if id.is_empty() {
+            return Err(StoreError::new(ErrorKind::Other, "create_multipart", "the server returned no upload id")
+                .with_key(key));
+        }
+        if opts.mode != PutMode::Overwrite {
+            self.modes.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), opts.mode.clone());
+        }
+        Ok(id)
+    }
+
+    async fn upload_part(&self, key: &str, upload_id: &str, part_number: u32, body: Bytes, crc: Option<u64>)
+        -> Result<PartInfo> {
+        // Part checksums only when the upload was created with CRC64NVME (not when_required).
+        let crc = if self.when_required { None } else { self.crc_to_send(crc, &body) };
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.ctx.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number as i32)
+            .content_length(body.len() as i64)
+            .set_checksum_crc64_nvme(crc.map(crc64_to_b64))
+            .body(SdkByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.err("upload_part", Some(key), e))?;
+        let etag = out.e_tag().map(clean_etag).unwrap_or_default();
+        if etag.is_empty() {
+            return Err(StoreError::new(ErrorKind::Other, "upload_part", format!("no ETag for part {part_number}"))
+                .with_key(key));
+        }
+        Ok(PartInfo { part_number, etag, crc64nvme: out.checksum_crc64_nvme().and_then(crc64_from_b64).or(crc) })
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        src: &CopySource,
+        range: Range<u64>,
+    ) -> Result<PartInfo> {
+        if range.start >= range.end {
+            return Err(StoreError::new(ErrorKind::InvalidInput, "upload_part_copy", format!("empty range {range:?}"))
+                .with_key(key));
+        }
+        let out = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.ctx.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number as i32)
+            .copy_source(copy_source(src))
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_copy_source_if_match(src.if_match.clone())
+            .send()
+            .await
+            .map_err(|e| self.err("upload_part_copy", Some(key), e))?;
+        let r = out.copy_part_result();
+        let etag = r.and_then(|r| r.e_tag()).map(clean_etag).unwrap_or_default();
+        if etag.is_empty() {
+            return Err(StoreError::new(
+                ErrorKind::Other,
+                "upload_part_copy",
+                format!("no ETag for part {part_number}"),
+            )
+            .with_key(key));
+        }
+        Ok(PartInfo { part_number, etag, crc64nvme: r.and_then(|r| r.checksum_crc64_nvme()).and_then(crc64_from_b64) })
+    }
+
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartInfo>, crc: Option<u64>)
+        -> Result<PutResult> {
+        let send_crc = !self.when_required;
+        let completed: Vec<CompletedPart> = parts
+            .iter()
+            .map(|p| {
+                CompletedPart::builder()
+                    .part_number(p.part_number as i32)
+                    .e_tag(&p.etag)
+                    .set_checksum_crc64_nvme(if send_crc { p.crc64nvme.map(crc64_to_b64) } else { None })
+                    .build()
+            })
+            .collect();
+        let mut req = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.ctx.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build());
+        if let (true, Some(c)) = (send_crc, crc) {
+            req = req.checksum_crc64_nvme(crc64_to_b64(c)).checksum_type(ChecksumType::FullObject);
+        }
+        let mode = self.modes.lock().unwrap_or_else(|p| p.into_inner()).get(upload_id).cloned().unwrap_or_default();
+        match &mode {
+            PutMode::Overwrite => {}
+            PutMode::Create => req = req.if_none_match("*"),
+            PutMode::Update { etag } => req = req.if_match(etag),
+        }
+        let out = req.send().await.map_err(|e| mode_error(self.err("complete_multipart", Some(key), e), &mode))?;
+        self.modes.lock().unwrap_or_else(|p| p.into_inner()).remove(upload_id);
+        Ok(PutResult {
+            etag: out.e_tag().map(clean_etag),
+            version_id: out.version_id().map(str::to_string),
+            crc64nvme: full_object_crc(out.checksum_crc64_nvme(), out.checksum_type()).or(if send_crc { crc } else { None }),
+        })
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
+        self.modes.lock().unwrap_or_else(|p| p.into_inner()).remove(upload_id);
+        match self.client.abort_multipart_upload().bucket(&self.ctx.bucket).key(key).upload_id(upload_id).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = self.err("abort_multipart", Some(key), e);
+                // Aborting an upload that is already gone is done.
+                if e.kind == ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn list_multipart(&self, prefix: &str) -> Result<Vec<MultipartUpload>> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let mut req = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.ctx.bucket)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone());
+            if !prefix.is_empty() {
+                req = req.prefix(prefix);
+            }
+            let page = req.send().await.map_err(|e| self.err("list_multipart", None, e))?;
+            for u in page.uploads() {
+                out.push(MultipartUpload {
+                    key: u.key().unwrap_or_default().to_string(),
+                    upload_id: u.upload_id().unwrap_or_default().to_string(),
+                    initiated: to_system_time(u.initiated()),
+                });
+            }
+            let next_key = page.next_key_marker().filter(|s| !s.is_empty()).map(str::to_string);
+            let next_id = page.next_upload_id_marker().filter(|s| !s.is_empty()).map(str::to_string);
+            if page.is_truncated() != Some(true) || (next_key.is_none() && next_id.is_none())
+                || (next_key == key_marker && next_id == id_marker)
+            {
+                break;
+            }
+            key_marker = next_key;
+            id_marker = next_id;
+        }
+        Ok(out)
+    }
+
+    async fn copy(&self, src: &CopySource, dst_key: &str, opts: CopyOptions) -> Result<PutResult> {
+        let mut req = self
+            .client
+            .copy_object()
+            .bucket(&self.ctx.bucket)
+            .key(dst_key)
+            .copy_source(copy_source(src))
+            .set_copy_source_if_match(src.if_match.clone());
+        if !self.when_required {
+            req = req.checksum_algorithm(ChecksumAlgorithm::Crc64Nvme);
+        }
+        let mut storage_class = opts.storage_class.clone();
+        let mut mode = PutMode::Overwrite;
+        match &opts.replace {
+            None => {
+                req = req.metadata_directive(MetadataDirective::Copy).tagging_directive(TaggingDirective::Copy);
+            }
+            Some(p) => {
+                req = req
+                    .metadata_directive(MetadataDirective::Replace)
+                    .tagging_directive(TaggingDirective::Replace)
+                    .set_content_type(p.content_type.clone())
+                    .set_metadata(user_metadata(p))
+                    .set_tagging(encode_tags(&p.tags));
+                if storage_class.is_none() {
+                    storage_class = p.storage_class.clone();
+                }
+                mode = p.mode.clone();
+                match &p.mode {
+                    PutMode::Overwrite => {}
+                    PutMode::Create => req = req.if_none_match("*"),
+                    PutMode::Update { etag } => req = req.if_match(etag),
+                }
+            }
+        }
+        req = req.set_storage_class(storage_class.as_deref().map(StorageClass::from));
+        let out = req.send().await.map_err(|e| {
+            let mut e = mode_error(self.err("copy", Some(dst_key), e), &mode);
+            if e.kind == ErrorKind::PreconditionFailed && src.if_match.is_some() && mode == PutMode::Overwrite {
+                e.message = format!("source {:?} changed (ETag no longer matches)", src.key);
+            }
+            e
+        })?;
+        let r = out.copy_object_result();
+        Ok(PutResult {
+            etag: r.and_then(|r| r.e_tag()).map(clean_etag),
+            version_id: out.version_id().map(str::to_string),
+            crc64nvme: r.and_then(|r| full_object_crc(r.checksum_crc64_nvme(), r.checksum_type())),
+        })
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<Result<()>>> {
+        let mut results: Vec<Result<()>> = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(DELETE_BATCH) {
+            let objects = chunk
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| build_error("delete", None, e))?;
+            let del = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(false)
+                .build()
+                .map_err(|e| build_error("delete", None, e))?;
+            let out = match self.client.delete_objects().bucket(&self.ctx.bucket).delete(del).send().await {
+                Ok(o) => o,
+                Err(e) => {
+                    let e = self.err("delete", None, e);
+                    if results.is_empty() {
+                        return Err(e);
+                    }
+                    // Earlier batches went through: report this batch's keys one by one.
+                    for k in chunk {
+                        results.push(Err(StoreError {
+                            kind: e.kind,
+                            op: "delete",
+                            key: Some(k.clone()),
+                            message: e.message.clone(),
+                            http: e.http.clone(),
+                            source: None,
+                        }));
+                    }
+                    continue;
+                }
+            };
+            let mut failed: HashMap<&str, (Option<&str>, Option<&str>)> = HashMap::new();
+            for e in out.errors() {
+                if let Some(k) = e.key() {
+                    failed.insert(k, (e.code(), e.message()));
+                }
+            }
+            for k in chunk {
+                match failed.get(k.as_str()) {
+                    // A missing key is deleted already.
+                    Some((code, _)) if crate::error::kind_for(None, *code) == ErrorKind::NotFound => {
+                        results.push(Ok(()))
+                    }
+                    Some((code, msg)) => {
+                        let kind = crate::error::kind_for(None, *code);
+                        let mut e = StoreError::new(
+                            kind,
+                            "delete",
+                            msg.unwrap_or("not deleted").to_string(),
+                        )
+                        .with_key(k.clone());
+                        e.http = Some(s3ferry_store::HttpInfo {
+                            status: None,
+                            code: code.map(str::to_string),
+                            request_id: None,
+                        });
+                        results.push(Err(e));
+                    }
+                    None => results.push(Ok(())),
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
+/// A failed conditional write: 412 on a create-only write means the object exists.
+fn mode_error(mut e: StoreError, mode: &PutMode) -> StoreError {
+    if e.kind == ErrorKind::PreconditionFailed {
+        match mode {
+            PutMode::Create => {
+                e.kind = ErrorKind::AlreadyExists;
+                e.message = "object already exists".into();
+            }
+            PutMode::Update { .. } => e.message = "ETag does not match (the object changed)".into(),
+            PutMode::Overwrite => {}
+        }
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_and_copy_source_are_encoded() {
+        let t = encode_tags(&[("a b".into(), "x&y=z".into()), ("k".into(), "ü".into())]);
+        assert_eq!(t.as_deref(), Some("a%20b=x%26y%3Dz&k=%C3%BC"));
+        let s = CopySource { bucket: "b".into(), key: "dir/a b+c%ü".into(), if_match: None };
+        assert_eq!(copy_source(&s), "b/dir/a%20b%2Bc%25%C3%BC");
+    }
+
+    #[test]
+    fn content_range_parses() {
+        assert_eq!(parse_content_range("bytes 0-9/100"), Some((0, 10, Some(100))));
+        assert_eq!(parse_content_range("bytes 5-5/*"), Some((5, 6, None)));
+        assert_eq!(parse_content_range("nope"), None);
+    }
+
+    #[test]
+    fn composite_checksums_are_not_full_object() {
+        let v = crc64_to_b64(42);
+        assert_eq!(full_object_crc(Some(&v), None), Some(42));
+        assert_eq!(full_object_crc(Some(&v), Some(&ChecksumType::FullObject)), Some(42));
+        assert_eq!(full_object_crc(Some(&v), Some(&ChecksumType::Composite)), None);
+        assert_eq!(full_object_crc(Some(&format!("{v}-3")), None), None);
+    }
+
+    #[test]
+    fn listed_keys_decode_like_botocore() {
+        assert_eq!(decode_listed_key("a+b%2Bc%25%C3%BC"), "a b+c%ü");
+    }
+}
