@@ -1,1 +1,17 @@
+//! The s3ferry engine: sorted listing streams and their merge-join ([`walk`]), the pure
+//! planner ([`plan`]), transfers with end-to-end verification ([`transfer`]), content identity
+//! with a hash cache ([`identity`]), the SQLite state and journal ([`journal`]), and progress
+//! events ([`events`]). Jobs compose these; they never talk to a backend directly.
 
+pub mod events;
+pub mod filter;
+pub mod identity;
+pub mod journal;
+pub mod plan;
+pub mod transfer;
+pub mod walk;
+
+pub use events::{NullReporter, Record, Reporter, Summary};
+pub use filter::Filters;
+pub use journal::Journal;
+pub use walk::{Entry, Side, SideKind};

@@ -1,1 +1,204 @@
-fn main() {}
+//! The `s3ferry` binary: parse, resolve settings, run a job, render, exit with a code scripts
+//! can trust (0 done, 1 some objects failed, 2 usage/fatal).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod cli;
+mod output;
+mod stores;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{CommandFactory, FromArgMatches};
+use s3ferry_engine::filter::{parse_since, Filters};
+use s3ferry_engine::journal::Journal;
+use s3ferry_engine::plan::PlanOptions;
+use s3ferry_engine::transfer::TransferConfig;
+use s3ferry_engine::walk::Side;
+use s3ferry_jobs::sync::{self, MaxDelete, SyncOptions, DEFAULT_MAX_DELETE};
+use s3ferry_store::Location;
+
+use cli::{parse_size, Cli, Command, SyncArgs};
+use output::Printer;
+
+/// A fatal error: one line, exit code 2.
+struct Fatal(String);
+
+impl<E: std::fmt::Display> From<E> for Fatal {
+    fn from(e: E) -> Self {
+        Fatal(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    init_logging(cli.global.verbose, cli.global.quiet);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("s3ferry: error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let res = rt.block_on(run(cli, matches));
+    // Do not wait for stray blocking tasks (e.g. a walker feeding a dropped listing).
+    rt.shutdown_background();
+    match res {
+        Ok(code) => ExitCode::from(code),
+        Err(Fatal(msg)) => {
+            eprintln!("s3ferry: error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("S3FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},aws_smithy_runtime=warn,aws_config=warn,hyper=warn")));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<u8, Fatal> {
+    match &cli.command {
+        Command::Sync(args) => {
+            let sub = matches.subcommand_matches("sync").cloned().unwrap_or_default();
+            run_sync(&cli, args, &sub).await
+        }
+        Command::Mb { uri } => {
+            let (bucket, _) = s3_uri(uri)?;
+            let store = stores::s3_admin(&cli.global, &bucket).await?;
+            store.create_bucket().await?;
+            if !cli.global.quiet {
+                println!("make_bucket: s3://{bucket}");
+            }
+            Ok(0)
+        }
+        Command::Ls { uri } => {
+            let (bucket, prefix) = s3_uri(uri)?;
+            let store = stores::s3_admin(&cli.global, &bucket).await?;
+            let store: s3ferry_store::DynStore = Arc::new(store);
+            store.check().await?;
+            let printer = Printer::new(cli.global.json, 0, false, false);
+            use futures::StreamExt as _;
+            let mut list = store.list(s3ferry_store::ListOptions::prefix(prefix));
+            while let Some(m) = list.next().await {
+                let m = m?;
+                if cli.global.json {
+                    printer.json(serde_json::json!({"key": m.key, "size": m.size, "etag": m.etag,
+                        "last_modified": m.last_modified.map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339())}));
+                } else {
+                    let t = m.last_modified.map(|t| chrono::DateTime::<chrono::Utc>::from(t).format("%Y-%m-%d %H:%M:%S").to_string());
+                    println!("{} {:>12} {}", t.unwrap_or_default(), m.size, m.key);
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn s3_uri(uri: &str) -> Result<(String, String), Fatal> {
+    match Location::parse(uri)? {
+        Location::S3 { bucket, prefix } => Ok((bucket, prefix)),
+        Location::Local(_) => Err(Fatal(format!("{uri:?} is not an s3://bucket URI"))),
+    }
+}
+
+/// Include/exclude rules in command-line order.
+fn filter_rules(args: &SyncArgs, m: &clap::ArgMatches) -> Vec<(usize, bool, String)> {
+    let mut rules = Vec::new();
+    for (id, inc, vals) in [("include", true, &args.include), ("exclude", false, &args.exclude)] {
+        let idx: Vec<usize> = m.indices_of(id).map(|i| i.collect()).unwrap_or_default();
+        for (i, v) in vals.iter().enumerate() {
+            rules.push((idx.get(i).copied().unwrap_or(i), inc, v.clone()));
+        }
+    }
+    rules.sort_by_key(|r| r.0);
+    rules
+}
+
+fn state_path(args: &SyncArgs) -> std::path::PathBuf {
+    if let Some(d) = &args.state_dir {
+        return d.join("state.db");
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    base.join("s3ferry").join("state.db")
+}
+
+async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8, Fatal> {
+    let g = &cli.global;
+    let src_loc = Location::parse(&args.src)?;
+    let dst_loc = Location::parse(&args.dst)?;
+    let rules: Vec<(bool, String)> = filter_rules(args, m).into_iter().map(|(_, i, p)| (i, p)).collect();
+    let since = args.since.as_deref().map(|s| parse_since(s, std::time::SystemTime::now())).transpose()?;
+    let filters = Filters::new(&rules, since)?;
+    let max_delete = args.max_delete.as_deref().map(MaxDelete::parse).transpose()?;
+    let part_size = parse_size(&args.part_size)?;
+    if part_size < s3ferry_store::checksum::MIN_PART_SIZE {
+        return Err(Fatal(format!("--part-size {} is below the 5 MiB minimum S3 accepts", args.part_size)));
+    }
+    let mut transfer = TransferConfig::new(parse_size(&args.max_memory)?);
+    transfer.part_size = part_size;
+    transfer.part_concurrency = args.part_concurrency.max(1);
+    transfer.storage_class = args.storage_class.clone();
+    transfer.server_side = !args.no_server_side_copy;
+    transfer.max_single_copy = parse_size(&args.copy_threshold)?;
+
+    let (src_store, src_stats) = stores::open(g, &src_loc, stores::Role::Source, args).await?;
+    let (dst_store, dst_stats) = stores::open(g, &dst_loc, stores::Role::Destination, args).await?;
+    let src = Side::new(src_store, loc_prefix(&src_loc));
+    let dst = Side::new(dst_store, loc_prefix(&dst_loc));
+
+    let journal = if args.no_state {
+        Journal::in_memory()?
+    } else {
+        let p = state_path(args);
+        Journal::open(&p).map_err(|e| Fatal(format!("{e} (use --state-dir or --no-state)")))?
+    };
+    let opts = SyncOptions {
+        plan: PlanOptions {
+            delete: args.delete,
+            size_only: args.size_only,
+            checksum: args.checksum,
+            exact_timestamps: args.exact_timestamps,
+            ..Default::default()
+        },
+        filters,
+        dry_run: args.dry_run,
+        max_delete: max_delete.unwrap_or(DEFAULT_MAX_DELETE),
+        max_delete_explicit: max_delete.is_some(),
+        concurrency: args.concurrency.max(1),
+        transfer,
+        retry_failed: true,
+    };
+    let printer = Arc::new(Printer::new(g.json, g.verbose, g.quiet, !g.no_progress));
+    printer.begin("sync", &src_loc.to_string(), &dst_loc.to_string(), args.dry_run);
+    let result = sync::run(src, dst, opts, Arc::new(journal), printer.clone()).await;
+    printer.finish_bar();
+    let mut summary = result?;
+    for s in [src_stats, dst_stats].into_iter().flatten() {
+        summary.retries += s.retries();
+        summary.throttled += s.throttles();
+    }
+    printer.summary(&summary);
+    Ok(summary.exit_code() as u8)
+}
+
+fn loc_prefix(l: &Location) -> String {
+    match l {
+        Location::S3 { prefix, .. } => prefix.clone(),
+        Location::Local(_) => String::new(),
+    }
+}

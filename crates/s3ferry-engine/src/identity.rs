@@ -1,0 +1,146 @@
+//! Settling "same content?" for same-size pairs the planner could not settle from listings:
+//! recompute a local file's ETag the way the remote side made it (with a hash cache keyed by
+//! path, size, mtime and inode, so an unchanged file is read once), compare full-object
+//! CRC64NVME checksums, or compare stored modification times.
+
+use std::time::SystemTime;
+
+use futures::StreamExt;
+use s3ferry_store::checksum::{candidate_part_sizes, crc64_to_b64, etag_shape, Crc64, EtagBuilder, EtagShape};
+use s3ferry_store::{ErrorKind, GetOptions, ObjectMeta, Result, StoreError};
+
+use crate::journal::{FileId, Journal};
+use crate::plan::{Action, Check, CopyReason, SkipReason};
+use crate::walk::{Entry, Side, SideKind};
+
+/// At most this many candidate part sizes are tried for a foreign multipart ETag.
+const MAX_CANDIDATES: usize = 3;
+
+fn file_id(side: &Side, e: &Entry) -> Option<FileId> {
+    let t = e.meta.mtime?;
+    let ns = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(d) => -(d.duration().as_nanos() as i64),
+    };
+    Some(FileId {
+        path: format!("{}/{}", side.store.describe().trim_end_matches('/'), side.key(&e.rel)),
+        size: e.meta.size,
+        mtime_ns: ns,
+        inode: e.meta.inode.unwrap_or(0),
+    })
+}
+
+enum Hasher {
+    Etag(EtagBuilder),
+    Crc(Crc64),
+}
+
+/// Hash a local entry (cached). `algo` is `crc64` or `etag:<part size>:<multipart>`.
+async fn local_hash(side: &Side, e: &Entry, algo: &str, journal: &Journal) -> Result<String> {
+    let id = file_id(side, e);
+    let jerr = |e: crate::journal::JournalError| StoreError::new(ErrorKind::Other, "journal", e.to_string());
+    if let Some(id) = &id {
+        if let Some(v) = journal.cached_hash(id, algo).map_err(jerr)? {
+            return Ok(v);
+        }
+    }
+    let mut h = match algo.strip_prefix("etag:") {
+        Some(rest) => {
+            let (ps, mp) = rest.split_once(':').unwrap_or((rest, "1"));
+            Hasher::Etag(EtagBuilder::new(ps.parse().unwrap_or(1), mp == "1"))
+        }
+        None => Hasher::Crc(Crc64::default()),
+    };
+    let key = side.key(&e.rel);
+    let got = side.store.get(&key, GetOptions::new()).await?;
+    let mut body = got.body;
+    let mut n = 0u64;
+    while let Some(chunk) = body.next().await {
+        let c = chunk?;
+        n += c.len() as u64;
+        match &mut h {
+            Hasher::Etag(b) => b.update(&c),
+            Hasher::Crc(c2) => c2.update(&c),
+        }
+    }
+    if n != e.meta.size {
+        return Err(StoreError::new(ErrorKind::Transient, "hash", "file changed while it was being hashed").with_key(key));
+    }
+    let v = match h {
+        Hasher::Etag(b) => b.finish(),
+        Hasher::Crc(c) => crc64_to_b64(c.finish()),
+    };
+    if let Some(id) = &id {
+        journal.store_hash(id, algo, &v).map_err(jerr)?;
+    }
+    Ok(v)
+}
+
+async fn remote_head(side: &Side, e: &Entry) -> Result<ObjectMeta> {
+    side.store.head(&side.key(&e.rel)).await
+}
+
+async fn crc_of(side: &Side, e: &Entry, journal: &Journal) -> Result<Option<String>> {
+    match side.kind {
+        SideKind::Local => local_hash(side, e, "crc64", journal).await.map(Some),
+        SideKind::Remote => Ok(remote_head(side, e).await?.crc64nvme.map(crc64_to_b64)),
+    }
+}
+
+async fn mtime_of(side: &Side, e: &Entry) -> Result<Option<SystemTime>> {
+    match side.kind {
+        SideKind::Local => Ok(e.meta.mtime),
+        SideKind::Remote => Ok(remote_head(side, e).await?.mtime),
+    }
+}
+
+/// Resolve a [`Check`] into `Copy(Changed)` or a skip.
+pub async fn resolve_check(
+    check: Check,
+    src: &Side,
+    dst: &Side,
+    s: &Entry,
+    d: &Entry,
+    journal: &Journal,
+    part_size: u64,
+) -> Result<Action> {
+    let changed = Action::Copy(CopyReason::Changed);
+    match check {
+        Check::LocalEtag => {
+            let (lside, le, re) = if src.kind == SideKind::Local { (src, s, d) } else { (dst, d, s) };
+            let etag = re.meta.etag.clone().unwrap_or_default();
+            let algos: Vec<String> = match etag_shape(&etag) {
+                EtagShape::Md5 => vec![format!("etag:{}:0", le.meta.size.max(1))],
+                EtagShape::Multipart(n) => candidate_part_sizes(le.meta.size, n, part_size)
+                    .into_iter()
+                    .take(MAX_CANDIDATES)
+                    .map(|p| format!("etag:{p}:1"))
+                    .collect(),
+                EtagShape::Opaque => vec![],
+            };
+            for algo in algos {
+                if local_hash(lside, le, &algo, journal).await? == etag {
+                    return Ok(Action::Skip(SkipReason::SameContent));
+                }
+            }
+            Ok(changed)
+        }
+        Check::Checksum => match (crc_of(src, s, journal).await?, crc_of(dst, d, journal).await?) {
+            (Some(a), Some(b)) if a == b => Ok(Action::Skip(SkipReason::SameContent)),
+            _ => Ok(changed),
+        },
+        Check::Mtime => match (mtime_of(src, s).await?, mtime_of(dst, d).await?) {
+            (Some(a), Some(b)) if a == b => Ok(Action::Skip(SkipReason::SameTime)),
+            (Some(_), Some(_)) => Ok(changed),
+            // No stored mtime on the remote side: fall back to "not newer than the copy".
+            (sm, dm) => {
+                let sm = sm.or(s.meta.last_modified);
+                let dm = dm.or(d.meta.last_modified);
+                match (sm, dm) {
+                    (Some(a), Some(b)) if a <= b => Ok(Action::Skip(SkipReason::SameTime)),
+                    _ => Ok(changed),
+                }
+            }
+        },
+    }
+}
