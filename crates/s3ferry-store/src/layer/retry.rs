@@ -467,7 +467,11 @@ impl Store for RetryStore {
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<Vec<Result<()>>> {
-        let mut results: Vec<Option<Result<()>>> = keys.iter().map(|_| None).collect();
+        // Every slot is overwritten unless its key never failed.
+        let mut results: Vec<Result<()>> = Vec::with_capacity(keys.len());
+        for _ in keys {
+            results.push(Ok(()));
+        }
         let mut pending: Vec<usize> = (0..keys.len()).collect();
         let mut attempt = 0;
         while !pending.is_empty() {
@@ -496,7 +500,7 @@ impl Store for RetryStore {
                         again.push(i);
                         retry_errors.push(e);
                     }
-                    r => results[i] = Some(r),
+                    r => results[i] = r,
                 }
             }
             let Some(e) = retry_errors.first() else {
@@ -512,13 +516,13 @@ impl Store for RetryStore {
                 Err(_) => {
                     for (i, e) in again.into_iter().zip(retry_errors) {
                         let e = self.shared.give_up(e, attempt, GiveUp::Attempts);
-                        results[i] = Some(Err(e));
+                        results[i] = Err(e);
                     }
                     break;
                 }
             }
         }
-        Ok(results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect())
+        Ok(results)
     }
 }
 
