@@ -165,7 +165,9 @@ impl FailKind {
             Self::Reset => (K::Transient, None, None, "connection reset"),
             Self::Timeout => (K::Transient, None, None, "timeout"),
             Self::Lost => (K::Transient, None, None, "lost response (the request was applied)"),
-            Self::Precondition => (K::PreconditionFailed, Some(412), Some("PreconditionFailed"), "precondition failure"),
+            Self::Precondition => {
+                (K::PreconditionFailed, Some(412), Some("PreconditionFailed"), "precondition failure")
+            }
             Self::Conflict => (K::Conflict, Some(409), Some("ConditionalRequestConflict"), "conflict"),
             Self::NotFound => (K::NotFound, Some(404), Some("NoSuchKey"), "not-found"),
             Self::Denied => (K::PermissionDenied, Some(403), Some("AccessDenied"), "access denied"),
@@ -680,7 +682,10 @@ impl Store for FaultStore {
         if plan.latency.is_zero() {
             body
         } else {
-            stream::once(tokio::time::sleep(plan.latency)).filter_map(|_| futures::future::ready(None)).chain(body).boxed()
+            stream::once(tokio::time::sleep(plan.latency))
+                .filter_map(|_| futures::future::ready(None))
+                .chain(body)
+                .boxed()
         }
     }
 
@@ -721,8 +726,14 @@ impl Store for FaultStore {
     async fn create_multipart(&self, key: &str, opts: PutOptions, part_size: u64) -> Result<String> {
         self.call(Op::CreateMultipart, Some(key), "", self.inner.create_multipart(key, opts, part_size)).await
     }
-    async fn upload_part(&self, key: &str, upload_id: &str, part_number: u32, body: Bytes, crc64nvme: Option<u64>)
-        -> Result<PartInfo> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        crc64nvme: Option<u64>,
+    ) -> Result<PartInfo> {
         let detail = format!(" (part {part_number})");
         let f = self.inner.upload_part(key, upload_id, part_number, body, crc64nvme);
         self.call(Op::UploadPart, Some(key), &detail, f).await
@@ -739,8 +750,13 @@ impl Store for FaultStore {
         let f = self.inner.upload_part_copy(key, upload_id, part_number, src, range);
         self.call(Op::UploadPartCopy, Some(key), &detail, f).await
     }
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartInfo>, crc64nvme: Option<u64>)
-        -> Result<PutResult> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<PartInfo>,
+        crc64nvme: Option<u64>,
+    ) -> Result<PutResult> {
         let f = self.inner.complete_multipart(key, upload_id, parts, crc64nvme);
         self.call(Op::CompleteMultipart, Some(key), "", f).await
     }
@@ -786,9 +802,15 @@ mod tests {
                  any:latency=5ms;chaos=0.1,seed=7";
         let spec: FaultSpec = s.parse().unwrap();
         assert_eq!(spec.rules.len(), 6);
-        assert_eq!(spec.rules[0], Rule { op: Op::Put, action: Action::Fail(FailKind::Throttle), when: When { from: 2, count: Some(3) } });
+        assert_eq!(
+            spec.rules[0],
+            Rule { op: Op::Put, action: Action::Fail(FailKind::Throttle), when: When { from: 2, count: Some(3) } }
+        );
         assert_eq!(spec.rules[2].action, Action::FailAfter(FailKind::Reset, 4096));
-        assert_eq!(spec.rules[5], Rule { op: Op::Any, action: Action::Latency(Duration::from_millis(5)), when: When::ALWAYS });
+        assert_eq!(
+            spec.rules[5],
+            Rule { op: Op::Any, action: Action::Latency(Duration::from_millis(5)), when: When::ALWAYS }
+        );
         assert_eq!(spec.chaos, Some(Chaos { p: 0.1, seed: Some(7) }));
         let again: FaultSpec = spec.to_string().parse().unwrap();
         assert_eq!(again, spec);
@@ -994,8 +1016,13 @@ mod tests {
             mem.put_bytes(&format!("p/{i:02}"), "x").await.unwrap();
         }
         let fault = FaultStore::parse(mem.clone(), "put:throttle@1x3;list:transient=7@1;list:reset=5@2").unwrap();
-        let limit = Arc::new(LimitStore::with_config(Arc::new(fault), LimitConfig { initial: 16, ..Default::default() }));
-        let policy = RetryPolicy { base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(2), ..Default::default() };
+        let limit =
+            Arc::new(LimitStore::with_config(Arc::new(fault), LimitConfig { initial: 16, ..Default::default() }));
+        let policy = RetryPolicy {
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            ..Default::default()
+        };
         let s = RetryStore::with_policy(limit.clone(), policy);
 
         s.put_bytes("new", "v").await.unwrap();

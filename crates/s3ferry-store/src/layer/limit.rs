@@ -296,8 +296,14 @@ impl Store for LimitStore {
     async fn create_multipart(&self, key: &str, opts: PutOptions, part_size: u64) -> Result<String> {
         self.run(self.inner.create_multipart(key, opts, part_size)).await
     }
-    async fn upload_part(&self, key: &str, upload_id: &str, part_number: u32, body: Bytes, crc64nvme: Option<u64>)
-        -> Result<PartInfo> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        crc64nvme: Option<u64>,
+    ) -> Result<PartInfo> {
         self.run(self.inner.upload_part(key, upload_id, part_number, body, crc64nvme)).await
     }
     async fn upload_part_copy(
@@ -310,8 +316,13 @@ impl Store for LimitStore {
     ) -> Result<PartInfo> {
         self.run(self.inner.upload_part_copy(key, upload_id, part_number, src, range)).await
     }
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartInfo>, crc64nvme: Option<u64>)
-        -> Result<PutResult> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<PartInfo>,
+        crc64nvme: Option<u64>,
+    ) -> Result<PutResult> {
         self.run(self.inner.complete_multipart(key, upload_id, parts, crc64nvme)).await
     }
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
@@ -390,9 +401,8 @@ mod tests {
     #[tokio::test]
     async fn a_burst_of_concurrent_throttles_halves_once() {
         let gate = Arc::new(Semaphore::new(0));
-        let t = Arc::new(
-            TestStore::new(|op, _, _| (op == "put").then_some(ErrorKind::Throttled)).with_gate(gate.clone()),
-        );
+        let t =
+            Arc::new(TestStore::new(|op, _, _| (op == "put").then_some(ErrorKind::Throttled)).with_gate(gate.clone()));
         let s = Arc::new(LimitStore::with_config(t.clone(), cfg(4, 256, 64, 32)));
         let tasks = pile_up(&s, &t, 64, 64).await;
         gate.add_permits(64);

@@ -8,8 +8,8 @@
 //!   (throttled, conflict, corrupt) are still retried.
 //! * **Backoff:** before retry `n` (0-based) wait a uniformly random time in
 //!   `[0, min(max_delay, base_delay * 2^n)]` ("full jitter"). The RNG takes a seed for tests.
-//! * **Budget:** one token bucket per [`RetryStore`], as in the AWS SDKs' standard retry mode
-//!   (which the transfer manager inherits): each retry takes `retry_cost` tokens; a request that
+//! * **Budget:** one token bucket per [`RetryStore`], shaped like the AWS SDKs' standard retry
+//!   mode (the transfer manager's requests go through it): each retry takes `retry_cost` tokens; a request that
 //!   succeeds at its first attempt puts back `success_refund`, one that succeeds after retries
 //!   puts back one `retry_cost`. With the bucket empty, errors are returned at once, so a
 //!   persistent outage fails fast instead of multiplying the load by `max_attempts`.
@@ -39,8 +39,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::{
-    Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult, ListOptions,
-    MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store, StoreError,
+    Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult, ListOptions, MultipartUpload,
+    ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store, StoreError,
 };
 
 /// The retry token bucket (see the module docs).
@@ -170,8 +170,14 @@ enum GiveUp {
 
 impl Shared {
     /// After a failed attempt (`attempt` is 1-based): `Ok(wait)` to retry, `Err` to give up.
-    fn on_error(&self, op: &'static str, key: &str, err: &StoreError, attempt: u32, idempotent: bool)
-        -> Result<Duration, GiveUp> {
+    fn on_error(
+        &self,
+        op: &'static str,
+        key: &str,
+        err: &StoreError,
+        attempt: u32,
+        idempotent: bool,
+    ) -> Result<Duration, GiveUp> {
         if err.kind == ErrorKind::Throttled {
             self.stats.throttles.fetch_add(1, Ordering::Relaxed);
         }
@@ -278,8 +284,10 @@ impl RetryStore {
 
     /// Replace the backoff sleep (tests record the waits instead of sleeping).
     #[cfg(test)]
-    pub(crate) fn with_sleeper(self, sleep: impl Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync + 'static)
-        -> Self {
+    pub(crate) fn with_sleeper(
+        self,
+        sleep: impl Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) -> Self {
         let stats = self.shared.stats.clone();
         Self::build(self.inner, self.shared.policy.clone(), stats, Arc::new(sleep))
     }
@@ -419,13 +427,23 @@ impl Store for RetryStore {
 
     async fn create_multipart(&self, key: &str, opts: PutOptions, part_size: u64) -> Result<String> {
         // A retry after a lost response leaves an orphan upload; orphan cleanup deals with those.
-        self.shared.run("create_multipart", key, true, || self.inner.create_multipart(key, opts.clone(), part_size)).await
+        self.shared
+            .run("create_multipart", key, true, || self.inner.create_multipart(key, opts.clone(), part_size))
+            .await
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, part_number: u32, body: Bytes, crc64nvme: Option<u64>)
-        -> Result<PartInfo> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        crc64nvme: Option<u64>,
+    ) -> Result<PartInfo> {
         self.shared
-            .run("upload_part", key, true, || self.inner.upload_part(key, upload_id, part_number, body.clone(), crc64nvme))
+            .run("upload_part", key, true, || {
+                self.inner.upload_part(key, upload_id, part_number, body.clone(), crc64nvme)
+            })
             .await
     }
 
@@ -444,8 +462,13 @@ impl Store for RetryStore {
             .await
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartInfo>, crc64nvme: Option<u64>)
-        -> Result<PutResult> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<PartInfo>,
+        crc64nvme: Option<u64>,
+    ) -> Result<PutResult> {
         self.shared
             .run("complete_multipart", key, true, || {
                 self.inner.complete_multipart(key, upload_id, parts.clone(), crc64nvme)
@@ -563,8 +586,12 @@ mod tests {
         assert!(waits.iter().any(|w| *w < Duration::from_millis(40)));
         assert!(waits.iter().any(|w| *w > Duration::from_millis(360)));
 
-        let again: Vec<Duration> =
-            (0..2000).map({ let mut r = StdRng::seed_from_u64(1); move |_| p.backoff(2, &mut r) }).collect();
+        let again: Vec<Duration> = (0..2000)
+            .map({
+                let mut r = StdRng::seed_from_u64(1);
+                move |_| p.backoff(2, &mut r)
+            })
+            .collect();
         assert_eq!(waits, again, "same seed, same waits");
     }
 

@@ -15,8 +15,8 @@ use futures::stream::{BoxStream, StreamExt};
 
 use crate::memory::MemoryStore;
 use crate::{
-    Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions, MultipartUpload,
-    ObjectMeta, PartInfo, PutOptions, PutResult, Result, Store, StoreError,
+    Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions, MultipartUpload, ObjectMeta,
+    PartInfo, PutOptions, PutResult, Result, Store, StoreError,
 };
 
 /// `(op, key, n)` → fail with this kind? `n` is the 1-based call number of `op`.
@@ -179,18 +179,35 @@ impl Store for TestStore {
         let _g = self.enter("create_multipart", key).await?;
         self.mem.create_multipart(key, opts, part_size).await
     }
-    async fn upload_part(&self, key: &str, upload_id: &str, part_number: u32, body: Bytes, crc: Option<u64>)
-        -> Result<PartInfo> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        crc: Option<u64>,
+    ) -> Result<PartInfo> {
         let _g = self.enter("upload_part", key).await?;
         self.mem.upload_part(key, upload_id, part_number, body, crc).await
     }
-    async fn upload_part_copy(&self, key: &str, upload_id: &str, part_number: u32, src: &CopySource, range: Range<u64>)
-        -> Result<PartInfo> {
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        src: &CopySource,
+        range: Range<u64>,
+    ) -> Result<PartInfo> {
         let _g = self.enter("upload_part_copy", key).await?;
         self.mem.upload_part_copy(key, upload_id, part_number, src, range).await
     }
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartInfo>, crc: Option<u64>)
-        -> Result<PutResult> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<PartInfo>,
+        crc: Option<u64>,
+    ) -> Result<PutResult> {
         let _g = self.enter("complete_multipart", key).await?;
         self.mem.complete_multipart(key, upload_id, parts, crc).await
     }
