@@ -8,6 +8,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -36,6 +37,8 @@ pub struct TransferConfig {
     memory_units: u32,
     /// Attempts to finish one body read (resuming with Range + If-Match).
     pub body_attempts: u32,
+    /// A body that sends nothing for this long is abandoned and resumed.
+    pub idle_timeout: Duration,
     /// Largest object copied with one CopyObject; above it UploadPartCopy is used.
     pub max_single_copy: u64,
     pub storage_class: Option<String>,
@@ -52,6 +55,7 @@ impl TransferConfig {
             memory: Arc::new(Semaphore::new(memory_units as usize)),
             memory_units,
             body_attempts: 5,
+            idle_timeout: Duration::from_secs(30),
             max_single_copy: 5 * 1024 * 1024 * 1024,
             storage_class: None,
             server_side: true,
@@ -78,6 +82,7 @@ pub async fn read_range(
     whole: bool,
     mut pin: Option<String>,
     attempts: u32,
+    idle: Duration,
 ) -> Result<(Bytes, ObjectMeta)> {
     let want = range.end - range.start;
     let mut buf = BytesMut::with_capacity(want as usize);
@@ -107,7 +112,14 @@ pub async fn read_range(
             first_meta = Some(got.meta.clone());
         }
         let mut body = got.body;
-        while let Some(chunk) = body.next().await {
+        loop {
+            // The SDK stops retrying once headers arrive: a stalled body is ours to detect.
+            let chunk = match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(_) => Err(StoreError::new(ErrorKind::Transient, "get", format!("no data for {}s; resuming", idle.as_secs()))
+                    .with_key(key)),
+            };
             match chunk {
                 Ok(c) => {
                     if pos + c.len() as u64 > range.end {
@@ -228,7 +240,7 @@ pub async fn copy_object(
     if !is_multipart(size, part_size) {
         let _mem = cfg.reserve(size).await?;
         let pin = (src.kind == SideKind::Remote).then(|| entry.meta.etag.clone()).flatten();
-        let (data, meta) = read_range(src.store.as_ref(), &skey, 0..size, true, pin, cfg.body_attempts).await?;
+        let (data, meta) = read_range(src.store.as_ref(), &skey, 0..size, true, pin, cfg.body_attempts, cfg.idle_timeout).await?;
         let crc = crc64nvme(&data);
         verify_body(&skey, &data, crc, &meta)?;
         check_source_unchanged(src, &skey, &entry.meta).await?;
@@ -283,7 +295,7 @@ async fn multipart_upload(
                 async move {
                     let len = range.end - range.start;
                     let _mem = cfg.reserve(len).await?;
-                    let (data, _) = read_range(src.store.as_ref(), skey, range, false, pin, cfg.body_attempts).await?;
+                    let (data, _) = read_range(src.store.as_ref(), skey, range, false, pin, cfg.body_attempts, cfg.idle_timeout).await?;
                     let crc = crc64nvme(&data);
                     let info = dst.store.upload_part(dkey, upload_id, i as u32 + 1, data, Some(crc)).await?;
                     reporter.bytes(len);
