@@ -1,0 +1,42 @@
+//! The one conformance suite (s3ferry-testkit) on the in-memory and local backends, bare and
+//! behind the retry + limit layers. The S3 backend runs the same suite in s3ferry-aws.
+
+use std::sync::Arc;
+
+use s3ferry_store::layer::{LimitStore, RetryStore};
+use s3ferry_store::local::LocalStore;
+use s3ferry_store::memory::MemoryStore;
+use s3ferry_store::DynStore;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_conforms() {
+    s3ferry_testkit::conformance::run_all(&MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    s3ferry_testkit::conformance::run_all(&LocalStore::new(dir.path())).await;
+    // Nothing in flight is left behind.
+    let leftovers: Vec<_> = walk(dir.path()).into_iter().filter(|p| p.contains(".s3ferry-tmp.")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layered_store_conforms() {
+    let inner: DynStore = Arc::new(MemoryStore::new());
+    let layered = RetryStore::new(Arc::new(LimitStore::new(inner)));
+    s3ferry_testkit::conformance::run_all(&layered).await;
+}
+
+fn walk(p: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
+}
