@@ -184,7 +184,10 @@ impl Shared {
         if !err.retryable() || (!idempotent && err.kind == ErrorKind::Transient) {
             return Err(GiveUp::NotRetryable);
         }
-        if attempt >= self.policy.max_attempts {
+        // `check` is the first contact with a store: a wrong endpoint should fail in seconds with
+        // one clear line, not after the full backoff schedule.
+        let max_attempts = if op == "check" { self.policy.max_attempts.min(PROBE_ATTEMPTS) } else { self.policy.max_attempts };
+        if attempt >= max_attempts {
             self.stats.gave_up.fetch_add(1, Ordering::Relaxed);
             return Err(GiveUp::Attempts);
         }
@@ -249,6 +252,9 @@ impl Shared {
         }
     }
 }
+
+/// Attempts of the `check` probe at most.
+const PROBE_ATTEMPTS: u32 = 3;
 
 /// Retries failed requests of the store it wraps; see the module docs.
 #[derive(Debug)]
