@@ -199,6 +199,20 @@ pub struct CopyOptions {
     pub storage_class: Option<String>,
 }
 
+impl CopyOptions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn replace(mut self, r: Option<PutOptions>) -> Self {
+        self.replace = r;
+        self
+    }
+    pub fn storage_class(mut self, s: Option<String>) -> Self {
+        self.storage_class = s;
+        self
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct ListOptions {
@@ -209,6 +223,10 @@ pub struct ListOptions {
 impl ListOptions {
     pub fn prefix(p: impl Into<String>) -> Self {
         Self { prefix: p.into(), start_after: None }
+    }
+    pub fn start_after(mut self, k: Option<String>) -> Self {
+        self.start_after = k;
+        self
     }
 }
 
