@@ -5,6 +5,8 @@
 //! function (`error::map_sdk_error`).
 
 mod error;
+mod list;
 mod s3;
 
+pub use list::ListMode;
 pub use s3::{S3Config, S3Store, MAX_SINGLE_PUT};

@@ -34,6 +34,7 @@ use s3ferry_store::{
 };
 
 use crate::error::{build_error, map_body_error, map_sdk_error, root_cause, ErrCtx};
+use crate::list::{ListMode, Lister, ServerHeader};
 
 /// Largest single PUT / CopyObject S3 accepts.
 pub const MAX_SINGLE_PUT: u64 = 5 * 1024 * 1024 * 1024;
@@ -69,6 +70,8 @@ pub struct S3Config {
     pub session_token: Option<String>,
     /// Attempts the SDK makes per request; 0 or 1 = no SDK retries (our retry layer retries).
     pub max_attempts_sdk: u32,
+    /// How to list (flat, or a per-directory walk for servers that do not list in byte order).
+    pub list_mode: ListMode,
 }
 
 impl S3Config {
@@ -84,6 +87,7 @@ pub struct S3Store {
     ctx: ErrCtx,
     copy_domain: String,
     when_required: bool,
+    lister: Arc<Lister>,
     /// PutMode of multipart uploads started by this process, applied at completion (the trait's
     /// `complete_multipart` does not carry it). Uploads resumed by another process complete
     /// unconditionally.
@@ -158,6 +162,8 @@ impl S3Store {
             s3 = s3.endpoint_url(u);
         }
         s3 = s3.force_path_style(cfg.force_path_style.unwrap_or(endpoint.is_some()));
+        let server = Arc::new(std::sync::OnceLock::new());
+        s3 = s3.interceptor(ServerHeader(server.clone()));
 
         let endpoint_desc = endpoint.clone().unwrap_or_else(|| format!("AWS S3 ({region})"));
         let ctx = ErrCtx { bucket: cfg.bucket.clone(), endpoint: endpoint_desc };
@@ -182,11 +188,14 @@ impl S3Store {
             }
         };
         let copy_domain = format!("s3|{}|{}", endpoint.as_deref().unwrap_or("aws"), access_key);
+        let client = Client::from_conf(s3.build());
+        let lister = Arc::new(Lister { client: client.clone(), ctx: ctx.clone(), mode: cfg.list_mode, server });
         Ok(S3Store {
-            client: Client::from_conf(s3.build()),
+            client,
             ctx,
             copy_domain,
             when_required: cfg.checksum_when_required,
+            lister,
             modes: Arc::default(),
         })
     }
@@ -387,21 +396,6 @@ fn parse_content_range(s: &str) -> Option<(u64, u64, Option<u64>)> {
     Some((a, b.checked_add(1)?, total))
 }
 
-/// ListObjectsV2 with `encoding-type=url` decodes like botocore (`+` is a space).
-fn decode_listed_key(s: &str) -> String {
-    let plus = s.replace('+', " ");
-    percent_encoding::percent_decode_str(&plus).decode_utf8_lossy().into_owned()
-}
-
-struct ListState {
-    client: Client,
-    ctx: ErrCtx,
-    prefix: String,
-    start_after: Option<String>,
-    token: Option<String>,
-    done: bool,
-}
-
 #[async_trait]
 impl Store for S3Store {
     fn describe(&self) -> String {
@@ -419,7 +413,8 @@ impl Store for S3Store {
             upload_part_copy: true,
             tags: true,
             versions: true,
-            crc64nvme: true,
+            // With when_required we send no checksums, so objects may have no CRC64NVME.
+            crc64nvme: !self.when_required,
             md5_etags: true,
             max_single_put: MAX_SINGLE_PUT,
             local: false,
@@ -427,62 +422,7 @@ impl Store for S3Store {
     }
 
     fn list(&self, opts: ListOptions) -> BoxStream<'static, Result<ObjectMeta>> {
-        let st = ListState {
-            client: self.client.clone(),
-            ctx: self.ctx.clone(),
-            prefix: opts.prefix,
-            start_after: opts.start_after,
-            token: None,
-            done: false,
-        };
-        stream::unfold(st, |mut st| async move {
-            if st.done {
-                return None;
-            }
-            let mut req = st
-                .client
-                .list_objects_v2()
-                .bucket(&st.ctx.bucket)
-                .encoding_type(aws_sdk_s3::types::EncodingType::Url)
-                .set_continuation_token(st.token.clone());
-            if !st.prefix.is_empty() {
-                req = req.prefix(&st.prefix);
-            }
-            if st.token.is_none() {
-                req = req.set_start_after(st.start_after.clone());
-            }
-            let out = match req.send().await {
-                Ok(o) => o,
-                Err(e) => {
-                    st.done = true;
-                    let err = map_sdk_error(&st.ctx, "list", None, e);
-                    return Some((stream::iter(vec![Err(err)]), st));
-                }
-            };
-            let urlenc = out.encoding_type() == Some(&aws_sdk_s3::types::EncodingType::Url);
-            let page: Vec<Result<ObjectMeta>> = out
-                .contents()
-                .iter()
-                .map(|o| {
-                    let raw = o.key().unwrap_or_default();
-                    Ok(ObjectMeta {
-                        key: if urlenc { decode_listed_key(raw) } else { raw.to_string() },
-                        size: o.size().unwrap_or(0).max(0) as u64,
-                        last_modified: to_system_time(o.last_modified()),
-                        etag: o.e_tag().map(clean_etag),
-                        storage_class: o.storage_class().map(|s| s.as_str().to_string()),
-                        ..Default::default()
-                    })
-                })
-                .collect();
-            match (out.is_truncated(), out.next_continuation_token()) {
-                (Some(true), Some(t)) if !t.is_empty() => st.token = Some(t.to_string()),
-                _ => st.done = true,
-            }
-            Some((stream::iter(page), st))
-        })
-        .flatten()
-        .boxed()
+        self.lister.clone().list(opts)
     }
 
     async fn check(&self) -> Result<()> {
@@ -1004,8 +944,4 @@ mod tests {
         assert_eq!(full_object_crc(Some(&format!("{v}-3")), None), None);
     }
 
-    #[test]
-    fn listed_keys_decode_like_botocore() {
-        assert_eq!(decode_listed_key("a+b%2Bc%25%C3%BC"), "a b+c%ü");
-    }
 }
