@@ -314,17 +314,17 @@ mod tests {
             let o = PlanOptions { delete, size_only, checksum, src_kind: Some(sk), dst_kind: Some(dk), ..Default::default() };
             let a = plan(s.as_ref(), d.as_ref(), None, &o);
             match (&s, &d) {
-                (Some(_), _) => prop_assert!(a != Action::Delete && a != Action::Extra),
-                (None, Some(_)) => prop_assert_eq!(a, if delete { Action::Delete } else { Action::Extra }),
+                (Some(_), _) => prop_assert!(!matches!(a, Action::Delete | Action::Extra)),
+                (None, Some(_)) => prop_assert_eq!(&a, &if delete { Action::Delete } else { Action::Extra }),
                 _ => {}
             }
             if let (Some(s), Some(d)) = (&s, &d) {
                 if s.meta.size != d.meta.size {
-                    prop_assert_eq!(a, Action::Copy(CopyReason::Size));
+                    prop_assert_eq!(&a, &Action::Copy(CopyReason::Size));
                 }
             }
             if let (Some(_), None) = (&s, &d) {
-                prop_assert_eq!(a, Action::Copy(CopyReason::New));
+                prop_assert_eq!(&a, &Action::Copy(CopyReason::New));
             }
         }
     }

@@ -362,3 +362,54 @@ async fn multipart_copy(src: &Side, dst: &Side, entry: &Entry, cfg: &TransferCon
     let _ = journal.upload_ended(&store_id, &dkey, &upload_id);
     Ok(result?.etag)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use s3ferry_store::layer::FaultStore;
+    use s3ferry_store::memory::MemoryStore;
+    use s3ferry_store::StoreExt;
+
+    fn ramp(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
+
+    async fn faulty(spec: &str, data: &[u8]) -> (MemoryStore, FaultStore) {
+        let mem = MemoryStore::new();
+        mem.put_bytes("k", data.to_vec()).await.unwrap();
+        let f = FaultStore::new(Arc::new(mem.clone()), spec.parse().unwrap());
+        (mem, f)
+    }
+
+    #[tokio::test]
+    async fn stalled_body_is_abandoned_and_resumed() {
+        let data = ramp(10_000);
+        let (_, f) = faulty("get:stall=4000@1", &data).await;
+        let (got, _) = read_range(&f, "k", 0..10_000, true, None, 3, Duration::from_millis(50)).await.unwrap();
+        assert_eq!(got.as_ref(), data.as_slice());
+        assert_eq!(f.calls("get"), 2, "one resume");
+    }
+
+    #[tokio::test]
+    async fn reset_and_truncated_bodies_resume_pinned_to_the_first_etag() {
+        let data = ramp(50_000);
+        let (mem, f) = faulty("get:reset=1000@1; get:truncate=7000@2", &data).await;
+        let (got, meta) = read_range(&f, "k", 100..40_000, false, None, 5, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got.as_ref(), &data[100..40_000]);
+        assert_eq!(f.calls("get"), 3);
+        // The source changes between two reads of one object: the pinned read fails, no splice.
+        let etag = meta.etag.clone();
+        mem.put_bytes("k", ramp(50_001)).await.unwrap();
+        let err = read_range(&f, "k", 0..50_000, false, etag, 5, Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::PreconditionFailed);
+    }
+
+    #[tokio::test]
+    async fn persistent_short_bodies_fail_as_corrupt() {
+        let data = ramp(5_000);
+        let (_, f) = faulty("get:truncate=10", &data).await;
+        let err = read_range(&f, "k", 0..5_000, true, None, 3, Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Corrupt);
+        assert_eq!(f.calls("get"), 3);
+    }
+}

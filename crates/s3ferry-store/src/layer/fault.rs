@@ -17,6 +17,7 @@
 //!         / kind "=" N                       get: the body fails after N bytes;
 //!                                            list: the listing fails after N entries
 //!         / "truncate=" N                    get: the body ends early after N bytes (no error)
+//!         / "stall=" N                       get: the body sends N bytes, then nothing, forever
 //!         / "flip=" N                        get: flip the lowest bit of body byte N (0-based)
 //!         / "latency=" DURATION              sleep this long before the call (e.g. 5ms, 2s, 500us)
 //! kind    = throttle | 503                   Throttled, HTTP 503 SlowDown
@@ -190,6 +191,8 @@ enum Action {
     /// Fail the stream after N bytes (get) or N entries (list).
     FailAfter(FailKind, u64),
     Truncate(u64),
+    /// get: deliver N bytes, then never send another (no error, no end).
+    Stall(u64),
     Flip(u64),
     Latency(Duration),
 }
@@ -290,6 +293,7 @@ fn parse_action(s: &str) -> Result<Action, String> {
     let need = |what: &str| value.ok_or_else(|| format!("{name} needs a value: {name}={what}"));
     match name {
         "truncate" => Ok(Action::Truncate(parse_u64(need("BYTES")?, "truncate")?)),
+        "stall" => Ok(Action::Stall(parse_u64(need("BYTES")?, "stall")?)),
         "flip" => Ok(Action::Flip(parse_u64(need("OFFSET")?, "flip")?)),
         "latency" => Ok(Action::Latency(parse_duration(need("DURATION")?)?)),
         _ => {
@@ -323,8 +327,8 @@ fn parse_rule(s: &str) -> Result<Rule, String> {
     };
     let action = parse_action(action)?;
     match action {
-        Action::Truncate(_) | Action::Flip(_) if op != Op::Get => {
-            return Err("truncate and flip apply to get bodies only".into());
+        Action::Truncate(_) | Action::Flip(_) | Action::Stall(_) if op != Op::Get => {
+            return Err("truncate, stall and flip apply to get bodies only".into());
         }
         Action::FailAfter(FailKind::Lost, _) => return Err("lost takes no value".into()),
         Action::FailAfter(..) if !matches!(op, Op::Get | Op::List) => {
@@ -386,6 +390,7 @@ impl fmt::Display for Rule {
             Action::Fail(k) => write!(f, "{}", k.name())?,
             Action::FailAfter(k, n) => write!(f, "{}={n}", k.name())?,
             Action::Truncate(n) => write!(f, "truncate={n}")?,
+            Action::Stall(n) => write!(f, "stall={n}")?,
             Action::Flip(n) => write!(f, "flip={n}")?,
             Action::Latency(d) => write!(f, "latency={}us", d.as_micros())?,
         }
@@ -542,6 +547,8 @@ struct FaultBody {
     /// Where the body stops, and how: `None` = ends quietly (truncate).
     cut: Option<(u64, Option<FailKind>)>,
     flips: Vec<u64>,
+    /// The body goes silent once this many bytes were delivered.
+    stall: Option<u64>,
     counters: Arc<Counters>,
     /// Bytes were dropped from the last chunk: the next poll fires the cut.
     cut_pending: bool,
@@ -552,8 +559,13 @@ impl FaultBody {
     fn new(body: ByteStream, key: &str, faults: &[Action], counters: Arc<Counters>) -> Self {
         let mut cut: Option<(u64, Option<FailKind>)> = None;
         let mut flips = Vec::new();
+        let mut stall: Option<u64> = None;
         for a in faults {
             let c = match *a {
+                Action::Stall(n) => {
+                    stall = Some(stall.map_or(n, |s| s.min(n)));
+                    continue;
+                }
                 Action::Truncate(n) => (n, None),
                 Action::FailAfter(k, n) => (n, Some(k)),
                 Action::Flip(n) => {
@@ -566,7 +578,7 @@ impl FaultBody {
                 cut = Some(c);
             }
         }
-        Self { body, key: key.to_string(), pos: 0, cut, flips, counters, cut_pending: false, ended: false }
+        Self { body, key: key.to_string(), pos: 0, cut, flips, stall, counters, cut_pending: false, ended: false }
     }
 }
 
@@ -599,12 +611,23 @@ impl Stream for FaultBody {
         if self.cut_pending {
             return Poll::Ready(self.fire());
         }
+        if self.stall.is_some_and(|s| self.pos >= s) {
+            // Silent forever: only the reader's idle timeout gets it out of here.
+            return Poll::Pending;
+        }
         let mut chunk = match self.body.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(c))) => c,
             // A body that ends at or before the cut is left alone: nothing was lost.
             other => return other,
         };
         let start = self.pos;
+        if let Some(n) = self.stall {
+            let room = usize::try_from(n - start).unwrap_or(usize::MAX);
+            if chunk.len() > room {
+                chunk.truncate(room);
+                self.counters.injected.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         if let Some((n, _)) = self.cut {
             if start >= n {
                 return Poll::Ready(self.fire());
