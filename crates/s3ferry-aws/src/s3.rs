@@ -25,7 +25,7 @@ use aws_sdk_s3::types::{
 };
 use aws_sdk_s3::Client;
 use bytes::Bytes;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use s3ferry_store::checksum::{clean_etag, crc64_from_b64, crc64_to_b64, crc64nvme};
 use s3ferry_store::{
@@ -255,11 +255,9 @@ impl S3Store {
             let keys: Vec<String> = self
                 .list(ListOptions::default())
                 .take(DELETE_BATCH)
-                .map(|r| r.map(|m| m.key))
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect::<Result<_>>()?;
+                .map_ok(|m| m.key)
+                .try_collect()
+                .await?;
             if keys.is_empty() {
                 break;
             }

@@ -99,6 +99,15 @@ async fn unreachable_endpoint_is_one_clean_line() {
 }
 
 #[tokio::test]
+async fn unknown_host_is_one_clean_line() {
+    let store = connect("http://no-such-host.invalid:8333", "some-bucket").await;
+    let e = store.check().await.err().unwrap_or_else(|| panic!("check against an unknown host succeeded"));
+    let msg = e.to_string();
+    assert!(msg.starts_with("check: cannot reach endpoint http://no-such-host.invalid:8333: "), "{msg}");
+    assert!(!msg.contains('\n') && msg.len() < 200, "one short line: {msg}");
+}
+
+#[tokio::test]
 async fn copy_domain_is_endpoint_and_access_key() {
     let a = connect("http://127.0.0.1:8333", "bucket-a").await;
     let b = connect("http://127.0.0.1:8333", "bucket-b").await;

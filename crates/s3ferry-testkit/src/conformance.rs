@@ -33,6 +33,7 @@ pub async fn run_all(store: &dyn Store) {
     conditional_put(store, &p("cond")).await;
     multipart_upload(store, &p("mpu")).await;
     multipart_abort_and_invisible(store, &p("mpu-abort")).await;
+    multipart_bad_checksums(store, &p("mpu-badcrc")).await;
     copy_object(store, &p("copy")).await;
     copy_if_match(store, &p("copy-ifmatch")).await;
     upload_part_copy(store, &p("upc")).await;
@@ -422,6 +423,32 @@ pub async fn multipart_upload(store: &dyn Store, prefix: &str) {
     }
     let pending = ok(store.list_multipart(prefix).await, "list_multipart");
     assert!(!pending.iter().any(|u| u.upload_id == id), "completed upload no longer listed");
+}
+
+/// A part with a wrong CRC64NVME is refused; a wrong full-object CRC fails the completion and
+/// leaves no object.
+pub async fn multipart_bad_checksums(store: &dyn Store, prefix: &str) {
+    let k = format!("{prefix}bad.bin");
+    let part = 5 * MIB;
+    let d1 = ramp(part as usize, 51);
+    let d2 = ramp(2048, 52);
+    let id = ok(store.create_multipart(&k, PutOptions::new(), part).await, "create_multipart");
+    expect_kind(
+        store.upload_part(&k, &id, 1, d1.clone(), Some(crc64nvme(&d1) ^ 1)).await,
+        &[ErrorKind::Corrupt, ErrorKind::InvalidInput],
+        "upload_part with a wrong CRC64NVME",
+    );
+    let p1 = ok(store.upload_part(&k, &id, 1, d1.clone(), Some(crc64nvme(&d1))).await, "part 1");
+    let p2 = ok(store.upload_part(&k, &id, 2, d2.clone(), Some(crc64nvme(&d2))).await, "part 2");
+    let whole = crc64nvme_combine(crc64nvme(&d1), crc64nvme(&d2), d2.len() as u64);
+    expect_kind(
+        store.complete_multipart(&k, &id, vec![p1.clone(), p2.clone()], Some(whole ^ 1)).await,
+        &[ErrorKind::Corrupt, ErrorKind::InvalidInput],
+        "complete with a wrong full-object CRC64NVME",
+    );
+    expect_kind(store.head(&k).await, &[ErrorKind::NotFound], "no object after a failed completion");
+    // The upload may or may not survive a refused completion; clean it up either way.
+    ok(store.abort_multipart(&k, &id).await, "abort");
 }
 
 /// An upload with parts but not completed is invisible; abort removes it from list_multipart.
