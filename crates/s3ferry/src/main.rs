@@ -77,9 +77,16 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<u8, Fatal> {
         Command::Mb { uri } => {
             let (bucket, _) = s3_uri(uri)?;
             let store = stores::s3_admin(&cli.global, &bucket).await?;
-            store.create_bucket().await?;
+            let note = match store.create_bucket().await {
+                Ok(()) => "",
+                // Ours already: the goal (a bucket we can use) is met.
+                Err(e) if e.http.as_ref().and_then(|h| h.code.as_deref()) == Some("BucketAlreadyOwnedByYou") => {
+                    " (already exists and is yours)"
+                }
+                Err(e) => return Err(e.into()),
+            };
             if !cli.global.quiet {
-                println!("make_bucket: s3://{bucket}");
+                println!("make_bucket: s3://{bucket}{note}");
             }
             Ok(0)
         }
