@@ -166,14 +166,12 @@ fn put_options(src_kind: SideKind, dst: &Side, rel: &str, src_meta: &ObjectMeta,
         .storage_class(cfg.storage_class.clone())
 }
 
-/// After reading a local source, make sure it did not change meanwhile.
-async fn check_source_unchanged(src: &Side, key: &str, listed: &ObjectMeta) -> Result<()> {
-    if src.kind != SideKind::Local {
-        return Ok(());
-    }
-    let now = src.store.head(key).await?;
-    if now.size != listed.size || now.mtime != listed.mtime {
-        return Err(StoreError::new(ErrorKind::Transient, "read", "file changed while it was being read; will retry")
+/// A local source read as `read` must still be the file that was listed. (The local store
+/// guarantees the bytes of one read match the `meta` it returns: it checks the file again
+/// after the read.)
+fn check_same_file(src: &Side, key: &str, listed: &ObjectMeta, read: &ObjectMeta) -> Result<()> {
+    if src.kind == SideKind::Local && (read.size != listed.size || read.mtime != listed.mtime) {
+        return Err(StoreError::new(ErrorKind::Transient, "read", "file changed since it was listed; will retry")
             .with_key(key));
     }
     Ok(())
@@ -243,7 +241,7 @@ pub async fn copy_object(
         let (data, meta) = read_range(src.store.as_ref(), &skey, 0..size, true, pin, cfg.body_attempts, cfg.idle_timeout).await?;
         let crc = crc64nvme(&data);
         verify_body(&skey, &data, crc, &meta)?;
-        check_source_unchanged(src, &skey, &entry.meta).await?;
+        check_same_file(src, &skey, &entry.meta, &meta)?;
         let mut opts = put_options(src.kind, dst, &entry.rel, &meta, cfg).crc64nvme(Some(crc));
         if src.kind == SideKind::Remote && dst.kind == SideKind::Remote && both_tag(src, dst) {
             opts.tags = src.store.get_tags(&skey).await?;
@@ -295,7 +293,8 @@ async fn multipart_upload(
                 async move {
                     let len = range.end - range.start;
                     let _mem = cfg.reserve(len).await?;
-                    let (data, _) = read_range(src.store.as_ref(), skey, range, false, pin, cfg.body_attempts, cfg.idle_timeout).await?;
+                    let (data, meta) = read_range(src.store.as_ref(), skey, range, false, pin, cfg.body_attempts, cfg.idle_timeout).await?;
+                    check_same_file(src, skey, &entry.meta, &meta)?;
                     let crc = crc64nvme(&data);
                     let info = dst.store.upload_part(dkey, upload_id, i as u32 + 1, data, Some(crc)).await?;
                     reporter.bytes(len);
@@ -312,7 +311,6 @@ async fn multipart_upload(
                     .with_key(&skey));
             }
         }
-        check_source_unchanged(src, &skey, &entry.meta).await?;
         let infos = parts.into_iter().map(|(p, _, _)| p).collect();
         dst.store.complete_multipart(&dkey, &upload_id, infos, Some(whole)).await
     }

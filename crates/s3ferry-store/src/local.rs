@@ -14,7 +14,6 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -353,33 +352,59 @@ impl Store for LocalStore {
         }
         let path = self.path_for("get", key)?;
         let k = key.to_string();
-        let (file, meta) = blocking(move || {
+        let want = opts.range.clone();
+        // Small reads happen in the same blocking call as the open, and the file is checked
+        // again after the read: the bytes returned are the file `meta` describes.
+        let (file, meta, range, small) = blocking(move || {
             let md = std::fs::symlink_metadata(&path).map_err(|e| StoreError::io("get", &k, e))?;
             if !md.is_file() {
                 return Err(err(ErrorKind::NotFound, "get", &k, "not a regular file"));
             }
             let f = File::open(&path).map_err(|e| StoreError::io("get", &k, e))?;
-            Ok((f, meta_of(k, &md)))
+            let meta = meta_of(k.clone(), &md);
+            let size = meta.size;
+            let range = want.unwrap_or(0..size);
+            if range.start > range.end || range.end > size {
+                return Err(err(ErrorKind::InvalidInput, "get", &k, format!("range {range:?} outside 0..{size}")));
+            }
+            if range.end - range.start > READ_CHUNK {
+                return Ok((f, meta, range, None));
+            }
+            let data = read_range(&f, range.start, range.end - range.start).map_err(|e| StoreError::io("get", &k, e))?;
+            let after = f.metadata().map_err(|e| StoreError::io("get", &k, e))?;
+            if after.len() != md.len() || after.modified().ok() != meta.mtime {
+                return Err(err(ErrorKind::Transient, "get", &k, "file changed while it was being read"));
+            }
+            Ok((f, meta, range, Some(data)))
         })
         .await?;
-        let size = meta.size;
-        let range = opts.range.unwrap_or(0..size);
-        if range.start > range.end || range.end > size {
-            return Err(err(ErrorKind::InvalidInput, "get", key, format!("range {range:?} outside 0..{size}")));
+        if let Some(data) = small {
+            return Ok(GetResult { meta, range, body: stream::iter([Ok(data)]).boxed() });
         }
         let file = Arc::new(file);
         let key = key.to_string();
-        let body = stream::unfold(range.start, move |pos| {
+        let (size0, mtime0) = (meta.size, meta.mtime);
+        let end = range.end;
+        let body = stream::unfold(Some(range.start), move |pos| {
             let file = file.clone();
             let key = key.clone();
-            let end = range.end;
             async move {
+                let pos = pos?;
                 if pos >= end {
-                    return None;
+                    // Last step: the file must still be the one that was opened.
+                    let r = blocking(move || {
+                        let md = file.metadata().map_err(|e| StoreError::io("get", &key, e))?;
+                        if md.len() != size0 || md.modified().ok() != mtime0 {
+                            return Err(err(ErrorKind::Transient, "get", &key, "file changed while it was being read"));
+                        }
+                        Ok(())
+                    })
+                    .await;
+                    return r.err().map(|e| (Err(e), None));
                 }
                 let n = (end - pos).min(READ_CHUNK);
                 let r = blocking(move || read_range(&file, pos, n).map_err(|e| StoreError::io("get", &key, e))).await;
-                Some((r, pos + n))
+                Some((r, Some(pos + n)))
             }
         })
         .boxed();
@@ -586,9 +611,4 @@ impl Store for LocalStore {
         })
         .await
     }
-}
-
-/// Is `now` the mtime the file at `path` had? Used to detect a source modified during upload.
-pub fn file_unchanged(path: &Path, size: u64, mtime: Option<SystemTime>) -> bool {
-    std::fs::metadata(path).map(|m| m.len() == size && m.modified().ok() == mtime).unwrap_or(false)
 }
