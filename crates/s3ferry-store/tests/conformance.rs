@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use s3ferry_store::layer::{LimitStore, RetryStore};
+use s3ferry_store::layer::{LimitStore, RetryPolicy, RetryStore};
 use s3ferry_store::local::LocalStore;
 use s3ferry_store::memory::MemoryStore;
 use s3ferry_store::DynStore;
@@ -27,7 +27,12 @@ async fn local_store_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layered_store_conforms() {
     let inner: DynStore = Arc::new(MemoryStore::new());
-    let layered = RetryStore::new(Arc::new(LimitStore::new(inner)));
+    // The suite provokes refusals that are retryable (a wrong checksum is Corrupt): keep the
+    // backoff short so they give up quickly.
+    let mut policy = RetryPolicy::default();
+    policy.base_delay = std::time::Duration::from_millis(1);
+    policy.max_delay = std::time::Duration::from_millis(10);
+    let layered = RetryStore::with_policy(Arc::new(LimitStore::new(inner)), policy);
     s3ferry_testkit::conformance::run_all(&layered).await;
 }
 
