@@ -27,26 +27,44 @@ pub(crate) struct ErrCtx {
 pub(crate) fn kind_for(status: Option<u16>, code: Option<&str>) -> ErrorKind {
     if let Some(code) = code {
         let k = match code {
-            "NoSuchKey" | "NoSuchUpload" | "NoSuchVersion" | "NotFound" => Some(ErrorKind::NotFound),
-            "NoSuchBucket" => Some(ErrorKind::BucketNotFound),
-            "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken"
-            | "TokenRefreshRequired" | "AllAccessDisabled" | "AccountProblem" | "Forbidden" => {
-                Some(ErrorKind::PermissionDenied)
+            "NoSuchKey" | "NoSuchUpload" | "NoSuchVersion" | "NotFound" => {
+                Some(ErrorKind::NotFound)
             }
+            "NoSuchBucket" => Some(ErrorKind::BucketNotFound),
+            "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "InvalidToken"
+            | "TokenRefreshRequired"
+            | "AllAccessDisabled"
+            | "AccountProblem"
+            | "Forbidden" => Some(ErrorKind::PermissionDenied),
             "PreconditionFailed" | "NotModified" => Some(ErrorKind::PreconditionFailed),
             "ConditionalRequestConflict" | "OperationAborted" => Some(ErrorKind::Conflict),
-            "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequests"
-            | "ServiceUnavailable" | "TooManyRequestsException" => Some(ErrorKind::Throttled),
-            "InternalError" | "InternalServerError" | "RequestTimeout" | "RequestTimeoutException" | "BadGateway"
-            | "GatewayTimeout" | "IncompleteBody" => Some(ErrorKind::Transient),
-            "BadDigest" | "InvalidDigest" | "XAmzContentChecksumMismatch" | "XAmzContentSHA256Mismatch" => {
-                Some(ErrorKind::Corrupt)
-            }
+            "SlowDown"
+            | "Throttling"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "TooManyRequests"
+            | "ServiceUnavailable"
+            | "TooManyRequestsException" => Some(ErrorKind::Throttled),
+            "InternalError"
+            | "InternalServerError"
+            | "RequestTimeout"
+            | "RequestTimeoutException"
+            | "BadGateway"
+            | "GatewayTimeout"
+            | "IncompleteBody" => Some(ErrorKind::Transient),
+            "BadDigest"
+            | "InvalidDigest"
+            | "XAmzContentChecksumMismatch"
+            | "XAmzContentSHA256Mismatch" => Some(ErrorKind::Corrupt),
             "BucketAlreadyExists" | "BucketAlreadyOwnedByYou" => Some(ErrorKind::AlreadyExists),
             "NotImplemented" => Some(ErrorKind::Unsupported),
-            "InvalidRange" | "InvalidArgument" | "InvalidPart" | "InvalidPartOrder" | "EntityTooSmall"
-            | "EntityTooLarge" | "KeyTooLongError" | "InvalidBucketName" | "MetadataTooLarge" | "InvalidTag"
-            | "MalformedXML" => Some(ErrorKind::InvalidInput),
+            "InvalidRange" | "InvalidArgument" | "InvalidPart" | "InvalidPartOrder"
+            | "EntityTooSmall" | "EntityTooLarge" | "KeyTooLongError" | "InvalidBucketName"
+            | "MetadataTooLarge" | "InvalidTag" | "MalformedXML" => Some(ErrorKind::InvalidInput),
             _ => None,
         };
         if let Some(k) = k {
@@ -70,7 +88,10 @@ fn default_message(kind: ErrorKind, ctx: &ErrCtx) -> String {
     match kind {
         ErrorKind::NotFound => "no such key".into(),
         ErrorKind::BucketNotFound => format!("bucket '{}' does not exist", ctx.bucket),
-        ErrorKind::PermissionDenied => format!("access denied to bucket '{}' — check credentials/profile", ctx.bucket),
+        ErrorKind::PermissionDenied => format!(
+            "access denied to bucket '{}' — check credentials/profile",
+            ctx.bucket
+        ),
         ErrorKind::PreconditionFailed => "precondition failed (the object changed)".into(),
         ErrorKind::Conflict => "conflicting concurrent request".into(),
         ErrorKind::Throttled => "throttled by the server".into(),
@@ -122,8 +143,12 @@ fn chain_contains(err: &(dyn StdError + 'static), needle: &str) -> bool {
 }
 
 /// SdkError -> StoreError. Every SDK call goes through here.
-pub(crate) fn map_sdk_error<E>(ctx: &ErrCtx, op: &'static str, key: Option<&str>, err: SdkError<E, HttpResponse>)
-    -> StoreError
+pub(crate) fn map_sdk_error<E>(
+    ctx: &ErrCtx,
+    op: &'static str,
+    key: Option<&str>,
+    err: SdkError<E, HttpResponse>,
+) -> StoreError
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
 {
@@ -141,35 +166,67 @@ where
             };
             (kind, message)
         }
-        SdkError::TimeoutError(_) => (ErrorKind::Transient, format!("request to {} timed out", ctx.endpoint)),
+        SdkError::TimeoutError(_) => (
+            ErrorKind::Transient,
+            format!("request to {} timed out", ctx.endpoint),
+        ),
         SdkError::DispatchFailure(d) => {
             let cause = root_cause(&err);
             if d.is_timeout() {
-                (ErrorKind::Transient, format!("timed out talking to endpoint {}: {cause}", ctx.endpoint))
+                (
+                    ErrorKind::Transient,
+                    format!("timed out talking to endpoint {}: {cause}", ctx.endpoint),
+                )
             } else if d.is_io() {
-                (ErrorKind::Transient, format!("cannot reach endpoint {}: {cause}", ctx.endpoint))
+                (
+                    ErrorKind::Transient,
+                    format!("cannot reach endpoint {}: {cause}", ctx.endpoint),
+                )
             } else if d.is_user() {
                 (ErrorKind::InvalidInput, format!("bad request: {cause}"))
             } else if chain_contains(&err, "credentials") || chain_contains(&err, "identity") {
-                (ErrorKind::PermissionDenied, format!("no usable AWS credentials: {cause}"))
+                (
+                    ErrorKind::PermissionDenied,
+                    format!("no usable AWS credentials: {cause}"),
+                )
             } else {
-                (ErrorKind::Other, format!("cannot talk to endpoint {}: {cause}", ctx.endpoint))
+                (
+                    ErrorKind::Other,
+                    format!("cannot talk to endpoint {}: {cause}", ctx.endpoint),
+                )
             }
         }
-        SdkError::ResponseError(_) => {
-            (ErrorKind::Transient, format!("unreadable response from {}: {}", ctx.endpoint, root_cause(&err)))
-        }
+        SdkError::ResponseError(_) => (
+            ErrorKind::Transient,
+            format!(
+                "unreadable response from {}: {}",
+                ctx.endpoint,
+                root_cause(&err)
+            ),
+        ),
         SdkError::ConstructionFailure(_) => {
             let cause = root_cause(&err);
             if chain_contains(&err, "credentials") || chain_contains(&err, "identity") {
-                (ErrorKind::PermissionDenied, format!("no usable AWS credentials: {cause}"))
+                (
+                    ErrorKind::PermissionDenied,
+                    format!("no usable AWS credentials: {cause}"),
+                )
             } else {
-                (ErrorKind::InvalidInput, format!("cannot build the request: {cause}"))
+                (
+                    ErrorKind::InvalidInput,
+                    format!("cannot build the request: {cause}"),
+                )
             }
         }
         _ => (ErrorKind::Other, root_cause(&err)),
     };
-    let mut e = StoreError::new(kind, op, message).with_http(HttpInfo { status, code, request_id }).with_source(err);
+    let mut e = StoreError::new(kind, op, message)
+        .with_http(HttpInfo {
+            status,
+            code,
+            request_id,
+        })
+        .with_source(err);
     if let Some(k) = key {
         e = e.with_key(k);
     }
@@ -177,18 +234,34 @@ where
 }
 
 /// An error while reading a GET body (after the headers arrived; the SDK no longer retries).
-pub(crate) fn map_body_error(op: &'static str, key: &str, err: aws_smithy_types::byte_stream::error::Error) -> StoreError {
-    let kind =
-        if chain_contains(&err, "checksum mismatch") { ErrorKind::Corrupt } else { ErrorKind::Transient };
+pub(crate) fn map_body_error(
+    op: &'static str,
+    key: &str,
+    err: aws_smithy_types::byte_stream::error::Error,
+) -> StoreError {
+    let kind = if chain_contains(&err, "checksum mismatch") {
+        ErrorKind::Corrupt
+    } else {
+        ErrorKind::Transient
+    };
     let msg = format!("reading the body failed: {}", root_cause(&err));
-    StoreError::new(kind, op, msg).with_key(key).with_source(err)
+    StoreError::new(kind, op, msg)
+        .with_key(key)
+        .with_source(err)
 }
 
 /// A request we could not even build (required field missing).
-pub(crate) fn build_error(op: &'static str, key: Option<&str>, err: aws_smithy_types::error::operation::BuildError)
-    -> StoreError {
-    let mut e = StoreError::new(ErrorKind::InvalidInput, op, format!("cannot build the request: {}", one_line(&err.to_string())))
-        .with_source(err);
+pub(crate) fn build_error(
+    op: &'static str,
+    key: Option<&str>,
+    err: aws_smithy_types::error::operation::BuildError,
+) -> StoreError {
+    let mut e = StoreError::new(
+        ErrorKind::InvalidInput,
+        op,
+        format!("cannot build the request: {}", one_line(&err.to_string())),
+    )
+    .with_source(err);
     if let Some(k) = key {
         e = e.with_key(k);
     }
@@ -203,19 +276,37 @@ mod tests {
     fn kinds_from_codes_and_statuses() {
         assert_eq!(kind_for(Some(404), Some("NoSuchKey")), ErrorKind::NotFound);
         assert_eq!(kind_for(Some(404), None), ErrorKind::NotFound);
-        assert_eq!(kind_for(Some(404), Some("NoSuchBucket")), ErrorKind::BucketNotFound);
-        assert_eq!(kind_for(Some(403), Some("SignatureDoesNotMatch")), ErrorKind::PermissionDenied);
+        assert_eq!(
+            kind_for(Some(404), Some("NoSuchBucket")),
+            ErrorKind::BucketNotFound
+        );
+        assert_eq!(
+            kind_for(Some(403), Some("SignatureDoesNotMatch")),
+            ErrorKind::PermissionDenied
+        );
         assert_eq!(kind_for(Some(412), None), ErrorKind::PreconditionFailed);
-        assert_eq!(kind_for(Some(409), Some("ConditionalRequestConflict")), ErrorKind::Conflict);
+        assert_eq!(
+            kind_for(Some(409), Some("ConditionalRequestConflict")),
+            ErrorKind::Conflict
+        );
         assert_eq!(kind_for(Some(503), Some("SlowDown")), ErrorKind::Throttled);
         // 200 with an <Error> body: the code decides.
-        assert_eq!(kind_for(Some(200), Some("InternalError")), ErrorKind::Transient);
+        assert_eq!(
+            kind_for(Some(200), Some("InternalError")),
+            ErrorKind::Transient
+        );
         assert_eq!(kind_for(Some(200), Some("SlowDown")), ErrorKind::Throttled);
         assert_eq!(kind_for(Some(502), None), ErrorKind::Transient);
         assert_eq!(kind_for(Some(400), Some("BadDigest")), ErrorKind::Corrupt);
-        assert_eq!(kind_for(Some(400), Some("XAmzContentChecksumMismatch")), ErrorKind::Corrupt);
+        assert_eq!(
+            kind_for(Some(400), Some("XAmzContentChecksumMismatch")),
+            ErrorKind::Corrupt
+        );
         assert_eq!(kind_for(Some(400), Some("Whatever")), ErrorKind::Other);
-        assert_eq!(kind_for(Some(416), Some("InvalidRange")), ErrorKind::InvalidInput);
+        assert_eq!(
+            kind_for(Some(416), Some("InvalidRange")),
+            ErrorKind::InvalidInput
+        );
     }
 
     #[test]

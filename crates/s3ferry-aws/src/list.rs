@@ -62,7 +62,12 @@ impl aws_sdk_s3::config::Intercept for ServerHeader {
         _cfg: &mut aws_sdk_s3::config::ConfigBag,
     ) -> std::result::Result<(), aws_smithy_runtime_api::box_error::BoxError> {
         if self.0.get().is_none() {
-            let server = context.response().headers().get("server").unwrap_or_default().to_string();
+            let server = context
+                .response()
+                .headers()
+                .get("server")
+                .unwrap_or_default()
+                .to_string();
             let _ = self.0.set(server);
         }
         Ok(())
@@ -76,14 +81,18 @@ pub(crate) fn decode_listed(s: &str, urlenc: bool) -> String {
         return s.to_string();
     }
     let plus = s.replace('+', " ");
-    percent_encoding::percent_decode_str(&plus).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(&plus)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn to_meta(o: &aws_sdk_s3::types::Object, urlenc: bool) -> ObjectMeta {
     ObjectMeta {
         key: decode_listed(o.key().unwrap_or_default(), urlenc),
         size: o.size().unwrap_or(0).max(0) as u64,
-        last_modified: o.last_modified().and_then(|d| std::time::SystemTime::try_from(*d).ok()),
+        last_modified: o
+            .last_modified()
+            .and_then(|d| std::time::SystemTime::try_from(*d).ok()),
         etag: o.e_tag().map(clean_etag),
         storage_class: o.storage_class().map(|s| s.as_str().to_string()),
         ..Default::default()
@@ -115,14 +124,26 @@ struct Level {
 
 impl Level {
     fn new(prefix: String) -> Self {
-        Self { prefix, token: None, done: false, files: VecDeque::new(), held: BTreeSet::new() }
+        Self {
+            prefix,
+            token: None,
+            done: false,
+            files: VecDeque::new(),
+            held: BTreeSet::new(),
+        }
     }
 }
 
 enum Strategy {
     Undecided,
-    Flat { token: Option<String>, page: VecDeque<ObjectMeta>, done: bool },
-    Walk { stack: Vec<Level> },
+    Flat {
+        token: Option<String>,
+        page: VecDeque<ObjectMeta>,
+        done: bool,
+    },
+    Walk {
+        stack: Vec<Level>,
+    },
     Finished,
 }
 
@@ -136,11 +157,22 @@ struct State {
 impl Lister {
     pub fn list(self: Arc<Self>, opts: ListOptions) -> BoxStream<'static, Result<ObjectMeta>> {
         let strategy = match self.mode {
-            ListMode::Flat => Strategy::Flat { token: None, page: VecDeque::new(), done: false },
-            ListMode::Walk => Strategy::Walk { stack: vec![Level::new(opts.prefix.clone())] },
+            ListMode::Flat => Strategy::Flat {
+                token: None,
+                page: VecDeque::new(),
+                done: false,
+            },
+            ListMode::Walk => Strategy::Walk {
+                stack: vec![Level::new(opts.prefix.clone())],
+            },
             ListMode::Auto => Strategy::Undecided,
         };
-        let st = State { lister: self, opts, strategy, last: None };
+        let st = State {
+            lister: self,
+            opts,
+            strategy,
+            last: None,
+        };
         stream::unfold(st, |mut st| async move {
             let item = st.next().await?;
             Some((item, st))
@@ -183,15 +215,27 @@ impl State {
                         Some(w) => w,
                         None => {
                             // Any answer tells us the server; errors surface in the listing itself.
-                            let _ = self.lister.client.head_bucket().bucket(&self.lister.ctx.bucket).send().await;
+                            let _ = self
+                                .lister
+                                .client
+                                .head_bucket()
+                                .bucket(&self.lister.ctx.bucket)
+                                .send()
+                                .await;
                             self.lister.walk_needed().unwrap_or(false)
                         }
                     };
                     self.strategy = if walk {
                         tracing::debug!(bucket = %self.lister.ctx.bucket, "server lists in tree order; walking directories");
-                        Strategy::Walk { stack: vec![Level::new(self.opts.prefix.clone())] }
+                        Strategy::Walk {
+                            stack: vec![Level::new(self.opts.prefix.clone())],
+                        }
                     } else {
-                        Strategy::Flat { token: None, page: VecDeque::new(), done: false }
+                        Strategy::Flat {
+                            token: None,
+                            page: VecDeque::new(),
+                            done: false,
+                        }
                     };
                 }
                 Strategy::Flat { token, page, done } => {
@@ -236,14 +280,25 @@ impl State {
                     };
                     if let Some(f) = top.files.front() {
                         // A held directory whose keys sort before this file goes first.
-                        let first_dir = top.held.first().filter(|d| d.as_str() < f.key.as_str()).cloned();
+                        let first_dir = top
+                            .held
+                            .first()
+                            .filter(|d| d.as_str() < f.key.as_str())
+                            .cloned();
                         if let Some(d) = first_dir {
                             top.held.remove(&d);
                             stack.push(Level::new(d));
                             continue;
                         }
-                        let Some(f) = top.files.pop_front() else { continue };
-                        if self.opts.start_after.as_deref().is_some_and(|sa| f.key.as_str() <= sa) {
+                        let Some(f) = top.files.pop_front() else {
+                            continue;
+                        };
+                        if self
+                            .opts
+                            .start_after
+                            .as_deref()
+                            .is_some_and(|sa| f.key.as_str() <= sa)
+                        {
                             continue;
                         }
                         return self.emit(f);
@@ -272,7 +327,9 @@ impl State {
                             // SeaweedFS keeps a directory after its last file is deleted and lists
                             // it inside itself as `dir/` with an empty ETag; it is no object (a
                             // real `dir/` marker object has an MD5 ETag and shows in flat lists).
-                            if m.key.ends_with('/') && m.etag.as_deref().unwrap_or_default().is_empty() {
+                            if m.key.ends_with('/')
+                                && m.etag.as_deref().unwrap_or_default().is_empty()
+                            {
                                 continue;
                             }
                             top.files.push_back(m);
@@ -280,12 +337,17 @@ impl State {
                         for cp in out.common_prefixes() {
                             let d = decode_listed(cp.prefix().unwrap_or_default(), urlenc);
                             // A server echoing the level itself as a prefix would loop forever.
-                            if d.len() > top.prefix.len() && d.starts_with(&top.prefix) && !subtree_before(&d, sa) {
+                            if d.len() > top.prefix.len()
+                                && d.starts_with(&top.prefix)
+                                && !subtree_before(&d, sa)
+                            {
                                 top.held.insert(d);
                             }
                         }
                         match (out.is_truncated(), out.next_continuation_token()) {
-                            (Some(true), Some(t)) if !t.is_empty() && top.token.as_deref() != Some(t) => {
+                            (Some(true), Some(t))
+                                if !t.is_empty() && top.token.as_deref() != Some(t) =>
+                            {
                                 top.token = Some(t.to_string())
                             }
                             _ => top.done = true,

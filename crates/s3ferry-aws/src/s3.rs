@@ -19,9 +19,9 @@ use aws_credential_types::Credentials;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload,
-    CompletedPart, CreateBucketConfiguration, Delete, MetadataDirective, ObjectIdentifier, StorageClass,
-    TaggingDirective,
+    BucketLocationConstraint, ChecksumAlgorithm, ChecksumMode, ChecksumType,
+    CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration, Delete, MetadataDirective,
+    ObjectIdentifier, StorageClass, TaggingDirective,
 };
 use aws_sdk_s3::Client;
 use bytes::Bytes;
@@ -29,8 +29,9 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use s3ferry_store::checksum::{clean_etag, crc64_from_b64, crc64_to_b64, crc64nvme};
 use s3ferry_store::{
-    format_mtime, parse_mtime, Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions,
-    MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store, StoreError, MTIME_META,
+    format_mtime, parse_mtime, Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions,
+    GetResult, ListOptions, MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult,
+    Result, Store, StoreError, MTIME_META,
 };
 
 use crate::error::{build_error, map_body_error, map_sdk_error, root_cause, ErrCtx};
@@ -43,7 +44,11 @@ const DELETE_BATCH: usize = 1000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// RFC 3986 unreserved characters stay; everything else is percent-encoded.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 /// For `x-amz-copy-source`: like [`QUERY_VALUE`] but `/` stays.
 const COPY_SOURCE: &AsciiSet = &QUERY_VALUE.remove(b'/');
 
@@ -76,7 +81,10 @@ pub struct S3Config {
 
 impl S3Config {
     pub fn new(bucket: impl Into<String>) -> Self {
-        Self { bucket: bucket.into(), ..Self::default() }
+        Self {
+            bucket: bucket.into(),
+            ..Self::default()
+        }
     }
 }
 
@@ -96,7 +104,10 @@ pub struct S3Store {
 
 impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Store").field("bucket", &self.ctx.bucket).field("endpoint", &self.ctx.endpoint).finish()
+        f.debug_struct("S3Store")
+            .field("bucket", &self.ctx.bucket)
+            .field("endpoint", &self.ctx.endpoint)
+            .finish()
     }
 }
 
@@ -134,7 +145,11 @@ impl S3Store {
         } else {
             RetryConfig::disabled()
         };
-        loader = loader.retry_config(retry).timeout_config(TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).build());
+        loader = loader.retry_config(retry).timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .build(),
+        );
         if cfg.checksum_when_required {
             loader = loader
                 .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -165,8 +180,13 @@ impl S3Store {
         let server = Arc::new(std::sync::OnceLock::new());
         s3 = s3.interceptor(ServerHeader(server.clone()));
 
-        let endpoint_desc = endpoint.clone().unwrap_or_else(|| format!("AWS S3 ({region})"));
-        let ctx = ErrCtx { bucket: cfg.bucket.clone(), endpoint: endpoint_desc };
+        let endpoint_desc = endpoint
+            .clone()
+            .unwrap_or_else(|| format!("AWS S3 ({region})"));
+        let ctx = ErrCtx {
+            bucket: cfg.bucket.clone(),
+            endpoint: endpoint_desc,
+        };
 
         let access_key = match sdk.credentials_provider() {
             Some(p) => match p.provide_credentials().await {
@@ -189,7 +209,12 @@ impl S3Store {
         };
         let copy_domain = format!("s3|{}|{}", endpoint.as_deref().unwrap_or("aws"), access_key);
         let client = Client::from_conf(s3.build());
-        let lister = Arc::new(Lister { client: client.clone(), ctx: ctx.clone(), mode: cfg.list_mode, server });
+        let lister = Arc::new(Lister {
+            client: client.clone(),
+            ctx: ctx.clone(),
+            mode: cfg.list_mode,
+            server,
+        });
         Ok(S3Store {
             client,
             ctx,
@@ -214,7 +239,12 @@ impl S3Store {
         &self.ctx.endpoint
     }
 
-    fn err<E>(&self, op: &'static str, key: Option<&str>, e: aws_sdk_s3::error::SdkError<E, HttpResponse>) -> StoreError
+    fn err<E>(
+        &self,
+        op: &'static str,
+        key: Option<&str>,
+        e: aws_sdk_s3::error::SdkError<E, HttpResponse>,
+    ) -> StoreError
     where
         E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
@@ -223,7 +253,12 @@ impl S3Store {
 
     /// Create the bucket (`s3ferry mb`). An existing bucket is `AlreadyExists`.
     pub async fn create_bucket(&self) -> Result<()> {
-        let region = self.client.config().region().map(|r| r.to_string()).unwrap_or_default();
+        let region = self
+            .client
+            .config()
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_default();
         let mut req = self.client.create_bucket().bucket(&self.ctx.bucket);
         if !region.is_empty() && region != "us-east-1" {
             req = req.create_bucket_configuration(
@@ -266,7 +301,13 @@ impl S3Store {
             }
         }
         self.delete_all_versions().await?;
-        match self.client.delete_bucket().bucket(&self.ctx.bucket).send().await {
+        match self
+            .client
+            .delete_bucket()
+            .bucket(&self.ctx.bucket)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => Err(self.err("delete_bucket", None, e)),
         }
@@ -274,12 +315,21 @@ impl S3Store {
 
     async fn delete_all_versions(&self) -> Result<()> {
         loop {
-            let out = match self.client.list_object_versions().bucket(&self.ctx.bucket).send().await {
+            let out = match self
+                .client
+                .list_object_versions()
+                .bucket(&self.ctx.bucket)
+                .send()
+                .await
+            {
                 Ok(o) => o,
                 // Servers without versioning support: the plain deletes above were enough.
                 Err(e) => {
                     let e = self.err("list_versions", None, e);
-                    if matches!(e.kind, ErrorKind::Unsupported | ErrorKind::InvalidInput | ErrorKind::Other) {
+                    if matches!(
+                        e.kind,
+                        ErrorKind::Unsupported | ErrorKind::InvalidInput | ErrorKind::Other
+                    ) {
                         return Ok(());
                     }
                     return Err(e);
@@ -287,10 +337,16 @@ impl S3Store {
             };
             let mut ids = Vec::new();
             for v in out.versions() {
-                ids.push((v.key().unwrap_or_default().to_string(), v.version_id().map(str::to_string)));
+                ids.push((
+                    v.key().unwrap_or_default().to_string(),
+                    v.version_id().map(str::to_string),
+                ));
             }
             for m in out.delete_markers() {
-                ids.push((m.key().unwrap_or_default().to_string(), m.version_id().map(str::to_string)));
+                ids.push((
+                    m.key().unwrap_or_default().to_string(),
+                    m.version_id().map(str::to_string),
+                ));
             }
             if ids.is_empty() {
                 return Ok(());
@@ -298,10 +354,18 @@ impl S3Store {
             for chunk in ids.chunks(DELETE_BATCH) {
                 let objects = chunk
                     .iter()
-                    .map(|(k, v)| ObjectIdentifier::builder().key(k).set_version_id(v.clone()).build())
+                    .map(|(k, v)| {
+                        ObjectIdentifier::builder()
+                            .key(k)
+                            .set_version_id(v.clone())
+                            .build()
+                    })
                     .collect::<std::result::Result<Vec<_>, _>>()
                     .map_err(|e| build_error("delete_versions", None, e))?;
-                let del = Delete::builder().set_objects(Some(objects)).quiet(true).build()
+                let del = Delete::builder()
+                    .set_objects(Some(objects))
+                    .quiet(true)
+                    .build()
                     .map_err(|e| build_error("delete_versions", None, e))?;
                 let out = self
                     .client
@@ -345,19 +409,33 @@ fn encode_tags(tags: &[(String, String)]) -> Option<String> {
     }
     Some(
         tags.iter()
-            .map(|(k, v)| format!("{}={}", utf8_percent_encode(k, QUERY_VALUE), utf8_percent_encode(v, QUERY_VALUE)))
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    utf8_percent_encode(k, QUERY_VALUE),
+                    utf8_percent_encode(v, QUERY_VALUE)
+                )
+            })
             .collect::<Vec<_>>()
             .join("&"),
     )
 }
 
 fn copy_source(src: &CopySource) -> String {
-    format!("{}/{}", utf8_percent_encode(&src.bucket, COPY_SOURCE), utf8_percent_encode(&src.key, COPY_SOURCE))
+    format!(
+        "{}/{}",
+        utf8_percent_encode(&src.bucket, COPY_SOURCE),
+        utf8_percent_encode(&src.key, COPY_SOURCE)
+    )
 }
 
 /// User metadata to send: the caller's plus `mtime`.
 fn user_metadata(opts: &PutOptions) -> Option<HashMap<String, String>> {
-    let mut m: HashMap<String, String> = opts.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut m: HashMap<String, String> = opts
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     if let Some(t) = opts.mtime {
         m.insert(MTIME_META.to_string(), format_mtime(t));
     }
@@ -376,9 +454,16 @@ fn full_object_crc(value: Option<&str>, ty: Option<&ChecksumType>) -> Option<u64
     }
 }
 
-fn meta_from_headers(metadata: Option<&HashMap<String, String>>) -> (Option<BTreeMap<String, String>>, Option<SystemTime>) {
-    let md: BTreeMap<String, String> =
-        metadata.map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect()).unwrap_or_default();
+fn meta_from_headers(
+    metadata: Option<&HashMap<String, String>>,
+) -> (Option<BTreeMap<String, String>>, Option<SystemTime>) {
+    let md: BTreeMap<String, String> = metadata
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
     let mtime = md.get(MTIME_META).and_then(|s| parse_mtime(s));
     (Some(md), mtime)
 }
@@ -424,7 +509,13 @@ impl Store for S3Store {
     }
 
     async fn check(&self) -> Result<()> {
-        match self.client.head_bucket().bucket(&self.ctx.bucket).send().await {
+        match self
+            .client
+            .head_bucket()
+            .bucket(&self.ctx.bucket)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => {
                 let region = e
@@ -440,7 +531,8 @@ impl Store for S3Store {
                         err.message = format!("bucket '{b}' does not exist");
                     }
                     (ErrorKind::PermissionDenied, _) => {
-                        err.message = format!("access denied to bucket '{b}' — check credentials/profile");
+                        err.message =
+                            format!("access denied to bucket '{b}' — check credentials/profile");
                     }
                     (_, Some(301 | 307)) => {
                         err.message = match region {
@@ -484,15 +576,24 @@ impl Store for S3Store {
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
         if let Some(r) = &opts.range {
             if r.start > r.end {
-                return Err(StoreError::new(ErrorKind::InvalidInput, "get", format!("bad range {r:?}")).with_key(key));
+                return Err(StoreError::new(
+                    ErrorKind::InvalidInput,
+                    "get",
+                    format!("bad range {r:?}"),
+                )
+                .with_key(key));
             }
             if r.start == r.end {
                 // HTTP cannot ask for zero bytes: HEAD (with the same pin) and return nothing.
                 let meta = self.head(key).await?;
                 if let Some(want) = &opts.if_match {
                     if meta.etag.as_deref() != Some(want.as_str()) {
-                        return Err(StoreError::new(ErrorKind::PreconditionFailed, "get", "ETag does not match")
-                            .with_key(key));
+                        return Err(StoreError::new(
+                            ErrorKind::PreconditionFailed,
+                            "get",
+                            "ETag does not match",
+                        )
+                        .with_key(key));
                     }
                 }
                 if r.start > meta.size {
@@ -503,15 +604,27 @@ impl Store for S3Store {
                     )
                     .with_key(key));
                 }
-                return Ok(GetResult { meta, range: r.clone(), body: stream::empty().boxed() });
+                return Ok(GetResult {
+                    meta,
+                    range: r.clone(),
+                    body: stream::empty().boxed(),
+                });
             }
         }
-        let mut req = self.client.get_object().bucket(&self.ctx.bucket).key(key).set_if_match(opts.if_match.clone());
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.ctx.bucket)
+            .key(key)
+            .set_if_match(opts.if_match.clone());
         match &opts.range {
             Some(r) => req = req.range(format!("bytes={}-{}", r.start, r.end - 1)),
             None => req = req.checksum_mode(ChecksumMode::Enabled),
         }
-        let o = req.send().await.map_err(|e| self.err("get", Some(key), e))?;
+        let o = req
+            .send()
+            .await
+            .map_err(|e| self.err("get", Some(key), e))?;
         let len = o.content_length().unwrap_or(0).max(0) as u64;
         let (range, size) = match (&opts.range, o.content_range().and_then(parse_content_range)) {
             (_, Some((a, b, total))) => (a..b, total.unwrap_or(b)),
@@ -542,7 +655,11 @@ impl Store for S3Store {
             last_modified: to_system_time(o.last_modified()),
             mtime,
             etag: o.e_tag().map(clean_etag),
-            crc64nvme: if whole { full_object_crc(o.checksum_crc64_nvme(), o.checksum_type()) } else { None },
+            crc64nvme: if whole {
+                full_object_crc(o.checksum_crc64_nvme(), o.checksum_type())
+            } else {
+                None
+            },
             storage_class: o.storage_class().map(|s| s.as_str().to_string()),
             version_id: o.version_id().map(str::to_string),
             content_type: o.content_type().map(str::to_string),
@@ -556,7 +673,13 @@ impl Store for S3Store {
                 Some(Ok(chunk)) => Some((Ok(chunk), (b, key))),
                 Some(Err(e)) => {
                     let err = map_body_error("get", &key, e);
-                    Some((Err(err), (SdkByteStream::new(aws_smithy_types::body::SdkBody::empty()), key)))
+                    Some((
+                        Err(err),
+                        (
+                            SdkByteStream::new(aws_smithy_types::body::SdkBody::empty()),
+                            key,
+                        ),
+                    ))
                 }
             }
         })
@@ -583,7 +706,10 @@ impl Store for S3Store {
             PutMode::Create => req = req.if_none_match("*"),
             PutMode::Update { etag } => req = req.if_match(etag),
         }
-        let out = req.send().await.map_err(|e| mode_error(self.err("put", Some(key), e), &opts.mode))?;
+        let out = req
+            .send()
+            .await
+            .map_err(|e| mode_error(self.err("put", Some(key), e), &opts.mode))?;
         Ok(PutResult {
             etag: out.e_tag().map(clean_etag),
             version_id: out.version_id().map(str::to_string),
@@ -600,10 +726,19 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| self.err("get_tags", Some(key), e))?;
-        Ok(out.tag_set().iter().map(|t| (t.key().to_string(), t.value().to_string())).collect())
+        Ok(out
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect())
     }
 
-    async fn create_multipart(&self, key: &str, opts: PutOptions, _part_size: u64) -> Result<String> {
+    async fn create_multipart(
+        &self,
+        key: &str,
+        opts: PutOptions,
+        _part_size: u64,
+    ) -> Result<String> {
         let mut req = self
             .client
             .create_multipart_upload()
@@ -614,24 +749,46 @@ impl Store for S3Store {
             .set_tagging(encode_tags(&opts.tags))
             .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from));
         if !self.when_required {
-            req = req.checksum_algorithm(ChecksumAlgorithm::Crc64Nvme).checksum_type(ChecksumType::FullObject);
+            req = req
+                .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+                .checksum_type(ChecksumType::FullObject);
         }
-        let out = req.send().await.map_err(|e| self.err("create_multipart", Some(key), e))?;
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.err("create_multipart", Some(key), e))?;
         let id = out.upload_id().unwrap_or_default().to_string();
         if id.is_empty() {
-            return Err(StoreError::new(ErrorKind::Other, "create_multipart", "the server returned no upload id")
-                .with_key(key));
+            return Err(StoreError::new(
+                ErrorKind::Other,
+                "create_multipart",
+                "the server returned no upload id",
+            )
+            .with_key(key));
         }
         if opts.mode != PutMode::Overwrite {
-            self.modes.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), opts.mode.clone());
+            self.modes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), opts.mode.clone());
         }
         Ok(id)
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, part_number: u32, body: Bytes, crc: Option<u64>)
-        -> Result<PartInfo> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        crc: Option<u64>,
+    ) -> Result<PartInfo> {
         // Part checksums only when the upload was created with CRC64NVME (not when_required).
-        let crc = if self.when_required { None } else { self.crc_to_send(crc, &body) };
+        let crc = if self.when_required {
+            None
+        } else {
+            self.crc_to_send(crc, &body)
+        };
         let out = self
             .client
             .upload_part()
@@ -647,10 +804,18 @@ impl Store for S3Store {
             .map_err(|e| self.err("upload_part", Some(key), e))?;
         let etag = out.e_tag().map(clean_etag).unwrap_or_default();
         if etag.is_empty() {
-            return Err(StoreError::new(ErrorKind::Other, "upload_part", format!("no ETag for part {part_number}"))
-                .with_key(key));
+            return Err(StoreError::new(
+                ErrorKind::Other,
+                "upload_part",
+                format!("no ETag for part {part_number}"),
+            )
+            .with_key(key));
         }
-        Ok(PartInfo { part_number, etag, crc64nvme: out.checksum_crc64_nvme().and_then(crc64_from_b64).or(crc) })
+        Ok(PartInfo {
+            part_number,
+            etag,
+            crc64nvme: out.checksum_crc64_nvme().and_then(crc64_from_b64).or(crc),
+        })
     }
 
     async fn upload_part_copy(
@@ -662,8 +827,12 @@ impl Store for S3Store {
         range: Range<u64>,
     ) -> Result<PartInfo> {
         if range.start >= range.end {
-            return Err(StoreError::new(ErrorKind::InvalidInput, "upload_part_copy", format!("empty range {range:?}"))
-                .with_key(key));
+            return Err(StoreError::new(
+                ErrorKind::InvalidInput,
+                "upload_part_copy",
+                format!("empty range {range:?}"),
+            )
+            .with_key(key));
         }
         let out = self
             .client
@@ -679,7 +848,10 @@ impl Store for S3Store {
             .await
             .map_err(|e| self.err("upload_part_copy", Some(key), e))?;
         let r = out.copy_part_result();
-        let etag = r.and_then(|r| r.e_tag()).map(clean_etag).unwrap_or_default();
+        let etag = r
+            .and_then(|r| r.e_tag())
+            .map(clean_etag)
+            .unwrap_or_default();
         if etag.is_empty() {
             return Err(StoreError::new(
                 ErrorKind::Other,
@@ -688,11 +860,22 @@ impl Store for S3Store {
             )
             .with_key(key));
         }
-        Ok(PartInfo { part_number, etag, crc64nvme: r.and_then(|r| r.checksum_crc64_nvme()).and_then(crc64_from_b64) })
+        Ok(PartInfo {
+            part_number,
+            etag,
+            crc64nvme: r
+                .and_then(|r| r.checksum_crc64_nvme())
+                .and_then(crc64_from_b64),
+        })
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartInfo>, crc: Option<u64>)
-        -> Result<PutResult> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<PartInfo>,
+        crc: Option<u64>,
+    ) -> Result<PutResult> {
         let send_crc = !self.when_required;
         let completed: Vec<CompletedPart> = parts
             .iter()
@@ -700,7 +883,11 @@ impl Store for S3Store {
                 CompletedPart::builder()
                     .part_number(p.part_number as i32)
                     .e_tag(&p.etag)
-                    .set_checksum_crc64_nvme(if send_crc { p.crc64nvme.map(crc64_to_b64) } else { None })
+                    .set_checksum_crc64_nvme(if send_crc {
+                        p.crc64nvme.map(crc64_to_b64)
+                    } else {
+                        None
+                    })
                     .build()
             })
             .collect();
@@ -710,28 +897,58 @@ impl Store for S3Store {
             .bucket(&self.ctx.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build());
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            );
         if let (true, Some(c)) = (send_crc, crc) {
-            req = req.checksum_crc64_nvme(crc64_to_b64(c)).checksum_type(ChecksumType::FullObject);
+            req = req
+                .checksum_crc64_nvme(crc64_to_b64(c))
+                .checksum_type(ChecksumType::FullObject);
         }
-        let mode = self.modes.lock().unwrap_or_else(|p| p.into_inner()).get(upload_id).cloned().unwrap_or_default();
+        let mode = self
+            .modes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(upload_id)
+            .cloned()
+            .unwrap_or_default();
         match &mode {
             PutMode::Overwrite => {}
             PutMode::Create => req = req.if_none_match("*"),
             PutMode::Update { etag } => req = req.if_match(etag),
         }
-        let out = req.send().await.map_err(|e| mode_error(self.err("complete_multipart", Some(key), e), &mode))?;
-        self.modes.lock().unwrap_or_else(|p| p.into_inner()).remove(upload_id);
+        let out = req
+            .send()
+            .await
+            .map_err(|e| mode_error(self.err("complete_multipart", Some(key), e), &mode))?;
+        self.modes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(upload_id);
         Ok(PutResult {
             etag: out.e_tag().map(clean_etag),
             version_id: out.version_id().map(str::to_string),
-            crc64nvme: full_object_crc(out.checksum_crc64_nvme(), out.checksum_type()).or(if send_crc { crc } else { None }),
+            crc64nvme: full_object_crc(out.checksum_crc64_nvme(), out.checksum_type())
+                .or(if send_crc { crc } else { None }),
         })
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
-        self.modes.lock().unwrap_or_else(|p| p.into_inner()).remove(upload_id);
-        match self.client.abort_multipart_upload().bucket(&self.ctx.bucket).key(key).upload_id(upload_id).send().await {
+        self.modes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(upload_id);
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.ctx.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => {
                 let e = self.err("abort_multipart", Some(key), e);
@@ -758,7 +975,10 @@ impl Store for S3Store {
             if !prefix.is_empty() {
                 req = req.prefix(prefix);
             }
-            let page = req.send().await.map_err(|e| self.err("list_multipart", None, e))?;
+            let page = req
+                .send()
+                .await
+                .map_err(|e| self.err("list_multipart", None, e))?;
             for u in page.uploads() {
                 out.push(MultipartUpload {
                     key: u.key().unwrap_or_default().to_string(),
@@ -766,9 +986,16 @@ impl Store for S3Store {
                     initiated: to_system_time(u.initiated()),
                 });
             }
-            let next_key = page.next_key_marker().filter(|s| !s.is_empty()).map(str::to_string);
-            let next_id = page.next_upload_id_marker().filter(|s| !s.is_empty()).map(str::to_string);
-            if page.is_truncated() != Some(true) || (next_key.is_none() && next_id.is_none())
+            let next_key = page
+                .next_key_marker()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string);
+            let next_id = page
+                .next_upload_id_marker()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string);
+            if page.is_truncated() != Some(true)
+                || (next_key.is_none() && next_id.is_none())
                 || (next_key == key_marker && next_id == id_marker)
             {
                 break;
@@ -794,7 +1021,9 @@ impl Store for S3Store {
         let mut mode = PutMode::Overwrite;
         match &opts.replace {
             None => {
-                req = req.metadata_directive(MetadataDirective::Copy).tagging_directive(TaggingDirective::Copy);
+                req = req
+                    .metadata_directive(MetadataDirective::Copy)
+                    .tagging_directive(TaggingDirective::Copy);
             }
             Some(p) => {
                 req = req
@@ -817,7 +1046,10 @@ impl Store for S3Store {
         req = req.set_storage_class(storage_class.as_deref().map(StorageClass::from));
         let out = req.send().await.map_err(|e| {
             let mut e = mode_error(self.err("copy", Some(dst_key), e), &mode);
-            if e.kind == ErrorKind::PreconditionFailed && src.if_match.is_some() && mode == PutMode::Overwrite {
+            if e.kind == ErrorKind::PreconditionFailed
+                && src.if_match.is_some()
+                && mode == PutMode::Overwrite
+            {
                 e.message = format!("source {:?} changed (ETag no longer matches)", src.key);
             }
             e
@@ -843,7 +1075,14 @@ impl Store for S3Store {
                 .quiet(false)
                 .build()
                 .map_err(|e| build_error("delete", None, e))?;
-            let out = match self.client.delete_objects().bucket(&self.ctx.bucket).delete(del).send().await {
+            let out = match self
+                .client
+                .delete_objects()
+                .bucket(&self.ctx.bucket)
+                .delete(del)
+                .send()
+                .await
+            {
                 Ok(o) => o,
                 Err(e) => {
                     let e = self.err("delete", None, e);
@@ -873,7 +1112,9 @@ impl Store for S3Store {
             for k in chunk {
                 match failed.get(k.as_str()) {
                     // A missing key is deleted already.
-                    Some((code, _)) if crate::error::kind_for(None, *code) == ErrorKind::NotFound => {
+                    Some((code, _))
+                        if crate::error::kind_for(None, *code) == ErrorKind::NotFound =>
+                    {
                         results.push(Ok(()))
                     }
                     Some((code, msg)) => {
@@ -922,13 +1163,20 @@ mod tests {
     fn tags_and_copy_source_are_encoded() {
         let t = encode_tags(&[("a b".into(), "x&y=z".into()), ("k".into(), "ü".into())]);
         assert_eq!(t.as_deref(), Some("a%20b=x%26y%3Dz&k=%C3%BC"));
-        let s = CopySource { bucket: "b".into(), key: "dir/a b+c%ü".into(), if_match: None };
+        let s = CopySource {
+            bucket: "b".into(),
+            key: "dir/a b+c%ü".into(),
+            if_match: None,
+        };
         assert_eq!(copy_source(&s), "b/dir/a%20b%2Bc%25%C3%BC");
     }
 
     #[test]
     fn content_range_parses() {
-        assert_eq!(parse_content_range("bytes 0-9/100"), Some((0, 10, Some(100))));
+        assert_eq!(
+            parse_content_range("bytes 0-9/100"),
+            Some((0, 10, Some(100)))
+        );
         assert_eq!(parse_content_range("bytes 5-5/*"), Some((5, 6, None)));
         assert_eq!(parse_content_range("nope"), None);
     }
@@ -937,9 +1185,14 @@ mod tests {
     fn composite_checksums_are_not_full_object() {
         let v = crc64_to_b64(42);
         assert_eq!(full_object_crc(Some(&v), None), Some(42));
-        assert_eq!(full_object_crc(Some(&v), Some(&ChecksumType::FullObject)), Some(42));
-        assert_eq!(full_object_crc(Some(&v), Some(&ChecksumType::Composite)), None);
+        assert_eq!(
+            full_object_crc(Some(&v), Some(&ChecksumType::FullObject)),
+            Some(42)
+        );
+        assert_eq!(
+            full_object_crc(Some(&v), Some(&ChecksumType::Composite)),
+            None
+        );
         assert_eq!(full_object_crc(Some(&format!("{v}-3")), None), None);
     }
-
 }

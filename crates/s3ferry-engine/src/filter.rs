@@ -30,7 +30,11 @@ impl Filters {
                 .build()
                 .map_err(|e| format!("bad pattern {pat:?}: {e}"))?
                 .compile_matcher();
-            out.push(if *inc { Rule::Include(g) } else { Rule::Exclude(g) });
+            out.push(if *inc {
+                Rule::Include(g)
+            } else {
+                Rule::Exclude(g)
+            });
         }
         Ok(Self { rules: out, since })
     }
@@ -73,16 +77,23 @@ pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, String> {
         return Ok(t.and_utc().into());
     }
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("bad date {s:?}: use 2024-05-01, 2024-05-01T12:00:00Z or an age like 36h / 7d"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("bad date {s:?}: use 2024-05-01, 2024-05-01T12:00:00Z or an age like 36h / 7d")
+    })?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86400,
         "w" => n * 7 * 86400,
-        _ => return Err(format!("bad date {s:?}: unknown unit {unit:?} (use s, m, h, d or w)")),
+        _ => {
+            return Err(format!(
+                "bad date {s:?}: unknown unit {unit:?} (use s, m, h, d or w)"
+            ))
+        }
     };
-    now.checked_sub(std::time::Duration::from_secs(secs)).ok_or_else(|| format!("date {s:?} is out of range"))
+    now.checked_sub(std::time::Duration::from_secs(secs))
+        .ok_or_else(|| format!("date {s:?} is out of range"))
 }
 
 #[cfg(test)]
@@ -91,7 +102,15 @@ mod tests {
 
     #[test]
     fn last_match_wins() {
-        let f = Filters::new(&[(false, "*".into()), (true, "*.txt".into()), (false, "skip/*".into())], None).unwrap();
+        let f = Filters::new(
+            &[
+                (false, "*".into()),
+                (true, "*.txt".into()),
+                (false, "skip/*".into()),
+            ],
+            None,
+        )
+        .unwrap();
         assert!(f.includes("a/b.txt"));
         assert!(!f.includes("a/b.bin"));
         assert!(!f.includes("skip/x.txt"));
@@ -102,9 +121,18 @@ mod tests {
     #[test]
     fn since_parses() {
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
-        assert_eq!(parse_since("1970-01-02", now).unwrap(), SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86400));
-        assert_eq!(parse_since("2h", now).unwrap(), now - std::time::Duration::from_secs(7200));
-        assert_eq!(parse_since("1970-01-01T00:01:00Z", now).unwrap(), SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(60));
+        assert_eq!(
+            parse_since("1970-01-02", now).unwrap(),
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86400)
+        );
+        assert_eq!(
+            parse_since("2h", now).unwrap(),
+            now - std::time::Duration::from_secs(7200)
+        );
+        assert_eq!(
+            parse_since("1970-01-01T00:01:00Z", now).unwrap(),
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(60)
+        );
         assert!(parse_since("yesterday", now).is_err());
         assert!(parse_since("5y", now).is_err());
     }

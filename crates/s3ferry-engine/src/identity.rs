@@ -6,7 +6,9 @@
 use std::time::SystemTime;
 
 use futures::StreamExt;
-use s3ferry_store::checksum::{candidate_part_sizes, crc64_to_b64, etag_shape, Crc64, EtagBuilder, EtagShape};
+use s3ferry_store::checksum::{
+    candidate_part_sizes, crc64_to_b64, etag_shape, Crc64, EtagBuilder, EtagShape,
+};
 use s3ferry_store::{ErrorKind, GetOptions, ObjectMeta, Result, StoreError};
 
 use crate::journal::{FileId, Journal};
@@ -23,7 +25,11 @@ fn file_id(side: &Side, e: &Entry) -> Option<FileId> {
         Err(d) => -(d.duration().as_nanos() as i64),
     };
     Some(FileId {
-        path: format!("{}/{}", side.store.describe().trim_end_matches('/'), side.key(&e.rel)),
+        path: format!(
+            "{}/{}",
+            side.store.describe().trim_end_matches('/'),
+            side.key(&e.rel)
+        ),
         size: e.meta.size,
         mtime_ns: ns,
         inode: e.meta.inode.unwrap_or(0),
@@ -38,7 +44,9 @@ enum Hasher {
 /// Hash a local entry (cached). `algo` is `crc64` or `etag:<part size>:<multipart>`.
 async fn local_hash(side: &Side, e: &Entry, algo: &str, journal: &Journal) -> Result<String> {
     let id = file_id(side, e);
-    let jerr = |e: crate::journal::JournalError| StoreError::new(ErrorKind::Other, "journal", e.to_string());
+    let jerr = |e: crate::journal::JournalError| {
+        StoreError::new(ErrorKind::Other, "journal", e.to_string())
+    };
     if let Some(id) = &id {
         if let Some(v) = journal.cached_hash(id, algo).map_err(jerr)? {
             return Ok(v);
@@ -64,7 +72,12 @@ async fn local_hash(side: &Side, e: &Entry, algo: &str, journal: &Journal) -> Re
         }
     }
     if n != e.meta.size {
-        return Err(StoreError::new(ErrorKind::Transient, "hash", "file changed while it was being hashed").with_key(key));
+        return Err(StoreError::new(
+            ErrorKind::Transient,
+            "hash",
+            "file changed while it was being hashed",
+        )
+        .with_key(key));
     }
     let v = match h {
         Hasher::Etag(b) => b.finish(),
@@ -107,7 +120,11 @@ pub async fn resolve_check(
     let changed = Action::Copy(CopyReason::Changed);
     match check {
         Check::LocalEtag => {
-            let (lside, le, re) = if src.kind == SideKind::Local { (src, s, d) } else { (dst, d, s) };
+            let (lside, le, re) = if src.kind == SideKind::Local {
+                (src, s, d)
+            } else {
+                (dst, d, s)
+            };
             let etag = re.meta.etag.clone().unwrap_or_default();
             let algos: Vec<String> = match etag_shape(&etag) {
                 EtagShape::Md5 => vec![format!("etag:{}:0", le.meta.size.max(1))],
@@ -125,7 +142,10 @@ pub async fn resolve_check(
             }
             Ok(changed)
         }
-        Check::Checksum => match (crc_of(src, s, journal).await?, crc_of(dst, d, journal).await?) {
+        Check::Checksum => match (
+            crc_of(src, s, journal).await?,
+            crc_of(dst, d, journal).await?,
+        ) {
             (Some(a), Some(b)) if a == b => Ok(Action::Skip(SkipReason::SameContent)),
             _ => Ok(changed),
         },

@@ -33,8 +33,15 @@ pub struct Journal {
 
 #[derive(Debug)]
 enum Pending {
-    Synced { pair: String, key: String, rec: BaseRecord },
-    Forget { pair: String, key: String },
+    Synced {
+        pair: String,
+        key: String,
+        rec: BaseRecord,
+    },
+    Forget {
+        pair: String,
+        key: String,
+    },
 }
 
 /// A cached content hash of a local file.
@@ -53,19 +60,29 @@ impl Journal {
         if let Some(dir) = path.parent() {
             let _ = fs_err::create_dir_all(dir);
         }
-        let conn = Connection::open(path).map_err(|source| JournalError { path: p.clone(), source })?;
+        let conn = Connection::open(path).map_err(|source| JournalError {
+            path: p.clone(),
+            source,
+        })?;
         Self::init(conn, p)
     }
 
     /// A throwaway in-memory state (`--no-state`).
     pub fn in_memory() -> JResult<Self> {
-        let conn = Connection::open_in_memory().map_err(|source| JournalError { path: ":memory:".into(), source })?;
+        let conn = Connection::open_in_memory().map_err(|source| JournalError {
+            path: ":memory:".into(),
+            source,
+        })?;
         Self::init(conn, ":memory:".into())
     }
 
     fn init(conn: Connection, path: String) -> JResult<Self> {
-        let e = |source| JournalError { path: path.clone(), source };
-        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(e)?;
+        let e = |source| JournalError {
+            path: path.clone(),
+            source,
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(e)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=NORMAL;
@@ -80,7 +97,11 @@ impl Journal {
                 started INTEGER NOT NULL, PRIMARY KEY (store, key, upload_id)) WITHOUT ROWID;",
         )
         .map_err(e)?;
-        Ok(Self { conn: Mutex::new(conn), pending: Mutex::new(Vec::new()), path })
+        Ok(Self {
+            conn: Mutex::new(conn),
+            pending: Mutex::new(Vec::new()),
+            path,
+        })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -88,26 +109,42 @@ impl Journal {
     }
 
     fn err(&self, source: rusqlite::Error) -> JournalError {
-        JournalError { path: self.path.clone(), source }
+        JournalError {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     pub fn base(&self, pair: &str, key: &str) -> JResult<Option<BaseRecord>> {
         self.conn()
             .prepare_cached("SELECT src_sig, dst_sig FROM synced WHERE pair = ?1 AND key = ?2")
             .and_then(|mut st| {
-                st.query_row(params![pair, key], |r| Ok(BaseRecord { src_sig: r.get(0)?, dst_sig: r.get(1)? })).optional()
+                st.query_row(params![pair, key], |r| {
+                    Ok(BaseRecord {
+                        src_sig: r.get(0)?,
+                        dst_sig: r.get(1)?,
+                    })
+                })
+                .optional()
             })
             .map_err(|e| self.err(e))
     }
 
     /// Remember that `key` was synced with these signatures (buffered).
     pub fn record_synced(&self, pair: &str, key: &str, rec: BaseRecord) -> JResult<()> {
-        self.push(Pending::Synced { pair: pair.into(), key: key.into(), rec })
+        self.push(Pending::Synced {
+            pair: pair.into(),
+            key: key.into(),
+            rec,
+        })
     }
 
     /// Forget `key` (after a delete).
     pub fn forget(&self, pair: &str, key: &str) -> JResult<()> {
-        self.push(Pending::Forget { pair: pair.into(), key: key.into() })
+        self.push(Pending::Forget {
+            pair: pair.into(),
+            key: key.into(),
+        })
     }
 
     fn push(&self, p: Pending) -> JResult<()> {
@@ -134,10 +171,14 @@ impl Journal {
             let mut ins = tx
                 .prepare_cached("INSERT OR REPLACE INTO synced (pair, key, src_sig, dst_sig) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(|e| self.err(e))?;
-            let mut del = tx.prepare_cached("DELETE FROM synced WHERE pair = ?1 AND key = ?2").map_err(|e| self.err(e))?;
+            let mut del = tx
+                .prepare_cached("DELETE FROM synced WHERE pair = ?1 AND key = ?2")
+                .map_err(|e| self.err(e))?;
             for p in &batch {
                 match p {
-                    Pending::Synced { pair, key, rec } => ins.execute(params![pair, key, rec.src_sig, rec.dst_sig]),
+                    Pending::Synced { pair, key, rec } => {
+                        ins.execute(params![pair, key, rec.src_sig, rec.dst_sig])
+                    }
                     Pending::Forget { pair, key } => del.execute(params![pair, key]),
                 }
                 .map_err(|e| self.err(e))?;
@@ -167,7 +208,10 @@ impl Journal {
 
     /// Note a multipart upload as started (written at once: it must survive a kill).
     pub fn upload_started(&self, store: &str, key: &str, upload_id: &str) -> JResult<()> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         self.conn()
             .execute(
                 "INSERT OR REPLACE INTO uploads (store, key, upload_id, started) VALUES (?1, ?2, ?3, ?4)",
@@ -179,7 +223,10 @@ impl Journal {
 
     pub fn upload_ended(&self, store: &str, key: &str, upload_id: &str) -> JResult<()> {
         self.conn()
-            .execute("DELETE FROM uploads WHERE store = ?1 AND key = ?2 AND upload_id = ?3", params![store, key, upload_id])
+            .execute(
+                "DELETE FROM uploads WHERE store = ?1 AND key = ?2 AND upload_id = ?3",
+                params![store, key, upload_id],
+            )
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
@@ -187,8 +234,12 @@ impl Journal {
     /// Uploads a previous run left behind in `store` (key, upload id).
     pub fn orphan_uploads(&self, store: &str) -> JResult<Vec<(String, String)>> {
         let conn = self.conn();
-        let mut st = conn.prepare("SELECT key, upload_id FROM uploads WHERE store = ?1").map_err(|e| self.err(e))?;
-        let rows = st.query_map(params![store], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.err(e))?;
+        let mut st = conn
+            .prepare("SELECT key, upload_id FROM uploads WHERE store = ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(params![store], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 }
@@ -209,16 +260,45 @@ mod tests {
         let p = dir.path().join("state.db");
         {
             let j = Journal::open(&p).unwrap();
-            j.record_synced("pair", "a", BaseRecord { src_sig: "s".into(), dst_sig: "d".into() }).unwrap();
+            j.record_synced(
+                "pair",
+                "a",
+                BaseRecord {
+                    src_sig: "s".into(),
+                    dst_sig: "d".into(),
+                },
+            )
+            .unwrap();
             j.upload_started("s3://b", "big", "u1").unwrap();
-            let id = FileId { path: "/x".into(), size: 3, mtime_ns: 5, inode: 9 };
+            let id = FileId {
+                path: "/x".into(),
+                size: 3,
+                mtime_ns: 5,
+                inode: 9,
+            };
             j.store_hash(&id, "etag:8", "abc").unwrap();
-            assert_eq!(j.cached_hash(&id, "etag:8").unwrap().as_deref(), Some("abc"));
-            assert_eq!(j.cached_hash(&FileId { mtime_ns: 6, ..id }, "etag:8").unwrap(), None);
+            assert_eq!(
+                j.cached_hash(&id, "etag:8").unwrap().as_deref(),
+                Some("abc")
+            );
+            assert_eq!(
+                j.cached_hash(&FileId { mtime_ns: 6, ..id }, "etag:8")
+                    .unwrap(),
+                None
+            );
         }
         let j = Journal::open(&p).unwrap();
-        assert_eq!(j.base("pair", "a").unwrap(), Some(BaseRecord { src_sig: "s".into(), dst_sig: "d".into() }));
-        assert_eq!(j.orphan_uploads("s3://b").unwrap(), vec![("big".to_string(), "u1".to_string())]);
+        assert_eq!(
+            j.base("pair", "a").unwrap(),
+            Some(BaseRecord {
+                src_sig: "s".into(),
+                dst_sig: "d".into()
+            })
+        );
+        assert_eq!(
+            j.orphan_uploads("s3://b").unwrap(),
+            vec![("big".to_string(), "u1".to_string())]
+        );
         j.forget("pair", "a").unwrap();
         j.flush().unwrap();
         assert_eq!(j.base("pair", "a").unwrap(), None);

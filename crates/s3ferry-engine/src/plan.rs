@@ -120,7 +120,12 @@ pub fn signature(kind: SideKind, m: &ObjectMeta) -> Option<String> {
     match kind {
         SideKind::Local => {
             let t = m.mtime?.duration_since(SystemTime::UNIX_EPOCH).ok()?;
-            Some(format!("L{}:{}:{}", m.size, t.as_nanos(), m.inode.unwrap_or(0)))
+            Some(format!(
+                "L{}:{}:{}",
+                m.size,
+                t.as_nanos(),
+                m.inode.unwrap_or(0)
+            ))
         }
         SideKind::Remote => Some(format!("E{}:{}", m.size, m.etag.as_deref()?)),
     }
@@ -131,12 +136,23 @@ fn modified(m: &ObjectMeta) -> Option<SystemTime> {
 }
 
 /// Decide what to do with one key.
-pub fn plan(src: Option<&Entry>, dst: Option<&Entry>, base: Option<&BaseRecord>, o: &PlanOptions) -> Action {
+pub fn plan(
+    src: Option<&Entry>,
+    dst: Option<&Entry>,
+    base: Option<&BaseRecord>,
+    o: &PlanOptions,
+) -> Action {
     let src_kind = o.src_kind.unwrap_or(SideKind::Remote);
     let dst_kind = o.dst_kind.unwrap_or(SideKind::Remote);
     let (s, d) = match (src, dst) {
         (None, None) => return Action::Skip(SkipReason::SameContent),
-        (None, Some(_)) => return if o.delete { Action::Delete } else { Action::Extra },
+        (None, Some(_)) => {
+            return if o.delete {
+                Action::Delete
+            } else {
+                Action::Extra
+            }
+        }
         (Some(s), d) => (s, d),
     };
     if s.rel.ends_with('/') && s.meta.size == 0 && dst_kind == SideKind::Local {
@@ -144,7 +160,9 @@ pub fn plan(src: Option<&Entry>, dst: Option<&Entry>, base: Option<&BaseRecord>,
     }
     if dst_kind == SideKind::Local {
         let why = match key_to_relpath(&s.rel) {
-            Err(UnsafeKey::EmptySegment) if s.rel.ends_with('/') && !s.rel.contains("//") => Some(UnsafeKey::DirectoryMarker),
+            Err(UnsafeKey::EmptySegment) if s.rel.ends_with('/') && !s.rel.contains("//") => {
+                Some(UnsafeKey::DirectoryMarker)
+            }
             Err(w) => Some(w),
             Ok(_) => None,
         };
@@ -152,10 +170,14 @@ pub fn plan(src: Option<&Entry>, dst: Option<&Entry>, base: Option<&BaseRecord>,
             return Action::Refuse(w);
         }
     }
-    if o.since.is_some_and(|since| modified(&s.meta).is_some_and(|t| t < since)) {
+    if o.since
+        .is_some_and(|since| modified(&s.meta).is_some_and(|t| t < since))
+    {
         return Action::Skip(SkipReason::BeforeSince);
     }
-    let Some(d) = d else { return Action::Copy(CopyReason::New) };
+    let Some(d) = d else {
+        return Action::Copy(CopyReason::New);
+    };
     if s.meta.size != d.meta.size {
         return Action::Copy(CopyReason::Size);
     }
@@ -163,13 +185,22 @@ pub fn plan(src: Option<&Entry>, dst: Option<&Entry>, base: Option<&BaseRecord>,
         return Action::Skip(SkipReason::SameSize);
     }
     if !o.checksum {
-        if let (Some(b), Some(ss), Some(ds)) = (base, signature(src_kind, &s.meta), signature(dst_kind, &d.meta)) {
+        if let (Some(b), Some(ss), Some(ds)) = (
+            base,
+            signature(src_kind, &s.meta),
+            signature(dst_kind, &d.meta),
+        ) {
             if b.src_sig == ss && b.dst_sig == ds {
                 return Action::Skip(SkipReason::Unchanged);
             }
         }
     }
-    let remote_etag = |m: &ObjectMeta| m.etag.as_deref().map(etag_shape).unwrap_or(EtagShape::Opaque);
+    let remote_etag = |m: &ObjectMeta| {
+        m.etag
+            .as_deref()
+            .map(etag_shape)
+            .unwrap_or(EtagShape::Opaque)
+    };
     match (src_kind, dst_kind) {
         (SideKind::Local, SideKind::Local) => {
             if o.checksum {
@@ -185,7 +216,9 @@ pub fn plan(src: Option<&Entry>, dst: Option<&Entry>, base: Option<&BaseRecord>,
                 Action::Skip(SkipReason::SameContent)
             } else if o.exact_timestamps {
                 Action::Check(Check::Mtime)
-            } else if remote_etag(&s.meta) == EtagShape::Md5 && remote_etag(&d.meta) == EtagShape::Md5 {
+            } else if remote_etag(&s.meta) == EtagShape::Md5
+                && remote_etag(&d.meta) == EtagShape::Md5
+            {
                 // Both are plain MD5s of their content: different means changed.
                 Action::Copy(CopyReason::Changed)
             } else {
@@ -193,7 +226,11 @@ pub fn plan(src: Option<&Entry>, dst: Option<&Entry>, base: Option<&BaseRecord>,
             }
         }
         (SideKind::Local, SideKind::Remote) | (SideKind::Remote, SideKind::Local) => {
-            let (local, remote) = if src_kind == SideKind::Local { (s, d) } else { (d, s) };
+            let (local, remote) = if src_kind == SideKind::Local {
+                (s, d)
+            } else {
+                (d, s)
+            };
             if o.exact_timestamps {
                 return Action::Check(Check::Mtime);
             }
@@ -227,19 +264,36 @@ mod tests {
     fn local(rel: &str, size: u64, mtime: u64) -> Entry {
         Entry {
             rel: rel.into(),
-            meta: ObjectMeta { key: rel.into(), size, mtime: Some(t(mtime)), last_modified: Some(t(mtime)), inode: Some(7), ..Default::default() },
+            meta: ObjectMeta {
+                key: rel.into(),
+                size,
+                mtime: Some(t(mtime)),
+                last_modified: Some(t(mtime)),
+                inode: Some(7),
+                ..Default::default()
+            },
         }
     }
 
     fn remote(rel: &str, size: u64, lm: u64, etag: &str) -> Entry {
         Entry {
             rel: rel.into(),
-            meta: ObjectMeta { key: rel.into(), size, last_modified: Some(t(lm)), etag: Some(etag.into()), ..Default::default() },
+            meta: ObjectMeta {
+                key: rel.into(),
+                size,
+                last_modified: Some(t(lm)),
+                etag: Some(etag.into()),
+                ..Default::default()
+            },
         }
     }
 
     fn up() -> PlanOptions {
-        PlanOptions { src_kind: Some(SideKind::Local), dst_kind: Some(SideKind::Remote), ..Default::default() }
+        PlanOptions {
+            src_kind: Some(SideKind::Local),
+            dst_kind: Some(SideKind::Remote),
+            ..Default::default()
+        }
     }
 
     const MD5: &str = "0123456789abcdef0123456789abcdef";
@@ -247,15 +301,62 @@ mod tests {
     #[test]
     fn upload_decisions() {
         let o = up();
-        assert_eq!(plan(Some(&local("a", 1, 10)), None, None, &o), Action::Copy(CopyReason::New));
-        assert_eq!(plan(Some(&local("a", 1, 10)), Some(&remote("a", 2, 20, MD5)), None, &o), Action::Copy(CopyReason::Size));
-        assert_eq!(plan(Some(&local("a", 1, 30)), Some(&remote("a", 1, 20, MD5)), None, &o), Action::Copy(CopyReason::Newer));
-        assert_eq!(plan(Some(&local("a", 1, 10)), Some(&remote("a", 1, 20, MD5)), None, &o), Action::Check(Check::LocalEtag));
-        assert_eq!(plan(None, Some(&remote("a", 1, 20, MD5)), None, &o), Action::Extra);
-        let del = PlanOptions { delete: true, ..up() };
-        assert_eq!(plan(None, Some(&remote("a", 1, 20, MD5)), None, &del), Action::Delete);
-        let so = PlanOptions { size_only: true, ..up() };
-        assert_eq!(plan(Some(&local("a", 1, 30)), Some(&remote("a", 1, 20, MD5)), None, &so), Action::Skip(SkipReason::SameSize));
+        assert_eq!(
+            plan(Some(&local("a", 1, 10)), None, None, &o),
+            Action::Copy(CopyReason::New)
+        );
+        assert_eq!(
+            plan(
+                Some(&local("a", 1, 10)),
+                Some(&remote("a", 2, 20, MD5)),
+                None,
+                &o
+            ),
+            Action::Copy(CopyReason::Size)
+        );
+        assert_eq!(
+            plan(
+                Some(&local("a", 1, 30)),
+                Some(&remote("a", 1, 20, MD5)),
+                None,
+                &o
+            ),
+            Action::Copy(CopyReason::Newer)
+        );
+        assert_eq!(
+            plan(
+                Some(&local("a", 1, 10)),
+                Some(&remote("a", 1, 20, MD5)),
+                None,
+                &o
+            ),
+            Action::Check(Check::LocalEtag)
+        );
+        assert_eq!(
+            plan(None, Some(&remote("a", 1, 20, MD5)), None, &o),
+            Action::Extra
+        );
+        let del = PlanOptions {
+            delete: true,
+            ..up()
+        };
+        assert_eq!(
+            plan(None, Some(&remote("a", 1, 20, MD5)), None, &del),
+            Action::Delete
+        );
+        let so = PlanOptions {
+            size_only: true,
+            ..up()
+        };
+        assert_eq!(
+            plan(
+                Some(&local("a", 1, 30)),
+                Some(&remote("a", 1, 20, MD5)),
+                None,
+                &so
+            ),
+            Action::Skip(SkipReason::SameSize)
+        );
     }
 
     #[test]
@@ -267,31 +368,72 @@ mod tests {
             src_sig: signature(SideKind::Local, &s.meta).unwrap(),
             dst_sig: signature(SideKind::Remote, &d.meta).unwrap(),
         };
-        assert_eq!(plan(Some(&s), Some(&d), Some(&b), &o), Action::Skip(SkipReason::Unchanged));
+        assert_eq!(
+            plan(Some(&s), Some(&d), Some(&b), &o),
+            Action::Skip(SkipReason::Unchanged)
+        );
         let d2 = remote("a", 1, 20, "ffffffffffffffffffffffffffffffff");
-        assert_eq!(plan(Some(&s), Some(&d2), Some(&b), &o), Action::Check(Check::LocalEtag));
-        let forced = PlanOptions { checksum: true, ..up() };
-        assert_eq!(plan(Some(&s), Some(&d), Some(&b), &forced), Action::Check(Check::LocalEtag));
+        assert_eq!(
+            plan(Some(&s), Some(&d2), Some(&b), &o),
+            Action::Check(Check::LocalEtag)
+        );
+        let forced = PlanOptions {
+            checksum: true,
+            ..up()
+        };
+        assert_eq!(
+            plan(Some(&s), Some(&d), Some(&b), &forced),
+            Action::Check(Check::LocalEtag)
+        );
     }
 
     #[test]
     fn unsafe_keys_refused_for_local_destinations() {
-        let o = PlanOptions { src_kind: Some(SideKind::Remote), dst_kind: Some(SideKind::Local), ..Default::default() };
+        let o = PlanOptions {
+            src_kind: Some(SideKind::Remote),
+            dst_kind: Some(SideKind::Local),
+            ..Default::default()
+        };
         for k in ["../x", "/abs", "a/../../b", "a//b", "nul\0"] {
-            assert!(matches!(plan(Some(&remote(k, 1, 1, MD5)), None, None, &o), Action::Refuse(_)), "{k:?}");
+            assert!(
+                matches!(
+                    plan(Some(&remote(k, 1, 1, MD5)), None, None, &o),
+                    Action::Refuse(_)
+                ),
+                "{k:?}"
+            );
         }
-        assert_eq!(plan(Some(&remote("d/", 0, 1, MD5)), None, None, &o), Action::Skip(SkipReason::DirMarker));
-        assert_eq!(plan(Some(&remote("d/", 3, 1, MD5)), None, None, &o), Action::Refuse(UnsafeKey::DirectoryMarker));
+        assert_eq!(
+            plan(Some(&remote("d/", 0, 1, MD5)), None, None, &o),
+            Action::Skip(SkipReason::DirMarker)
+        );
+        assert_eq!(
+            plan(Some(&remote("d/", 3, 1, MD5)), None, None, &o),
+            Action::Refuse(UnsafeKey::DirectoryMarker)
+        );
         // The same keys are fine between remote stores.
         let rr = PlanOptions::default();
-        assert_eq!(plan(Some(&remote("a//b", 1, 1, MD5)), None, None, &rr), Action::Copy(CopyReason::New));
+        assert_eq!(
+            plan(Some(&remote("a//b", 1, 1, MD5)), None, None, &rr),
+            Action::Copy(CopyReason::New)
+        );
     }
 
     #[test]
     fn since_skips_old_sources_but_never_deletes_them() {
-        let o = PlanOptions { since: Some(t(100)), delete: true, ..up() };
-        assert_eq!(plan(Some(&local("a", 1, 50)), None, None, &o), Action::Skip(SkipReason::BeforeSince));
-        assert_eq!(plan(Some(&local("a", 1, 150)), None, None, &o), Action::Copy(CopyReason::New));
+        let o = PlanOptions {
+            since: Some(t(100)),
+            delete: true,
+            ..up()
+        };
+        assert_eq!(
+            plan(Some(&local("a", 1, 50)), None, None, &o),
+            Action::Skip(SkipReason::BeforeSince)
+        );
+        assert_eq!(
+            plan(Some(&local("a", 1, 150)), None, None, &o),
+            Action::Copy(CopyReason::New)
+        );
     }
 
     proptest! {

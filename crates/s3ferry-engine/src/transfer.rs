@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt, TryStreamExt};
-use s3ferry_store::checksum::{crc64nvme, crc64nvme_combine, etag_shape, is_multipart, md5_hex, part_size_for, EtagShape};
+use s3ferry_store::checksum::{
+    crc64nvme, crc64nvme_combine, etag_shape, is_multipart, md5_hex, part_size_for, EtagShape,
+};
 use s3ferry_store::{
-    CopyOptions, CopySource, ErrorKind, GetOptions, ObjectMeta, PartInfo, PutOptions, Result, Store, StoreError,
-    MTIME_META,
+    CopyOptions, CopySource, ErrorKind, GetOptions, ObjectMeta, PartInfo, PutOptions, Result,
+    Store, StoreError, MTIME_META,
 };
 use tokio::sync::Semaphore;
 
@@ -117,13 +119,22 @@ pub async fn read_range(
             let chunk = match tokio::time::timeout(idle, body.next()).await {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
-                Err(_) => Err(StoreError::new(ErrorKind::Transient, "get", format!("no data for {}s; resuming", idle.as_secs()))
-                    .with_key(key)),
+                Err(_) => Err(StoreError::new(
+                    ErrorKind::Transient,
+                    "get",
+                    format!("no data for {}s; resuming", idle.as_secs()),
+                )
+                .with_key(key)),
             };
             match chunk {
                 Ok(c) => {
                     if pos + c.len() as u64 > range.end {
-                        return Err(StoreError::new(ErrorKind::Corrupt, "get", "body longer than requested").with_key(key));
+                        return Err(StoreError::new(
+                            ErrorKind::Corrupt,
+                            "get",
+                            "body longer than requested",
+                        )
+                        .with_key(key));
                     }
                     pos += c.len() as u64;
                     buf.extend_from_slice(&c);
@@ -140,29 +151,48 @@ pub async fn read_range(
         }
         if last_err.is_none() {
             last_err = Some(
-                StoreError::new(ErrorKind::Corrupt, "get", format!("body ended at byte {pos} of {}", range.end)).with_key(key),
+                StoreError::new(
+                    ErrorKind::Corrupt,
+                    "get",
+                    format!("body ended at byte {pos} of {}", range.end),
+                )
+                .with_key(key),
             );
         }
         if last_err.as_ref().is_some_and(|e| !e.retryable()) {
             break;
         }
     }
-    Err(last_err.unwrap_or_else(|| StoreError::new(ErrorKind::Transient, "get", "read failed").with_key(key)))
+    Err(last_err.unwrap_or_else(|| {
+        StoreError::new(ErrorKind::Transient, "get", "read failed").with_key(key)
+    }))
 }
 
 /// Put options for the destination copy of an object described by `src_meta`.
-fn put_options(src_kind: SideKind, dst: &Side, rel: &str, src_meta: &ObjectMeta, cfg: &TransferConfig) -> PutOptions {
+fn put_options(
+    src_kind: SideKind,
+    dst: &Side,
+    rel: &str,
+    src_meta: &ObjectMeta,
+    cfg: &TransferConfig,
+) -> PutOptions {
     let mut metadata = src_meta.metadata.clone().unwrap_or_default();
     metadata.remove(MTIME_META);
     let content_type = match src_kind {
         SideKind::Remote => src_meta.content_type.clone(),
-        SideKind::Local if dst.kind == SideKind::Remote => mime_guess::from_path(rel).first().map(|m| m.to_string()),
+        SideKind::Local if dst.kind == SideKind::Remote => {
+            mime_guess::from_path(rel).first().map(|m| m.to_string())
+        }
         SideKind::Local => None,
     };
     PutOptions::new()
         .mtime(src_meta.mtime)
         .content_type(content_type)
-        .metadata(if src_kind == SideKind::Remote { metadata } else { Default::default() })
+        .metadata(if src_kind == SideKind::Remote {
+            metadata
+        } else {
+            Default::default()
+        })
         .storage_class(cfg.storage_class.clone())
 }
 
@@ -171,8 +201,12 @@ fn put_options(src_kind: SideKind, dst: &Side, rel: &str, src_meta: &ObjectMeta,
 /// after the read.)
 fn check_same_file(src: &Side, key: &str, listed: &ObjectMeta, read: &ObjectMeta) -> Result<()> {
     if src.kind == SideKind::Local && (read.size != listed.size || read.mtime != listed.mtime) {
-        return Err(StoreError::new(ErrorKind::Transient, "read", "file changed since it was listed; will retry")
-            .with_key(key));
+        return Err(StoreError::new(
+            ErrorKind::Transient,
+            "read",
+            "file changed since it was listed; will retry",
+        )
+        .with_key(key));
     }
     Ok(())
 }
@@ -181,29 +215,52 @@ fn check_same_file(src: &Side, key: &str, listed: &ObjectMeta, read: &ObjectMeta
 fn verify_body(key: &str, data: &[u8], crc: u64, meta: &ObjectMeta) -> Result<()> {
     if let Some(want) = meta.crc64nvme {
         if want != crc {
-            return Err(StoreError::new(ErrorKind::Corrupt, "verify", "CRC64NVME of the data read does not match the source")
-                .with_key(key));
+            return Err(StoreError::new(
+                ErrorKind::Corrupt,
+                "verify",
+                "CRC64NVME of the data read does not match the source",
+            )
+            .with_key(key));
         }
     } else if let Some(etag) = meta.etag.as_deref() {
         if etag_shape(etag) == EtagShape::Md5 && md5_hex(data) != etag {
-            return Err(StoreError::new(ErrorKind::Corrupt, "verify", "MD5 of the data read does not match the ETag")
-                .with_key(key));
+            return Err(StoreError::new(
+                ErrorKind::Corrupt,
+                "verify",
+                "MD5 of the data read does not match the ETag",
+            )
+            .with_key(key));
         }
     }
     Ok(())
 }
 
 /// What the destination looks like after a transfer (for the state record).
-async fn dst_meta_after(dst: &Side, key: &str, size: u64, etag: Option<String>) -> Result<ObjectMeta> {
+async fn dst_meta_after(
+    dst: &Side,
+    key: &str,
+    size: u64,
+    etag: Option<String>,
+) -> Result<ObjectMeta> {
     match dst.kind {
         SideKind::Local => dst.store.head(key).await,
-        SideKind::Remote => Ok(ObjectMeta { key: key.to_string(), size, etag, ..Default::default() }),
+        SideKind::Remote => Ok(ObjectMeta {
+            key: key.to_string(),
+            size,
+            etag,
+            ..Default::default()
+        }),
     }
 }
 
 fn can_copy_server_side(src: &Side, dst: &Side, cfg: &TransferConfig) -> bool {
     let (a, b) = (src.store.capabilities(), dst.store.capabilities());
-    cfg.server_side && !a.local && !b.local && a.copy_domain.is_some() && a.copy_domain == b.copy_domain && src.store.bucket().is_some()
+    cfg.server_side
+        && !a.local
+        && !b.local
+        && a.copy_domain.is_some()
+        && a.copy_domain == b.copy_domain
+        && src.store.bucket().is_some()
 }
 
 /// Copy one entry from `src` to `dst`. Returns the destination's metadata afterwards.
@@ -219,7 +276,9 @@ pub async fn copy_object(
     let dkey = dst.key(&entry.rel);
     let size = entry.meta.size;
     if can_copy_server_side(src, dst, cfg) {
-        let limit = cfg.max_single_copy.min(dst.store.capabilities().max_single_put);
+        let limit = cfg
+            .max_single_copy
+            .min(dst.store.capabilities().max_single_put);
         let res = if size <= limit {
             let from = CopySource {
                 bucket: src.store.bucket().unwrap_or_default().to_string(),
@@ -237,8 +296,19 @@ pub async fn copy_object(
     let part_size = part_size_for(size, cfg.part_size);
     if !is_multipart(size, part_size) {
         let _mem = cfg.reserve(size).await?;
-        let pin = (src.kind == SideKind::Remote).then(|| entry.meta.etag.clone()).flatten();
-        let (data, meta) = read_range(src.store.as_ref(), &skey, 0..size, true, pin, cfg.body_attempts, cfg.idle_timeout).await?;
+        let pin = (src.kind == SideKind::Remote)
+            .then(|| entry.meta.etag.clone())
+            .flatten();
+        let (data, meta) = read_range(
+            src.store.as_ref(),
+            &skey,
+            0..size,
+            true,
+            pin,
+            cfg.body_attempts,
+            cfg.idle_timeout,
+        )
+        .await?;
         let crc = crc64nvme(&data);
         verify_body(&skey, &data, crc, &meta)?;
         check_same_file(src, &skey, &entry.meta, &meta)?;
@@ -274,58 +344,106 @@ async fn multipart_upload(
         SideKind::Local => entry.meta.clone(),
     };
     let size = smeta.size;
-    let pin = (src.kind == SideKind::Remote).then(|| smeta.etag.clone()).flatten();
+    let pin = (src.kind == SideKind::Remote)
+        .then(|| smeta.etag.clone())
+        .flatten();
     let mut opts = put_options(src.kind, dst, &entry.rel, &smeta, cfg);
     if src.kind == SideKind::Remote && dst.kind == SideKind::Remote && both_tag(src, dst) {
         opts.tags = src.store.get_tags(&skey).await?;
     }
-    let store_id = dst.store.describe();
-    let upload_id = dst.store.create_multipart(&dkey, opts, part_size).await?;
-    journal
-        .upload_started(&store_id, &dkey, &upload_id)
-        .map_err(|e| StoreError::new(ErrorKind::Other, "journal", e.to_string()))?;
     let nparts = size.div_ceil(part_size);
-    let result = async {
-        let parts: Vec<(PartInfo, u64, u64)> = stream::iter(0..nparts)
-            .map(|i| {
-                let range = i * part_size..((i + 1) * part_size).min(size);
-                let (skey, dkey, upload_id, pin) = (&skey, &dkey, &upload_id, pin.clone());
-                async move {
-                    let len = range.end - range.start;
-                    let _mem = cfg.reserve(len).await?;
-                    let (data, meta) = read_range(src.store.as_ref(), skey, range, false, pin, cfg.body_attempts, cfg.idle_timeout).await?;
-                    check_same_file(src, skey, &entry.meta, &meta)?;
-                    let crc = crc64nvme(&data);
-                    let info = dst.store.upload_part(dkey, upload_id, i as u32 + 1, data, Some(crc)).await?;
-                    reporter.bytes(len);
-                    Ok::<_, StoreError>((info, crc, len))
-                }
-            })
-            .buffered(cfg.part_concurrency.max(1))
-            .try_collect()
-            .await?;
-        let whole = parts.iter().fold(0u64, |acc, (_, crc, len)| crc64nvme_combine(acc, *crc, *len));
-        if let Some(want) = smeta.crc64nvme {
-            if want != whole {
-                return Err(StoreError::new(ErrorKind::Corrupt, "verify", "CRC64NVME of the parts read does not match the source")
+    let res = in_multipart(dst, &dkey, opts, part_size, journal, |upload_id| {
+        let dkey = &dkey;
+        async move {
+            let parts: Vec<(PartInfo, u64, u64)> = stream::iter(0..nparts)
+                .map(|i| {
+                    let range = i * part_size..((i + 1) * part_size).min(size);
+                    let (skey, upload_id, pin) = (&skey, &upload_id, pin.clone());
+                    async move {
+                        let len = range.end - range.start;
+                        let _mem = cfg.reserve(len).await?;
+                        let (data, meta) = read_range(
+                            src.store.as_ref(),
+                            skey,
+                            range,
+                            false,
+                            pin,
+                            cfg.body_attempts,
+                            cfg.idle_timeout,
+                        )
+                        .await?;
+                        check_same_file(src, skey, &entry.meta, &meta)?;
+                        let crc = crc64nvme(&data);
+                        let info = dst
+                            .store
+                            .upload_part(dkey, upload_id, i as u32 + 1, data, Some(crc))
+                            .await?;
+                        reporter.bytes(len);
+                        Ok::<_, StoreError>((info, crc, len))
+                    }
+                })
+                .buffered(cfg.part_concurrency.max(1))
+                .try_collect()
+                .await?;
+            let whole = parts.iter().fold(0u64, |acc, (_, crc, len)| {
+                crc64nvme_combine(acc, *crc, *len)
+            });
+            if let Some(want) = smeta.crc64nvme {
+                if want != whole {
+                    return Err(StoreError::new(
+                        ErrorKind::Corrupt,
+                        "verify",
+                        "CRC64NVME of the parts read does not match the source",
+                    )
                     .with_key(&skey));
+                }
             }
+            let infos = parts.into_iter().map(|(p, _, _)| p).collect();
+            dst.store
+                .complete_multipart(dkey, &upload_id, infos, Some(whole))
+                .await
         }
-        let infos = parts.into_iter().map(|(p, _, _)| p).collect();
-        dst.store.complete_multipart(&dkey, &upload_id, infos, Some(whole)).await
-    }
-    .await;
-    if result.is_err() {
-        if let Err(e) = dst.store.abort_multipart(&dkey, &upload_id).await {
-            tracing::warn!("could not abort upload {upload_id} of {dkey}: {e}");
-        }
-    }
-    let _ = journal.upload_ended(&store_id, &dkey, &upload_id);
-    let res = result?;
+    })
+    .await?;
     dst_meta_after(dst, &dkey, size, res.etag).await
 }
 
-async fn multipart_copy(src: &Side, dst: &Side, entry: &Entry, cfg: &TransferConfig, journal: &Journal) -> Result<Option<String>> {
+/// Run `body` inside a multipart upload of `dkey`: the upload is recorded in the journal while
+/// it is open (so a killed run's successor aborts it) and aborted if `body` fails.
+async fn in_multipart<F, Fut>(
+    dst: &Side,
+    dkey: &str,
+    opts: PutOptions,
+    part_size: u64,
+    journal: &Journal,
+    body: F,
+) -> Result<s3ferry_store::PutResult>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<s3ferry_store::PutResult>>,
+{
+    let store_id = dst.store.describe();
+    let upload_id = dst.store.create_multipart(dkey, opts, part_size).await?;
+    journal
+        .upload_started(&store_id, dkey, &upload_id)
+        .map_err(|e| StoreError::new(ErrorKind::Other, "journal", e.to_string()))?;
+    let result = body(upload_id.clone()).await;
+    if result.is_err() {
+        if let Err(e) = dst.store.abort_multipart(dkey, &upload_id).await {
+            tracing::warn!("could not abort upload {upload_id} of {dkey}: {e}");
+        }
+    }
+    let _ = journal.upload_ended(&store_id, dkey, &upload_id);
+    result
+}
+
+async fn multipart_copy(
+    src: &Side,
+    dst: &Side,
+    entry: &Entry,
+    cfg: &TransferConfig,
+    journal: &Journal,
+) -> Result<Option<String>> {
     let skey = src.key(&entry.rel);
     let dkey = dst.key(&entry.rel);
     let smeta = src.store.head(&skey).await?;
@@ -335,30 +453,34 @@ async fn multipart_copy(src: &Side, dst: &Side, entry: &Entry, cfg: &TransferCon
     if both_tag(src, dst) {
         opts.tags = src.store.get_tags(&skey).await?;
     }
-    let from = CopySource { bucket: src.store.bucket().unwrap_or_default().to_string(), key: skey.clone(), if_match: smeta.etag.clone() };
-    let store_id = dst.store.describe();
-    let upload_id = dst.store.create_multipart(&dkey, opts, part_size).await?;
-    journal
-        .upload_started(&store_id, &dkey, &upload_id)
-        .map_err(|e| StoreError::new(ErrorKind::Other, "journal", e.to_string()))?;
-    let result = async {
-        let parts: Vec<PartInfo> = stream::iter(0..size.div_ceil(part_size))
-            .map(|i| {
-                let range = i * part_size..((i + 1) * part_size).min(size);
-                let (from, dkey, upload_id) = (&from, &dkey, &upload_id);
-                async move { dst.store.upload_part_copy(dkey, upload_id, i as u32 + 1, from, range).await }
-            })
-            .buffered(cfg.part_concurrency.max(1) * 2)
-            .try_collect()
-            .await?;
-        dst.store.complete_multipart(&dkey, &upload_id, parts, None).await
-    }
-    .await;
-    if result.is_err() {
-        let _ = dst.store.abort_multipart(&dkey, &upload_id).await;
-    }
-    let _ = journal.upload_ended(&store_id, &dkey, &upload_id);
-    Ok(result?.etag)
+    let from = CopySource {
+        bucket: src.store.bucket().unwrap_or_default().to_string(),
+        key: skey.clone(),
+        if_match: smeta.etag.clone(),
+    };
+    let res = in_multipart(dst, &dkey, opts, part_size, journal, |upload_id| {
+        let dkey = &dkey;
+        async move {
+            let parts: Vec<PartInfo> = stream::iter(0..size.div_ceil(part_size))
+                .map(|i| {
+                    let range = i * part_size..((i + 1) * part_size).min(size);
+                    let (from, upload_id) = (&from, &upload_id);
+                    async move {
+                        dst.store
+                            .upload_part_copy(dkey, upload_id, i as u32 + 1, from, range)
+                            .await
+                    }
+                })
+                .buffered(cfg.part_concurrency.max(1) * 2)
+                .try_collect()
+                .await?;
+            dst.store
+                .complete_multipart(dkey, &upload_id, parts, None)
+                .await
+        }
+    })
+    .await?;
+    Ok(res.etag)
 }
 
 #[cfg(test)]
@@ -383,7 +505,9 @@ mod tests {
     async fn stalled_body_is_abandoned_and_resumed() {
         let data = ramp(10_000);
         let (_, f) = faulty("get:stall=4000@1", &data).await;
-        let (got, _) = read_range(&f, "k", 0..10_000, true, None, 3, Duration::from_millis(50)).await.unwrap();
+        let (got, _) = read_range(&f, "k", 0..10_000, true, None, 3, Duration::from_millis(50))
+            .await
+            .unwrap();
         assert_eq!(got.as_ref(), data.as_slice());
         assert_eq!(f.calls("get"), 2, "one resume");
     }
@@ -392,13 +516,17 @@ mod tests {
     async fn reset_and_truncated_bodies_resume_pinned_to_the_first_etag() {
         let data = ramp(50_000);
         let (mem, f) = faulty("get:reset=1000@1; get:truncate=7000@2", &data).await;
-        let (got, meta) = read_range(&f, "k", 100..40_000, false, None, 5, Duration::from_secs(5)).await.unwrap();
+        let (got, meta) = read_range(&f, "k", 100..40_000, false, None, 5, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(got.as_ref(), &data[100..40_000]);
         assert_eq!(f.calls("get"), 3);
         // The source changes between two reads of one object: the pinned read fails, no splice.
         let etag = meta.etag.clone();
         mem.put_bytes("k", ramp(50_001)).await.unwrap();
-        let err = read_range(&f, "k", 0..50_000, false, etag, 5, Duration::from_secs(5)).await.unwrap_err();
+        let err = read_range(&f, "k", 0..50_000, false, etag, 5, Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::PreconditionFailed);
     }
 
@@ -406,7 +534,9 @@ mod tests {
     async fn persistent_short_bodies_fail_as_corrupt() {
         let data = ramp(5_000);
         let (_, f) = faulty("get:truncate=10", &data).await;
-        let err = read_range(&f, "k", 0..5_000, true, None, 3, Duration::from_secs(5)).await.unwrap_err();
+        let err = read_range(&f, "k", 0..5_000, true, None, 3, Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Corrupt);
         assert_eq!(f.calls("get"), 3);
     }

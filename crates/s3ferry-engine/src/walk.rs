@@ -27,8 +27,16 @@ pub struct Side {
 
 impl Side {
     pub fn new(store: DynStore, prefix: impl Into<String>) -> Self {
-        let kind = if store.capabilities().local { SideKind::Local } else { SideKind::Remote };
-        Self { store, prefix: prefix.into(), kind }
+        let kind = if store.capabilities().local {
+            SideKind::Local
+        } else {
+            SideKind::Remote
+        };
+        Self {
+            store,
+            prefix: prefix.into(),
+            kind,
+        }
     }
 
     pub fn key(&self, rel: &str) -> String {
@@ -36,7 +44,11 @@ impl Side {
     }
 
     pub fn describe(&self) -> String {
-        format!("{}/{}", self.store.describe().trim_end_matches('/'), self.prefix)
+        format!(
+            "{}/{}",
+            self.store.describe().trim_end_matches('/'),
+            self.prefix
+        )
     }
 
     /// The side's entries sorted by relative key, filtered by include/exclude.
@@ -49,7 +61,8 @@ impl Side {
                 let out = match r {
                     Ok(meta) => {
                         let rel = meta.key.get(plen..).unwrap_or_default().to_string();
-                        (!rel.is_empty() && filters.includes(&rel)).then_some(Ok(Entry { rel, meta }))
+                        (!rel.is_empty() && filters.includes(&rel))
+                            .then_some(Ok(Entry { rel, meta }))
                     }
                     Err(e) => Some(Err(e)),
                 };
@@ -88,7 +101,16 @@ pub struct MergeJoin {
 
 impl MergeJoin {
     pub fn new(a: BoxStream<'static, Result<Entry>>, b: BoxStream<'static, Result<Entry>>) -> Self {
-        Self { a, b, pa: None, pb: None, a_done: false, b_done: false, last_a: None, last_b: None }
+        Self {
+            a,
+            b,
+            pa: None,
+            pb: None,
+            a_done: false,
+            b_done: false,
+            last_a: None,
+            last_b: None,
+        }
     }
 
     /// Pull the next entry of one side into its slot. Errors without a key are fatal.
@@ -108,7 +130,11 @@ impl MergeJoin {
                     return Err(StoreError::new(
                         ErrorKind::Other,
                         "list",
-                        format!("listing is not sorted: {:?} came after {:?}", e.rel, last.as_deref().unwrap_or("")),
+                        format!(
+                            "listing is not sorted: {:?} came after {:?}",
+                            e.rel,
+                            last.as_deref().unwrap_or("")
+                        ),
                     ));
                 }
                 *last = Some(e.rel.clone());
@@ -122,10 +148,24 @@ impl MergeJoin {
 
     /// The next pair, or `None` when both listings are exhausted.
     pub async fn next(&mut self) -> Result<Option<Joined>> {
-        if let Some(e) = Self::fill(&mut self.a, &mut self.pa, &mut self.a_done, &mut self.last_a).await? {
+        if let Some(e) = Self::fill(
+            &mut self.a,
+            &mut self.pa,
+            &mut self.a_done,
+            &mut self.last_a,
+        )
+        .await?
+        {
             return Ok(Some(Joined::EntryError(true, e)));
         }
-        if let Some(e) = Self::fill(&mut self.b, &mut self.pb, &mut self.b_done, &mut self.last_b).await? {
+        if let Some(e) = Self::fill(
+            &mut self.b,
+            &mut self.pb,
+            &mut self.b_done,
+            &mut self.last_b,
+        )
+        .await?
+        {
             return Ok(Some(Joined::EntryError(false, e)));
         }
         let ord = match (&self.pa, &self.pb) {
@@ -170,7 +210,13 @@ mod tests {
         let s = |v: &str| Some(v.to_string());
         assert_eq!(
             got,
-            vec![(s("a"), None), (s("b"), s("b")), (None, s("c")), (s("d"), s("d")), (None, s("e"))]
+            vec![
+                (s("a"), None),
+                (s("b"), s("b")),
+                (None, s("c")),
+                (s("d"), s("d")),
+                (None, s("e"))
+            ]
         );
     }
 }

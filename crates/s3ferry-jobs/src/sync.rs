@@ -32,7 +32,8 @@ pub enum MaxDelete {
 
 impl MaxDelete {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let bad = || format!("bad --max-delete {s:?}: use a count like 100 or a percentage like 25%");
+        let bad =
+            || format!("bad --max-delete {s:?}: use a count like 100 or a percentage like 25%");
         match s.trim().strip_suffix('%') {
             Some(p) => {
                 let v: f64 = p.trim().parse().map_err(|_| bad())?;
@@ -77,9 +78,19 @@ pub enum SyncError {
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("refusing to delete {count} of {total} objects in {dst} (limit {limit}); first ones: {sample}. Re-run with --max-delete {count} (or a percentage) to allow it, or --dry-run to see the whole plan")]
-    DeleteLimit { count: u64, total: u64, limit: String, dst: String, sample: String },
+    DeleteLimit {
+        count: u64,
+        total: u64,
+        limit: String,
+        dst: String,
+        sample: String,
+    },
     #[error("refusing to delete all {total} objects of {dst}: the source {src} is empty. If that is really what you want, re-run with an explicit --max-delete")]
-    EmptySource { total: u64, src: String, dst: String },
+    EmptySource {
+        total: u64,
+        src: String,
+        dst: String,
+    },
     #[error("{0}")]
     Journal(String),
 }
@@ -120,18 +131,33 @@ impl Shared {
         if e.kind.fatal() {
             let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
             if f.is_none() {
-                *f = Some(StoreError::new(e.kind, e.op, e.message.clone()).with_key(e.key.clone().unwrap_or_default()));
+                *f = Some(
+                    StoreError::new(e.kind, e.op, e.message.clone())
+                        .with_key(e.key.clone().unwrap_or_default()),
+                );
             }
             self.stop.store(true, Ordering::SeqCst);
         }
-        self.record(Record { key: rel.to_string(), action: "fail", reason: e.kind.as_str().into(), size, error: Some(e.to_string()) });
+        self.record(Record {
+            key: rel.to_string(),
+            action: "fail",
+            reason: e.kind.as_str().into(),
+            size,
+            error: Some(e.to_string()),
+        });
     }
 
     fn remember(&self, s: &Entry, dst_meta: &s3ferry_store::ObjectMeta) {
-        let (Some(src_sig), Some(dst_sig)) = (signature(self.src.kind, &s.meta), signature(self.dst.kind, dst_meta)) else {
+        let (Some(src_sig), Some(dst_sig)) = (
+            signature(self.src.kind, &s.meta),
+            signature(self.dst.kind, dst_meta),
+        ) else {
             return;
         };
-        if let Err(e) = self.journal.record_synced(&self.pair, &s.rel, BaseRecord { src_sig, dst_sig }) {
+        if let Err(e) =
+            self.journal
+                .record_synced(&self.pair, &s.rel, BaseRecord { src_sig, dst_sig })
+        {
             tracing::warn!("{e}");
         }
     }
@@ -139,17 +165,45 @@ impl Shared {
     /// Copy `s` (planned for `reason`), record the outcome.
     async fn copy(&self, s: &Entry, reason: &str, retry_list: bool) {
         if self.opts.dry_run {
-            self.record(Record { key: s.rel.clone(), action: "would-copy", reason: reason.into(), size: s.meta.size, error: None });
+            self.record(Record {
+                key: s.rel.clone(),
+                action: "would-copy",
+                reason: reason.into(),
+                size: s.meta.size,
+                error: None,
+            });
             return;
         }
-        match copy_object(&self.src, &self.dst, s, &self.opts.transfer, &self.journal, self.reporter.as_ref()).await {
+        match copy_object(
+            &self.src,
+            &self.dst,
+            s,
+            &self.opts.transfer,
+            &self.journal,
+            self.reporter.as_ref(),
+        )
+        .await
+        {
             Ok(dm) => {
                 self.remember(s, &dm);
-                self.record(Record { key: s.rel.clone(), action: "copy", reason: reason.into(), size: s.meta.size, error: None });
+                self.record(Record {
+                    key: s.rel.clone(),
+                    action: "copy",
+                    reason: reason.into(),
+                    size: s.meta.size,
+                    error: None,
+                });
             }
-            Err(e) if retry_list && self.opts.retry_failed && (e.retryable() || e.kind == ErrorKind::PreconditionFailed) => {
+            Err(e)
+                if retry_list
+                    && self.opts.retry_failed
+                    && (e.retryable() || e.kind == ErrorKind::PreconditionFailed) =>
+            {
                 tracing::debug!("will retry {}: {e}", s.rel);
-                self.failed_retryable.lock().unwrap_or_else(|p| p.into_inner()).push(s.clone());
+                self.failed_retryable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(s.clone());
             }
             Err(e) => self.fail(&s.rel, s.meta.size, &e),
         }
@@ -163,12 +217,28 @@ impl Shared {
             Action::Copy(r) => self.copy(&s, r.as_str(), true).await,
             Action::Check(c) => {
                 let Some(d) = d else { return };
-                match resolve_check(c, &self.src, &self.dst, &s, &d, &self.journal, self.opts.transfer.part_size).await {
+                match resolve_check(
+                    c,
+                    &self.src,
+                    &self.dst,
+                    &s,
+                    &d,
+                    &self.journal,
+                    self.opts.transfer.part_size,
+                )
+                .await
+                {
                     Ok(Action::Skip(r)) => {
                         if !self.opts.dry_run {
                             self.remember(&s, &d.meta);
                         }
-                        self.record(Record { key: s.rel, action: "skip", reason: r.as_str().into(), size: d.meta.size, error: None });
+                        self.record(Record {
+                            key: s.rel,
+                            action: "skip",
+                            reason: r.as_str().into(),
+                            size: d.meta.size,
+                            error: None,
+                        });
                     }
                     Ok(Action::Copy(r)) => self.copy(&s, r.as_str(), true).await,
                     Ok(_) => {}
@@ -232,9 +302,15 @@ pub async fn run(
                 }
                 Joined::Pair(s, d) => (s, d),
             };
-            let rel = s.as_ref().or(d.as_ref()).map(|e| e.rel.clone()).unwrap_or_default();
+            let rel = s
+                .as_ref()
+                .or(d.as_ref())
+                .map(|e| e.rel.clone())
+                .unwrap_or_default();
             let base = if s.is_some() && d.is_some() && !sh.opts.plan.checksum {
-                sh.journal.base(&sh.pair, &rel).map_err(|e| StoreError::new(ErrorKind::Other, "state", e.to_string()))?
+                sh.journal
+                    .base(&sh.pair, &rel)
+                    .map_err(|e| StoreError::new(ErrorKind::Other, "state", e.to_string()))?
             } else {
                 None
             };
@@ -242,9 +318,13 @@ pub async fn run(
             match (action, s) {
                 (Action::Delete, _) => deletes.push((rel, d.map(|e| e.meta.size).unwrap_or(0))),
                 (Action::Extra, _) => {}
-                (Action::Skip(r), _) => {
-                    sh.record(Record { key: rel, action: "skip", reason: r.as_str().into(), size: 0, error: None })
-                }
+                (Action::Skip(r), _) => sh.record(Record {
+                    key: rel,
+                    action: "skip",
+                    reason: r.as_str().into(),
+                    size: 0,
+                    error: None,
+                }),
                 (Action::Refuse(w), s) => sh.record(Record {
                     key: rel,
                     action: "refuse",
@@ -256,7 +336,9 @@ pub async fn run(
                     if let Action::Copy(_) = action {
                         sh.reporter.planned(1, s.meta.size);
                     }
-                    let permit = permits.clone().acquire_owned().await.map_err(|_| StoreError::new(ErrorKind::Other, "sync", "scheduler closed"))?;
+                    let permit = permits.clone().acquire_owned().await.map_err(|_| {
+                        StoreError::new(ErrorKind::Other, "sync", "scheduler closed")
+                    })?;
                     let sh2 = sh.clone();
                     tasks.spawn(async move {
                         sh2.process(s, d, action).await;
@@ -279,7 +361,12 @@ pub async fn run(
     }
     // Job-level retry tier: one more attempt for transfers that failed with a retryable error,
     // with a fresh look at the source.
-    let retry: Vec<Entry> = std::mem::take(&mut *sh.failed_retryable.lock().unwrap_or_else(|p| p.into_inner()));
+    let retry: Vec<Entry> = std::mem::take(
+        &mut *sh
+            .failed_retryable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
     for s in retry {
         if sh.stop.load(Ordering::SeqCst) {
             break;
@@ -289,7 +376,13 @@ pub async fn run(
         tasks.spawn(async move {
             let _permit = permit;
             let fresh = match sh2.src.store.head(&sh2.src.key(&s.rel)).await {
-                Ok(m) => Entry { rel: s.rel.clone(), meta: s3ferry_store::ObjectMeta { key: m.key.clone(), ..m } },
+                Ok(m) => Entry {
+                    rel: s.rel.clone(),
+                    meta: s3ferry_store::ObjectMeta {
+                        key: m.key.clone(),
+                        ..m
+                    },
+                },
                 Err(e) => return sh2.fail(&s.rel, s.meta.size, &e),
             };
             sh2.copy(&fresh, "retry", false).await;
@@ -302,14 +395,22 @@ pub async fn run(
     }
     if !deletes.is_empty() {
         if src_errors > 0 {
-            let msg = format!("not deleting {} objects: {src_errors} source entries could not be listed", deletes.len());
+            let msg = format!(
+                "not deleting {} objects: {src_errors} source entries could not be listed",
+                deletes.len()
+            );
             sh.reporter.note(&msg);
-            sh.summary.lock().unwrap_or_else(|p| p.into_inner()).deletes_suppressed = Some(msg);
+            sh.summary
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .deletes_suppressed = Some(msg);
         } else {
             run_deletes(&sh, deletes).await;
         }
     }
-    sh.journal.flush().map_err(|e| SyncError::Journal(e.to_string()))?;
+    sh.journal
+        .flush()
+        .map_err(|e| SyncError::Journal(e.to_string()))?;
     let mut summary = sh.summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
     summary.dry_run = sh.opts.dry_run;
     summary.elapsed_secs = started.elapsed().as_secs_f64();
@@ -320,7 +421,13 @@ async fn run_deletes(sh: &Shared, deletes: Vec<(String, u64)>) {
     for chunk in deletes.chunks(1000) {
         if sh.opts.dry_run {
             for (rel, size) in chunk {
-                sh.record(Record { key: rel.clone(), action: "would-delete", reason: "not in source".into(), size: *size, error: None });
+                sh.record(Record {
+                    key: rel.clone(),
+                    action: "would-delete",
+                    reason: "not in source".into(),
+                    size: *size,
+                    error: None,
+                });
             }
             continue;
         }
@@ -331,7 +438,13 @@ async fn run_deletes(sh: &Shared, deletes: Vec<(String, u64)>) {
                     match r {
                         Ok(()) => {
                             let _ = sh.journal.forget(&sh.pair, rel);
-                            sh.record(Record { key: rel.clone(), action: "delete", reason: "not in source".into(), size: *size, error: None });
+                            sh.record(Record {
+                                key: rel.clone(),
+                                action: "delete",
+                                reason: "not in source".into(),
+                                size: *size,
+                                error: None,
+                            });
                         }
                         Err(e) => sh.fail(rel, *size, &e),
                     }
@@ -369,15 +482,29 @@ async fn delete_prepass(src: &Side, dst: &Side, opts: &SyncOptions) -> Result<()
         return Ok(());
     }
     if src_count == 0 && !opts.max_delete_explicit {
-        return Err(SyncError::EmptySource { total, src: src.describe(), dst: dst.describe() });
+        return Err(SyncError::EmptySource {
+            total,
+            src: src.describe(),
+            dst: dst.describe(),
+        });
     }
     if !opts.max_delete.allows(count, total) {
         let limit = match opts.max_delete {
             MaxDelete::Count(n) => format!("{n}"),
             MaxDelete::Percent(p) => format!("{p}%"),
         };
-        let more = if count as usize > sample.len() { ", …" } else { "" };
-        return Err(SyncError::DeleteLimit { count, total, limit, dst: dst.describe(), sample: format!("{}{more}", sample.join(", ")) });
+        let more = if count as usize > sample.len() {
+            ", …"
+        } else {
+            ""
+        };
+        return Err(SyncError::DeleteLimit {
+            count,
+            total,
+            limit,
+            dst: dst.describe(),
+            sample: format!("{}{more}", sample.join(", ")),
+        });
     }
     Ok(())
 }
@@ -395,14 +522,20 @@ async fn cleanup_orphans(dst: &Side, journal: &Journal, reporter: &dyn Reporter)
     let n = orphans.len();
     for (key, id) in orphans {
         match dst.store.abort_multipart(&key, &id).await {
-            Ok(()) | Err(StoreError { kind: ErrorKind::NotFound, .. }) => {
+            Ok(())
+            | Err(StoreError {
+                kind: ErrorKind::NotFound,
+                ..
+            }) => {
                 let _ = journal.upload_ended(&store_id, &key, &id);
             }
             Err(e) => tracing::warn!("could not abort an unfinished upload of {key}: {e}"),
         }
     }
     if n > 0 {
-        reporter.note(&format!("cleaned up {n} unfinished upload(s) from an earlier run"));
+        reporter.note(&format!(
+            "cleaned up {n} unfinished upload(s) from an earlier run"
+        ));
     }
 }
 

@@ -30,19 +30,36 @@ fn fast_retry(inner: DynStore) -> DynStore {
     Arc::new(RetryStore::with_policy(inner, p))
 }
 
-async fn run(src: &Side, dst: &Side, o: SyncOptions, j: &Arc<Journal>) -> Result<Summary, SyncError> {
-    sync::run(src.clone(), dst.clone(), o, j.clone(), Arc::new(NullReporter)).await
+async fn run(
+    src: &Side,
+    dst: &Side,
+    o: SyncOptions,
+    j: &Arc<Journal>,
+) -> Result<Summary, SyncError> {
+    sync::run(
+        src.clone(),
+        dst.clone(),
+        o,
+        j.clone(),
+        Arc::new(NullReporter),
+    )
+    .await
 }
 
 fn data(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed).collect()
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
+        .collect()
 }
 
 /// Everything under `prefix` of a store, as key -> bytes.
 async fn contents(s: &dyn Store, prefix: &str) -> BTreeMap<String, Bytes> {
     let mut out = BTreeMap::new();
     for m in s.list_all(prefix).await.unwrap() {
-        out.insert(m.key[prefix.len()..].to_string(), s.get_bytes(&m.key).await.unwrap());
+        out.insert(
+            m.key[prefix.len()..].to_string(),
+            s.get_bytes(&m.key).await.unwrap(),
+        );
     }
     out
 }
@@ -84,7 +101,13 @@ async fn local_to_memory_and_back_is_exact_and_resync_is_free() {
     // The big file went up in parts, and the object carries its mtime.
     assert!(mem.op_count("upload_part") >= 3);
     let head = mem.head("p/big.bin").await.unwrap();
-    assert_eq!(head.mtime, std::fs::metadata(src_dir.join("big.bin")).unwrap().modified().ok());
+    assert_eq!(
+        head.mtime,
+        std::fs::metadata(src_dir.join("big.bin"))
+            .unwrap()
+            .modified()
+            .ok()
+    );
 
     // Re-sync: nothing transferred, nothing read from the destination but the listing.
     mem.reset_counts();
@@ -103,7 +126,10 @@ async fn local_to_memory_and_back_is_exact_and_resync_is_free() {
         assert_eq!(&std::fs::read(back.join(k)).unwrap(), v, "{k}");
         assert_eq!(
             std::fs::metadata(back.join(k)).unwrap().modified().unwrap(),
-            std::fs::metadata(src_dir.join(k)).unwrap().modified().unwrap(),
+            std::fs::metadata(src_dir.join(k))
+                .unwrap()
+                .modified()
+                .unwrap(),
             "mtime of {k}"
         );
     }
@@ -122,9 +148,16 @@ async fn same_size_edit_with_old_mtime_is_detected_by_etag() {
     let dst = Side::new(Arc::new(mem.clone()), "");
     let j = Arc::new(Journal::in_memory().unwrap());
     run(&src, &dst, opts(), &j).await.unwrap();
-    let old = std::fs::metadata(dir.path().join("f")).unwrap().modified().unwrap();
+    let old = std::fs::metadata(dir.path().join("f"))
+        .unwrap()
+        .modified()
+        .unwrap();
     std::fs::write(dir.path().join("f"), b"version-2").unwrap();
-    filetime::set_file_mtime(dir.path().join("f"), filetime::FileTime::from_system_time(old - Duration::from_secs(3600))).unwrap();
+    filetime::set_file_mtime(
+        dir.path().join("f"),
+        filetime::FileTime::from_system_time(old - Duration::from_secs(3600)),
+    )
+    .unwrap();
     let s = run(&src, &dst, opts(), &j).await.unwrap();
     assert_eq!(s.copied, 1);
     assert_eq!(mem.get_bytes("f").await.unwrap().as_ref(), b"version-2");
@@ -135,9 +168,16 @@ async fn server_side_copy_within_a_copy_domain_keeps_metadata_and_tags() {
     let mem = MemoryStore::new();
     let mut meta = BTreeMap::new();
     meta.insert("owner".to_string(), "ops".to_string());
-    let po = PutOptions::new().metadata(meta.clone()).tags(vec![("team".into(), "blue".into())]).content_type(Some("text/plain".into()));
-    mem.put("src/a", Bytes::from_static(b"hello"), po.clone()).await.unwrap();
-    mem.put("src/big", Bytes::from(data(11 * MIB, 3)), po).await.unwrap();
+    let po = PutOptions::new()
+        .metadata(meta.clone())
+        .tags(vec![("team".into(), "blue".into())])
+        .content_type(Some("text/plain".into()));
+    mem.put("src/a", Bytes::from_static(b"hello"), po.clone())
+        .await
+        .unwrap();
+    mem.put("src/big", Bytes::from(data(11 * MIB, 3)), po)
+        .await
+        .unwrap();
     let src = Side::new(Arc::new(mem.clone()), "src/");
     let dst = Side::new(Arc::new(mem.clone()), "dst/");
     let j = Arc::new(Journal::in_memory().unwrap());
@@ -150,11 +190,21 @@ async fn server_side_copy_within_a_copy_domain_keeps_metadata_and_tags() {
     assert_eq!(mem.op_count("get"), 0, "server-side copies read nothing");
     for k in ["dst/a", "dst/big"] {
         let h = mem.head(k).await.unwrap();
-        assert_eq!(h.metadata.unwrap().get("owner"), Some(&"ops".to_string()), "{k}");
+        assert_eq!(
+            h.metadata.unwrap().get("owner"),
+            Some(&"ops".to_string()),
+            "{k}"
+        );
         assert_eq!(h.content_type.as_deref(), Some("text/plain"));
-        assert_eq!(mem.get_tags(k).await.unwrap(), vec![("team".to_string(), "blue".to_string())]);
+        assert_eq!(
+            mem.get_tags(k).await.unwrap(),
+            vec![("team".to_string(), "blue".to_string())]
+        );
     }
-    assert_eq!(mem.get_bytes("dst/big").await.unwrap(), mem.get_bytes("src/big").await.unwrap());
+    assert_eq!(
+        mem.get_bytes("dst/big").await.unwrap(),
+        mem.get_bytes("src/big").await.unwrap()
+    );
 
     // Streamed through when server-side copies are off: tags and metadata still carried.
     let dst2 = Side::new(Arc::new(mem.clone()), "dst2/");
@@ -163,8 +213,19 @@ async fn server_side_copy_within_a_copy_domain_keeps_metadata_and_tags() {
     mem.reset_counts();
     run(&src, &dst2, o, &j).await.unwrap();
     assert_eq!(mem.op_count("copy") + mem.op_count("upload_part_copy"), 0);
-    assert_eq!(mem.get_tags("dst2/a").await.unwrap(), vec![("team".to_string(), "blue".to_string())]);
-    assert_eq!(mem.head("dst2/big").await.unwrap().metadata.unwrap().get("owner"), Some(&"ops".to_string()));
+    assert_eq!(
+        mem.get_tags("dst2/a").await.unwrap(),
+        vec![("team".to_string(), "blue".to_string())]
+    );
+    assert_eq!(
+        mem.head("dst2/big")
+            .await
+            .unwrap()
+            .metadata
+            .unwrap()
+            .get("owner"),
+        Some(&"ops".to_string())
+    );
 }
 
 #[tokio::test]
@@ -185,8 +246,22 @@ async fn delete_limit_refuses_before_any_change() {
     o.plan.delete = true;
     let before = mem.keys();
     let err = run(&src, &dst, o.clone(), &j).await.unwrap_err();
-    assert!(matches!(err, SyncError::DeleteLimit { count: 7, total: 10, .. }), "{err}");
-    assert_eq!(mem.keys(), before, "nothing changed, not even the copy of 'new'");
+    assert!(
+        matches!(
+            err,
+            SyncError::DeleteLimit {
+                count: 7,
+                total: 10,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        mem.keys(),
+        before,
+        "nothing changed, not even the copy of 'new'"
+    );
     o.max_delete = MaxDelete::Count(7);
     let s = run(&src, &dst, o, &j).await.unwrap();
     assert_eq!((s.deleted, s.copied), (7, 1));
@@ -197,7 +272,10 @@ async fn delete_limit_refuses_before_any_change() {
     let mut o = opts();
     o.plan.delete = true;
     o.max_delete = MaxDelete::Percent(100.0);
-    assert!(matches!(run(&empty, &dst, o.clone(), &j).await.unwrap_err(), SyncError::EmptySource { .. }));
+    assert!(matches!(
+        run(&empty, &dst, o.clone(), &j).await.unwrap_err(),
+        SyncError::EmptySource { .. }
+    ));
     o.max_delete_explicit = true;
     assert_eq!(run(&empty, &dst, o, &j).await.unwrap().deleted, 4);
 }
@@ -205,8 +283,19 @@ async fn delete_limit_refuses_before_any_change() {
 #[tokio::test]
 async fn unsafe_keys_are_refused_and_nothing_escapes_the_destination() {
     let mem = MemoryStore::new();
-    for k in ["ok.txt", "../escape", "a/../../b", "/abs", "x//y", "nul\0z", "dir/", "full/"] {
-        mem.put_bytes(k, if k == "dir/" { "" } else { "data" }).await.unwrap();
+    for k in [
+        "ok.txt",
+        "../escape",
+        "a/../../b",
+        "/abs",
+        "x//y",
+        "nul\0z",
+        "dir/",
+        "full/",
+    ] {
+        mem.put_bytes(k, if k == "dir/" { "" } else { "data" })
+            .await
+            .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("dest");
@@ -219,7 +308,10 @@ async fn unsafe_keys_are_refused_and_nothing_escapes_the_destination() {
     assert_eq!(s.copied, 1);
     assert_eq!(s.refused, 6, "{s:?}"); // all but ok.txt and the empty dir/ marker
     assert_eq!(s.exit_code(), 1);
-    let outside: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let outside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(outside, vec![std::ffi::OsString::from("dest")]);
     assert_eq!(std::fs::read(dest.join("ok.txt")).unwrap(), b"data");
 }
@@ -235,7 +327,14 @@ async fn file_and_directory_with_the_same_name_fail_one_and_continue() {
     let j = Arc::new(Journal::in_memory().unwrap());
     let mut o = opts();
     o.retry_failed = false;
-    let s = run(&Side::new(Arc::new(mem), ""), &Side::new(Arc::new(ls), ""), o, &j).await.unwrap();
+    let s = run(
+        &Side::new(Arc::new(mem), ""),
+        &Side::new(Arc::new(ls), ""),
+        o,
+        &j,
+    )
+    .await
+    .unwrap();
     assert_eq!((s.copied, s.failed), (2, 1));
     assert_eq!(std::fs::read(dir.path().join("zzz")).unwrap(), b"last");
 }
@@ -243,7 +342,9 @@ async fn file_and_directory_with_the_same_name_fail_one_and_continue() {
 async fn faulty_round(spec: &str, src_faults: bool) -> (Summary, MemoryStore, MemoryStore) {
     let srcm = MemoryStore::named("s");
     for i in 0..30 {
-        srcm.put_bytes(&format!("small/{i:02}"), data(1000 + i, i as u8)).await.unwrap();
+        srcm.put_bytes(&format!("small/{i:02}"), data(1000 + i, i as u8))
+            .await
+            .unwrap();
     }
     srcm.put_bytes("big", data(11 * MIB + 7, 9)).await.unwrap();
     let dstm = MemoryStore::named("d");
@@ -272,12 +373,19 @@ async fn faults_still_give_an_exact_result() {
         ("get:truncate=300@2x4", true),
         ("get:flip=10@3", true),
         ("list:transient=5@1", true),
-        ("put:throttle@1x6; upload_part:transient@2x2; complete_multipart:500@1", false),
+        (
+            "put:throttle@1x6; upload_part:transient@2x2; complete_multipart:500@1",
+            false,
+        ),
         ("put:lost@3", false),
     ] {
         let (s, srcm, dstm) = faulty_round(spec, on_src).await;
         assert_eq!(s.failed, 0, "{spec}: {s:?}");
-        assert_eq!(contents(&srcm, "").await, contents(&dstm, "").await, "{spec}");
+        assert_eq!(
+            contents(&srcm, "").await,
+            contents(&dstm, "").await,
+            "{spec}"
+        );
         assert_eq!(dstm.pending_uploads(), 0, "{spec}");
     }
 }
@@ -287,8 +395,15 @@ async fn persistent_failure_is_reported_and_the_partial_upload_aborted() {
     let (s, _srcm, dstm) = faulty_round("upload_part:corrupt@3+", false).await;
     assert!(s.failed >= 1);
     assert_eq!(s.exit_code(), 1);
-    assert!(dstm.head("big").await.is_err(), "no partial object under the final key");
-    assert_eq!(dstm.pending_uploads(), 0, "the multipart upload was aborted");
+    assert!(
+        dstm.head("big").await.is_err(),
+        "no partial object under the final key"
+    );
+    assert_eq!(
+        dstm.pending_uploads(),
+        0,
+        "the multipart upload was aborted"
+    );
     assert_eq!(dstm.keys().len(), 30);
 }
 
@@ -302,9 +417,20 @@ async fn since_copies_only_recent_and_never_deletes_older() {
     dstm.insert_at("old", "previous", old);
     let mut o = opts();
     o.plan.delete = true;
-    o.filters = s3ferry_engine::filter::Filters::new(&[], Some(SystemTime::now() - Duration::from_secs(86400))).unwrap();
+    o.filters = s3ferry_engine::filter::Filters::new(
+        &[],
+        Some(SystemTime::now() - Duration::from_secs(86400)),
+    )
+    .unwrap();
     let j = Arc::new(Journal::in_memory().unwrap());
-    let s = run(&Side::new(Arc::new(srcm), ""), &Side::new(Arc::new(dstm.clone()), ""), o, &j).await.unwrap();
+    let s = run(
+        &Side::new(Arc::new(srcm), ""),
+        &Side::new(Arc::new(dstm.clone()), ""),
+        o,
+        &j,
+    )
+    .await
+    .unwrap();
     assert_eq!((s.copied, s.deleted), (1, 0));
     assert_eq!(dstm.get_bytes("old").await.unwrap().as_ref(), b"previous");
 }
@@ -331,7 +457,10 @@ mod model {
     }
 
     fn key(k: u8) -> String {
-        ["a", "a-b", "a.txt", "a/x", "a/y/z", "b c", "ü", "d/e", "d/f", "e+f", "g%h", "h"][k as usize].to_string()
+        [
+            "a", "a-b", "a.txt", "a/x", "a/y/z", "b c", "ü", "d/e", "d/f", "e+f", "g%h", "h",
+        ][k as usize]
+            .to_string()
     }
 
     proptest! {

@@ -42,7 +42,9 @@ pub struct Crc64 {
 
 impl Default for Crc64 {
     fn default() -> Self {
-        Self { digest: crc_fast::Digest::new(CrcAlgorithm::Crc64Nvme) }
+        Self {
+            digest: crc_fast::Digest::new(CrcAlgorithm::Crc64Nvme),
+        }
     }
 }
 
@@ -61,7 +63,9 @@ pub fn crc64_to_b64(v: u64) -> String {
 }
 
 pub fn crc64_from_b64(s: &str) -> Option<u64> {
-    let b = base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()?;
+    let b = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()?;
     Some(u64::from_be_bytes(b.try_into().ok()?))
 }
 
@@ -134,7 +138,14 @@ pub struct EtagBuilder {
 
 impl EtagBuilder {
     pub fn new(part_size: u64, multipart: bool) -> Self {
-        Self { part_size, multipart, in_part: 0, cur: Md5::new(), part_digests: Vec::new(), parts: 0 }
+        Self {
+            part_size,
+            multipart,
+            in_part: 0,
+            cur: Md5::new(),
+            part_digests: Vec::new(),
+            parts: 0,
+        }
     }
 
     pub fn update(&mut self, mut data: &[u8]) {
@@ -168,7 +179,11 @@ impl EtagBuilder {
         if self.in_part > 0 || self.parts == 0 {
             self.close_part();
         }
-        format!("{}-{}", hex::encode(Md5::digest(&self.part_digests)), self.parts)
+        format!(
+            "{}-{}",
+            hex::encode(Md5::digest(&self.part_digests)),
+            self.parts
+        )
     }
 }
 
@@ -189,8 +204,14 @@ mod tests {
     fn crc_combine_matches_whole() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let (a, b) = data.split_at(33_333);
-        assert_eq!(crc64nvme_combine(crc64nvme(a), crc64nvme(b), b.len() as u64), crc64nvme(&data));
-        assert_eq!(crc64_from_b64(&crc64_to_b64(0xdead_beef_0123_4567)), Some(0xdead_beef_0123_4567));
+        assert_eq!(
+            crc64nvme_combine(crc64nvme(a), crc64nvme(b), b.len() as u64),
+            crc64nvme(&data)
+        );
+        assert_eq!(
+            crc64_from_b64(&crc64_to_b64(0xdead_beef_0123_4567)),
+            Some(0xdead_beef_0123_4567)
+        );
     }
 
     #[test]
@@ -209,12 +230,21 @@ mod tests {
 
     #[test]
     fn shapes_and_part_sizes() {
-        assert_eq!(etag_shape("d41d8cd98f00b204e9800998ecf8427e"), EtagShape::Md5);
-        assert_eq!(etag_shape("d41d8cd98f00b204e9800998ecf8427e-12"), EtagShape::Multipart(12));
+        assert_eq!(
+            etag_shape("d41d8cd98f00b204e9800998ecf8427e"),
+            EtagShape::Md5
+        );
+        assert_eq!(
+            etag_shape("d41d8cd98f00b204e9800998ecf8427e-12"),
+            EtagShape::Multipart(12)
+        );
         assert_eq!(etag_shape("W/xyz"), EtagShape::Opaque);
         assert_eq!(part_size_for(1, DEFAULT_PART_SIZE), 8 * MIB);
         assert_eq!(part_size_for(200_000 * MIB, DEFAULT_PART_SIZE), 20 * MIB);
-        assert_eq!(part_size_for(200_001 * MIB, DEFAULT_PART_SIZE), (200_001 * MIB).div_ceil(10_000));
+        assert_eq!(
+            part_size_for(200_001 * MIB, DEFAULT_PART_SIZE),
+            (200_001 * MIB).div_ceil(10_000)
+        );
         let c = candidate_part_sizes(20 * MIB, 3, DEFAULT_PART_SIZE);
         assert_eq!(c[0], 8 * MIB);
         assert!(c.contains(&(8 * MIB)));

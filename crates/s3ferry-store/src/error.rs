@@ -36,12 +36,18 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     pub fn retryable(self) -> bool {
-        matches!(self, Self::Throttled | Self::Transient | Self::Corrupt | Self::Conflict)
+        matches!(
+            self,
+            Self::Throttled | Self::Transient | Self::Corrupt | Self::Conflict
+        )
     }
 
     /// Kinds that make continuing the job pointless (every other object would fail the same way).
     pub fn fatal(self) -> bool {
-        matches!(self, Self::BucketNotFound | Self::PermissionDenied | Self::StorageFull)
+        matches!(
+            self,
+            Self::BucketNotFound | Self::PermissionDenied | Self::StorageFull
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -85,7 +91,14 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 impl StoreError {
     pub fn new(kind: ErrorKind, op: &'static str, message: impl Into<String>) -> Self {
-        Self { kind, op, key: None, message: message.into(), http: None, source: None }
+        Self {
+            kind,
+            op,
+            key: None,
+            message: message.into(),
+            http: None,
+            source: None,
+        }
     }
 
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
@@ -115,8 +128,12 @@ impl StoreError {
             K::PermissionDenied => ErrorKind::PermissionDenied,
             K::AlreadyExists => ErrorKind::AlreadyExists,
             K::StorageFull | K::QuotaExceeded => ErrorKind::StorageFull,
-            K::Interrupted | K::TimedOut | K::ConnectionReset | K::UnexpectedEof => ErrorKind::Transient,
-            K::InvalidInput | K::InvalidFilename | K::NotADirectory | K::IsADirectory => ErrorKind::InvalidInput,
+            K::Interrupted | K::TimedOut | K::ConnectionReset | K::UnexpectedEof => {
+                ErrorKind::Transient
+            }
+            K::InvalidInput | K::InvalidFilename | K::NotADirectory | K::IsADirectory => {
+                ErrorKind::InvalidInput
+            }
             _ => ErrorKind::Other,
         };
         let message = err.to_string();
@@ -145,6 +162,8 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }

@@ -30,7 +30,9 @@ impl fmt::Display for UnsafeKey {
             Self::DotSegment => write!(f, "key has a '.' or '..' segment"),
             Self::EmptySegment => write!(f, "key has an empty segment ('//')"),
             Self::ControlChar => write!(f, "key has a NUL or control character"),
-            Self::SegmentTooLong(n) => write!(f, "key has a {n}-byte segment (limit {MAX_SEGMENT_BYTES})"),
+            Self::SegmentTooLong(n) => {
+                write!(f, "key has a {n}-byte segment (limit {MAX_SEGMENT_BYTES})")
+            }
             Self::KeyTooLong(n) => write!(f, "key is {n} bytes (limit {MAX_KEY_BYTES})"),
             Self::DirectoryMarker => write!(f, "non-empty object whose key ends with '/'"),
         }
@@ -105,10 +107,15 @@ impl Location {
             if !prefix.is_empty() && !prefix.ends_with('/') {
                 prefix.push('/');
             }
-            return Ok(Self::S3 { bucket: bucket.to_string(), prefix });
+            return Ok(Self::S3 {
+                bucket: bucket.to_string(),
+                prefix,
+            });
         }
         if s.contains("://") {
-            return Err(format!("unsupported URI {s:?}: use s3://bucket/prefix or a local path"));
+            return Err(format!(
+                "unsupported URI {s:?}: use s3://bucket/prefix or a local path"
+            ));
         }
         if s.is_empty() {
             return Err("empty path".into());
@@ -138,8 +145,13 @@ pub fn validate_bucket(b: &str) -> Result<(), String> {
     if b.len() < 3 || b.len() > 63 {
         return Err(format!("bucket name {b:?} must be 3 to 63 characters"));
     }
-    let ok = b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
-    if !ok || !b.as_bytes()[0].is_ascii_alphanumeric() || !b.as_bytes()[b.len() - 1].is_ascii_alphanumeric() {
+    let ok = b
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
+    if !ok
+        || !b.as_bytes()[0].is_ascii_alphanumeric()
+        || !b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
+    {
         return Err(format!(
             "bucket name {b:?} may hold only lowercase letters, digits, '-' and '.', and must start and end with a letter or digit"
         ));
@@ -153,7 +165,10 @@ mod tests {
 
     #[test]
     fn safe_keys_map() {
-        assert_eq!(key_to_relpath("a/b c/ü+%.txt").unwrap(), PathBuf::from("a/b c/ü+%.txt"));
+        assert_eq!(
+            key_to_relpath("a/b c/ü+%.txt").unwrap(),
+            PathBuf::from("a/b c/ü+%.txt")
+        );
         assert_eq!(key_to_relpath("..a/b..").unwrap(), PathBuf::from("..a/b.."));
     }
 
@@ -188,13 +203,25 @@ mod tests {
     fn parse_locations() {
         assert_eq!(
             Location::parse("s3://my-bucket/a/b").unwrap(),
-            Location::S3 { bucket: "my-bucket".into(), prefix: "a/b/".into() }
+            Location::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "a/b/".into()
+            }
         );
-        assert_eq!(Location::parse("s3://my-bucket").unwrap(), Location::S3 { bucket: "my-bucket".into(), prefix: "".into() });
+        assert_eq!(
+            Location::parse("s3://my-bucket").unwrap(),
+            Location::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "".into()
+            }
+        );
         assert!(Location::parse("s3://").is_err());
         assert!(Location::parse("s3://Bad_Bucket/x").is_err());
         assert!(Location::parse("gs://x/y").is_err());
-        assert_eq!(Location::parse("./dir").unwrap(), Location::Local("./dir".into()));
+        assert_eq!(
+            Location::parse("./dir").unwrap(),
+            Location::Local("./dir".into())
+        );
     }
 
     proptest::proptest! {

@@ -153,8 +153,12 @@ impl GetResult {
         let chunks: Vec<Bytes> = self.body.try_collect().await?;
         let total: usize = chunks.iter().map(|c| c.len()).sum();
         if total as u64 != want {
-            return Err(StoreError::new(ErrorKind::Corrupt, "get", format!("body has {total} bytes, expected {want}"))
-                .with_key(key));
+            return Err(StoreError::new(
+                ErrorKind::Corrupt,
+                "get",
+                format!("body has {total} bytes, expected {want}"),
+            )
+            .with_key(key));
         }
         if chunks.len() == 1 {
             return Ok(chunks.into_iter().next().unwrap_or_default());
@@ -222,7 +226,10 @@ pub struct ListOptions {
 
 impl ListOptions {
     pub fn prefix(p: impl Into<String>) -> Self {
-        Self { prefix: p.into(), start_after: None }
+        Self {
+            prefix: p.into(),
+            start_after: None,
+        }
     }
     pub fn start_after(mut self, k: Option<String>) -> Self {
         self.start_after = k;
@@ -276,9 +283,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn put(&self, key: &str, body: Bytes, opts: PutOptions) -> Result<PutResult>;
     async fn get_tags(&self, key: &str) -> Result<Vec<(String, String)>>;
 
-    async fn create_multipart(&self, key: &str, opts: PutOptions, part_size: u64) -> Result<String>;
-    async fn upload_part(&self, key: &str, upload_id: &str, part_number: u32, body: Bytes, crc64nvme: Option<u64>)
-        -> Result<PartInfo>;
+    async fn create_multipart(&self, key: &str, opts: PutOptions, part_size: u64)
+        -> Result<String>;
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        crc64nvme: Option<u64>,
+    ) -> Result<PartInfo>;
     async fn upload_part_copy(
         &self,
         key: &str,
@@ -330,7 +344,11 @@ impl<T: Store + ?Sized> StoreExt for T {}
 pub fn format_mtime(t: SystemTime) -> String {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => format!("{}.{:09}", d.as_secs(), d.subsec_nanos()),
-        Err(e) => format!("-{}.{:09}", e.duration().as_secs(), e.duration().subsec_nanos()),
+        Err(e) => format!(
+            "-{}.{:09}",
+            e.duration().as_secs(),
+            e.duration().subsec_nanos()
+        ),
     }
 }
 
@@ -363,7 +381,10 @@ mod tests {
     fn mtime_roundtrip() {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123_456_789);
         assert_eq!(parse_mtime(&format_mtime(t)), Some(t));
-        assert_eq!(parse_mtime("1700000000.5"), Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 500_000_000)));
+        assert_eq!(
+            parse_mtime("1700000000.5"),
+            Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 500_000_000))
+        );
         assert_eq!(parse_mtime("x"), None);
     }
 }

@@ -22,8 +22,9 @@ use futures::stream::{self, BoxStream, StreamExt};
 use crate::checksum::{crc64nvme, Crc64};
 use crate::key::{key_to_relpath, UnsafeKey};
 use crate::{
-    Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions, MultipartUpload,
-    ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store, StoreError,
+    Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions,
+    MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store,
+    StoreError,
 };
 
 /// Names starting with this are ours (in-flight writes); listings skip them.
@@ -42,13 +43,22 @@ fn err(kind: ErrorKind, op: &'static str, key: &str, msg: impl Into<String>) -> 
 }
 
 fn unsafe_key(op: &'static str, key: &str, why: UnsafeKey) -> StoreError {
-    err(ErrorKind::InvalidInput, op, key, format!("unsafe key: {why}"))
+    err(
+        ErrorKind::InvalidInput,
+        op,
+        key,
+        format!("unsafe key: {why}"),
+    )
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StoreError::new(ErrorKind::Other, "local", format!("worker task failed: {e}"))))
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StoreError::new(
+            ErrorKind::Other,
+            "local",
+            format!("worker task failed: {e}"),
+        ))
+    })
 }
 
 fn parent_key(key: &str) -> &str {
@@ -70,7 +80,11 @@ fn meta_of(key: String, md: &std::fs::Metadata) -> ObjectMeta {
 
 impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), fsync: true, uploads: Arc::default() }
+        Self {
+            root: root.into(),
+            fsync: true,
+            uploads: Arc::default(),
+        }
     }
 
     /// Skip fsync of files and directories (faster; a power loss may then lose recent writes).
@@ -90,7 +104,9 @@ impl LocalStore {
     }
 
     fn path_for(&self, op: &'static str, key: &str) -> Result<PathBuf> {
-        key_to_relpath(key).map(|rel| self.root.join(rel)).map_err(|w| unsafe_key(op, key, w))
+        key_to_relpath(key)
+            .map(|rel| self.root.join(rel))
+            .map_err(|w| unsafe_key(op, key, w))
     }
 
     /// Create the directories above `key`, refusing symlinks and files in the way.
@@ -103,7 +119,12 @@ impl LocalStore {
             dir.push(c);
             match std::fs::symlink_metadata(&dir) {
                 Ok(md) if md.file_type().is_symlink() => {
-                    return Err(err(ErrorKind::InvalidInput, op, key, format!("{} is a symlink; not followed", dir.display())))
+                    return Err(err(
+                        ErrorKind::InvalidInput,
+                        op,
+                        key,
+                        format!("{} is a symlink; not followed", dir.display()),
+                    ))
                 }
                 Ok(md) if md.is_dir() => {}
                 Ok(_) => {
@@ -114,32 +135,57 @@ impl LocalStore {
                         format!("{} is a file, so it cannot hold {key:?}", dir.display()),
                     ))
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
-                    Err(e) => return Err(StoreError::io(op, key, e)),
-                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    match std::fs::create_dir(&dir) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {
+                        }
+                        Err(e) => return Err(StoreError::io(op, key, e)),
+                    }
+                }
                 Err(e) => return Err(StoreError::io(op, key, e)),
             }
         }
         let path = root.join(&rel);
         if let Ok(md) = std::fs::symlink_metadata(&path) {
             if md.file_type().is_symlink() {
-                return Err(err(ErrorKind::InvalidInput, op, key, format!("{} is a symlink; not replaced", path.display())));
+                return Err(err(
+                    ErrorKind::InvalidInput,
+                    op,
+                    key,
+                    format!("{} is a symlink; not replaced", path.display()),
+                ));
             }
             if md.is_dir() {
-                return Err(err(ErrorKind::InvalidInput, op, key, format!("{} is a directory", path.display())));
+                return Err(err(
+                    ErrorKind::InvalidInput,
+                    op,
+                    key,
+                    format!("{} is a directory", path.display()),
+                ));
             }
         }
         Ok((dir, path))
     }
 
     /// Move a finished temp file into place: mtime, fsync, mode check, rename, fsync the directory.
-    fn finish_staged(&self, op: &'static str, key: &str, file: &File, tmp: &Path, dst: &Path, opts: &PutOptions)
-        -> Result<()> {
+    fn finish_staged(
+        &self,
+        op: &'static str,
+        key: &str,
+        file: &File,
+        tmp: &Path,
+        dst: &Path,
+        opts: &PutOptions,
+    ) -> Result<()> {
         let io = |e| StoreError::io(op, key, e);
         if let Some(t) = opts.mtime {
-            filetime::set_file_handle_times(file, None, Some(filetime::FileTime::from_system_time(t))).map_err(io)?;
+            filetime::set_file_handle_times(
+                file,
+                None,
+                Some(filetime::FileTime::from_system_time(t)),
+            )
+            .map_err(io)?;
         }
         if self.fsync {
             file.sync_all().map_err(io)?;
@@ -149,14 +195,21 @@ impl LocalStore {
             PutMode::Create => {
                 // link() fails if the name exists: an atomic create-only commit.
                 std::fs::hard_link(tmp, dst).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::AlreadyExists => err(ErrorKind::AlreadyExists, op, key, "file already exists"),
+                    std::io::ErrorKind::AlreadyExists => {
+                        err(ErrorKind::AlreadyExists, op, key, "file already exists")
+                    }
                     _ => io(e),
                 })?;
                 let _ = std::fs::remove_file(tmp);
                 return self.sync_dir(op, key, dst);
             }
             PutMode::Update { .. } => {
-                return Err(err(ErrorKind::Unsupported, op, key, "local files have no ETag for If-Match"));
+                return Err(err(
+                    ErrorKind::Unsupported,
+                    op,
+                    key,
+                    "local files have no ETag for If-Match",
+                ));
             }
         }
         std::fs::rename(tmp, dst).map_err(io)?;
@@ -166,7 +219,9 @@ impl LocalStore {
     fn sync_dir(&self, op: &'static str, key: &str, path: &Path) -> Result<()> {
         if self.fsync {
             if let Some(dir) = path.parent() {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(op, key, e))?;
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| StoreError::io(op, key, e))?;
             }
         }
         Ok(())
@@ -184,14 +239,22 @@ impl LocalStore {
             "" => self.root.clone(),
             p => self.path_for(op, p)?,
         };
-        let part_size = upload_id.rsplit_once('.').and_then(|(_, p)| p.parse().ok()).unwrap_or(0);
+        let part_size = upload_id
+            .rsplit_once('.')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0);
         Ok((Self::temp_path(&dir, upload_id), part_size))
     }
 }
 
 /// Walk `root` in S3 key byte order, sending entries whose key starts with `prefix` and sorts
 /// after `start_after`. Directories sort as `name/`, which gives the global byte order.
-fn walk(root: &Path, prefix: &str, start_after: Option<&str>, tx: &tokio::sync::mpsc::Sender<Result<ObjectMeta>>) {
+fn walk(
+    root: &Path,
+    prefix: &str,
+    start_after: Option<&str>,
+    tx: &tokio::sync::mpsc::Sender<Result<ObjectMeta>>,
+) {
     struct Frame {
         dir: PathBuf,
         key_prefix: String,
@@ -224,7 +287,13 @@ fn walk(root: &Path, prefix: &str, start_after: Option<&str>, tx: &tokio::sync::
                 out.push((name.to_string(), ft));
             }
         }
-        let sort_key = |(n, ft): &(String, FileType)| if ft.is_dir() { format!("{n}/") } else { n.clone() };
+        let sort_key = |(n, ft): &(String, FileType)| {
+            if ft.is_dir() {
+                format!("{n}/")
+            } else {
+                n.clone()
+            }
+        };
         out.sort_by_cached_key(sort_key);
         Ok(out)
     };
@@ -249,7 +318,11 @@ fn walk(root: &Path, prefix: &str, start_after: Option<&str>, tx: &tokio::sync::
             return;
         }
     };
-    let mut stack = vec![Frame { dir: start_dir, key_prefix: start_key.to_string(), entries: first.into_iter() }];
+    let mut stack = vec![Frame {
+        dir: start_dir,
+        key_prefix: start_key.to_string(),
+        entries: first.into_iter(),
+    }];
     while let Some(top) = stack.last_mut() {
         let Some((name, ft)) = top.entries.next() else {
             stack.pop();
@@ -260,12 +333,17 @@ fn walk(root: &Path, prefix: &str, start_after: Option<&str>, tx: &tokio::sync::
         if ft.is_dir() {
             let dkey = format!("{key}/");
             let overlaps = dkey.starts_with(prefix) || prefix.starts_with(&dkey);
-            let all_before = start_after.is_some_and(|s| s > dkey.as_str() && !s.starts_with(&dkey));
+            let all_before =
+                start_after.is_some_and(|s| s > dkey.as_str() && !s.starts_with(&dkey));
             if !overlaps || all_before {
                 continue;
             }
             match read(&path, &dkey) {
-                Ok(v) => stack.push(Frame { dir: path, key_prefix: dkey, entries: v.into_iter() }),
+                Ok(v) => stack.push(Frame {
+                    dir: path,
+                    key_prefix: dkey,
+                    entries: v.into_iter(),
+                }),
                 Err(e) => {
                     if tx.blocking_send(Err(e.with_key(dkey))).is_err() {
                         return;
@@ -277,7 +355,9 @@ fn walk(root: &Path, prefix: &str, start_after: Option<&str>, tx: &tokio::sync::
         if !key.starts_with(prefix) || start_after.is_some_and(|s| key.as_str() <= s) {
             continue;
         }
-        let item = std::fs::symlink_metadata(&path).map(|md| meta_of(key.clone(), &md)).map_err(|e| StoreError::io("list", &key, e));
+        let item = std::fs::symlink_metadata(&path)
+            .map(|md| meta_of(key.clone(), &md))
+            .map_err(|e| StoreError::io("list", &key, e));
         if tx.blocking_send(item).is_err() {
             return; // the consumer went away
         }
@@ -313,7 +393,9 @@ impl Store for LocalStore {
     fn list(&self, opts: ListOptions) -> BoxStream<'static, Result<ObjectMeta>> {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || walk(&root, &opts.prefix, opts.start_after.as_deref(), &tx));
+        tokio::task::spawn_blocking(move || {
+            walk(&root, &opts.prefix, opts.start_after.as_deref(), &tx)
+        });
         stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }).boxed()
     }
 
@@ -324,9 +406,12 @@ impl Store for LocalStore {
             match std::fs::metadata(&root) {
                 Ok(md) if md.is_dir() => Ok(()),
                 Ok(_) => Err(err(ErrorKind::InvalidInput, "check", &r, "not a directory")),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    Err(err(ErrorKind::BucketNotFound, "check", &r, "directory does not exist"))
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(err(
+                    ErrorKind::BucketNotFound,
+                    "check",
+                    &r,
+                    "directory does not exist",
+                )),
                 Err(e) => Err(StoreError::io("check", &r, e)),
             }
         })
@@ -337,7 +422,8 @@ impl Store for LocalStore {
         let path = self.path_for("head", key)?;
         let key = key.to_string();
         blocking(move || {
-            let md = std::fs::symlink_metadata(&path).map_err(|e| StoreError::io("head", &key, e))?;
+            let md =
+                std::fs::symlink_metadata(&path).map_err(|e| StoreError::io("head", &key, e))?;
             if !md.is_file() {
                 return Err(err(ErrorKind::NotFound, "head", &key, "not a regular file"));
             }
@@ -348,7 +434,12 @@ impl Store for LocalStore {
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
         if opts.if_match.is_some() {
-            return Err(err(ErrorKind::Unsupported, "get", key, "local files have no ETag for If-Match"));
+            return Err(err(
+                ErrorKind::Unsupported,
+                "get",
+                key,
+                "local files have no ETag for If-Match",
+            ));
         }
         let path = self.path_for("get", key)?;
         let k = key.to_string();
@@ -365,21 +456,36 @@ impl Store for LocalStore {
             let size = meta.size;
             let range = want.unwrap_or(0..size);
             if range.start > range.end || range.end > size {
-                return Err(err(ErrorKind::InvalidInput, "get", &k, format!("range {range:?} outside 0..{size}")));
+                return Err(err(
+                    ErrorKind::InvalidInput,
+                    "get",
+                    &k,
+                    format!("range {range:?} outside 0..{size}"),
+                ));
             }
             if range.end - range.start > READ_CHUNK {
                 return Ok((f, meta, range, None));
             }
-            let data = read_range(&f, range.start, range.end - range.start).map_err(|e| StoreError::io("get", &k, e))?;
+            let data = read_range(&f, range.start, range.end - range.start)
+                .map_err(|e| StoreError::io("get", &k, e))?;
             let after = f.metadata().map_err(|e| StoreError::io("get", &k, e))?;
             if after.len() != md.len() || after.modified().ok() != meta.mtime {
-                return Err(err(ErrorKind::Transient, "get", &k, "file changed while it was being read"));
+                return Err(err(
+                    ErrorKind::Transient,
+                    "get",
+                    &k,
+                    "file changed while it was being read",
+                ));
             }
             Ok((f, meta, range, Some(data)))
         })
         .await?;
         if let Some(data) = small {
-            return Ok(GetResult { meta, range, body: stream::iter([Ok(data)]).boxed() });
+            return Ok(GetResult {
+                meta,
+                range,
+                body: stream::iter([Ok(data)]).boxed(),
+            });
         }
         let file = Arc::new(file);
         let key = key.to_string();
@@ -393,9 +499,16 @@ impl Store for LocalStore {
                 if pos >= end {
                     // Last step: the file must still be the one that was opened.
                     let r = blocking(move || {
-                        let md = file.metadata().map_err(|e| StoreError::io("get", &key, e))?;
+                        let md = file
+                            .metadata()
+                            .map_err(|e| StoreError::io("get", &key, e))?;
                         if md.len() != size0 || md.modified().ok() != mtime0 {
-                            return Err(err(ErrorKind::Transient, "get", &key, "file changed while it was being read"));
+                            return Err(err(
+                                ErrorKind::Transient,
+                                "get",
+                                &key,
+                                "file changed while it was being read",
+                            ));
                         }
                         Ok(())
                     })
@@ -403,7 +516,10 @@ impl Store for LocalStore {
                     return r.err().map(|e| (Err(e), None));
                 }
                 let n = (end - pos).min(READ_CHUNK);
-                let r = blocking(move || read_range(&file, pos, n).map_err(|e| StoreError::io("get", &key, e))).await;
+                let r = blocking(move || {
+                    read_range(&file, pos, n).map_err(|e| StoreError::io("get", &key, e))
+                })
+                .await;
                 Some((r, Some(pos + n)))
             }
         })
@@ -418,21 +534,31 @@ impl Store for LocalStore {
             let op = "put";
             if let Some(want) = opts.crc64nvme {
                 if crc64nvme(&body) != want {
-                    return Err(err(ErrorKind::Corrupt, op, &key, "CRC64NVME does not match the body"));
+                    return Err(err(
+                        ErrorKind::Corrupt,
+                        op,
+                        &key,
+                        "CRC64NVME does not match the body",
+                    ));
                 }
             }
             let (dir, dst) = Self::prepare_write(&this.root, op, &key)?;
             let tmp = Self::temp_path(&dir, &uuid::Uuid::new_v4().simple().to_string());
             let res = (|| {
                 let mut f = File::create(&tmp).map_err(|e| StoreError::io(op, &key, e))?;
-                f.write_all(&body).map_err(|e| StoreError::io(op, &key, e))?;
+                f.write_all(&body)
+                    .map_err(|e| StoreError::io(op, &key, e))?;
                 this.finish_staged(op, &key, &f, &tmp, &dst, &opts)
             })();
             if res.is_err() {
                 let _ = std::fs::remove_file(&tmp);
             }
             res?;
-            Ok(PutResult { etag: None, version_id: None, crc64nvme: Some(crc64nvme(&body)) })
+            Ok(PutResult {
+                etag: None,
+                version_id: None,
+                crc64nvme: Some(crc64nvme(&body)),
+            })
         })
         .await
     }
@@ -441,9 +567,19 @@ impl Store for LocalStore {
         Ok(Vec::new())
     }
 
-    async fn create_multipart(&self, key: &str, opts: PutOptions, part_size: u64) -> Result<String> {
+    async fn create_multipart(
+        &self,
+        key: &str,
+        opts: PutOptions,
+        part_size: u64,
+    ) -> Result<String> {
         if matches!(opts.mode, PutMode::Update { .. }) {
-            return Err(err(ErrorKind::Unsupported, "create_multipart", key, "local files have no ETag for If-Match"));
+            return Err(err(
+                ErrorKind::Unsupported,
+                "create_multipart",
+                key,
+                "local files have no ETag for If-Match",
+            ));
         }
         let root = self.root.clone();
         let k = key.to_string();
@@ -451,60 +587,128 @@ impl Store for LocalStore {
         let id2 = id.clone();
         blocking(move || {
             let (dir, _) = Self::prepare_write(&root, "create_multipart", &k)?;
-            File::create(Self::temp_path(&dir, &id2)).map_err(|e| StoreError::io("create_multipart", &k, e))?;
+            File::create(Self::temp_path(&dir, &id2))
+                .map_err(|e| StoreError::io("create_multipart", &k, e))?;
             Ok(())
         })
         .await?;
-        self.uploads.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), opts);
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), opts);
         Ok(id)
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, part_number: u32, body: Bytes, crc: Option<u64>)
-        -> Result<PartInfo> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        crc: Option<u64>,
+    ) -> Result<PartInfo> {
         let op = "upload_part";
         let (tmp, part_size) = self.upload_paths(op, key, upload_id)?;
         if part_size == 0 || part_number == 0 {
-            return Err(err(ErrorKind::InvalidInput, op, key, "bad upload id or part number"));
+            return Err(err(
+                ErrorKind::InvalidInput,
+                op,
+                key,
+                "bad upload id or part number",
+            ));
         }
         let key = key.to_string();
         blocking(move || {
             let part_crc = crc64nvme(&body);
             if crc.is_some_and(|c| c != part_crc) {
-                return Err(err(ErrorKind::Corrupt, op, &key, format!("part {part_number}: CRC64NVME mismatch")));
+                return Err(err(
+                    ErrorKind::Corrupt,
+                    op,
+                    &key,
+                    format!("part {part_number}: CRC64NVME mismatch"),
+                ));
             }
-            let f = OpenOptions::new().write(true).open(&tmp).map_err(|e| StoreError::io(op, &key, e))?;
-            f.write_all_at(&body, (part_number as u64 - 1) * part_size).map_err(|e| StoreError::io(op, &key, e))?;
-            Ok(PartInfo { part_number, etag: format!("{part_crc:016x}-{}", body.len()), crc64nvme: Some(part_crc) })
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&tmp)
+                .map_err(|e| StoreError::io(op, &key, e))?;
+            f.write_all_at(&body, (part_number as u64 - 1) * part_size)
+                .map_err(|e| StoreError::io(op, &key, e))?;
+            Ok(PartInfo {
+                part_number,
+                etag: format!("{part_crc:016x}-{}", body.len()),
+                crc64nvme: Some(part_crc),
+            })
         })
         .await
     }
 
-    async fn upload_part_copy(&self, key: &str, _: &str, _: u32, _: &CopySource, _: Range<u64>) -> Result<PartInfo> {
-        Err(err(ErrorKind::Unsupported, "upload_part_copy", key, "not supported by local stores"))
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        _: &str,
+        _: u32,
+        _: &CopySource,
+        _: Range<u64>,
+    ) -> Result<PartInfo> {
+        Err(err(
+            ErrorKind::Unsupported,
+            "upload_part_copy",
+            key,
+            "not supported by local stores",
+        ))
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, mut parts: Vec<PartInfo>, crc: Option<u64>)
-        -> Result<PutResult> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        mut parts: Vec<PartInfo>,
+        crc: Option<u64>,
+    ) -> Result<PutResult> {
         let op = "complete_multipart";
         let (tmp, part_size) = self.upload_paths(op, key, upload_id)?;
-        let opts = self.uploads.lock().unwrap_or_else(|p| p.into_inner()).get(upload_id).cloned().unwrap_or_default();
+        let opts = self
+            .uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(upload_id)
+            .cloned()
+            .unwrap_or_default();
         let this = self.clone();
         let key = key.to_string();
         let res = blocking(move || {
             parts.sort_by_key(|p| p.part_number);
             let mut total = 0u64;
             for (i, p) in parts.iter().enumerate() {
-                let len: u64 = p.etag.rsplit_once('-').and_then(|(_, l)| l.parse().ok()).unwrap_or(u64::MAX);
-                if p.part_number as usize != i + 1 || (i + 1 < parts.len() && len != part_size) || len == u64::MAX {
-                    return Err(err(ErrorKind::InvalidInput, op, &key, format!("part {} is out of order or the wrong size", p.part_number)));
+                let len: u64 = p
+                    .etag
+                    .rsplit_once('-')
+                    .and_then(|(_, l)| l.parse().ok())
+                    .unwrap_or(u64::MAX);
+                if p.part_number as usize != i + 1
+                    || (i + 1 < parts.len() && len != part_size)
+                    || len == u64::MAX
+                {
+                    return Err(err(
+                        ErrorKind::InvalidInput,
+                        op,
+                        &key,
+                        format!("part {} is out of order or the wrong size", p.part_number),
+                    ));
                 }
                 total += len;
             }
             let (_, dst) = Self::prepare_write(&this.root, op, &key)?;
-            let mut f = OpenOptions::new().read(true).write(true).open(&tmp).map_err(|e| StoreError::io(op, &key, e))?;
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&tmp)
+                .map_err(|e| StoreError::io(op, &key, e))?;
             f.set_len(total).map_err(|e| StoreError::io(op, &key, e))?;
             let mut whole = Crc64::default();
-            f.seek(SeekFrom::Start(0)).map_err(|e| StoreError::io(op, &key, e))?;
+            f.seek(SeekFrom::Start(0))
+                .map_err(|e| StoreError::io(op, &key, e))?;
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 let n = f.read(&mut buf).map_err(|e| StoreError::io(op, &key, e))?;
@@ -515,21 +719,36 @@ impl Store for LocalStore {
             }
             let got = whole.finish();
             if crc.is_some_and(|c| c != got) {
-                return Err(err(ErrorKind::Corrupt, op, &key, "full-object CRC64NVME mismatch"));
+                return Err(err(
+                    ErrorKind::Corrupt,
+                    op,
+                    &key,
+                    "full-object CRC64NVME mismatch",
+                ));
             }
             this.finish_staged(op, &key, &f, &tmp, &dst, &opts)?;
-            Ok(PutResult { etag: None, version_id: None, crc64nvme: Some(got) })
+            Ok(PutResult {
+                etag: None,
+                version_id: None,
+                crc64nvme: Some(got),
+            })
         })
         .await;
         if res.is_ok() {
-            self.uploads.lock().unwrap_or_else(|p| p.into_inner()).remove(upload_id);
+            self.uploads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(upload_id);
         }
         res
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
         let (tmp, _) = self.upload_paths("abort_multipart", key, upload_id)?;
-        self.uploads.lock().unwrap_or_else(|p| p.into_inner()).remove(upload_id);
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(upload_id);
         match std::fs::remove_file(&tmp) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -545,15 +764,23 @@ impl Store for LocalStore {
             let mut out = Vec::new();
             let mut stack = vec![(root, String::new())];
             while let Some((dir, kp)) = stack.pop() {
-                let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+                let Ok(rd) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
                 for ent in rd.flatten() {
                     let Ok(ft) = ent.file_type() else { continue };
-                    let Some(name) = ent.file_name().to_str().map(str::to_string) else { continue };
+                    let Some(name) = ent.file_name().to_str().map(str::to_string) else {
+                        continue;
+                    };
                     if ft.is_dir() {
                         stack.push((ent.path(), format!("{kp}{name}/")));
                     } else if let Some(id) = name.strip_prefix(TEMP_PREFIX) {
                         if kp.starts_with(&prefix) || prefix.starts_with(&kp) {
-                            out.push(MultipartUpload { key: kp.clone(), upload_id: id.to_string(), initiated: ent.metadata().ok().and_then(|m| m.modified().ok()) });
+                            out.push(MultipartUpload {
+                                key: kp.clone(),
+                                upload_id: id.to_string(),
+                                initiated: ent.metadata().ok().and_then(|m| m.modified().ok()),
+                            });
                         }
                     }
                 }
@@ -565,7 +792,12 @@ impl Store for LocalStore {
 
     async fn copy(&self, src: &CopySource, dst_key: &str, opts: CopyOptions) -> Result<PutResult> {
         if src.if_match.is_some() {
-            return Err(err(ErrorKind::Unsupported, "copy", &src.key, "local files have no ETag for If-Match"));
+            return Err(err(
+                ErrorKind::Unsupported,
+                "copy",
+                &src.key,
+                "local files have no ETag for If-Match",
+            ));
         }
         let from = self.path_for("copy", &src.key)?;
         let this = self.clone();
@@ -573,7 +805,8 @@ impl Store for LocalStore {
         let src_key = src.key.clone();
         blocking(move || {
             let op = "copy";
-            let md = std::fs::symlink_metadata(&from).map_err(|e| StoreError::io(op, &src_key, e))?;
+            let md =
+                std::fs::symlink_metadata(&from).map_err(|e| StoreError::io(op, &src_key, e))?;
             if !md.is_file() {
                 return Err(err(ErrorKind::NotFound, op, &src_key, "not a regular file"));
             }
@@ -581,8 +814,14 @@ impl Store for LocalStore {
             let tmp = Self::temp_path(&dir, &uuid::Uuid::new_v4().simple().to_string());
             let res = (|| {
                 std::fs::copy(&from, &tmp).map_err(|e| StoreError::io(op, &dst_key, e))?;
-                let f = OpenOptions::new().write(true).open(&tmp).map_err(|e| StoreError::io(op, &dst_key, e))?;
-                let put = opts.replace.clone().unwrap_or_else(|| PutOptions::new().mtime(md.modified().ok()));
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&tmp)
+                    .map_err(|e| StoreError::io(op, &dst_key, e))?;
+                let put = opts
+                    .replace
+                    .clone()
+                    .unwrap_or_else(|| PutOptions::new().mtime(md.modified().ok()));
                 this.finish_staged(op, &dst_key, &f, &tmp, &dst, &put)
             })();
             if res.is_err() {
@@ -594,15 +833,22 @@ impl Store for LocalStore {
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<Vec<Result<()>>> {
-        let paths: Vec<(String, Result<PathBuf>)> = keys.iter().map(|k| (k.clone(), self.path_for("delete", k))).collect();
+        let paths: Vec<(String, Result<PathBuf>)> = keys
+            .iter()
+            .map(|k| (k.clone(), self.path_for("delete", k)))
+            .collect();
         blocking(move || {
             Ok(paths
                 .into_iter()
                 .map(|(k, p)| {
                     let p = p?;
                     match std::fs::symlink_metadata(&p) {
-                        Ok(md) if md.is_dir() => Err(err(ErrorKind::InvalidInput, "delete", &k, "is a directory")),
-                        Ok(_) => std::fs::remove_file(&p).map_err(|e| StoreError::io("delete", &k, e)),
+                        Ok(md) if md.is_dir() => {
+                            Err(err(ErrorKind::InvalidInput, "delete", &k, "is a directory"))
+                        }
+                        Ok(_) => {
+                            std::fs::remove_file(&p).map_err(|e| StoreError::io("delete", &k, e))
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                         Err(e) => Err(StoreError::io("delete", &k, e)),
                     }

@@ -12,8 +12,9 @@ use futures::stream::{self, BoxStream, StreamExt};
 
 use crate::checksum::{crc64nvme, crc64nvme_combine, md5_hex, multipart_etag};
 use crate::{
-    Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions, MultipartUpload,
-    ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store, StoreError,
+    Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions,
+    MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store,
+    StoreError,
 };
 
 #[derive(Clone, Debug)]
@@ -54,7 +55,10 @@ impl MemoryStore {
 
     /// A store whose bucket name is `name` (stores with the same name share a copy domain).
     pub fn named(name: &str) -> Self {
-        Self { name: name.to_string(), inner: Arc::default() }
+        Self {
+            name: name.to_string(),
+            inner: Arc::default(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -102,7 +106,14 @@ impl MemoryStore {
             metadata: Some(BTreeMap::new()),
             ..Default::default()
         };
-        g.objects.insert(key.to_string(), MemObject { data, meta, tags: vec![] });
+        g.objects.insert(
+            key.to_string(),
+            MemObject {
+                data,
+                meta,
+                tags: vec![],
+            },
+        );
     }
 
     fn check_mode(g: &Inner, key: &str, mode: &PutMode, op: &'static str) -> Result<()> {
@@ -110,12 +121,18 @@ impl MemoryStore {
         match mode {
             PutMode::Overwrite => Ok(()),
             PutMode::Create if cur.is_some() => {
-                Err(StoreError::new(ErrorKind::AlreadyExists, op, "object already exists").with_key(key))
+                Err(
+                    StoreError::new(ErrorKind::AlreadyExists, op, "object already exists")
+                        .with_key(key),
+                )
             }
             PutMode::Create => Ok(()),
             PutMode::Update { etag } => match cur.and_then(|o| o.meta.etag.as_deref()) {
                 Some(e) if e == etag => Ok(()),
-                _ => Err(StoreError::new(ErrorKind::PreconditionFailed, op, "ETag does not match").with_key(key)),
+                _ => Err(
+                    StoreError::new(ErrorKind::PreconditionFailed, op, "ETag does not match")
+                        .with_key(key),
+                ),
             },
         }
     }
@@ -141,8 +158,19 @@ impl MemoryStore {
             metadata: Some(metadata),
             inode: None,
         };
-        g.objects.insert(key.to_string(), MemObject { data, meta, tags: opts.tags.clone() });
-        PutResult { etag: Some(etag), version_id: Some(version), crc64nvme: Some(crc) }
+        g.objects.insert(
+            key.to_string(),
+            MemObject {
+                data,
+                meta,
+                tags: opts.tags.clone(),
+            },
+        );
+        PutResult {
+            etag: Some(etag),
+            version_id: Some(version),
+            crc64nvme: Some(crc),
+        }
     }
 
     fn not_found(op: &'static str, key: &str) -> StoreError {
@@ -152,7 +180,10 @@ impl MemoryStore {
     fn check_crc(op: &'static str, key: &str, data: &[u8], want: Option<u64>) -> Result<()> {
         match want {
             Some(w) if crc64nvme(data) != w => {
-                Err(StoreError::new(ErrorKind::Corrupt, op, "CRC64NVME does not match the body").with_key(key))
+                Err(
+                    StoreError::new(ErrorKind::Corrupt, op, "CRC64NVME does not match the body")
+                        .with_key(key),
+                )
             }
             _ => Ok(()),
         }
@@ -161,7 +192,13 @@ impl MemoryStore {
 
 fn listing_meta(m: &ObjectMeta) -> ObjectMeta {
     // Listings carry what S3's ListObjectsV2 carries: no user metadata, no checksum value.
-    ObjectMeta { metadata: None, mtime: None, crc64nvme: None, content_type: None, ..m.clone() }
+    ObjectMeta {
+        metadata: None,
+        mtime: None,
+        crc64nvme: None,
+        content_type: None,
+        ..m.clone()
+    }
 }
 
 #[async_trait]
@@ -225,25 +262,47 @@ impl Store for MemoryStore {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         self.count("head");
-        self.lock().objects.get(key).map(|o| o.meta.clone()).ok_or_else(|| Self::not_found("head", key))
+        self.lock()
+            .objects
+            .get(key)
+            .map(|o| o.meta.clone())
+            .ok_or_else(|| Self::not_found("head", key))
     }
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
         self.count("get");
-        let o = self.lock().objects.get(key).cloned().ok_or_else(|| Self::not_found("get", key))?;
+        let o = self
+            .lock()
+            .objects
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Self::not_found("get", key))?;
         if let Some(want) = &opts.if_match {
             if o.meta.etag.as_deref() != Some(want.as_str()) {
-                return Err(StoreError::new(ErrorKind::PreconditionFailed, "get", "ETag does not match").with_key(key));
+                return Err(StoreError::new(
+                    ErrorKind::PreconditionFailed,
+                    "get",
+                    "ETag does not match",
+                )
+                .with_key(key));
             }
         }
         let size = o.data.len() as u64;
         let range = opts.range.unwrap_or(0..size);
         if range.start > range.end || range.end > size || (range.start == size && size > 0) {
-            return Err(StoreError::new(ErrorKind::InvalidInput, "get", format!("range {range:?} outside 0..{size}"))
-                .with_key(key));
+            return Err(StoreError::new(
+                ErrorKind::InvalidInput,
+                "get",
+                format!("range {range:?} outside 0..{size}"),
+            )
+            .with_key(key));
         }
         let body = o.data.slice(range.start as usize..range.end as usize);
-        Ok(GetResult { meta: o.meta, range, body: stream::iter([Ok(body)]).boxed() })
+        Ok(GetResult {
+            meta: o.meta,
+            range,
+            body: stream::iter([Ok(body)]).boxed(),
+        })
     }
 
     async fn put(&self, key: &str, body: Bytes, opts: PutOptions) -> Result<PutResult> {
@@ -257,67 +316,130 @@ impl Store for MemoryStore {
 
     async fn get_tags(&self, key: &str) -> Result<Vec<(String, String)>> {
         self.count("get_tags");
-        self.lock().objects.get(key).map(|o| o.tags.clone()).ok_or_else(|| Self::not_found("get_tags", key))
+        self.lock()
+            .objects
+            .get(key)
+            .map(|o| o.tags.clone())
+            .ok_or_else(|| Self::not_found("get_tags", key))
     }
 
-    async fn create_multipart(&self, key: &str, opts: PutOptions, _part_size: u64) -> Result<String> {
+    async fn create_multipart(
+        &self,
+        key: &str,
+        opts: PutOptions,
+        _part_size: u64,
+    ) -> Result<String> {
         self.count("create_multipart");
         let mut g = self.lock();
         g.next_id += 1;
         let id = format!("upload-{}", g.next_id);
-        g.uploads.insert(id.clone(), Upload { key: key.to_string(), opts, parts: BTreeMap::new() });
+        g.uploads.insert(
+            id.clone(),
+            Upload {
+                key: key.to_string(),
+                opts,
+                parts: BTreeMap::new(),
+            },
+        );
         Ok(id)
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, part_number: u32, body: Bytes, crc: Option<u64>)
-        -> Result<PartInfo> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        crc: Option<u64>,
+    ) -> Result<PartInfo> {
         self.count("upload_part");
         Self::check_crc("upload_part", key, &body, crc)?;
         let mut g = self.lock();
-        let up = g.uploads.get_mut(upload_id).ok_or_else(|| Self::not_found("upload_part", key))?;
+        let up = g
+            .uploads
+            .get_mut(upload_id)
+            .ok_or_else(|| Self::not_found("upload_part", key))?;
         let etag = md5_hex(&body);
         let part_crc = crc64nvme(&body);
         up.parts.insert(part_number, (body, etag.clone()));
-        Ok(PartInfo { part_number, etag, crc64nvme: Some(part_crc) })
+        Ok(PartInfo {
+            part_number,
+            etag,
+            crc64nvme: Some(part_crc),
+        })
     }
 
-    async fn upload_part_copy(&self, key: &str, upload_id: &str, part_number: u32, src: &CopySource, range: Range<u64>)
-        -> Result<PartInfo> {
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        src: &CopySource,
+        range: Range<u64>,
+    ) -> Result<PartInfo> {
         self.count("upload_part_copy");
         let data = {
             let g = self.lock();
-            let o = g.objects.get(&src.key).ok_or_else(|| Self::not_found("upload_part_copy", &src.key))?;
+            let o = g
+                .objects
+                .get(&src.key)
+                .ok_or_else(|| Self::not_found("upload_part_copy", &src.key))?;
             if let Some(want) = &src.if_match {
                 if o.meta.etag.as_deref() != Some(want.as_str()) {
-                    return Err(StoreError::new(ErrorKind::PreconditionFailed, "upload_part_copy", "source changed")
-                        .with_key(&src.key));
+                    return Err(StoreError::new(
+                        ErrorKind::PreconditionFailed,
+                        "upload_part_copy",
+                        "source changed",
+                    )
+                    .with_key(&src.key));
                 }
             }
             if range.end > o.data.len() as u64 || range.start > range.end {
-                return Err(StoreError::new(ErrorKind::InvalidInput, "upload_part_copy", "range outside source")
-                    .with_key(&src.key));
+                return Err(StoreError::new(
+                    ErrorKind::InvalidInput,
+                    "upload_part_copy",
+                    "range outside source",
+                )
+                .with_key(&src.key));
             }
             o.data.slice(range.start as usize..range.end as usize)
         };
-        self.upload_part(key, upload_id, part_number, data, None).await
+        self.upload_part(key, upload_id, part_number, data, None)
+            .await
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<PartInfo>, crc: Option<u64>)
-        -> Result<PutResult> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<PartInfo>,
+        crc: Option<u64>,
+    ) -> Result<PutResult> {
         self.count("complete_multipart");
         let mut g = self.lock();
-        let up = g.uploads.get(upload_id).ok_or_else(|| Self::not_found("complete_multipart", key))?;
+        let up = g
+            .uploads
+            .get(upload_id)
+            .ok_or_else(|| Self::not_found("complete_multipart", key))?;
         let mut data = Vec::new();
         let mut md5s = Vec::new();
         let mut whole_crc = 0u64;
         for p in &parts {
             let (b, e) = up.parts.get(&p.part_number).ok_or_else(|| {
-                StoreError::new(ErrorKind::InvalidInput, "complete_multipart", format!("part {} missing", p.part_number))
-                    .with_key(key)
+                StoreError::new(
+                    ErrorKind::InvalidInput,
+                    "complete_multipart",
+                    format!("part {} missing", p.part_number),
+                )
+                .with_key(key)
             })?;
             if *e != p.etag {
-                return Err(StoreError::new(ErrorKind::InvalidInput, "complete_multipart", "part ETag mismatch")
-                    .with_key(key));
+                return Err(StoreError::new(
+                    ErrorKind::InvalidInput,
+                    "complete_multipart",
+                    "part ETag mismatch",
+                )
+                .with_key(key));
             }
             whole_crc = crc64nvme_combine(whole_crc, crc64nvme(b), b.len() as u64);
             data.extend_from_slice(b);
@@ -325,18 +447,32 @@ impl Store for MemoryStore {
         }
         if let Some(w) = crc {
             if w != whole_crc {
-                return Err(StoreError::new(ErrorKind::Corrupt, "complete_multipart", "full-object CRC64NVME mismatch")
-                    .with_key(key));
+                return Err(StoreError::new(
+                    ErrorKind::Corrupt,
+                    "complete_multipart",
+                    "full-object CRC64NVME mismatch",
+                )
+                .with_key(key));
             }
         }
         let opts = up.opts.clone();
         if up.key != key {
-            return Err(StoreError::new(ErrorKind::InvalidInput, "complete_multipart", "upload is for another key")
-                .with_key(key));
+            return Err(StoreError::new(
+                ErrorKind::InvalidInput,
+                "complete_multipart",
+                "upload is for another key",
+            )
+            .with_key(key));
         }
         Self::check_mode(&g, key, &opts.mode, "complete_multipart")?;
         g.uploads.remove(upload_id);
-        Ok(Self::commit(&mut g, key, data.into(), multipart_etag(&md5s), &opts))
+        Ok(Self::commit(
+            &mut g,
+            key,
+            data.into(),
+            multipart_etag(&md5s),
+            &opts,
+        ))
     }
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<()> {
@@ -352,17 +488,30 @@ impl Store for MemoryStore {
             .uploads
             .iter()
             .filter(|(_, u)| u.key.starts_with(prefix))
-            .map(|(id, u)| MultipartUpload { key: u.key.clone(), upload_id: id.clone(), initiated: None })
+            .map(|(id, u)| MultipartUpload {
+                key: u.key.clone(),
+                upload_id: id.clone(),
+                initiated: None,
+            })
             .collect())
     }
 
     async fn copy(&self, src: &CopySource, dst_key: &str, opts: CopyOptions) -> Result<PutResult> {
         self.count("copy");
         let mut g = self.lock();
-        let o = g.objects.get(&src.key).cloned().ok_or_else(|| Self::not_found("copy", &src.key))?;
+        let o = g
+            .objects
+            .get(&src.key)
+            .cloned()
+            .ok_or_else(|| Self::not_found("copy", &src.key))?;
         if let Some(want) = &src.if_match {
             if o.meta.etag.as_deref() != Some(want.as_str()) {
-                return Err(StoreError::new(ErrorKind::PreconditionFailed, "copy", "source changed").with_key(&src.key));
+                return Err(StoreError::new(
+                    ErrorKind::PreconditionFailed,
+                    "copy",
+                    "source changed",
+                )
+                .with_key(&src.key));
             }
         }
         let mut put = opts.replace.clone().unwrap_or_else(|| {

@@ -20,7 +20,10 @@ async fn local_store_conforms() {
     // the sync tests run the local store with fsync on.
     s3ferry_testkit::conformance::run_all(&LocalStore::new(dir.path()).with_fsync(false)).await;
     // Nothing in flight is left behind.
-    let leftovers: Vec<_> = walk(dir.path()).into_iter().filter(|p| p.contains(".s3ferry-tmp.")).collect();
+    let leftovers: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.contains(".s3ferry-tmp."))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 

@@ -28,7 +28,11 @@ pub fn unique_bucket(prefix: &str) -> String {
         .chars()
         .map(|c| {
             let c = c.to_ascii_lowercase();
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' { c } else { '-' }
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' {
+                c
+            } else {
+                '-'
+            }
         })
         .collect();
     p = p.trim_matches('-').to_string();
@@ -59,7 +63,10 @@ mod tests {
         assert_ne!(a, b);
         assert!(s3ferry_store::key::validate_bucket(&a).is_ok(), "{a}");
         let long = unique_bucket(&"x".repeat(100));
-        assert!(long.len() <= 63 && s3ferry_store::key::validate_bucket(&long).is_ok(), "{long}");
+        assert!(
+            long.len() <= 63 && s3ferry_store::key::validate_bucket(&long).is_ok(),
+            "{long}"
+        );
         assert!(s3ferry_store::key::validate_bucket(&unique_bucket("--")).is_ok());
     }
 }

@@ -56,7 +56,13 @@ pub struct Global {
     /// When to send request checksums: when-supported (default) or when-required, for
     /// S3-compatible servers that reject the SDK's default checksums. s3ferry verifies the data
     /// itself either way.
-    #[arg(long, global = true, value_enum, default_value = "when-supported", value_name = "MODE")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "when-supported",
+        value_name = "MODE"
+    )]
     pub checksum_mode: ChecksumMode,
     /// Print one JSON object per line (begin, one per object, summary) instead of text.
     #[arg(long, global = true)]
@@ -199,9 +205,13 @@ pub struct SyncArgs {
 /// Parse sizes like `8MiB`, `64M`, `1GB`, `4096`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let i = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let i = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(i);
-    let n: f64 = num.parse().map_err(|_| format!("bad size {s:?}: use e.g. 8MiB, 64M or 1GiB"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: use e.g. 8MiB, 64M or 1GiB"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,

@@ -41,7 +41,10 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_logging(cli.global.verbose, cli.global.quiet);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("s3ferry: error: cannot start the runtime: {e}");
@@ -67,15 +70,25 @@ fn init_logging(verbose: u8, quiet: bool) {
         (_, 1) => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("S3FERRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},aws_smithy_runtime=warn,aws_config=warn,hyper=warn")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("S3FERRY_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},aws_smithy_runtime=warn,aws_config=warn,hyper=warn"
+        ))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<u8, Fatal> {
     match &cli.command {
         Command::Sync(args) => {
-            let sub = matches.subcommand_matches("sync").cloned().unwrap_or_default();
+            let sub = matches
+                .subcommand_matches("sync")
+                .cloned()
+                .unwrap_or_default();
             run_sync(&cli, args, &sub).await
         }
         Command::Mb { uri } => {
@@ -84,7 +97,10 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<u8, Fatal> {
             let note = match store.create_bucket().await {
                 Ok(()) => "",
                 // Ours already: the goal (a bucket we can use) is met.
-                Err(e) if e.http.as_ref().and_then(|h| h.code.as_deref()) == Some("BucketAlreadyOwnedByYou") => {
+                Err(e)
+                    if e.http.as_ref().and_then(|h| h.code.as_deref())
+                        == Some("BucketAlreadyOwnedByYou") =>
+                {
                     " (already exists and is yours)"
                 }
                 Err(e) => return Err(e.into()),
@@ -108,7 +124,11 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<u8, Fatal> {
                     printer.json(serde_json::json!({"key": m.key, "size": m.size, "etag": m.etag,
                         "last_modified": m.last_modified.map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339())}));
                 } else {
-                    let t = m.last_modified.map(|t| chrono::DateTime::<chrono::Utc>::from(t).format("%Y-%m-%d %H:%M:%S").to_string());
+                    let t = m.last_modified.map(|t| {
+                        chrono::DateTime::<chrono::Utc>::from(t)
+                            .format("%Y-%m-%d %H:%M:%S")
+                            .to_string()
+                    });
                     println!("{} {:>12} {}", t.unwrap_or_default(), m.size, m.key);
                 }
             }
@@ -127,7 +147,10 @@ fn s3_uri(uri: &str) -> Result<(String, String), Fatal> {
 /// Include/exclude rules in command-line order.
 fn filter_rules(args: &SyncArgs, m: &clap::ArgMatches) -> Vec<(usize, bool, String)> {
     let mut rules = Vec::new();
-    for (id, inc, vals) in [("include", true, &args.include), ("exclude", false, &args.exclude)] {
+    for (id, inc, vals) in [
+        ("include", true, &args.include),
+        ("exclude", false, &args.exclude),
+    ] {
         let idx: Vec<usize> = m.indices_of(id).map(|i| i.collect()).unwrap_or_default();
         for (i, v) in vals.iter().enumerate() {
             rules.push((idx.get(i).copied().unwrap_or(i), inc, v.clone()));
@@ -143,7 +166,9 @@ fn state_path(args: &SyncArgs) -> std::path::PathBuf {
     }
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state"))
+        })
         .unwrap_or_else(|| std::path::PathBuf::from("."));
     base.join("s3ferry").join("state.db")
 }
@@ -152,13 +177,27 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
     let g = &cli.global;
     let src_loc = Location::parse(&args.src)?;
     let dst_loc = Location::parse(&args.dst)?;
-    let rules: Vec<(bool, String)> = filter_rules(args, m).into_iter().map(|(_, i, p)| (i, p)).collect();
-    let since = args.since.as_deref().map(|s| parse_since(s, std::time::SystemTime::now())).transpose()?;
+    let rules: Vec<(bool, String)> = filter_rules(args, m)
+        .into_iter()
+        .map(|(_, i, p)| (i, p))
+        .collect();
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, std::time::SystemTime::now()))
+        .transpose()?;
     let filters = Filters::new(&rules, since)?;
-    let max_delete = args.max_delete.as_deref().map(MaxDelete::parse).transpose()?;
+    let max_delete = args
+        .max_delete
+        .as_deref()
+        .map(MaxDelete::parse)
+        .transpose()?;
     let part_size = parse_size(&args.part_size)?;
     if part_size < s3ferry_store::checksum::MIN_PART_SIZE {
-        return Err(Fatal(format!("--part-size {} is below the 5 MiB minimum S3 accepts", args.part_size)));
+        return Err(Fatal(format!(
+            "--part-size {} is below the 5 MiB minimum S3 accepts",
+            args.part_size
+        )));
     }
     let mut transfer = TransferConfig::new(parse_size(&args.max_memory)?);
     transfer.part_size = part_size;
@@ -195,7 +234,12 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
         retry_failed: true,
     };
     let printer = Arc::new(Printer::new(g.json, g.verbose, g.quiet, !g.no_progress));
-    printer.begin("sync", &src_loc.to_string(), &dst_loc.to_string(), args.dry_run);
+    printer.begin(
+        "sync",
+        &src_loc.to_string(),
+        &dst_loc.to_string(),
+        args.dry_run,
+    );
     let result = sync::run(src, dst, opts, Arc::new(journal), printer.clone()).await;
     printer.finish_bar();
     let mut summary = result?;

@@ -109,8 +109,16 @@ impl Printer {
         if s.retries > 0 {
             msg += &format!(", {} retries ({} throttled)", s.retries, s.throttled);
         }
-        let rate = if s.elapsed_secs > 0.0 { s.copied_bytes as f64 / s.elapsed_secs } else { 0.0 };
-        msg += &format!(" in {:.2}s ({}/s)", s.elapsed_secs, human_bytes(rate as u64));
+        let rate = if s.elapsed_secs > 0.0 {
+            s.copied_bytes as f64 / s.elapsed_secs
+        } else {
+            0.0
+        };
+        msg += &format!(
+            " in {:.2}s ({}/s)",
+            s.elapsed_secs,
+            human_bytes(rate as u64)
+        );
         eprintln!("{msg}");
         if let Some(w) = &s.deletes_suppressed {
             eprintln!("warning: {w}");
@@ -144,7 +152,10 @@ impl Reporter for Printer {
         let n = self.objects_planned.fetch_add(objects, Ordering::Relaxed) + objects;
         if let Some(b) = &self.bar {
             b.inc_length(bytes);
-            b.set_message(format!("{}/{n} objects", self.objects_done.load(Ordering::Relaxed)));
+            b.set_message(format!(
+                "{}/{n} objects",
+                self.objects_done.load(Ordering::Relaxed)
+            ));
         }
     }
 
@@ -158,7 +169,10 @@ impl Reporter for Printer {
         if matches!(r.action, "copy" | "delete" | "fail") {
             let d = self.objects_done.fetch_add(1, Ordering::Relaxed) + 1;
             if let Some(b) = &self.bar {
-                b.set_message(format!("{d}/{} objects", self.objects_planned.load(Ordering::Relaxed)));
+                b.set_message(format!(
+                    "{d}/{} objects",
+                    self.objects_planned.load(Ordering::Relaxed)
+                ));
             }
         }
         if self.json {
@@ -170,7 +184,10 @@ impl Reporter for Printer {
             return;
         }
         match r.action {
-            "fail" => self.err_line(&format!("error: {}", r.error.as_deref().unwrap_or(&r.reason))),
+            "fail" => self.err_line(&format!(
+                "error: {}",
+                r.error.as_deref().unwrap_or(&r.reason)
+            )),
             "refuse" => self.err_line(&format!("refused: {:?}: {}", r.key, r.reason)),
             "skip" if self.verbose == 0 => {}
             _ if self.quiet => {}

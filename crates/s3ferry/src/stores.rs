@@ -19,9 +19,21 @@ pub enum Role {
 fn s3_config(g: &Global, bucket: &str, role: Role) -> S3Config {
     let mut cfg = S3Config::new(bucket);
     let src = role == Role::Source;
-    cfg.endpoint_url = if src { g.source_endpoint_url.clone().or(g.endpoint_url.clone()) } else { g.endpoint_url.clone() };
-    cfg.profile = if src { g.source_profile.clone().or(g.profile.clone()) } else { g.profile.clone() };
-    cfg.region = if src { g.source_region.clone().or(g.region.clone()) } else { g.region.clone() };
+    cfg.endpoint_url = if src {
+        g.source_endpoint_url.clone().or(g.endpoint_url.clone())
+    } else {
+        g.endpoint_url.clone()
+    };
+    cfg.profile = if src {
+        g.source_profile.clone().or(g.profile.clone())
+    } else {
+        g.profile.clone()
+    };
+    cfg.region = if src {
+        g.source_region.clone().or(g.region.clone())
+    } else {
+        g.region.clone()
+    };
     cfg.force_path_style = g.addressing_style.map(|a| a == Addressing::Path);
     cfg.checksum_when_required = g.checksum_mode == ChecksumMode::WhenRequired;
     cfg
@@ -33,7 +45,12 @@ pub async fn s3_admin(g: &Global, bucket: &str) -> Result<S3Store, Fatal> {
 }
 
 /// Open one side of a sync, wrapped in the retry and adaptive-limit layers.
-pub async fn open(g: &Global, loc: &Location, role: Role, args: &SyncArgs) -> Result<(DynStore, Option<Arc<RetryStats>>), Fatal> {
+pub async fn open(
+    g: &Global,
+    loc: &Location,
+    role: Role,
+    args: &SyncArgs,
+) -> Result<(DynStore, Option<Arc<RetryStats>>), Fatal> {
     let backend: DynStore = match loc {
         Location::Local(p) => {
             let s = LocalStore::new(p.clone()).with_fsync(!args.no_fsync);
@@ -42,7 +59,9 @@ pub async fn open(g: &Global, loc: &Location, role: Role, args: &SyncArgs) -> Re
             }
             Arc::new(s)
         }
-        Location::S3 { bucket, .. } => Arc::new(S3Store::connect(s3_config(g, bucket, role)).await?),
+        Location::S3 { bucket, .. } => {
+            Arc::new(S3Store::connect(s3_config(g, bucket, role)).await?)
+        }
     };
     let backend = with_faults(backend, role)?;
     let limited: DynStore = Arc::new(LimitStore::new(backend));
@@ -56,11 +75,17 @@ pub async fn open(g: &Global, loc: &Location, role: Role, args: &SyncArgs) -> Re
 #[cfg(feature = "fault")]
 fn with_faults(backend: DynStore, role: Role) -> Result<DynStore, Fatal> {
     use s3ferry_store::layer::{FaultSpec, FaultStore};
-    let var = if role == Role::Source { "S3FERRY_FAULTS_SOURCE" } else { "S3FERRY_FAULTS_DEST" };
+    let var = if role == Role::Source {
+        "S3FERRY_FAULTS_SOURCE"
+    } else {
+        "S3FERRY_FAULTS_DEST"
+    };
     let spec = std::env::var(var).or_else(|_| std::env::var("S3FERRY_FAULTS"));
     match spec {
         Ok(s) if !s.trim().is_empty() => {
-            let spec: FaultSpec = s.parse().map_err(|e| Fatal(format!("{var}/S3FERRY_FAULTS: {e}")))?;
+            let spec: FaultSpec = s
+                .parse()
+                .map_err(|e| Fatal(format!("{var}/S3FERRY_FAULTS: {e}")))?;
             Ok(Arc::new(FaultStore::new(backend, spec)))
         }
         _ => Ok(backend),

@@ -71,8 +71,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::{
-    ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult, HttpInfo,
-    ListOptions, MultipartUpload, ObjectMeta, PartInfo, PutOptions, PutResult, Result, Store, StoreError,
+    ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult,
+    HttpInfo, ListOptions, MultipartUpload, ObjectMeta, PartInfo, PutOptions, PutResult, Result,
+    Store, StoreError,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,7 +155,10 @@ impl FailKind {
         KINDS[self as usize].1[0]
     }
     fn parse(s: &str) -> Option<Self> {
-        KINDS.iter().find(|(_, names)| names.contains(&s)).map(|(k, _)| *k)
+        KINDS
+            .iter()
+            .find(|(_, names)| names.contains(&s))
+            .map(|(k, _)| *k)
     }
 
     /// The injected error; `detail` follows "injected <what>" in the message.
@@ -162,16 +166,39 @@ impl FailKind {
         use ErrorKind as K;
         let (kind, status, code, what) = match self {
             Self::Throttle => (K::Throttled, Some(503), Some("SlowDown"), "throttle"),
-            Self::Transient => (K::Transient, Some(500), Some("InternalError"), "internal error"),
+            Self::Transient => (
+                K::Transient,
+                Some(500),
+                Some("InternalError"),
+                "internal error",
+            ),
             Self::Reset => (K::Transient, None, None, "connection reset"),
             Self::Timeout => (K::Transient, None, None, "timeout"),
-            Self::Lost => (K::Transient, None, None, "lost response (the request was applied)"),
-            Self::Precondition => {
-                (K::PreconditionFailed, Some(412), Some("PreconditionFailed"), "precondition failure")
-            }
-            Self::Conflict => (K::Conflict, Some(409), Some("ConditionalRequestConflict"), "conflict"),
+            Self::Lost => (
+                K::Transient,
+                None,
+                None,
+                "lost response (the request was applied)",
+            ),
+            Self::Precondition => (
+                K::PreconditionFailed,
+                Some(412),
+                Some("PreconditionFailed"),
+                "precondition failure",
+            ),
+            Self::Conflict => (
+                K::Conflict,
+                Some(409),
+                Some("ConditionalRequestConflict"),
+                "conflict",
+            ),
             Self::NotFound => (K::NotFound, Some(404), Some("NoSuchKey"), "not-found"),
-            Self::Denied => (K::PermissionDenied, Some(403), Some("AccessDenied"), "access denied"),
+            Self::Denied => (
+                K::PermissionDenied,
+                Some(403),
+                Some("AccessDenied"),
+                "access denied",
+            ),
             Self::Corrupt => (K::Corrupt, Some(400), Some("BadDigest"), "bad digest"),
         };
         let mut e = StoreError::new(kind, op, format!("injected {what}{detail}"));
@@ -179,7 +206,11 @@ impl FailKind {
             e = e.with_key(k);
         }
         if status.is_some() {
-            e = e.with_http(HttpInfo { status, code: code.map(String::from), request_id: None });
+            e = e.with_http(HttpInfo {
+                status,
+                code: code.map(String::from),
+                request_id: None,
+            });
         }
         e
     }
@@ -205,7 +236,10 @@ struct When {
 }
 
 impl When {
-    const ALWAYS: When = When { from: 1, count: None };
+    const ALWAYS: When = When {
+        from: 1,
+        count: None,
+    };
 
     fn matches(self, n: u64) -> bool {
         n >= self.from && self.count.is_none_or(|c| n - self.from < c)
@@ -249,14 +283,17 @@ impl FaultSpec {
 }
 
 fn parse_u64(s: &str, what: &str) -> Result<u64, String> {
-    s.trim().parse().map_err(|_| format!("{what} must be a whole number, not {s:?}"))
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{what} must be a whole number, not {s:?}"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let bad = || format!("latency must be a whole number with a unit us, ms or s (e.g. 5ms), not {s:?}");
+    let bad =
+        || format!("latency must be a whole number with a unit us, ms or s (e.g. 5ms), not {s:?}");
     let n: u64 = num.parse().map_err(|_| bad())?;
     match unit {
         "us" => Ok(Duration::from_micros(n)),
@@ -345,15 +382,24 @@ fn parse_rule(s: &str) -> Result<Rule, String> {
 fn parse_chaos(s: &str) -> Result<Chaos, String> {
     let mut parts = s.split(',');
     let p = parts.next().unwrap_or_default().trim();
-    let p: f64 = p.parse().map_err(|_| format!("chaos probability must be a number, not {p:?}"))?;
+    let p: f64 = p
+        .parse()
+        .map_err(|_| format!("chaos probability must be a number, not {p:?}"))?;
     if !(0.0..=1.0).contains(&p) {
-        return Err(format!("chaos probability must be between 0 and 1, not {p}"));
+        return Err(format!(
+            "chaos probability must be between 0 and 1, not {p}"
+        ));
     }
     let mut seed = None;
     for part in parts {
         match part.trim().split_once('=') {
             Some(("seed", v)) => seed = Some(parse_u64(v, "seed")?),
-            _ => return Err(format!("unknown chaos option {:?} (expected seed=N)", part.trim())),
+            _ => {
+                return Err(format!(
+                    "unknown chaos option {:?} (expected seed=N)",
+                    part.trim()
+                ))
+            }
         }
     }
     Ok(Chaos { p, seed })
@@ -369,8 +415,14 @@ impl FromStr for FaultSpec {
             if r.is_empty() {
                 continue;
             }
-            let err = |reason: String| FaultSpecError { rule: r.to_string(), reason };
-            if let Some(c) = r.strip_prefix("chaos").and_then(|c| c.trim_start().strip_prefix('=')) {
+            let err = |reason: String| FaultSpecError {
+                rule: r.to_string(),
+                reason,
+            };
+            if let Some(c) = r
+                .strip_prefix("chaos")
+                .and_then(|c| c.trim_start().strip_prefix('='))
+            {
                 if spec.chaos.is_some() {
                     return Err(err("only one chaos rule is allowed".into()));
                 }
@@ -395,10 +447,19 @@ impl fmt::Display for Rule {
             Action::Latency(d) => write!(f, "latency={}us", d.as_micros())?,
         }
         match self.when {
-            When { from: 1, count: None } => Ok(()),
+            When {
+                from: 1,
+                count: None,
+            } => Ok(()),
             When { from, count: None } => write!(f, "@{from}+"),
-            When { from, count: Some(1) } => write!(f, "@{from}"),
-            When { from, count: Some(m) } => write!(f, "@{from}x{m}"),
+            When {
+                from,
+                count: Some(1),
+            } => write!(f, "@{from}"),
+            When {
+                from,
+                count: Some(m),
+            } => write!(f, "@{from}x{m}"),
         }
     }
 }
@@ -448,8 +509,16 @@ impl FaultStore {
             tracing::info!(p = c.p, seed, "fault injection: chaos mode");
             (c.p, seed, Mutex::new(StdRng::seed_from_u64(seed)))
         });
-        let counters = Arc::new(Counters { calls: Default::default(), injected: AtomicU64::new(0) });
-        Self { inner, spec, counters, chaos }
+        let counters = Arc::new(Counters {
+            calls: Default::default(),
+            injected: AtomicU64::new(0),
+        });
+        Self {
+            inner,
+            spec,
+            counters,
+            chaos,
+        }
     }
 
     /// Parse `spec` and wrap `inner`.
@@ -468,7 +537,9 @@ impl FaultStore {
 
     /// Calls of `op` so far (`"any"` = all calls); 0 for an unknown name.
     pub fn calls(&self, op: &str) -> u64 {
-        Op::parse(op).map_or(0, |o| self.counters.calls[o as usize].load(Ordering::SeqCst))
+        Op::parse(op).map_or(0, |o| {
+            self.counters.calls[o as usize].load(Ordering::SeqCst)
+        })
     }
 
     /// Faults injected so far (failed calls, damaged bodies, cut listings).
@@ -501,7 +572,11 @@ impl FaultStore {
             let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
             let (hit, throttle) = (rng.random_bool(*p), rng.random_bool(0.5));
             if hit && plan.fail.is_none() {
-                plan.fail = Some(if throttle { FailKind::Throttle } else { FailKind::Transient });
+                plan.fail = Some(if throttle {
+                    FailKind::Throttle
+                } else {
+                    FailKind::Transient
+                });
             }
         }
         plan
@@ -531,7 +606,13 @@ impl FaultStore {
     }
 }
 
-fn inject(counters: &Counters, kind: FailKind, op: &'static str, key: Option<&str>, detail: &str) -> StoreError {
+fn inject(
+    counters: &Counters,
+    kind: FailKind,
+    op: &'static str,
+    key: Option<&str>,
+    detail: &str,
+) -> StoreError {
     counters.injected.fetch_add(1, Ordering::SeqCst);
     let e = kind.error(op, key, detail);
     tracing::debug!(op, key, error = %e, "fault injected");
@@ -578,7 +659,17 @@ impl FaultBody {
                 cut = Some(c);
             }
         }
-        Self { body, key: key.to_string(), pos: 0, cut, flips, stall, counters, cut_pending: false, ended: false }
+        Self {
+            body,
+            key: key.to_string(),
+            pos: 0,
+            cut,
+            flips,
+            stall,
+            counters,
+            cut_pending: false,
+            ended: false,
+        }
     }
 }
 
@@ -595,7 +686,13 @@ impl FaultBody {
             }
             Some(k) => {
                 let detail = format!(" after {n} bytes of the body");
-                Some(Err(inject(&self.counters, k, "get", Some(&self.key), &detail)))
+                Some(Err(inject(
+                    &self.counters,
+                    k,
+                    "get",
+                    Some(&self.key),
+                    &detail,
+                )))
             }
         }
     }
@@ -639,8 +736,12 @@ impl Stream for FaultBody {
             }
         }
         let end = start + chunk.len() as u64;
-        let hits: Vec<usize> =
-            self.flips.iter().filter(|&&o| o >= start && o < end).map(|&o| (o - start) as usize).collect();
+        let hits: Vec<usize> = self
+            .flips
+            .iter()
+            .filter(|&&o| o >= start && o < end)
+            .map(|&o| (o - start) as usize)
+            .collect();
         if !hits.is_empty() {
             let mut b = BytesMut::from(&chunk[..]);
             for i in hits {
@@ -714,10 +815,12 @@ impl Store for FaultStore {
 
     async fn check(&self) -> Result<()> {
         let detail = format!(" (checking {})", self.inner.describe());
-        self.call(Op::Check, None, &detail, self.inner.check()).await
+        self.call(Op::Check, None, &detail, self.inner.check())
+            .await
     }
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        self.call(Op::Head, Some(key), "", self.inner.head(key)).await
+        self.call(Op::Head, Some(key), "", self.inner.head(key))
+            .await
     }
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
@@ -741,13 +844,26 @@ impl Store for FaultStore {
     }
 
     async fn put(&self, key: &str, body: Bytes, opts: PutOptions) -> Result<PutResult> {
-        self.call(Op::Put, Some(key), "", self.inner.put(key, body, opts)).await
+        self.call(Op::Put, Some(key), "", self.inner.put(key, body, opts))
+            .await
     }
     async fn get_tags(&self, key: &str) -> Result<Vec<(String, String)>> {
-        self.call(Op::GetTags, Some(key), "", self.inner.get_tags(key)).await
+        self.call(Op::GetTags, Some(key), "", self.inner.get_tags(key))
+            .await
     }
-    async fn create_multipart(&self, key: &str, opts: PutOptions, part_size: u64) -> Result<String> {
-        self.call(Op::CreateMultipart, Some(key), "", self.inner.create_multipart(key, opts, part_size)).await
+    async fn create_multipart(
+        &self,
+        key: &str,
+        opts: PutOptions,
+        part_size: u64,
+    ) -> Result<String> {
+        self.call(
+            Op::CreateMultipart,
+            Some(key),
+            "",
+            self.inner.create_multipart(key, opts, part_size),
+        )
+        .await
     }
     async fn upload_part(
         &self,
@@ -758,7 +874,9 @@ impl Store for FaultStore {
         crc64nvme: Option<u64>,
     ) -> Result<PartInfo> {
         let detail = format!(" (part {part_number})");
-        let f = self.inner.upload_part(key, upload_id, part_number, body, crc64nvme);
+        let f = self
+            .inner
+            .upload_part(key, upload_id, part_number, body, crc64nvme);
         self.call(Op::UploadPart, Some(key), &detail, f).await
     }
     async fn upload_part_copy(
@@ -770,7 +888,9 @@ impl Store for FaultStore {
         range: Range<u64>,
     ) -> Result<PartInfo> {
         let detail = format!(" (part {part_number} from {:?})", src.key);
-        let f = self.inner.upload_part_copy(key, upload_id, part_number, src, range);
+        let f = self
+            .inner
+            .upload_part_copy(key, upload_id, part_number, src, range);
         self.call(Op::UploadPartCopy, Some(key), &detail, f).await
     }
     async fn complete_multipart(
@@ -780,24 +900,45 @@ impl Store for FaultStore {
         parts: Vec<PartInfo>,
         crc64nvme: Option<u64>,
     ) -> Result<PutResult> {
-        let f = self.inner.complete_multipart(key, upload_id, parts, crc64nvme);
+        let f = self
+            .inner
+            .complete_multipart(key, upload_id, parts, crc64nvme);
         self.call(Op::CompleteMultipart, Some(key), "", f).await
     }
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
-        self.call(Op::AbortMultipart, Some(key), "", self.inner.abort_multipart(key, upload_id)).await
+        self.call(
+            Op::AbortMultipart,
+            Some(key),
+            "",
+            self.inner.abort_multipart(key, upload_id),
+        )
+        .await
     }
     async fn list_multipart(&self, prefix: &str) -> Result<Vec<MultipartUpload>> {
         let detail = format!(" (uploads under prefix {prefix:?})");
-        self.call(Op::ListMultipart, None, &detail, self.inner.list_multipart(prefix)).await
+        self.call(
+            Op::ListMultipart,
+            None,
+            &detail,
+            self.inner.list_multipart(prefix),
+        )
+        .await
     }
     async fn copy(&self, src: &CopySource, dst_key: &str, opts: CopyOptions) -> Result<PutResult> {
         let detail = format!(" (copy from {:?})", src.key);
-        self.call(Op::Copy, Some(dst_key), &detail, self.inner.copy(src, dst_key, opts)).await
+        self.call(
+            Op::Copy,
+            Some(dst_key),
+            &detail,
+            self.inner.copy(src, dst_key, opts),
+        )
+        .await
     }
     async fn delete_many(&self, keys: &[String]) -> Result<Vec<Result<()>>> {
         let detail = format!(" (batch of {} keys)", keys.len());
         let first = keys.first().map(String::as_str);
-        self.call(Op::DeleteMany, first, &detail, self.inner.delete_many(keys)).await
+        self.call(Op::DeleteMany, first, &detail, self.inner.delete_many(keys))
+            .await
     }
 }
 
@@ -827,14 +968,34 @@ mod tests {
         assert_eq!(spec.rules.len(), 6);
         assert_eq!(
             spec.rules[0],
-            Rule { op: Op::Put, action: Action::Fail(FailKind::Throttle), when: When { from: 2, count: Some(3) } }
+            Rule {
+                op: Op::Put,
+                action: Action::Fail(FailKind::Throttle),
+                when: When {
+                    from: 2,
+                    count: Some(3)
+                }
+            }
         );
-        assert_eq!(spec.rules[2].action, Action::FailAfter(FailKind::Reset, 4096));
+        assert_eq!(
+            spec.rules[2].action,
+            Action::FailAfter(FailKind::Reset, 4096)
+        );
         assert_eq!(
             spec.rules[5],
-            Rule { op: Op::Any, action: Action::Latency(Duration::from_millis(5)), when: When::ALWAYS }
+            Rule {
+                op: Op::Any,
+                action: Action::Latency(Duration::from_millis(5)),
+                when: When::ALWAYS
+            }
         );
-        assert_eq!(spec.chaos, Some(Chaos { p: 0.1, seed: Some(7) }));
+        assert_eq!(
+            spec.chaos,
+            Some(Chaos {
+                p: 0.1,
+                seed: Some(7)
+            })
+        );
         let again: FaultSpec = spec.to_string().parse().unwrap();
         assert_eq!(again, spec);
 
@@ -847,8 +1008,13 @@ mod tests {
     fn bad_specs_say_what_is_wrong() {
         let e = err_of("put:throttle@2;pt:throttle");
         assert_eq!(e.rule, "pt:throttle");
-        assert!(e.to_string().contains("unknown op \"pt\"") && e.reason.contains("upload_part_copy"), "{e}");
-        assert!(err_of("put:thrtl").reason.contains("unknown action \"thrtl\""));
+        assert!(
+            e.to_string().contains("unknown op \"pt\"") && e.reason.contains("upload_part_copy"),
+            "{e}"
+        );
+        assert!(err_of("put:thrtl")
+            .reason
+            .contains("unknown action \"thrtl\""));
         assert!(err_of("put:truncate=10").reason.contains("get bodies only"));
         assert!(err_of("head:reset=10").reason.contains("get and list only"));
         assert!(err_of("get:truncate").reason.contains("needs a value"));
@@ -869,7 +1035,12 @@ mod tests {
         let (mem, f) = store("put:throttle@2x3");
         let mut kinds = vec![];
         for i in 1..=6 {
-            kinds.push(f.put_bytes(&format!("k{i}"), "x").await.err().map(|e| e.kind));
+            kinds.push(
+                f.put_bytes(&format!("k{i}"), "x")
+                    .await
+                    .err()
+                    .map(|e| e.kind),
+            );
         }
         let t = Some(ErrorKind::Throttled);
         assert_eq!(kinds, [None, t, t, t, None, None]);
@@ -886,12 +1057,24 @@ mod tests {
         let e = f.put_bytes("a/b", "x").await.unwrap_err();
         assert_eq!((e.op, e.key.as_deref()), ("put", Some("a/b")));
         assert_eq!(e.http.as_ref().and_then(|h| h.status), Some(503));
-        assert_eq!(e.to_string(), "put \"a/b\": injected throttle (HTTP 503 SlowDown)");
+        assert_eq!(
+            e.to_string(),
+            "put \"a/b\": injected throttle (HTTP 503 SlowDown)"
+        );
         let e = f.delete_many(&["x".into(), "y".into()]).await.unwrap_err();
-        assert_eq!((e.op, e.key.as_deref(), e.kind), ("delete_many", Some("x"), ErrorKind::Transient));
-        assert!(e.message.contains("injected connection reset") && e.message.contains("2 keys"), "{e}");
+        assert_eq!(
+            (e.op, e.key.as_deref(), e.kind),
+            ("delete_many", Some("x"), ErrorKind::Transient)
+        );
+        assert!(
+            e.message.contains("injected connection reset") && e.message.contains("2 keys"),
+            "{e}"
+        );
         let e = f.check().await.unwrap_err();
-        assert!(e.message.contains("injected timeout") && e.message.contains("memory://"), "{e}");
+        assert!(
+            e.message.contains("injected timeout") && e.message.contains("memory://"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -916,7 +1099,11 @@ mod tests {
         assert_eq!(chunks.concat(), b"hel");
         let e = f.get_bytes("k").await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Corrupt);
-        assert_eq!(f.get_bytes("k").await.unwrap(), Bytes::from("hello world"), "third get is clean");
+        assert_eq!(
+            f.get_bytes("k").await.unwrap(),
+            Bytes::from("hello world"),
+            "third get is clean"
+        );
         assert_eq!(f.injected(), 2);
     }
 
@@ -927,11 +1114,21 @@ mod tests {
         let mut body = f.get("dir/k", GetOptions::new()).await.unwrap().body;
         assert_eq!(body.next().await.unwrap().unwrap(), Bytes::from("0123"));
         let e = body.next().await.unwrap().unwrap_err();
-        assert_eq!((e.kind, e.op, e.key.as_deref()), (ErrorKind::Transient, "get", Some("dir/k")));
-        assert!(e.message.contains("injected connection reset after 4 bytes"), "{e}");
+        assert_eq!(
+            (e.kind, e.op, e.key.as_deref()),
+            (ErrorKind::Transient, "get", Some("dir/k"))
+        );
+        assert!(
+            e.message
+                .contains("injected connection reset after 4 bytes"),
+            "{e}"
+        );
         assert!(body.next().await.is_none());
         // A ranged resume (call 2) is clean, and offsets count from the body's start.
-        let g = f.get("dir/k", GetOptions::new().range(4..10)).await.unwrap();
+        let g = f
+            .get("dir/k", GetOptions::new().range(4..10))
+            .await
+            .unwrap();
         assert_eq!(g.bytes().await.unwrap(), Bytes::from("456789"));
     }
 
@@ -962,7 +1159,11 @@ mod tests {
         assert_eq!(items[1].as_ref().unwrap().key, "b");
         let e = items[2].as_ref().unwrap_err();
         assert_eq!((e.kind, e.key.as_deref()), (ErrorKind::Transient, None));
-        assert!(e.message.contains("injected internal error after 2 entries"), "{e}");
+        assert!(
+            e.message
+                .contains("injected internal error after 2 entries"),
+            "{e}"
+        );
         let items: Vec<Result<ObjectMeta>> = f.list(ListOptions::prefix("")).collect().await;
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].as_ref().unwrap_err().kind, ErrorKind::Throttled);
@@ -1021,13 +1222,23 @@ mod tests {
     #[tokio::test]
     async fn chaos_is_seeded_and_roughly_p() {
         let a = chaos_pattern("chaos=0.3,seed=7", 1000).await;
-        assert_eq!(a, chaos_pattern("chaos=0.3,seed=7", 1000).await, "same seed, same faults");
+        assert_eq!(
+            a,
+            chaos_pattern("chaos=0.3,seed=7", 1000).await,
+            "same seed, same faults"
+        );
         assert_ne!(a, chaos_pattern("chaos=0.3,seed=8", 1000).await);
         let failed = a.iter().filter(|k| k.is_some()).count();
         assert!((200..=400).contains(&failed), "{failed}");
         assert!(a.contains(&Some(ErrorKind::Throttled)) && a.contains(&Some(ErrorKind::Transient)));
-        assert!(chaos_pattern("chaos=0", 100).await.iter().all(Option::is_none));
-        assert!(chaos_pattern("chaos=1", 100).await.iter().all(Option::is_some));
+        assert!(chaos_pattern("chaos=0", 100)
+            .await
+            .iter()
+            .all(Option::is_none));
+        assert!(chaos_pattern("chaos=1", 100)
+            .await
+            .iter()
+            .all(Option::is_some));
         let (_, f) = store("chaos=0.5");
         assert!(f.chaos_seed().is_some());
     }
@@ -1038,9 +1249,18 @@ mod tests {
         for i in 0..30 {
             mem.put_bytes(&format!("p/{i:02}"), "x").await.unwrap();
         }
-        let fault = FaultStore::parse(mem.clone(), "put:throttle@1x3;list:transient=7@1;list:reset=5@2").unwrap();
-        let limit =
-            Arc::new(LimitStore::with_config(Arc::new(fault), LimitConfig { initial: 16, ..Default::default() }));
+        let fault = FaultStore::parse(
+            mem.clone(),
+            "put:throttle@1x3;list:transient=7@1;list:reset=5@2",
+        )
+        .unwrap();
+        let limit = Arc::new(LimitStore::with_config(
+            Arc::new(fault),
+            LimitConfig {
+                initial: 16,
+                ..Default::default()
+            },
+        ));
         let policy = RetryPolicy {
             base_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(2),
@@ -1050,9 +1270,19 @@ mod tests {
 
         s.put_bytes("new", "v").await.unwrap();
         assert_eq!(mem.get_bytes("new").await.unwrap(), Bytes::from("v"));
-        assert_eq!(limit.current_limit(), 4, "three sequential throttles: 16 -> 8 -> 4 -> 4");
+        assert_eq!(
+            limit.current_limit(),
+            4,
+            "three sequential throttles: 16 -> 8 -> 4 -> 4"
+        );
 
-        let keys: Vec<String> = s.list_all("p/").await.unwrap().into_iter().map(|m| m.key).collect();
+        let keys: Vec<String> = s
+            .list_all("p/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
         let want: Vec<String> = (0..30).map(|i| format!("p/{i:02}")).collect();
         assert_eq!(keys, want, "no key missed or doubled");
         let c = s.stats().snapshot();

@@ -31,8 +31,8 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
-    ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult, ListOptions,
-    MultipartUpload, ObjectMeta, PartInfo, PutOptions, PutResult, Result, Store,
+    ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult,
+    ListOptions, MultipartUpload, ObjectMeta, PartInfo, PutOptions, PutResult, Result, Store,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +49,12 @@ pub struct LimitConfig {
 
 impl Default for LimitConfig {
     fn default() -> Self {
-        Self { min: 4, max: 256, initial: 64, grow_after: 32 }
+        Self {
+            min: 4,
+            max: 256,
+            initial: 64,
+            grow_after: 32,
+        }
     }
 }
 
@@ -120,7 +125,11 @@ impl Shared {
         // The semaphore is never closed, so acquiring fails only in theory; then run unlimited.
         let permit = self.sem.clone().acquire_owned().await.ok();
         let generation = self.lock().generation;
-        Permit { shared: self.clone(), permit, generation }
+        Permit {
+            shared: self.clone(),
+            permit,
+            generation,
+        }
     }
 
     fn record(&self, generation: u64, outcome: Outcome) {
@@ -181,11 +190,28 @@ impl LimitStore {
     /// Wrap `inner`; `min` is raised to 1 and `initial` clamped into `min..=max`.
     pub fn with_config(inner: DynStore, cfg: LimitConfig) -> Self {
         let min = cfg.min.max(1);
-        let cfg = LimitConfig { min, max: cfg.max.max(min), grow_after: cfg.grow_after.max(1), ..cfg };
+        let cfg = LimitConfig {
+            min,
+            max: cfg.max.max(min),
+            grow_after: cfg.grow_after.max(1),
+            ..cfg
+        };
         let initial = cfg.initial.clamp(cfg.min, cfg.max);
-        let state = State { limit: initial, debt: 0, generation: 0, streak: 0 };
-        let shared = Shared { cfg, sem: Arc::new(Semaphore::new(initial)), state: Mutex::new(state) };
-        Self { inner, shared: Arc::new(shared) }
+        let state = State {
+            limit: initial,
+            debt: 0,
+            generation: 0,
+            streak: 0,
+        };
+        let shared = Shared {
+            cfg,
+            sem: Arc::new(Semaphore::new(initial)),
+            state: Mutex::new(state),
+        };
+        Self {
+            inner,
+            shared: Arc::new(shared),
+        }
     }
 
     /// The limit in force now.
@@ -265,7 +291,10 @@ impl Store for LimitStore {
         let (shared, inner) = (self.shared.clone(), self.inner.clone());
         futures::stream::once(async move {
             let permit = shared.acquire().await;
-            HeldList { list: inner.list(opts), permit: Some(permit) }
+            HeldList {
+                list: inner.list(opts),
+                permit: Some(permit),
+            }
         })
         .flatten()
         .boxed()
@@ -283,7 +312,11 @@ impl Store for LimitStore {
         let r = self.inner.get(key, opts).await;
         self.shared.record(permit.generation, outcome(&r));
         let mut g = r?;
-        g.body = HeldBody { body: g.body, permit: Some(permit) }.boxed();
+        g.body = HeldBody {
+            body: g.body,
+            permit: Some(permit),
+        }
+        .boxed();
         Ok(g)
     }
 
@@ -293,8 +326,14 @@ impl Store for LimitStore {
     async fn get_tags(&self, key: &str) -> Result<Vec<(String, String)>> {
         self.run(self.inner.get_tags(key)).await
     }
-    async fn create_multipart(&self, key: &str, opts: PutOptions, part_size: u64) -> Result<String> {
-        self.run(self.inner.create_multipart(key, opts, part_size)).await
+    async fn create_multipart(
+        &self,
+        key: &str,
+        opts: PutOptions,
+        part_size: u64,
+    ) -> Result<String> {
+        self.run(self.inner.create_multipart(key, opts, part_size))
+            .await
     }
     async fn upload_part(
         &self,
@@ -304,7 +343,11 @@ impl Store for LimitStore {
         body: Bytes,
         crc64nvme: Option<u64>,
     ) -> Result<PartInfo> {
-        self.run(self.inner.upload_part(key, upload_id, part_number, body, crc64nvme)).await
+        self.run(
+            self.inner
+                .upload_part(key, upload_id, part_number, body, crc64nvme),
+        )
+        .await
     }
     async fn upload_part_copy(
         &self,
@@ -314,7 +357,11 @@ impl Store for LimitStore {
         src: &CopySource,
         range: Range<u64>,
     ) -> Result<PartInfo> {
-        self.run(self.inner.upload_part_copy(key, upload_id, part_number, src, range)).await
+        self.run(
+            self.inner
+                .upload_part_copy(key, upload_id, part_number, src, range),
+        )
+        .await
     }
     async fn complete_multipart(
         &self,
@@ -323,7 +370,11 @@ impl Store for LimitStore {
         parts: Vec<PartInfo>,
         crc64nvme: Option<u64>,
     ) -> Result<PutResult> {
-        self.run(self.inner.complete_multipart(key, upload_id, parts, crc64nvme)).await
+        self.run(
+            self.inner
+                .complete_multipart(key, upload_id, parts, crc64nvme),
+        )
+        .await
     }
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
         self.run(self.inner.abort_multipart(key, upload_id)).await
@@ -348,11 +399,21 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     fn cfg(min: usize, max: usize, initial: usize, grow_after: u32) -> LimitConfig {
-        LimitConfig { min, max, initial, grow_after }
+        LimitConfig {
+            min,
+            max,
+            initial,
+            grow_after,
+        }
     }
 
     /// Spawn `n` puts through `s` and wait until `want` of them are inside `t`.
-    async fn pile_up(s: &Arc<LimitStore>, t: &TestStore, n: usize, want: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    async fn pile_up(
+        s: &Arc<LimitStore>,
+        t: &TestStore,
+        n: usize,
+        want: usize,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let tasks = (0..n)
             .map(|i| {
                 let s = s.clone();
@@ -388,11 +449,16 @@ mod tests {
 
     #[tokio::test]
     async fn throttling_halves_the_limit_down_to_min() {
-        let t = Arc::new(TestStore::new(|op, _, _| (op == "put").then_some(ErrorKind::Throttled)));
+        let t = Arc::new(TestStore::new(|op, _, _| {
+            (op == "put").then_some(ErrorKind::Throttled)
+        }));
         let s = LimitStore::with_config(t.clone(), cfg(4, 256, 64, 32));
         let mut seen = vec![];
         for _ in 0..6 {
-            assert_eq!(s.put_bytes("k", "x").await.unwrap_err().kind, ErrorKind::Throttled);
+            assert_eq!(
+                s.put_bytes("k", "x").await.unwrap_err().kind,
+                ErrorKind::Throttled
+            );
             seen.push(s.current_limit());
         }
         assert_eq!(seen, [32, 16, 8, 4, 4, 4]);
@@ -401,8 +467,10 @@ mod tests {
     #[tokio::test]
     async fn a_burst_of_concurrent_throttles_halves_once() {
         let gate = Arc::new(Semaphore::new(0));
-        let t =
-            Arc::new(TestStore::new(|op, _, _| (op == "put").then_some(ErrorKind::Throttled)).with_gate(gate.clone()));
+        let t = Arc::new(
+            TestStore::new(|op, _, _| (op == "put").then_some(ErrorKind::Throttled))
+                .with_gate(gate.clone()),
+        );
         let s = Arc::new(LimitStore::with_config(t.clone(), cfg(4, 256, 64, 32)));
         let tasks = pile_up(&s, &t, 64, 64).await;
         gate.add_permits(64);
@@ -423,8 +491,10 @@ mod tests {
         let throttle = Arc::new(AtomicBool::new(true));
         let th = throttle.clone();
         let t = Arc::new(
-            TestStore::new(move |op, _, _| (op == "put" && th.load(Ordering::SeqCst)).then_some(ErrorKind::Throttled))
-                .with_gate(gate.clone()),
+            TestStore::new(move |op, _, _| {
+                (op == "put" && th.load(Ordering::SeqCst)).then_some(ErrorKind::Throttled)
+            })
+            .with_gate(gate.clone()),
         );
         let s = Arc::new(LimitStore::with_config(t.clone(), cfg(2, 8, 8, 1000)));
         let first = pile_up(&s, &t, 8, 8).await;
@@ -436,7 +506,11 @@ mod tests {
         throttle.store(false, Ordering::SeqCst);
         t.reset_max_in_flight();
         let second = pile_up(&s, &t, 20, 7).await;
-        assert_eq!(t.in_flight(), 7, "no new request starts while over the new limit");
+        assert_eq!(
+            t.in_flight(),
+            7,
+            "no new request starts while over the new limit"
+        );
         gate.add_permits(1000);
         for h in first.into_iter().chain(second) {
             h.await.unwrap();
@@ -476,7 +550,9 @@ mod tests {
 
     #[tokio::test]
     async fn transient_errors_break_the_streak_without_cutting() {
-        let t = Arc::new(TestStore::new(|op, _, n| (op == "head" && n % 3 == 0).then_some(ErrorKind::Transient)));
+        let t = Arc::new(TestStore::new(|op, _, n| {
+            (op == "head" && n % 3 == 0).then_some(ErrorKind::Transient)
+        }));
         t.mem.put_bytes("k", "x").await.unwrap();
         let s = LimitStore::with_config(t.clone(), cfg(4, 64, 16, 3));
         for _ in 0..30 {
@@ -492,7 +568,10 @@ mod tests {
         let s = LimitStore::with_config(t.clone(), cfg(1, 1, 1, 1));
 
         let g = s.get("k", GetOptions::new()).await.unwrap();
-        assert!(s.head("k").now_or_never().is_none(), "the body still holds the only permit");
+        assert!(
+            s.head("k").now_or_never().is_none(),
+            "the body still holds the only permit"
+        );
         drop(g);
         assert!(s.head("k").now_or_never().is_some());
 
@@ -500,12 +579,17 @@ mod tests {
         let mut body = g.body;
         assert_eq!(body.next().await.unwrap().unwrap(), Bytes::from("hello"));
         assert!(body.next().await.is_none());
-        assert!(s.head("k").now_or_never().is_some(), "released at the end of the stream");
+        assert!(
+            s.head("k").now_or_never().is_some(),
+            "released at the end of the stream"
+        );
     }
 
     #[tokio::test]
     async fn a_listing_holds_one_permit_and_a_throttled_listing_cuts() {
-        let t = Arc::new(TestStore::new(|op, _, n| (op == "list" && n == 2).then_some(ErrorKind::Throttled)));
+        let t = Arc::new(TestStore::new(|op, _, n| {
+            (op == "list" && n == 2).then_some(ErrorKind::Throttled)
+        }));
         t.mem.put_bytes("a", "x").await.unwrap();
         let s = LimitStore::with_config(t.clone(), cfg(1, 8, 2, 1000));
         let mut l = s.list(ListOptions::prefix(""));

@@ -39,8 +39,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::{
-    Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult, ListOptions, MultipartUpload,
-    ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store, StoreError,
+    Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult, ListOptions,
+    MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store,
+    StoreError,
 };
 
 /// The retry token bucket (see the module docs).
@@ -57,14 +58,22 @@ pub struct RetryBudget {
 impl Default for RetryBudget {
     /// The AWS SDK standard-mode values: 500 tokens, 5 per retry, 1 back per clean success.
     fn default() -> Self {
-        Self { capacity: 500, retry_cost: 5, success_refund: 1 }
+        Self {
+            capacity: 500,
+            retry_cost: 5,
+            success_refund: 1,
+        }
     }
 }
 
 impl RetryBudget {
     /// A budget that never runs out (only `max_attempts` bounds retries).
     pub fn unlimited() -> Self {
-        Self { capacity: u32::MAX, retry_cost: 0, success_refund: 0 }
+        Self {
+            capacity: u32::MAX,
+            retry_cost: 0,
+            success_refund: 0,
+        }
     }
 }
 
@@ -95,7 +104,10 @@ impl RetryPolicy {
     /// The upper bound of the wait before retry `retry` (0 = the first retry).
     pub fn delay_cap(&self, retry: u32) -> Duration {
         let factor = 2u32.checked_pow(retry).unwrap_or(u32::MAX);
-        self.base_delay.checked_mul(factor).unwrap_or(self.max_delay).min(self.max_delay)
+        self.base_delay
+            .checked_mul(factor)
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay)
     }
 
     /// A full-jitter wait before retry `retry`: uniform in `[0, delay_cap(retry)]`.
@@ -157,7 +169,10 @@ struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetryShared").field("policy", &self.policy).field("stats", &self.stats).finish()
+        f.debug_struct("RetryShared")
+            .field("policy", &self.policy)
+            .field("stats", &self.stats)
+            .finish()
     }
 }
 
@@ -186,7 +201,11 @@ impl Shared {
         }
         // `check` is the first contact with a store: a wrong endpoint should fail in seconds with
         // one clear line, not after the full backoff schedule.
-        let max_attempts = if op == "check" { self.policy.max_attempts.min(PROBE_ATTEMPTS) } else { self.policy.max_attempts };
+        let max_attempts = if op == "check" {
+            self.policy.max_attempts.min(PROBE_ATTEMPTS)
+        } else {
+            self.policy.max_attempts
+        };
         if attempt >= max_attempts {
             self.stats.gave_up.fetch_add(1, Ordering::Relaxed);
             return Err(GiveUp::Attempts);
@@ -212,7 +231,11 @@ impl Shared {
 
     fn on_success(&self, retried: bool) {
         let b = &self.policy.budget;
-        let refund = if retried { b.retry_cost } else { b.success_refund };
+        let refund = if retried {
+            b.retry_cost
+        } else {
+            b.success_refund
+        };
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         *t = t.saturating_add(refund).min(b.capacity);
     }
@@ -224,14 +247,23 @@ impl Shared {
                 err.message = format!("{} (after {attempts} attempts)", err.message);
             }
             GiveUp::Budget => {
-                err.message = format!("{} (after {attempts} attempts; retry budget exhausted)", err.message);
+                err.message = format!(
+                    "{} (after {attempts} attempts; retry budget exhausted)",
+                    err.message
+                );
             }
         }
         err
     }
 
     /// Run `f` until it succeeds or the policy gives up.
-    async fn run<T, F, Fut>(&self, op: &'static str, key: &str, idempotent: bool, mut f: F) -> Result<T>
+    async fn run<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        idempotent: bool,
+        mut f: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -270,7 +302,12 @@ impl RetryStore {
     }
 
     pub fn with_policy(inner: DynStore, policy: RetryPolicy) -> Self {
-        Self::build(inner, policy, Arc::default(), Arc::new(|d| Box::pin(tokio::time::sleep(d))))
+        Self::build(
+            inner,
+            policy,
+            Arc::default(),
+            Arc::new(|d| Box::pin(tokio::time::sleep(d))),
+        )
     }
 
     fn build(inner: DynStore, policy: RetryPolicy, stats: Arc<RetryStats>, sleep: Sleeper) -> Self {
@@ -279,7 +316,16 @@ impl RetryStore {
             None => StdRng::from_os_rng(),
         };
         let tokens = Mutex::new(policy.budget.capacity);
-        Self { inner, shared: Arc::new(Shared { policy, stats, rng: Mutex::new(rng), tokens, sleep }) }
+        Self {
+            inner,
+            shared: Arc::new(Shared {
+                policy,
+                stats,
+                rng: Mutex::new(rng),
+                tokens,
+                sleep,
+            }),
+        }
     }
 
     /// Count into `stats` (e.g. one set shared by the source and destination stores).
@@ -295,7 +341,12 @@ impl RetryStore {
         sleep: impl Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync + 'static,
     ) -> Self {
         let stats = self.shared.stats.clone();
-        Self::build(self.inner, self.shared.policy.clone(), stats, Arc::new(sleep))
+        Self::build(
+            self.inner,
+            self.shared.policy.clone(),
+            stats,
+            Arc::new(sleep),
+        )
     }
 
     pub fn stats(&self) -> Arc<RetryStats> {
@@ -360,7 +411,10 @@ impl ListState {
                 Some(Err(e)) => {
                     self.attempt += 1;
                     let prefix = self.opts.prefix.clone();
-                    match self.shared.on_error("list", &prefix, &e, self.attempt, true) {
+                    match self
+                        .shared
+                        .on_error("list", &prefix, &e, self.attempt, true)
+                    {
                         Ok(delay) => {
                             (self.shared.sleep)(delay).await;
                             let mut o = self.opts.clone();
@@ -411,30 +465,49 @@ impl Store for RetryStore {
     }
 
     async fn check(&self) -> Result<()> {
-        self.shared.run("check", "", true, || self.inner.check()).await
+        self.shared
+            .run("check", "", true, || self.inner.check())
+            .await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        self.shared.run("head", key, true, || self.inner.head(key)).await
+        self.shared
+            .run("head", key, true, || self.inner.head(key))
+            .await
     }
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
-        self.shared.run("get", key, true, || self.inner.get(key, opts.clone())).await
+        self.shared
+            .run("get", key, true, || self.inner.get(key, opts.clone()))
+            .await
     }
 
     async fn put(&self, key: &str, body: Bytes, opts: PutOptions) -> Result<PutResult> {
         let idem = idempotent_put(&opts);
-        self.shared.run("put", key, idem, || self.inner.put(key, body.clone(), opts.clone())).await
+        self.shared
+            .run("put", key, idem, || {
+                self.inner.put(key, body.clone(), opts.clone())
+            })
+            .await
     }
 
     async fn get_tags(&self, key: &str) -> Result<Vec<(String, String)>> {
-        self.shared.run("get_tags", key, true, || self.inner.get_tags(key)).await
+        self.shared
+            .run("get_tags", key, true, || self.inner.get_tags(key))
+            .await
     }
 
-    async fn create_multipart(&self, key: &str, opts: PutOptions, part_size: u64) -> Result<String> {
+    async fn create_multipart(
+        &self,
+        key: &str,
+        opts: PutOptions,
+        part_size: u64,
+    ) -> Result<String> {
         // A retry after a lost response leaves an orphan upload; orphan cleanup deals with those.
         self.shared
-            .run("create_multipart", key, true, || self.inner.create_multipart(key, opts.clone(), part_size))
+            .run("create_multipart", key, true, || {
+                self.inner.create_multipart(key, opts.clone(), part_size)
+            })
             .await
     }
 
@@ -448,7 +521,8 @@ impl Store for RetryStore {
     ) -> Result<PartInfo> {
         self.shared
             .run("upload_part", key, true, || {
-                self.inner.upload_part(key, upload_id, part_number, body.clone(), crc64nvme)
+                self.inner
+                    .upload_part(key, upload_id, part_number, body.clone(), crc64nvme)
             })
             .await
     }
@@ -463,7 +537,8 @@ impl Store for RetryStore {
     ) -> Result<PartInfo> {
         self.shared
             .run("upload_part_copy", key, true, || {
-                self.inner.upload_part_copy(key, upload_id, part_number, src, range.clone())
+                self.inner
+                    .upload_part_copy(key, upload_id, part_number, src, range.clone())
             })
             .await
     }
@@ -477,22 +552,35 @@ impl Store for RetryStore {
     ) -> Result<PutResult> {
         self.shared
             .run("complete_multipart", key, true, || {
-                self.inner.complete_multipart(key, upload_id, parts.clone(), crc64nvme)
+                self.inner
+                    .complete_multipart(key, upload_id, parts.clone(), crc64nvme)
             })
             .await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
-        self.shared.run("abort_multipart", key, true, || self.inner.abort_multipart(key, upload_id)).await
+        self.shared
+            .run("abort_multipart", key, true, || {
+                self.inner.abort_multipart(key, upload_id)
+            })
+            .await
     }
 
     async fn list_multipart(&self, prefix: &str) -> Result<Vec<MultipartUpload>> {
-        self.shared.run("list_multipart", prefix, true, || self.inner.list_multipart(prefix)).await
+        self.shared
+            .run("list_multipart", prefix, true, || {
+                self.inner.list_multipart(prefix)
+            })
+            .await
     }
 
     async fn copy(&self, src: &CopySource, dst_key: &str, opts: CopyOptions) -> Result<PutResult> {
         let idem = opts.replace.as_ref().is_none_or(idempotent_put);
-        self.shared.run("copy", dst_key, idem, || self.inner.copy(src, dst_key, opts.clone())).await
+        self.shared
+            .run("copy", dst_key, idem, || {
+                self.inner.copy(src, dst_key, opts.clone())
+            })
+            .await
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<Vec<Result<()>>> {
@@ -510,10 +598,19 @@ impl Store for RetryStore {
             let rs = match self.inner.delete_many(&batch).await {
                 Ok(rs) if rs.len() == batch.len() => rs,
                 Ok(rs) => {
-                    let msg = format!("store answered {} results for {} keys", rs.len(), batch.len());
-                    return Err(StoreError::new(ErrorKind::Other, "delete_many", msg).with_key(first));
+                    let msg = format!(
+                        "store answered {} results for {} keys",
+                        rs.len(),
+                        batch.len()
+                    );
+                    return Err(
+                        StoreError::new(ErrorKind::Other, "delete_many", msg).with_key(first)
+                    );
                 }
-                Err(e) => match self.shared.on_error("delete_many", first, &e, attempt, true) {
+                Err(e) => match self
+                    .shared
+                    .on_error("delete_many", first, &e, attempt, true)
+                {
                     Ok(delay) => {
                         (self.shared.sleep)(delay).await;
                         continue;
@@ -566,7 +663,14 @@ mod tests {
     fn retry(t: &Arc<TestStore>, policy: RetryPolicy) -> (RetryStore, Arc<Mutex<Vec<Duration>>>) {
         let waits = Arc::new(Mutex::new(Vec::new()));
         let w = waits.clone();
-        let s = RetryStore::with_policy(t.clone(), RetryPolicy { seed: Some(7), ..policy }).with_sleeper(move |d| {
+        let s = RetryStore::with_policy(
+            t.clone(),
+            RetryPolicy {
+                seed: Some(7),
+                ..policy
+            },
+        )
+        .with_sleeper(move |d| {
             w.lock().unwrap().push(d);
             Box::pin(async {})
         });
@@ -583,7 +687,11 @@ mod tests {
         assert_eq!(p.delay_cap(0), Duration::from_millis(100));
         assert_eq!(p.delay_cap(3), Duration::from_millis(800));
         assert_eq!(p.delay_cap(8), Duration::from_secs(20));
-        assert_eq!(p.delay_cap(40), Duration::from_secs(20), "no overflow for large retry numbers");
+        assert_eq!(
+            p.delay_cap(40),
+            Duration::from_secs(20),
+            "no overflow for large retry numbers"
+        );
 
         let mut rng = StdRng::seed_from_u64(1);
         let waits: Vec<Duration> = (0..2000).map(|_| p.backoff(2, &mut rng)).collect();
@@ -612,7 +720,10 @@ mod tests {
         assert_eq!((c.retries, c.throttles, c.gave_up), (2, 2, 0));
         let waits = waits.lock().unwrap().clone();
         assert_eq!(waits.len(), 2);
-        assert!(waits[0] <= Duration::from_millis(100) && waits[1] <= Duration::from_millis(200), "{waits:?}");
+        assert!(
+            waits[0] <= Duration::from_millis(100) && waits[1] <= Duration::from_millis(200),
+            "{waits:?}"
+        );
     }
 
     #[tokio::test]
@@ -629,12 +740,26 @@ mod tests {
     #[tokio::test]
     async fn gives_up_after_max_attempts_and_says_so() {
         let t = Arc::new(fail_first(u64::MAX, ErrorKind::Transient, "head"));
-        let (s, _) = retry(&t, RetryPolicy { max_attempts: 4, ..Default::default() });
+        let (s, _) = retry(
+            &t,
+            RetryPolicy {
+                max_attempts: 4,
+                ..Default::default()
+            },
+        );
         let e = s.head("k").await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Transient);
         assert_eq!(t.calls("head"), 4);
         assert!(e.to_string().contains("after 4 attempts"), "{e}");
-        assert_eq!(s.stats().snapshot(), RetryCounts { retries: 3, throttles: 0, gave_up: 1, budget_exhausted: 0 });
+        assert_eq!(
+            s.stats().snapshot(),
+            RetryCounts {
+                retries: 3,
+                throttles: 0,
+                gave_up: 1,
+                budget_exhausted: 0
+            }
+        );
     }
 
     #[tokio::test]
@@ -644,8 +769,18 @@ mod tests {
         let t = Arc::new(TestStore::new(move |op, _, _| {
             (op == "head" && f.load(Ordering::SeqCst) == 1).then_some(ErrorKind::Throttled)
         }));
-        let budget = RetryBudget { capacity: 10, retry_cost: 5, success_refund: 1 };
-        let (s, _) = retry(&t, RetryPolicy { budget, ..Default::default() });
+        let budget = RetryBudget {
+            capacity: 10,
+            retry_cost: 5,
+            success_refund: 1,
+        };
+        let (s, _) = retry(
+            &t,
+            RetryPolicy {
+                budget,
+                ..Default::default()
+            },
+        );
 
         // 10 tokens = two retries, then the bucket is empty.
         let e = s.head("k").await.unwrap_err();
@@ -656,7 +791,10 @@ mod tests {
         s.head("k").await.unwrap_err();
         assert_eq!(t.calls("head"), 4);
         let c = s.stats().snapshot();
-        assert_eq!((c.retries, c.gave_up, c.budget_exhausted, c.throttles), (2, 2, 2, 4));
+        assert_eq!(
+            (c.retries, c.gave_up, c.budget_exhausted, c.throttles),
+            (2, 2, 2, 4)
+        );
 
         // Clean successes put tokens back, one each, up to the capacity.
         failing.store(0, Ordering::SeqCst);
@@ -672,7 +810,10 @@ mod tests {
         let t = Arc::new(fail_first(1, ErrorKind::Transient, "put"));
         let (s, _) = retry(&t, RetryPolicy::default());
         let create = PutOptions::new().mode(PutMode::Create);
-        let e = s.put("k", Bytes::from("v"), create.clone()).await.unwrap_err();
+        let e = s
+            .put("k", Bytes::from("v"), create.clone())
+            .await
+            .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Transient);
         assert_eq!(t.calls("put"), 1);
         // A throttle proves nothing was written: that one is retried.
@@ -710,7 +851,13 @@ mod tests {
         }
         t.mem.put_bytes("q/outside", "x").await.unwrap();
         let (s, waits) = retry(&t, RetryPolicy::default());
-        let got: Vec<String> = s.list_all("p/").await.unwrap().into_iter().map(|m| m.key).collect();
+        let got: Vec<String> = s
+            .list_all("p/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
         assert_eq!(got, keys);
         assert_eq!(*opens.lock().unwrap(), ["", "p/03", "p/09", "p/16"]);
         assert_eq!(waits.lock().unwrap().len(), 3);
@@ -719,20 +866,35 @@ mod tests {
 
     #[tokio::test]
     async fn list_keeps_the_callers_start_after_and_gives_up() {
-        let t = Arc::new(TestStore::new(|op, _, n| (op == "list_item" && n > 2).then_some(ErrorKind::Throttled)));
+        let t = Arc::new(TestStore::new(|op, _, n| {
+            (op == "list_item" && n > 2).then_some(ErrorKind::Throttled)
+        }));
         for i in 0..5 {
             t.mem.put_bytes(&format!("k{i}"), "x").await.unwrap();
         }
-        let (s, _) = retry(&t, RetryPolicy { max_attempts: 3, ..Default::default() });
+        let (s, _) = retry(
+            &t,
+            RetryPolicy {
+                max_attempts: 3,
+                ..Default::default()
+            },
+        );
         let mut o = ListOptions::prefix("");
         o.start_after = Some("k0".into());
         let items: Vec<Result<ObjectMeta>> = s.list(o).collect().await;
-        let ok: Vec<&str> = items.iter().filter_map(|r| r.as_ref().ok()).map(|m| m.key.as_str()).collect();
+        let ok: Vec<&str> = items
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|m| m.key.as_str())
+            .collect();
         assert_eq!(ok, ["k1", "k2"]);
         assert_eq!(items.len(), 3, "one final error ends the listing");
         let e = items[2].as_ref().unwrap_err();
         assert_eq!(e.kind, ErrorKind::Throttled);
-        assert!(e.key.is_none() && e.to_string().contains("after 3 attempts"), "{e}");
+        assert!(
+            e.key.is_none() && e.to_string().contains("after 3 attempts"),
+            "{e}"
+        );
         assert_eq!(t.calls("list"), 3);
     }
 
@@ -746,7 +908,8 @@ mod tests {
             }
             let mut a = a.lock().unwrap();
             a.push(key.to_string());
-            (key == "b" && a.iter().filter(|k| *k == "b").count() == 1).then_some(ErrorKind::Throttled)
+            (key == "b" && a.iter().filter(|k| *k == "b").count() == 1)
+                .then_some(ErrorKind::Throttled)
         }));
         for k in ["a", "b", "c"] {
             t.mem.put_bytes(k, "x").await.unwrap();

@@ -15,8 +15,8 @@ use futures::stream::{BoxStream, StreamExt};
 
 use crate::memory::MemoryStore;
 use crate::{
-    Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions, MultipartUpload, ObjectMeta,
-    PartInfo, PutOptions, PutResult, Result, Store, StoreError,
+    Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions,
+    MultipartUpload, ObjectMeta, PartInfo, PutOptions, PutResult, Result, Store, StoreError,
 };
 
 /// `(op, key, n)` → fail with this kind? `n` is the 1-based call number of `op`.
@@ -57,7 +57,9 @@ impl Drop for InFlight {
 }
 
 impl TestStore {
-    pub fn new(hook: impl Fn(&'static str, &str, u64) -> Option<ErrorKind> + Send + Sync + 'static) -> Self {
+    pub fn new(
+        hook: impl Fn(&'static str, &str, u64) -> Option<ErrorKind> + Send + Sync + 'static,
+    ) -> Self {
         Self {
             mem: MemoryStore::new(),
             hook: Arc::new(hook),
@@ -85,7 +87,12 @@ impl TestStore {
     }
 
     pub fn calls(&self, op: &str) -> u64 {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).get(op).copied().unwrap_or(0)
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(op)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn max_in_flight(&self) -> usize {
@@ -111,7 +118,9 @@ impl TestStore {
         }
         let n = self.next(op);
         match (self.hook)(op, key, n) {
-            Some(kind) => Err(StoreError::new(kind, op, format!("test failure #{n}")).with_key(key)),
+            Some(kind) => {
+                Err(StoreError::new(kind, op, format!("test failure #{n}")).with_key(key))
+            }
             None => Ok(guard),
         }
     }
@@ -143,7 +152,11 @@ impl Store for TestStore {
                         match hook("list_item", &m.key, n) {
                             Some(kind) => {
                                 *stopped = true;
-                                Some(Err(StoreError::new(kind, "list", format!("test failure before {:?}", m.key))))
+                                Some(Err(StoreError::new(
+                                    kind,
+                                    "list",
+                                    format!("test failure before {:?}", m.key),
+                                )))
                             }
                             None => Some(Ok(m)),
                         }
@@ -175,7 +188,12 @@ impl Store for TestStore {
         let _g = self.enter("get_tags", key).await?;
         self.mem.get_tags(key).await
     }
-    async fn create_multipart(&self, key: &str, opts: PutOptions, part_size: u64) -> Result<String> {
+    async fn create_multipart(
+        &self,
+        key: &str,
+        opts: PutOptions,
+        part_size: u64,
+    ) -> Result<String> {
         let _g = self.enter("create_multipart", key).await?;
         self.mem.create_multipart(key, opts, part_size).await
     }
@@ -188,7 +206,9 @@ impl Store for TestStore {
         crc: Option<u64>,
     ) -> Result<PartInfo> {
         let _g = self.enter("upload_part", key).await?;
-        self.mem.upload_part(key, upload_id, part_number, body, crc).await
+        self.mem
+            .upload_part(key, upload_id, part_number, body, crc)
+            .await
     }
     async fn upload_part_copy(
         &self,
@@ -199,7 +219,9 @@ impl Store for TestStore {
         range: Range<u64>,
     ) -> Result<PartInfo> {
         let _g = self.enter("upload_part_copy", key).await?;
-        self.mem.upload_part_copy(key, upload_id, part_number, src, range).await
+        self.mem
+            .upload_part_copy(key, upload_id, part_number, src, range)
+            .await
     }
     async fn complete_multipart(
         &self,
@@ -209,7 +231,9 @@ impl Store for TestStore {
         crc: Option<u64>,
     ) -> Result<PutResult> {
         let _g = self.enter("complete_multipart", key).await?;
-        self.mem.complete_multipart(key, upload_id, parts, crc).await
+        self.mem
+            .complete_multipart(key, upload_id, parts, crc)
+            .await
     }
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
         let _g = self.enter("abort_multipart", key).await?;
@@ -224,13 +248,17 @@ impl Store for TestStore {
         self.mem.copy(src, dst_key, opts).await
     }
     async fn delete_many(&self, keys: &[String]) -> Result<Vec<Result<()>>> {
-        let _g = self.enter("delete_many", keys.first().map_or("", |k| k.as_str())).await?;
+        let _g = self
+            .enter("delete_many", keys.first().map_or("", |k| k.as_str()))
+            .await?;
         // Per-key hook: a key whose `delete_key` call fails gets an error in its slot.
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
             let n = self.next("delete_key");
             match (self.hook)("delete_key", k, n) {
-                Some(kind) => out.push(Err(StoreError::new(kind, "delete_many", "test failure").with_key(k))),
+                Some(kind) => out.push(Err(
+                    StoreError::new(kind, "delete_many", "test failure").with_key(k)
+                )),
                 None => {
                     self.mem.delete_many(std::slice::from_ref(k)).await?;
                     out.push(Ok(()));
