@@ -263,7 +263,11 @@ pub async fn run(
     opts.plan.dst_kind = Some(dst.kind);
     opts.plan.since = opts.filters.since;
     src.store.check().await?;
-    dst.store.check().await?;
+    match dst.store.check().await {
+        // A dry run into a directory that does not exist yet: everything would be new.
+        Err(e) if opts.dry_run && dst.kind == SideKind::Local && e.kind == ErrorKind::BucketNotFound => {}
+        r => r?,
+    }
     if !opts.dry_run {
         cleanup_orphans(&dst, &journal, reporter.as_ref()).await;
     }

@@ -501,3 +501,18 @@ mod model {
         }
     }
 }
+
+#[tokio::test]
+async fn dry_run_into_a_missing_directory_plans_everything_and_creates_nothing() {
+    let srcm = MemoryStore::named("s");
+    srcm.put_bytes("a", "1").await.unwrap();
+    srcm.put_bytes("b/c", "2").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet");
+    let mut o = opts();
+    o.dry_run = true;
+    let j = Arc::new(Journal::in_memory().unwrap());
+    let s = run(&Side::new(Arc::new(srcm), ""), &Side::new(Arc::new(LocalStore::new(&missing)), ""), o, &j).await.unwrap();
+    assert_eq!((s.copied, s.failed, s.dry_run), (2, 0, true));
+    assert!(!missing.exists());
+}

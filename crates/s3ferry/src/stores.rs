@@ -53,7 +53,7 @@ pub async fn open(
 ) -> Result<(DynStore, Option<Arc<RetryStats>>), Fatal> {
     let backend: DynStore = match loc {
         Location::Local(p) => {
-            let s = LocalStore::new(p.clone()).with_fsync(!args.no_fsync);
+            let s = LocalStore::new(p.clone()).with_fsync(args.fsync);
             if role == Role::Destination && !args.dry_run {
                 s.create_root()?;
             }
