@@ -235,9 +235,12 @@ pub fn plan(
                 return Action::Check(Check::Mtime);
             }
             // A local source edited after the object was written is changed: no need to read it.
+            // LastModified is truncated to whole seconds, so a file written in the same second
+            // just before its upload looks newer: only a full second later counts, the rest is
+            // settled by content.
             if !o.checksum && src_kind == SideKind::Local {
                 if let (Some(lm), Some(rm)) = (local.meta.mtime, remote.meta.last_modified) {
-                    if lm > rm {
+                    if lm >= rm + std::time::Duration::from_secs(1) {
                         return Action::Copy(CopyReason::Newer);
                     }
                 }
@@ -322,6 +325,13 @@ mod tests {
                 &o
             ),
             Action::Copy(CopyReason::Newer)
+        );
+        // Within LastModified's one-second granularity: settled by content, not by time.
+        let mut same_second = local("a", 1, 20);
+        same_second.meta.mtime = Some(t(20) + Duration::from_millis(700));
+        assert_eq!(
+            plan(Some(&same_second), Some(&remote("a", 1, 20, MD5)), None, &o),
+            Action::Check(Check::LocalEtag)
         );
         assert_eq!(
             plan(
