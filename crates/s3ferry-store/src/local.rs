@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, FileType, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream, StreamExt};
 
-use crate::checksum::{crc64nvme, Crc64};
+use crate::checksum::{crc64nvme, crc64nvme_combine};
 use crate::key::{key_to_relpath, UnsafeKey};
 use crate::{
     Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions,
@@ -680,12 +680,18 @@ impl Store for LocalStore {
         let res = blocking(move || {
             parts.sort_by_key(|p| p.part_number);
             let mut total = 0u64;
+            // The whole file's CRC from the parts' CRCs, which upload_part computed from the
+            // bytes it wrote (the part ETag is "<crc hex>-<len>"): no second read of the file.
+            let mut whole = 0u64;
             for (i, p) in parts.iter().enumerate() {
-                let len: u64 = p
+                let (part_crc, len) = p
                     .etag
-                    .rsplit_once('-')
-                    .and_then(|(_, l)| l.parse().ok())
-                    .unwrap_or(u64::MAX);
+                    .split_once('-')
+                    .and_then(|(c, l)| {
+                        Some((u64::from_str_radix(c, 16).ok()?, l.parse::<u64>().ok()?))
+                    })
+                    .unwrap_or((0, u64::MAX));
+                whole = crc64nvme_combine(whole, part_crc, len);
                 if p.part_number as usize != i + 1
                     || (i + 1 < parts.len() && len != part_size)
                     || len == u64::MAX
@@ -700,24 +706,13 @@ impl Store for LocalStore {
                 total += len;
             }
             let (_, dst) = Self::prepare_write(&this.root, op, &key)?;
-            let mut f = OpenOptions::new()
+            let f = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&tmp)
                 .map_err(|e| StoreError::io(op, &key, e))?;
             f.set_len(total).map_err(|e| StoreError::io(op, &key, e))?;
-            let mut whole = Crc64::default();
-            f.seek(SeekFrom::Start(0))
-                .map_err(|e| StoreError::io(op, &key, e))?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf).map_err(|e| StoreError::io(op, &key, e))?;
-                if n == 0 {
-                    break;
-                }
-                whole.update(&buf[..n]);
-            }
-            let got = whole.finish();
+            let got = whole;
             if crc.is_some_and(|c| c != got) {
                 return Err(err(
                     ErrorKind::Corrupt,
