@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
 use s3ferry_aws::{S3Config, S3Store};
-pub use s3ferry_store::{ListOptions, MultipartUpload, ObjectMeta, PutOptions, Store, StoreExt};
+pub use s3ferry_store::{MultipartUpload, ObjectMeta, PutOptions, Store, StoreExt};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_s3ferry");
