@@ -265,7 +265,10 @@ pub async fn run(
     src.store.check().await?;
     match dst.store.check().await {
         // A dry run into a directory that does not exist yet: everything would be new.
-        Err(e) if opts.dry_run && dst.kind == SideKind::Local && e.kind == ErrorKind::BucketNotFound => {}
+        Err(e)
+            if opts.dry_run
+                && dst.kind == SideKind::Local
+                && e.kind == ErrorKind::BucketNotFound => {}
         r => r?,
     }
     if !opts.dry_run {

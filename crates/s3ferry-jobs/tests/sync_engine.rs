@@ -24,9 +24,11 @@ fn opts() -> SyncOptions {
 }
 
 fn fast_retry(inner: DynStore) -> DynStore {
-    let mut p = RetryPolicy::default();
-    p.base_delay = Duration::from_millis(1);
-    p.max_delay = Duration::from_millis(5);
+    let p = RetryPolicy {
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+        ..RetryPolicy::default()
+    };
     Arc::new(RetryStore::with_policy(inner, p))
 }
 
@@ -512,7 +514,14 @@ async fn dry_run_into_a_missing_directory_plans_everything_and_creates_nothing()
     let mut o = opts();
     o.dry_run = true;
     let j = Arc::new(Journal::in_memory().unwrap());
-    let s = run(&Side::new(Arc::new(srcm), ""), &Side::new(Arc::new(LocalStore::new(&missing)), ""), o, &j).await.unwrap();
+    let s = run(
+        &Side::new(Arc::new(srcm), ""),
+        &Side::new(Arc::new(LocalStore::new(&missing)), ""),
+        o,
+        &j,
+    )
+    .await
+    .unwrap();
     assert_eq!((s.copied, s.failed, s.dry_run), (2, 0, true));
     assert!(!missing.exists());
 }

@@ -32,9 +32,11 @@ async fn layered_store_conforms() {
     let inner: DynStore = Arc::new(MemoryStore::new());
     // The suite provokes refusals that are retryable (a wrong checksum is Corrupt): keep the
     // backoff short so they give up quickly.
-    let mut policy = RetryPolicy::default();
-    policy.base_delay = std::time::Duration::from_millis(1);
-    policy.max_delay = std::time::Duration::from_millis(10);
+    let policy = RetryPolicy {
+        base_delay: std::time::Duration::from_millis(1),
+        max_delay: std::time::Duration::from_millis(10),
+        ..RetryPolicy::default()
+    };
     let layered = RetryStore::with_policy(Arc::new(LimitStore::new(inner)), policy);
     s3ferry_testkit::conformance::run_all(&layered).await;
 }
