@@ -525,3 +525,35 @@ async fn dry_run_into_a_missing_directory_plans_everything_and_creates_nothing()
     assert_eq!((s.copied, s.failed, s.dry_run), (2, 0, true));
     assert!(!missing.exists());
 }
+
+#[tokio::test]
+async fn a_fatal_error_stops_the_job_with_that_error() {
+    let srcm = MemoryStore::named("s");
+    for i in 0..200 {
+        srcm.put_bytes(&format!("k{i:03}"), "x").await.unwrap();
+    }
+    let dstm = MemoryStore::named("d");
+    let faulty: DynStore = Arc::new(FaultStore::new(
+        Arc::new(dstm.clone()),
+        "put:denied@3+".parse().unwrap(),
+    ));
+    let mut o = opts();
+    o.concurrency = 2;
+    let j = Arc::new(Journal::in_memory().unwrap());
+    let err = run(
+        &Side::new(Arc::new(srcm), ""),
+        &Side::new(faulty, ""),
+        o,
+        &j,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, SyncError::Store(e) if e.kind == s3ferry_store::ErrorKind::PermissionDenied),
+        "{err}"
+    );
+    assert!(
+        dstm.keys().len() < 10,
+        "the job stopped instead of failing 200 times"
+    );
+}
