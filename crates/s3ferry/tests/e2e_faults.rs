@@ -1,0 +1,281 @@
+//! End-to-end with injected faults (S3FERRY_FAULTS_SOURCE / _DEST; the binary under test is
+//! built with the `fault` feature): every run ends with the exact content, or — when the fault
+//! outlasts the retries — exit 1 naming the object, no partial file, and a clean rerun fixes it.
+#![cfg(feature = "fault")]
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+
+const MIB: usize = 1024 * 1024;
+
+/// A bucket holding `files` under `p/`, uploaded with the binary (so objects carry mtimes and
+/// checksums the way s3ferry writes them).
+fn seeded(cx: &Ctx, name: &str, files: &BTreeMap<String, Vec<u8>>) -> Bucket {
+    let b = cx.bucket(name);
+    let src = cx.path("seed");
+    write_tree(&src, files);
+    cx.sync(&["--no-state", s(&src), &b.uri("p")]).assert_ok();
+    b
+}
+
+/// Download `p/` of `b` into a fresh dir with `faults` on the source side.
+fn download(
+    cx: &Ctx,
+    b: &Bucket,
+    dir: &str,
+    extra: &[&str],
+    faults: &str,
+) -> (Run, std::path::PathBuf) {
+    let dst = cx.path(dir);
+    let uri = b.uri("p");
+    let mut args: Vec<&str> = extra.to_vec();
+    args.extend([uri.as_str(), s(&dst)]);
+    let r = cx.sync_env(&args, &[("S3FERRY_FAULTS_SOURCE", faults)]);
+    (r, dst)
+}
+
+/// How many times the run resumed a body read (its debug log, `-vv`).
+fn resumes(r: &Run) -> usize {
+    r.stderr.matches("resuming body read").count()
+}
+
+/// A connection reset in the middle of a GET body (twice): resumed, exact bytes.
+#[test]
+fn reset_mid_body_is_resumed() {
+    let Some(cx) = Ctx::new() else { return };
+    let files = tree(&[("one.bin", &random_bytes(3 * MIB, 1))]);
+    let b = seeded(&cx, "f-reset", &files);
+    let (r, dst) = download(
+        &cx,
+        &b,
+        "dst",
+        &["-vv"],
+        "get:reset=100000@1; get:reset=300000@2",
+    );
+    r.assert_ok();
+    assert_eq!(r.keys("copy"), ["one.bin"], "{r}");
+    assert_eq!(resumes(&r), 2, "{r}");
+    assert_eq!(read_tree(&dst), files);
+    assert_eq!(all_entries(&dst), ["one.bin"], "temp files left");
+}
+
+/// A reset inside parts of a multipart (ranged) download.
+#[test]
+fn reset_in_a_part_of_a_ranged_download_is_resumed() {
+    let Some(cx) = Ctx::new() else { return };
+    let files = tree(&[("big.bin", &random_bytes(17 * MIB, 2))]);
+    let b = seeded(&cx, "f-reset-mp", &files);
+    let (r, dst) = download(
+        &cx,
+        &b,
+        "dst",
+        &["-vv", "--part-size", "5MiB"],
+        "get:reset=1000000@2; get:reset=10@4",
+    );
+    r.assert_ok();
+    assert_eq!(resumes(&r), 2, "{r}");
+    assert_eq!(read_tree(&dst), files);
+    assert_eq!(all_entries(&dst), ["big.bin"], "temp files left");
+}
+
+/// A body that ends early without an error (shorter than Content-Length): detected, resumed.
+#[test]
+fn truncated_body_is_detected_and_resumed() {
+    let Some(cx) = Ctx::new() else { return };
+    let files = tree(&[("t.bin", &random_bytes(2 * MIB, 3)), ("small", b"abc")]);
+    let b = seeded(&cx, "f-trunc", &files);
+    // truncate=1000 only bites bodies longer than 1000 bytes: t.bin.
+    let (r, dst) = download(&cx, &b, "dst", &["-vv"], "get:truncate=1000@1x2");
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 2, "{r}");
+    assert!(resumes(&r) >= 1, "{r}");
+    assert_eq!(read_tree(&dst), files);
+}
+
+/// One flipped byte in a downloaded body: caught by the checksum, retried, exact bytes.
+#[test]
+fn flipped_byte_is_caught_and_retried() {
+    let Some(cx) = Ctx::new() else { return };
+    let files = tree(&[("f.bin", &random_bytes(200_000, 4))]);
+    let b = seeded(&cx, "f-flip", &files);
+    let (r, dst) = download(&cx, &b, "dst", &[], "get:flip=1234@1");
+    r.assert_ok();
+    let copies = r.records("copy");
+    assert_eq!(copies.len(), 1, "{r}");
+    assert_eq!(
+        copies[0]["reason"], "retry",
+        "the first copy must have failed: {r}"
+    );
+    assert_eq!(read_tree(&dst), files);
+}
+
+/// Body resumes (reset, short body) and the job-level retry after a checksum mismatch are
+/// retries too: the summary must count them.
+#[test]
+#[ignore = "bug: summary.retries counts only request retries of the store retry layer; body resumes (s3ferry-engine transfer.rs read_range) and job-level retries (s3ferry-jobs sync.rs retry tier) are not counted"]
+fn summary_counts_body_resumes_and_job_retries() {
+    let Some(cx) = Ctx::new() else { return };
+    let files = tree(&[("one.bin", &random_bytes(MIB, 11))]);
+    let b = seeded(&cx, "f-count", &files);
+    for (i, faults) in ["get:reset=1000@1", "get:truncate=1000@1", "get:flip=10@1"]
+        .into_iter()
+        .enumerate()
+    {
+        let (r, dst) = download(&cx, &b, &format!("dst{i}"), &[], faults);
+        r.assert_ok();
+        assert_eq!(read_tree(&dst), files);
+        assert!(r.n("retries") > 0, "{faults}: {r}");
+    }
+}
+
+/// A flipped byte in one part of a multipart download must be caught too.
+#[test]
+fn flipped_byte_in_a_ranged_download_is_caught() {
+    let Some(cx) = Ctx::new() else { return };
+    let files = tree(&[("big.bin", &random_bytes(12 * MIB, 5))]);
+    let b = seeded(&cx, "f-flip-mp", &files);
+    let (r, dst) = download(&cx, &b, "dst", &["--part-size", "5MiB"], "get:flip=777@2");
+    r.assert_ok();
+    assert!(
+        read_tree(&dst) == files,
+        "downloaded bytes differ from the object: a flipped byte got through"
+    );
+}
+
+/// A flip on every GET of one object outlasts the retries: exit 1, the object named, no file
+/// (and no temp file) for it, the other object downloaded; a rerun without faults fixes it.
+#[test]
+fn persistent_corruption_fails_that_object_and_a_rerun_fixes_it() {
+    let Some(cx) = Ctx::new() else { return };
+    let files = tree(&[("bad.bin", &random_bytes(50_000, 6)), ("good.txt", b"fine")]);
+    let b = seeded(&cx, "f-persist", &files);
+    // flip=20000 only reaches bodies longer than 20000 bytes: bad.bin.
+    let (r, dst) = download(&cx, &b, "dst", &[], "get:flip=20000@1+");
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(r.n("exit_code"), 1, "{r}");
+    assert_eq!(r.n("failed"), 1, "{r}");
+    let fails = r.records("fail");
+    assert_eq!(fails.len(), 1, "{r}");
+    assert_eq!(fails[0]["key"], "bad.bin", "{r}");
+    let err = fails[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("bad.bin"),
+        "error does not name the object: {err}"
+    );
+    assert_eq!(r.keys("copy"), ["good.txt"], "{r}");
+    assert_eq!(all_entries(&dst), ["good.txt"], "partial or temp file left");
+
+    let r = cx.sync(&[&b.uri("p"), s(&dst)]);
+    r.assert_ok();
+    assert_eq!(r.keys("copy"), ["bad.bin"], "{r}");
+    assert_eq!(read_tree(&dst), files);
+}
+
+/// Bursts of 503 SlowDown on PUT: retried with backoff, counted exactly in the summary.
+#[test]
+fn throttled_puts_are_retried_and_counted() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("f-throttle");
+    let files: BTreeMap<String, Vec<u8>> = (0..12)
+        .map(|i| (format!("f{i:02}"), random_bytes(1000 + i, i as u64)))
+        .collect();
+    let src = cx.path("src");
+    write_tree(&src, &files);
+    // Older than the objects, so the pairs are settled by content (equal), not by time.
+    for k in files.keys() {
+        set_mtime(&src.join(k), 1_577_836_800, 0);
+    }
+    let r = cx.sync_env(
+        &[s(&src), &b.uri("p")],
+        &[("S3FERRY_FAULTS_DEST", "put:throttle@2x3; put:503@9x2")],
+    );
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 12, "{r}");
+    assert_eq!(r.n("retries"), 5, "{r}");
+    assert_eq!(r.n("throttled"), 5, "{r}");
+    assert_eq!(b.objects("p/"), files);
+}
+
+/// Resets during UploadPart of a multipart upload: the parts are resent, the object is exact,
+/// no upload is left open.
+#[test]
+fn reset_during_upload_part_is_retried() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("f-upart");
+    let data = random_bytes(16 * MIB, 8);
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[("big.bin", &data)]));
+    let r = cx.sync_env(
+        &["--part-size", "5MiB", s(&src), &b.uri("p")],
+        &[(
+            "S3FERRY_FAULTS_DEST",
+            "upload_part:reset@2; upload_part:500@3; complete_multipart:500@1",
+        )],
+    );
+    r.assert_ok();
+    assert_eq!(r.n("retries"), 3, "{r}");
+    assert!(b.get("p/big.bin") == data, "uploaded bytes differ");
+    assert!(b.uploads().is_empty(), "unfinished uploads left");
+}
+
+/// 500s part-way through listing the source (S3): the listing resumes after the last key it
+/// yielded, so no key is missed or copied twice.
+#[test]
+fn listing_errors_resume_without_missing_or_doubling() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("f-list");
+    let files: BTreeMap<String, Vec<u8>> = (0..300)
+        .map(|i| (format!("d{}/k{i:04}", i % 7), format!("{i}").into_bytes()))
+        .collect();
+    b.put_all("p/", &files);
+    let (r, dst) = download(&cx, &b, "dst", &[], "list:500=100@1; list:transient=50@2");
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 300, "{r}");
+    let copied = r.keys("copy");
+    let unique: std::collections::BTreeSet<&String> = copied.iter().collect();
+    assert_eq!(unique.len(), 300, "a key was copied twice: {r}");
+    assert_eq!(r.n("retries"), 2, "{r}");
+    assert_eq!(read_tree(&dst), files);
+
+    // With --delete, the same faults on the destination listing (S3) neither lose keys nor
+    // delete anything that is in the source.
+    let src = cx.path("src");
+    write_tree(&src, &files);
+    // Older than the objects, so the pairs are settled by content (equal), not by time.
+    for k in files.keys() {
+        set_mtime(&src.join(k), 1_577_836_800, 0);
+    }
+    let r = cx.sync_env(
+        &["--delete", "--no-state", s(&src), &b.uri("p")],
+        &[("S3FERRY_FAULTS_DEST", "list:500=120@1; list:500=60@3")],
+    );
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 0, "{r}");
+    assert_eq!(r.n("deleted"), 0, "{r}");
+    assert_eq!(r.n("skipped"), 300, "{r}");
+    assert_eq!(b.objects("p/"), files);
+}
+
+/// The same for an object written by another tool (one PUT, no stored CRC64NVME, MD5 ETag):
+/// a flipped byte in one range of a ranged download must not end up in the file.
+#[test]
+fn flipped_byte_in_a_ranged_download_of_a_foreign_object_is_caught() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("f-flip-foreign");
+    let data = random_bytes(12 * MIB, 12);
+    b.put("p/big.bin", &data);
+    let m = b.head("p/big.bin");
+    let (r, dst) = download(&cx, &b, "dst", &["--part-size", "5MiB"], "get:flip=777@2");
+    r.assert_ok();
+    let got = std::fs::read(dst.join("big.bin")).expect("downloaded file");
+    assert!(
+        got == data,
+        "exit 0 but the downloaded bytes differ (crc64nvme {:?}, etag {:?}): {r}",
+        m.crc64nvme,
+        m.etag
+    );
+    assert_eq!(r.records("copy")[0]["reason"], "retry", "{r}");
+}
