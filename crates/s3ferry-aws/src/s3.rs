@@ -1063,6 +1063,38 @@ impl Store for S3Store {
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<Vec<Result<()>>> {
+        // DeleteObjects is an XML body, and XML 1.0 cannot carry most control characters: one
+        // such key would fail its whole batch (MalformedXML). Those go one by one.
+        if keys.iter().any(|k| !xml_safe(k)) {
+            let (plain, odd): (Vec<usize>, Vec<usize>) =
+                (0..keys.len()).partition(|&i| xml_safe(&keys[i]));
+            let plain_keys: Vec<String> = plain.iter().map(|&i| keys[i].clone()).collect();
+            let mut out: Vec<Option<Result<()>>> = (0..keys.len()).map(|_| None).collect();
+            if !plain_keys.is_empty() {
+                for (i, r) in plain.into_iter().zip(self.delete_many(&plain_keys).await?) {
+                    out[i] = Some(r);
+                }
+            }
+            for i in odd {
+                let k = &keys[i];
+                let r = match self
+                    .client
+                    .delete_object()
+                    .bucket(&self.ctx.bucket)
+                    .key(k)
+                    .send()
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) => match self.err("delete", Some(k), e) {
+                        e if e.kind == ErrorKind::NotFound => Ok(()),
+                        e => Err(e),
+                    },
+                };
+                out[i] = Some(r);
+            }
+            return Ok(out.into_iter().flatten().collect());
+        }
         let mut results: Vec<Result<()>> = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(DELETE_BATCH) {
             let objects = chunk
@@ -1138,6 +1170,13 @@ impl Store for S3Store {
         }
         Ok(results)
     }
+}
+
+/// Can this key travel in an XML 1.0 body (DeleteObjects) unchanged?
+fn xml_safe(key: &str) -> bool {
+    !key.chars().any(|c| {
+        (c.is_control() && c != '\t' && c != '\n') || c == '\u{FFFE}' || c == '\u{FFFF}'
+    })
 }
 
 /// A failed conditional write: 412 on a create-only write means the object exists.

@@ -70,9 +70,12 @@ fn init_logging(verbose: u8, quiet: bool) {
         (_, 1) => "info",
         _ => "debug",
     };
+    // aws_config warns for every credential provider that fails; when none works we say so in
+    // our one error line, so its warnings only show with -v.
+    let sdk = if verbose > 0 && !quiet { "warn" } else { "error" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("S3FERRY_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
-            "{level},aws_smithy_runtime=warn,aws_config=warn,hyper=warn"
+            "{level},aws_smithy_runtime=warn,aws_config={sdk},hyper=warn"
         ))
     });
     let _ = tracing_subscriber::fmt()

@@ -1,0 +1,515 @@
+//! End-to-end: unsafe keys on download, file/directory clashes, and bad input. Every fatal
+//! error is exit 2 with exactly one line `s3ferry: error: ...` on stderr and no panic text.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// An independent oracle: can this key be written under a directory as a plain relative path?
+fn unsafe_key(k: &str) -> bool {
+    k.is_empty()
+        || k.starts_with('/')
+        || k.chars().any(char::is_control)
+        || k.split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+}
+
+/// Keys that would escape or are not plain paths are refused (exit 1), nothing is written
+/// outside the destination, and the safe objects are downloaded.
+#[test]
+fn unsafe_keys_are_refused_on_download() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("unsafe");
+    let abs_name = format!("{}-abs", b.name);
+    let abs_key = format!("/tmp/{abs_name}");
+    let candidates: Vec<String> = vec![
+        "../x".into(),
+        "../../escape-x".into(),
+        "a/../../b".into(),
+        "a/../../../escape-b".into(),
+        abs_key.clone(),
+        "p/..".into(),
+        "..".into(),
+        "q/./r".into(),
+        "ctl\u{1}char".into(),
+        "ok.txt".into(),
+        "safe/nested/file.txt".into(),
+    ];
+    for k in &candidates {
+        // What the server accepts, it keeps (perhaps normalised); refusals are its business.
+        let _ = b.block_on(b.store.put(
+            k,
+            format!("data of {k}").into_bytes().into(),
+            PutOptions::new(),
+        ));
+    }
+    let kept: Vec<String> = b.list("").into_iter().map(|m| m.key).collect();
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("keys the server kept: {kept:?}");
+    }
+    let want_refused: BTreeSet<String> = kept.iter().filter(|k| unsafe_key(k)).cloned().collect();
+    let want_copied: BTreeSet<String> = kept.iter().filter(|k| !unsafe_key(k)).cloned().collect();
+    assert!(
+        !want_refused.is_empty(),
+        "the server kept none of the unsafe keys, nothing to test: {kept:?}"
+    );
+    assert!(want_copied.contains("ok.txt"), "{kept:?}");
+
+    let work = cx.path("work");
+    let dst = work.join("dst");
+    let r = cx.sync(&[&b.uri(""), s(&dst)]);
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(r.n("exit_code"), 1, "{r}");
+    let refused: BTreeSet<String> = r.keys("refuse").into_iter().collect();
+    assert_eq!(refused, want_refused, "kept keys: {kept:?}\n{r}");
+    assert_eq!(r.n("refused"), want_refused.len() as u64, "{r}");
+    for rec in r.records("refuse") {
+        assert!(
+            rec["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("unsafe key"),
+            "{rec}"
+        );
+    }
+    let copied: BTreeSet<String> = r.keys("copy").into_iter().collect();
+    assert_eq!(copied, want_copied, "{r}");
+    assert_eq!(r.n("failed"), 0, "{r}");
+    for k in &want_copied {
+        assert_eq!(
+            std::fs::read(dst.join(k)).expect("downloaded"),
+            b.get(k),
+            "{k}"
+        );
+    }
+    // Nothing outside the destination: the parent holds only dst, the test dir only what the
+    // test made, and no absolute path was written.
+    assert_eq!(
+        all_entries(&work)
+            .iter()
+            .filter(|e| !e.starts_with("dst"))
+            .count(),
+        0,
+        "{:?}",
+        all_entries(&work)
+    );
+    let top: Vec<String> = std::fs::read_dir(cx.dir.path())
+        .expect("read test dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut top_sorted = top.clone();
+    top_sorted.sort();
+    assert_eq!(top_sorted, ["state", "work"], "{top:?}");
+    assert!(
+        !std::path::Path::new(&abs_key).exists(),
+        "{abs_key} was written"
+    );
+    // Everything in dst is a downloaded key.
+    let on_disk: BTreeSet<String> = walk_files(&dst).into_iter().map(|(r, _)| r).collect();
+    assert_eq!(on_disk, want_copied);
+}
+
+/// `foo` and `foo/bar` cannot both exist locally: one is reported as failed (naming it), the
+/// other is written, exit 1; an unrelated object is downloaded.
+#[test]
+fn file_and_directory_with_the_same_name() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("clash");
+    b.put("foo", b"i am a file");
+    b.put("foo/bar", b"i am in a directory");
+    b.put("other.txt", b"unrelated");
+    let dst = cx.path("dst");
+    let r = cx.sync(&[&b.uri(""), s(&dst)]);
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(r.n("failed"), 1, "{r}");
+    let failed = r.keys("fail");
+    assert_eq!(failed.len(), 1, "{r}");
+    let bad = &failed[0];
+    assert!(bad == "foo" || bad == "foo/bar", "{r}");
+    let err = r.records("fail")[0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains(bad.as_str()),
+        "error does not name {bad:?}: {err}"
+    );
+    let mut copied = r.keys("copy");
+    copied.sort();
+    let good = if bad == "foo" { "foo/bar" } else { "foo" };
+    assert_eq!(copied, [good, "other.txt"], "{r}");
+    let want: &[u8] = if good == "foo" {
+        b"i am a file"
+    } else {
+        b"i am in a directory"
+    };
+    assert_eq!(
+        std::fs::read(dst.join(good)).expect("the other one is written"),
+        want
+    );
+    assert_eq!(
+        std::fs::read(dst.join("other.txt")).expect("other"),
+        b"unrelated"
+    );
+    // No temp files left next to them.
+    let files: Vec<String> = walk_files(&dst).into_iter().map(|(r, _)| r).collect();
+    let mut want_files = vec![good.to_string(), "other.txt".to_string()];
+    want_files.sort();
+    assert_eq!(files, want_files);
+}
+
+/// A sync into / from a bucket that does not exist: exit 2, one line naming the bucket.
+#[test]
+fn missing_bucket() {
+    let Some(cx) = Ctx::new() else { return };
+    let name = s3ferry_testkit::unique_bucket("e2e-missing");
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[("a", b"1")]));
+    for args in [
+        vec!["sync", s(&src), &format!("s3://{name}/p")],
+        vec!["sync", &format!("s3://{name}"), s(&cx.path("dst"))],
+        vec!["ls", &format!("s3://{name}")],
+    ] {
+        let r = cx.run(&args);
+        let line = r.assert_fatal();
+        assert!(line.contains(&name), "{args:?}: {line}");
+        assert!(line.contains("does not exist"), "{args:?}: {line}");
+        assert!(r.stdout.is_empty() || !args.contains(&"--json"), "{r}");
+    }
+}
+
+/// A download that fails before it starts (missing bucket) leaves no trace locally.
+#[test]
+#[ignore = "bug (minor): the local destination directory is created (stores.rs open: create_root) before the source bucket is checked, so a mistyped bucket leaves an empty directory"]
+fn failed_download_makes_no_directory() {
+    let Some(cx) = Ctx::new() else { return };
+    let name = s3ferry_testkit::unique_bucket("e2e-missing");
+    let dst = cx.path("dst");
+    let r = cx.run(&["sync", &format!("s3://{name}"), s(&dst)]);
+    r.assert_fatal();
+    assert!(!dst.exists(), "a failed download made its directory");
+}
+
+/// Malformed locations.
+#[test]
+fn bad_uris() {
+    let Some(cx) = Ctx::new() else { return };
+    let dst = cx.path("dst");
+    for (args, needle) in [
+        (vec!["sync", "s3:/x", s(&dst)], "s3:/x"),
+        (vec!["ls", "s3:/x"], "s3:/x"),
+        (vec!["sync", "s3://Bad_Bucket", s(&dst)], "Bad_Bucket"),
+        (vec!["sync", s(&dst), "s3://Bad_Bucket/p"], "Bad_Bucket"),
+        (vec!["ls", "s3://Bad_Bucket"], "Bad_Bucket"),
+        (vec!["sync", "s3://", s(&dst)], "bucket"),
+        (vec!["sync", "s3://ab", s(&dst)], "\"ab\""),
+        (vec!["sync", "gs://bucket/x", s(&dst)], "gs://bucket/x"),
+        (vec!["mb", "s3://UPPER"], "UPPER"),
+    ] {
+        let r = cx.run(&args);
+        let line = r.assert_fatal();
+        assert!(line.contains(needle), "{args:?}: {line}");
+    }
+}
+
+/// Bad option values.
+#[test]
+fn bad_option_values() {
+    let Some(cx) = Ctx::new() else { return };
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[("a", b"1")]));
+    let b = cx.bucket("badopts");
+    let uri = b.uri("p");
+    for (opts, needle) in [
+        (vec!["--delete", "--max-delete", "abc"], "--max-delete"),
+        (vec!["--delete", "--max-delete", "150%"], "--max-delete"),
+        (vec!["--delete", "--max-delete=-1"], "--max-delete"),
+        (vec!["--since", "yesterdayish"], "yesterdayish"),
+        (vec!["--since", "5y"], "5y"),
+        (vec!["--part-size", "1MiB"], "5 MiB"),
+        (vec!["--part-size", "8 parsecs"], "parsecs"),
+        (vec!["--max-memory", "lots"], "lots"),
+    ] {
+        let mut args = vec!["sync"];
+        args.extend(opts.iter().copied());
+        args.extend([s(&src), uri.as_str()]);
+        let r = cx.run(&args);
+        let line = r.assert_fatal();
+        assert!(line.contains(needle), "{args:?}: {line}");
+    }
+    assert!(b.keys("").is_empty(), "a refused run wrote objects");
+}
+
+/// No credentials anywhere (no env keys, empty config and credentials files, a HOME with
+/// nothing): exit 2 quickly with one clear line.
+#[test]
+fn no_credentials() {
+    let Some(cx) = Ctx::new() else { return };
+    let home = cx.path("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let (creds, conf) = (home.join("credentials"), home.join("config"));
+    std::fs::write(&creds, "").expect("creds");
+    std::fs::write(&conf, "").expect("config");
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[("a", b"1")]));
+    for args in [
+        vec!["sync", s(&src), "s3://some-bucket/p"],
+        vec!["ls", "s3://some-bucket"],
+    ] {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+            .env("AWS_CONFIG_FILE", &conf)
+            .env("AWS_ENDPOINT_URL", &cx.endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("S3FERRY_STATE_DIR", &cx.state)
+            .args(&args);
+        let r = run_cmd(c, Duration::from_secs(60));
+        let line = r.assert_fatal();
+        assert!(line.to_lowercase().contains("credentials"), "{line}");
+    }
+}
+
+/// Nothing listens on the endpoint: exit 2 with one line, well within a minute (no hang).
+#[test]
+fn unreachable_endpoint() {
+    let Some(cx) = Ctx::new() else { return };
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[("a", b"1")]));
+    for args in [
+        vec![
+            "--endpoint-url",
+            "http://127.0.0.1:1",
+            "sync",
+            s(&src),
+            "s3://some-bucket/p",
+        ],
+        vec![
+            "--endpoint-url",
+            "http://127.0.0.1:1",
+            "sync",
+            "s3://some-bucket/p",
+            s(&src),
+        ],
+        vec![
+            "--endpoint-url",
+            "http://127.0.0.1:1",
+            "ls",
+            "s3://some-bucket",
+        ],
+    ] {
+        let mut c = cx.cmd();
+        c.args(&args);
+        let r = run_cmd(c, Duration::from_secs(60));
+        let line = r.assert_fatal();
+        assert!(line.contains("127.0.0.1:1"), "{line}");
+        assert!(r.elapsed < Duration::from_secs(60), "{r}");
+    }
+}
+
+/// A destination key that XML 1.0 cannot carry (a control character) must not make the other
+/// deletes of its DeleteObjects batch fail.
+#[test]
+fn delete_of_a_control_character_key_does_not_fail_its_batch() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("del-ctl");
+    let src = cx.path("src");
+    let keep = tree(&[
+        ("a", b"1"),
+        ("b", b"2"),
+        ("c", b"3"),
+        ("d", b"4"),
+        ("e", b"5"),
+    ]);
+    write_tree(&src, &keep);
+    for k in keep.keys() {
+        set_mtime(&src.join(k), 1_577_836_800, 0);
+    }
+    b.put_all("", &keep);
+    b.put("gone", b"x");
+    b.put("ctl\u{1}key", b"y");
+    assert_eq!(b.list("").len(), 7);
+    let r = cx.sync(&["--delete", s(&src), &b.uri("")]);
+    r.assert_ok();
+    assert_eq!(r.keys("delete"), ["ctl\u{1}key", "gone"], "{r}");
+    assert_eq!(b.keys(""), ["a", "b", "c", "d", "e"]);
+}
+
+/// A tiny S3 stand-in that lists `objects` (in byte order) and serves their bodies: for keys a
+/// real server normalises or rejects on PUT, so the download side can still be tested.
+fn fake_s3(bucket: &'static str, objects: Vec<(&'static str, &'static [u8])>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut objects = objects;
+    objects.sort_by(|a, b| a.0.cmp(b.0));
+    let objects = std::sync::Arc::new(objects);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let objects = objects.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().expect("clone"));
+                let mut w = conn;
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut parts = line.split_whitespace();
+                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = std::io::Read::read_exact(&mut r, &mut body);
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                let path = path.trim_end_matches('/');
+                let md5 = |d: &[u8]| s3ferry_store::checksum::md5_hex(d);
+                let (status, headers, payload): (&str, Vec<(String, String)>, Vec<u8>) = if path
+                    == format!("/{bucket}")
+                    && query.contains("list-type=2")
+                {
+                    let mut xml = format!(
+                            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>{bucket}</Name><Prefix></Prefix><KeyCount>{}</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>",
+                            objects.len()
+                        );
+                    for (k, d) in objects.iter() {
+                        xml += &format!(
+                                "<Contents><Key>{k}</Key><LastModified>2024-01-01T00:00:00.000Z</LastModified><ETag>&quot;{}&quot;</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
+                                md5(d),
+                                d.len()
+                            );
+                    }
+                    xml += "</ListBucketResult>";
+                    (
+                        "200 OK",
+                        vec![("Content-Type".into(), "application/xml".into())],
+                        xml.into_bytes(),
+                    )
+                } else if path == format!("/{bucket}") {
+                    (
+                        "200 OK",
+                        vec![("x-amz-bucket-region".into(), "us-east-1".into())],
+                        vec![],
+                    )
+                } else if let Some((_, d)) = objects
+                    .iter()
+                    .find(|(k, _)| path == format!("/{bucket}/{k}"))
+                {
+                    (
+                        "200 OK",
+                        vec![
+                            ("ETag".into(), format!("\"{}\"", md5(d))),
+                            (
+                                "Last-Modified".into(),
+                                "Mon, 01 Jan 2024 00:00:00 GMT".into(),
+                            ),
+                            ("Content-Type".into(), "application/octet-stream".into()),
+                        ],
+                        d.to_vec(),
+                    )
+                } else {
+                    (
+                            "404 Not Found",
+                            vec![("Content-Type".into(), "application/xml".into())],
+                            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchKey</Code><Message>no such key</Message></Error>".to_vec(),
+                        )
+                };
+                let mut resp = format!(
+                    "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
+                    payload.len()
+                );
+                for (k, v) in headers {
+                    resp += &format!("{k}: {v}\r\n");
+                }
+                resp += "\r\n";
+                let _ = w.write_all(resp.as_bytes());
+                if method != "HEAD" {
+                    let _ = w.write_all(&payload);
+                }
+                let _ = w.flush();
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Keys that would escape the destination, served by a stand-in server (a real one normalises
+/// or rejects them on PUT): each is refused, nothing is written outside the destination, the
+/// safe object is downloaded, exit 1. Needs no S3 server.
+#[test]
+fn escaping_keys_from_a_listing_are_refused() {
+    let endpoint = fake_s3(
+        "evil-bucket",
+        vec![
+            ("..", b"dotdot"),
+            ("../x", b"escape"),
+            ("../../y", b"escape more"),
+            ("/abs-s3ferry-e2e", b"absolute"),
+            ("a/../../b", b"escape via a"),
+            ("a/./c", b"dot segment"),
+            ("ok.txt", b"safe"),
+            ("p/..", b"p dotdot"),
+            ("z//w", b"empty segment"),
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("work");
+    let dst = work.join("dst");
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("AWS_ACCESS_KEY_ID", "fake")
+        .env("AWS_SECRET_ACCESS_KEY", "fake-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("S3FERRY_STATE_DIR", dir.path().join("state"))
+        .args([
+            "--json",
+            "--endpoint-url",
+            &endpoint,
+            "sync",
+            "s3://evil-bucket",
+            s(&dst),
+        ]);
+    let r = run_cmd(c, Duration::from_secs(60));
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(
+        r.keys("refuse"),
+        [
+            "..",
+            "../../y",
+            "../x",
+            "/abs-s3ferry-e2e",
+            "a/../../b",
+            "a/./c",
+            "p/..",
+            "z//w"
+        ],
+        "{r}"
+    );
+    assert_eq!(r.keys("copy"), ["ok.txt"], "{r}");
+    assert_eq!(r.n("refused"), 8, "{r}");
+    assert_eq!(std::fs::read(dst.join("ok.txt")).expect("ok.txt"), b"safe");
+    // Outside the state dir, only the destination and the one safe file exist.
+    let outside_state: Vec<String> = all_entries(dir.path())
+        .into_iter()
+        .filter(|e| e != "state" && !e.starts_with("state/"))
+        .collect();
+    assert_eq!(outside_state, ["work", "work/dst", "work/dst/ok.txt"]);
+    assert!(!std::path::Path::new("/abs-s3ferry-e2e").exists());
+}
