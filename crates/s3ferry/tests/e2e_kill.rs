@@ -7,7 +7,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use common::*;
 use s3ferry_store::checksum::md5_hex;
@@ -109,6 +108,7 @@ fn kill_during_many_uploads_then_rerun_converges() {
 }
 
 /// Open multipart uploads the state database knows about.
+#[cfg(feature = "fault")]
 fn journal_uploads(state: &std::path::Path) -> i64 {
     let db = state.join("state.db");
     if !db.exists() {
@@ -129,6 +129,7 @@ fn journal_uploads(state: &std::path::Path) -> i64 {
 #[cfg(feature = "fault")]
 #[test]
 fn kill_during_multipart_upload_leaves_no_upload_after_rerun() {
+    use std::time::{Duration, Instant};
     let Some(cx) = Ctx::new() else { return };
     let b = cx.bucket("kill-mpu");
     let data = random_bytes(24 * 1024 * 1024, 77);
