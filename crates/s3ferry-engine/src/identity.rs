@@ -1,6 +1,6 @@
 //! Settling "same content?" for same-size pairs the planner could not settle from listings:
 //! recompute a local file's ETag the way the remote side made it (with a hash cache keyed by
-//! path, size, mtime and inode, so an unchanged file is read once), compare full-object
+//! path, size, mtime, inode and ctime, so an unchanged file is read once), compare full-object
 //! CRC64NVME checksums, or compare stored modification times.
 
 use std::time::SystemTime;
@@ -19,8 +19,7 @@ use crate::walk::{Entry, Side, SideKind};
 const MAX_CANDIDATES: usize = 3;
 
 fn file_id(side: &Side, e: &Entry) -> Option<FileId> {
-    let t = e.meta.mtime?;
-    let ns = match t.duration_since(SystemTime::UNIX_EPOCH) {
+    let ns = |t: SystemTime| match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => d.as_nanos() as i64,
         Err(d) => -(d.duration().as_nanos() as i64),
     };
@@ -31,8 +30,9 @@ fn file_id(side: &Side, e: &Entry) -> Option<FileId> {
             side.key(&e.rel)
         ),
         size: e.meta.size,
-        mtime_ns: ns,
+        mtime_ns: ns(e.meta.mtime?),
         inode: e.meta.inode.unwrap_or(0),
+        ctime_ns: e.meta.ctime.map(ns).unwrap_or(0),
     })
 }
 

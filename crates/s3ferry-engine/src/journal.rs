@@ -51,6 +51,7 @@ pub struct FileId {
     pub size: u64,
     pub mtime_ns: i64,
     pub inode: u64,
+    pub ctime_ns: i64,
 }
 
 impl Journal {
@@ -89,9 +90,10 @@ impl Journal {
              CREATE TABLE IF NOT EXISTS synced (
                 pair TEXT NOT NULL, key TEXT NOT NULL, src_sig TEXT NOT NULL, dst_sig TEXT NOT NULL,
                 PRIMARY KEY (pair, key)) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS hashes (
+             CREATE TABLE IF NOT EXISTS hashes_v2 (
                 path TEXT NOT NULL, algo TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-                inode INTEGER NOT NULL, value TEXT NOT NULL, PRIMARY KEY (path, algo)) WITHOUT ROWID;
+                inode INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, value TEXT NOT NULL,
+                PRIMARY KEY (path, algo)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS uploads (
                 store TEXT NOT NULL, key TEXT NOT NULL, upload_id TEXT NOT NULL,
                 started INTEGER NOT NULL, PRIMARY KEY (store, key, upload_id)) WITHOUT ROWID;",
@@ -189,9 +191,9 @@ impl Journal {
 
     pub fn cached_hash(&self, id: &FileId, algo: &str) -> JResult<Option<String>> {
         self.conn()
-            .prepare_cached("SELECT value FROM hashes WHERE path = ?1 AND algo = ?2 AND size = ?3 AND mtime_ns = ?4 AND inode = ?5")
+            .prepare_cached("SELECT value FROM hashes_v2 WHERE path = ?1 AND algo = ?2 AND size = ?3 AND mtime_ns = ?4 AND inode = ?5 AND ctime_ns = ?6")
             .and_then(|mut st| {
-                st.query_row(params![id.path, algo, id.size as i64, id.mtime_ns, id.inode as i64], |r| r.get(0)).optional()
+                st.query_row(params![id.path, algo, id.size as i64, id.mtime_ns, id.inode as i64, id.ctime_ns], |r| r.get(0)).optional()
             })
             .map_err(|e| self.err(e))
     }
@@ -199,9 +201,9 @@ impl Journal {
     pub fn store_hash(&self, id: &FileId, algo: &str, value: &str) -> JResult<()> {
         self.conn()
             .prepare_cached(
-                "INSERT OR REPLACE INTO hashes (path, algo, size, mtime_ns, inode, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO hashes_v2 (path, algo, size, mtime_ns, inode, ctime_ns, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
-            .and_then(|mut st| st.execute(params![id.path, algo, id.size as i64, id.mtime_ns, id.inode as i64, value]))
+            .and_then(|mut st| st.execute(params![id.path, algo, id.size as i64, id.mtime_ns, id.inode as i64, id.ctime_ns, value]))
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
@@ -275,6 +277,7 @@ mod tests {
                 size: 3,
                 mtime_ns: 5,
                 inode: 9,
+                ctime_ns: 4,
             };
             j.store_hash(&id, "etag:8", "abc").unwrap();
             assert_eq!(

@@ -114,17 +114,22 @@ pub struct BaseRecord {
     pub dst_sig: String,
 }
 
-/// A signature that changes whenever the object or file changes: size + mtime + inode for
-/// local files, size + ETag for remote objects.
+/// A signature that changes whenever the object or file changes: size + mtime + inode + ctime
+/// for local files (ctime catches an in-place edit whose mtime was set back), size + ETag for
+/// remote objects.
 pub fn signature(kind: SideKind, m: &ObjectMeta) -> Option<String> {
     match kind {
         SideKind::Local => {
-            let t = m.mtime?.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+            let ns = |t: Option<SystemTime>| {
+                t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos())
+            };
             Some(format!(
-                "L{}:{}:{}",
+                "L{}:{}:{}:{}",
                 m.size,
-                t.as_nanos(),
-                m.inode.unwrap_or(0)
+                ns(m.mtime)?,
+                m.inode.unwrap_or(0),
+                ns(m.ctime).unwrap_or(0)
             ))
         }
         SideKind::Remote => Some(format!("E{}:{}", m.size, m.etag.as_deref()?)),

@@ -7,6 +7,7 @@
 //! never appears under the final key.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ pub struct TransferConfig {
     memory_units: u32,
     /// Attempts to finish one body read (resuming with Range + If-Match).
     pub body_attempts: u32,
+    /// Body reads resumed after a reset, stall or short body (for the summary).
+    pub resumes: Arc<AtomicU64>,
     /// A body that sends nothing for this long is abandoned and resumed.
     pub idle_timeout: Duration,
     /// Largest object copied with one CopyObject; above it UploadPartCopy is used.
@@ -58,6 +61,7 @@ impl TransferConfig {
             memory_units,
             body_attempts: 5,
             idle_timeout: Duration::from_secs(30),
+            resumes: Arc::default(),
             max_single_copy: 5 * 1024 * 1024 * 1024,
             storage_class: None,
             server_side: true,
@@ -85,6 +89,7 @@ pub async fn read_range(
     mut pin: Option<String>,
     attempts: u32,
     idle: Duration,
+    resumes: &AtomicU64,
 ) -> Result<(Bytes, ObjectMeta)> {
     let want = range.end - range.start;
     let mut buf = BytesMut::with_capacity(want as usize);
@@ -94,6 +99,7 @@ pub async fn read_range(
     for attempt in 0..attempts.max(1) {
         if attempt > 0 {
             tracing::debug!(key, pos, attempt, "resuming body read");
+            resumes.fetch_add(1, Ordering::Relaxed);
         }
         let mut opts = GetOptions::new().if_match(pin.clone());
         if !(whole && pos == range.start && first_meta.is_none()) && want > 0 {
@@ -307,6 +313,7 @@ pub async fn copy_object(
             pin,
             cfg.body_attempts,
             cfg.idle_timeout,
+            &cfg.resumes,
         )
         .await?;
         let crc = crc64nvme(&data);
@@ -370,6 +377,7 @@ async fn multipart_upload(
                             pin,
                             cfg.body_attempts,
                             cfg.idle_timeout,
+                            &cfg.resumes,
                         )
                         .await?;
                         check_same_file(src, skey, &entry.meta, &meta)?;
@@ -505,28 +513,57 @@ mod tests {
     async fn stalled_body_is_abandoned_and_resumed() {
         let data = ramp(10_000);
         let (_, f) = faulty("get:stall=4000@1", &data).await;
-        let (got, _) = read_range(&f, "k", 0..10_000, true, None, 3, Duration::from_millis(50))
-            .await
-            .unwrap();
+        let resumes = AtomicU64::new(0);
+        let (got, _) = read_range(
+            &f,
+            "k",
+            0..10_000,
+            true,
+            None,
+            3,
+            Duration::from_millis(50),
+            &resumes,
+        )
+        .await
+        .unwrap();
         assert_eq!(got.as_ref(), data.as_slice());
         assert_eq!(f.calls("get"), 2, "one resume");
+        assert_eq!(resumes.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
     async fn reset_and_truncated_bodies_resume_pinned_to_the_first_etag() {
         let data = ramp(50_000);
         let (mem, f) = faulty("get:reset=1000@1; get:truncate=7000@2", &data).await;
-        let (got, meta) = read_range(&f, "k", 100..40_000, false, None, 5, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let (got, meta) = read_range(
+            &f,
+            "k",
+            100..40_000,
+            false,
+            None,
+            5,
+            Duration::from_secs(5),
+            &AtomicU64::new(0),
+        )
+        .await
+        .unwrap();
         assert_eq!(got.as_ref(), &data[100..40_000]);
         assert_eq!(f.calls("get"), 3);
         // The source changes between two reads of one object: the pinned read fails, no splice.
         let etag = meta.etag.clone();
         mem.put_bytes("k", ramp(50_001)).await.unwrap();
-        let err = read_range(&f, "k", 0..50_000, false, etag, 5, Duration::from_secs(5))
-            .await
-            .unwrap_err();
+        let err = read_range(
+            &f,
+            "k",
+            0..50_000,
+            false,
+            etag,
+            5,
+            Duration::from_secs(5),
+            &AtomicU64::new(0),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.kind, ErrorKind::PreconditionFailed);
     }
 
@@ -534,9 +571,18 @@ mod tests {
     async fn persistent_short_bodies_fail_as_corrupt() {
         let data = ramp(5_000);
         let (_, f) = faulty("get:truncate=10", &data).await;
-        let err = read_range(&f, "k", 0..5_000, true, None, 3, Duration::from_secs(5))
-            .await
-            .unwrap_err();
+        let err = read_range(
+            &f,
+            "k",
+            0..5_000,
+            true,
+            None,
+            3,
+            Duration::from_secs(5),
+            &AtomicU64::new(0),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Corrupt);
         assert_eq!(f.calls("get"), 3);
     }

@@ -197,7 +197,10 @@ impl Shared {
             Err(e)
                 if retry_list
                     && self.opts.retry_failed
-                    && (e.retryable() || e.kind == ErrorKind::PreconditionFailed) =>
+                    && (e.retryable()
+                        || e.kind == ErrorKind::PreconditionFailed
+                        || (e.kind == ErrorKind::AlreadyExists
+                            && self.dst.kind == SideKind::Local)) =>
             {
                 tracing::debug!("will retry {}: {e}", s.rel);
                 self.failed_retryable
@@ -366,14 +369,35 @@ pub async fn run(
         let _ = sh.journal.flush();
         return Err(e.into());
     }
-    // Job-level retry tier: one more attempt for transfers that failed with a retryable error,
-    // with a fresh look at the source.
+    if let Some(e) = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = sh.journal.flush();
+        return Err(e.into());
+    }
+    if !deletes.is_empty() {
+        if src_errors > 0 {
+            let msg = format!(
+                "not deleting {} objects: {src_errors} source entries could not be listed",
+                deletes.len()
+            );
+            sh.reporter.note(&msg);
+            sh.summary
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .deletes_suppressed = Some(msg);
+        } else {
+            run_deletes(&sh, deletes).await;
+        }
+    }
+    // Job-level retry tier, after the deletes: one more attempt for transfers that failed with a
+    // retryable error, or because a local path was in the way of a file that a delete removed
+    // (`a` replacing a directory `a/`), with a fresh look at the source.
     let retry: Vec<Entry> = std::mem::take(
         &mut *sh
             .failed_retryable
             .lock()
             .unwrap_or_else(|p| p.into_inner()),
     );
+    let job_retries = retry.len() as u64;
     for s in retry {
         if sh.stop.load(Ordering::SeqCst) {
             break;
@@ -400,26 +424,19 @@ pub async fn run(
         let _ = sh.journal.flush();
         return Err(e.into());
     }
-    if !deletes.is_empty() {
-        if src_errors > 0 {
-            let msg = format!(
-                "not deleting {} objects: {src_errors} source entries could not be listed",
-                deletes.len()
-            );
-            sh.reporter.note(&msg);
-            sh.summary
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .deletes_suppressed = Some(msg);
-        } else {
-            run_deletes(&sh, deletes).await;
-        }
-    }
     sh.journal
         .flush()
         .map_err(|e| SyncError::Journal(e.to_string()))?;
     let mut summary = sh.summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
     summary.dry_run = sh.opts.dry_run;
+    // Request-level retries are added by whoever owns the retry layer (the CLI); these are the
+    // engine's own: resumed body reads and the job-level retry tier.
+    summary.retries += sh
+        .opts
+        .transfer
+        .resumes
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + job_retries;
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(summary)
 }

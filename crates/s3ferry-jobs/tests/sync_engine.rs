@@ -557,3 +557,27 @@ async fn a_fatal_error_stops_the_job_with_that_error() {
         "the job stopped instead of failing 200 times"
     );
 }
+
+/// Found by the model test: a directory `a/` whose last file went away is replaced by a file `a`.
+#[tokio::test]
+async fn a_file_replaces_a_directory_whose_contents_were_deleted() {
+    let srcm = MemoryStore::named("s");
+    srcm.put_bytes("a/y/z", "deep").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalStore::new(dir.path());
+    let j = Arc::new(Journal::in_memory().unwrap());
+    let mut o = opts();
+    o.plan.delete = true;
+    o.max_delete = MaxDelete::Percent(100.0);
+    o.max_delete_explicit = true;
+    let (src, dst) = (
+        Side::new(Arc::new(srcm.clone()), ""),
+        Side::new(Arc::new(local.clone()), ""),
+    );
+    run(&src, &dst, o.clone(), &j).await.unwrap();
+    srcm.delete("a/y/z").await.unwrap();
+    srcm.put_bytes("a", "now a file").await.unwrap();
+    let s = run(&src, &dst, o, &j).await.unwrap();
+    assert_eq!((s.copied, s.deleted, s.failed), (1, 1, 0), "{s:?}");
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"now a file");
+}

@@ -50,6 +50,8 @@ pub struct ObjectMeta {
     pub metadata: Option<BTreeMap<String, String>>,
     /// Local file identity (inode) for the hash cache.
     pub inode: Option<u64>,
+    /// Local inode change time: moves on every write, and cannot be set back the way mtime can.
+    pub ctime: Option<SystemTime>,
 }
 
 /// How a put treats an existing object.

@@ -14,6 +14,7 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -73,6 +74,10 @@ fn meta_of(key: String, md: &std::fs::Metadata) -> ObjectMeta {
         last_modified: mtime,
         mtime,
         inode: Some(md.ino()),
+        ctime: SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::new(
+            md.ctime().max(0) as u64,
+            md.ctime_nsec().clamp(0, 999_999_999) as u32,
+        )),
         metadata: Some(BTreeMap::new()),
         ..Default::default()
     }
@@ -128,12 +133,14 @@ impl LocalStore {
                 }
                 Ok(md) if md.is_dir() => {}
                 Ok(_) => {
+                    // A file and a directory of the same name: AlreadyExists, so a sync can try
+                    // again once its deletes have run.
                     return Err(err(
-                        ErrorKind::InvalidInput,
+                        ErrorKind::AlreadyExists,
                         op,
                         key,
                         format!("{} is a file, so it cannot hold {key:?}", dir.display()),
-                    ))
+                    ));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     match std::fs::create_dir(&dir) {
@@ -158,7 +165,7 @@ impl LocalStore {
             }
             if md.is_dir() {
                 return Err(err(
-                    ErrorKind::InvalidInput,
+                    ErrorKind::AlreadyExists,
                     op,
                     key,
                     format!("{} is a directory", path.display()),
@@ -832,6 +839,7 @@ impl Store for LocalStore {
             .iter()
             .map(|k| (k.clone(), self.path_for("delete", k)))
             .collect();
+        let root = self.root.clone();
         blocking(move || {
             Ok(paths
                 .into_iter()
@@ -842,7 +850,10 @@ impl Store for LocalStore {
                             Err(err(ErrorKind::InvalidInput, "delete", &k, "is a directory"))
                         }
                         Ok(_) => {
-                            std::fs::remove_file(&p).map_err(|e| StoreError::io("delete", &k, e))
+                            std::fs::remove_file(&p)
+                                .map_err(|e| StoreError::io("delete", &k, e))?;
+                            prune_empty_dirs(&root, &p);
+                            Ok(())
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                         Err(e) => Err(StoreError::io("delete", &k, e)),
@@ -851,5 +862,17 @@ impl Store for LocalStore {
                 .collect())
         })
         .await
+    }
+}
+
+/// Remove the directories above `path` that became empty, up to (not including) `root`:
+/// directories are implicit in S3, so a prefix whose last object went goes too.
+fn prune_empty_dirs(root: &Path, path: &Path) {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == root || !d.starts_with(root) || std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
     }
 }

@@ -157,6 +157,7 @@ impl MemoryStore {
             content_type: opts.content_type.clone(),
             metadata: Some(metadata),
             inode: None,
+            ctime: None,
         };
         g.objects.insert(
             key.to_string(),
