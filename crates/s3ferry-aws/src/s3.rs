@@ -570,6 +570,7 @@ impl Store for S3Store {
             content_type: o.content_type().map(str::to_string),
             metadata,
             inode: None,
+            ctime: None,
         })
     }
 
@@ -665,6 +666,7 @@ impl Store for S3Store {
             content_type: o.content_type().map(str::to_string),
             metadata,
             inode: None,
+            ctime: None,
         };
         let key_owned = key.to_string();
         let body = stream::unfold((o.body, key_owned), |(mut b, key)| async move {
@@ -1174,9 +1176,8 @@ impl Store for S3Store {
 
 /// Can this key travel in an XML 1.0 body (DeleteObjects) unchanged?
 fn xml_safe(key: &str) -> bool {
-    !key.chars().any(|c| {
-        (c.is_control() && c != '\t' && c != '\n') || c == '\u{FFFE}' || c == '\u{FFFF}'
-    })
+    !key.chars()
+        .any(|c| (c.is_control() && c != '\t' && c != '\n') || c == '\u{FFFE}' || c == '\u{FFFF}')
 }
 
 /// A failed conditional write: 412 on a create-only write means the object exists.

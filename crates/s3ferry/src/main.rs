@@ -72,7 +72,11 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     // aws_config warns for every credential provider that fails; when none works we say so in
     // our one error line, so its warnings only show with -v.
-    let sdk = if verbose > 0 && !quiet { "warn" } else { "error" };
+    let sdk = if verbose > 0 && !quiet {
+        "warn"
+    } else {
+        "error"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("S3FERRY_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
             "{level},aws_smithy_runtime=warn,aws_config={sdk},hyper=warn"
@@ -210,6 +214,9 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
     transfer.max_single_copy = parse_size(&args.copy_threshold)?;
 
     let (src_store, src_stats) = stores::open(g, &src_loc, stores::Role::Source, args).await?;
+    // Check the source before opening the destination, which creates a missing local directory:
+    // a mistyped source leaves nothing behind.
+    src_store.check().await?;
     let (dst_store, dst_stats) = stores::open(g, &dst_loc, stores::Role::Destination, args).await?;
     let src = Side::new(src_store, loc_prefix(&src_loc));
     let dst = Side::new(dst_store, loc_prefix(&dst_loc));

@@ -185,7 +185,6 @@ fn missing_bucket() {
 
 /// A download that fails before it starts (missing bucket) leaves no trace locally.
 #[test]
-#[ignore = "bug (minor): the local destination directory is created (stores.rs open: create_root) before the source bucket is checked, so a mistyped bucket leaves an empty directory"]
 fn failed_download_makes_no_directory() {
     let Some(cx) = Ctx::new() else { return };
     let name = s3ferry_testkit::unique_bucket("e2e-missing");

@@ -115,7 +115,6 @@ fn flipped_byte_is_caught_and_retried() {
 /// Body resumes (reset, short body) and the job-level retry after a checksum mismatch are
 /// retries too: the summary must count them.
 #[test]
-#[ignore = "bug: summary.retries counts only request retries of the store retry layer; body resumes (s3ferry-engine transfer.rs read_range) and job-level retries (s3ferry-jobs sync.rs retry tier) are not counted"]
 fn summary_counts_body_resumes_and_job_retries() {
     let Some(cx) = Ctx::new() else { return };
     let files = tree(&[("one.bin", &random_bytes(MIB, 11))]);

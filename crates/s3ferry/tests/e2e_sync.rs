@@ -142,7 +142,6 @@ fn same_size_edit_with_restored_mtime_is_detected_without_state() {
 /// The same with a state database: the edit is in place (same inode), same size, mtime restored
 /// to the nanosecond (as `touch -r` or `rsync -t` do). Only the change time differs.
 #[test]
-#[ignore = "bug: the local state signature is size+mtime+inode (s3ferry-engine plan.rs signature), so an in-place same-size edit with the mtime restored is skipped as 'unchanged since last sync'; the signature needs ctime"]
 fn same_size_edit_with_restored_mtime_is_detected_with_state() {
     let Some(cx) = Ctx::new() else { return };
     let b = cx.bucket("edit-state");
