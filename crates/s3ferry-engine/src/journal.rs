@@ -8,6 +8,8 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+use std::time::SystemTime;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::plan::BaseRecord;
@@ -233,14 +235,18 @@ impl Journal {
             .map_err(|e| self.err(e))
     }
 
-    /// Uploads a previous run left behind in `store` (key, upload id).
-    pub fn orphan_uploads(&self, store: &str) -> JResult<Vec<(String, String)>> {
+    /// Uploads a previous run left behind in `store` (key, upload id, when it was noted).
+    pub fn orphan_uploads(&self, store: &str) -> JResult<Vec<(String, String, SystemTime)>> {
         let conn = self.conn();
         let mut st = conn
-            .prepare("SELECT key, upload_id FROM uploads WHERE store = ?1")
+            .prepare("SELECT key, upload_id, started FROM uploads WHERE store = ?1")
             .map_err(|e| self.err(e))?;
+        let at =
+            |secs: i64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
         let rows = st
-            .query_map(params![store], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map(params![store], |r| {
+                Ok((r.get(0)?, r.get(1)?, at(r.get(2)?)))
+            })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
@@ -298,9 +304,13 @@ mod tests {
                 dst_sig: "d".into()
             })
         );
+        let orphans = j.orphan_uploads("s3://b").unwrap();
         assert_eq!(
-            j.orphan_uploads("s3://b").unwrap(),
-            vec![("big".to_string(), "u1".to_string())]
+            orphans
+                .iter()
+                .map(|(k, u, _)| (k.as_str(), u.as_str()))
+                .collect::<Vec<_>>(),
+            vec![("big", "u1")]
         );
         j.forget("pair", "a").unwrap();
         j.flush().unwrap();

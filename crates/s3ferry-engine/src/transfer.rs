@@ -416,8 +416,16 @@ async fn multipart_upload(
     dst_meta_after(dst, &dkey, size, res.etag).await
 }
 
+/// Journal id of the intent to create a multipart upload (written before CreateMultipartUpload,
+/// whose answer can be lost: the upload then exists but nobody knows its id).
+pub const PENDING_UPLOAD: &str = "(pending)";
+/// How far the server's clock may be from ours when we judge an upload as started by us.
+const CLOCK_SLACK: Duration = Duration::from_secs(300);
+
 /// Run `body` inside a multipart upload of `dkey`: the upload is recorded in the journal while
-/// it is open (so a killed run's successor aborts it) and aborted if `body` fails.
+/// it is open (so a killed run's successor aborts it) and aborted if `body` fails. An intent
+/// record before the create, and a sweep after, catch the upload of a create whose response was
+/// lost and then retried.
 async fn in_multipart<F, Fut>(
     dst: &Side,
     dkey: &str,
@@ -430,19 +438,65 @@ where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = Result<s3ferry_store::PutResult>>,
 {
+    let jerr = |e: crate::journal::JournalError| {
+        StoreError::new(ErrorKind::Other, "journal", e.to_string())
+    };
     let store_id = dst.store.describe();
-    let upload_id = dst.store.create_multipart(dkey, opts, part_size).await?;
+    let intent_at = std::time::SystemTime::now();
     journal
-        .upload_started(&store_id, dkey, &upload_id)
-        .map_err(|e| StoreError::new(ErrorKind::Other, "journal", e.to_string()))?;
-    let result = body(upload_id.clone()).await;
-    if result.is_err() {
-        if let Err(e) = dst.store.abort_multipart(dkey, &upload_id).await {
-            tracing::warn!("could not abort upload {upload_id} of {dkey}: {e}");
+        .upload_started(&store_id, dkey, PENDING_UPLOAD)
+        .map_err(jerr)?;
+    let created = dst.store.create_multipart(dkey, opts, part_size).await;
+    let result = match created {
+        Ok(upload_id) => {
+            journal
+                .upload_started(&store_id, dkey, &upload_id)
+                .map_err(jerr)?;
+            let result = body(upload_id.clone()).await;
+            if result.is_err() {
+                if let Err(e) = dst.store.abort_multipart(dkey, &upload_id).await {
+                    tracing::warn!("could not abort upload {upload_id} of {dkey}: {e}");
+                }
+            }
+            let _ = journal.upload_ended(&store_id, dkey, &upload_id);
+            sweep_stray_uploads(dst, dkey, Some(&upload_id), intent_at).await;
+            result
+        }
+        Err(e) => {
+            sweep_stray_uploads(dst, dkey, None, intent_at).await;
+            Err(e)
+        }
+    };
+    let _ = journal.upload_ended(&store_id, dkey, PENDING_UPLOAD);
+    result
+}
+
+/// Abort the multipart uploads of exactly `dkey` that started after `since` (less clock slack),
+/// other than `keep`: uploads created by a create whose response never arrived.
+pub async fn sweep_stray_uploads(
+    dst: &Side,
+    dkey: &str,
+    keep: Option<&str>,
+    since: std::time::SystemTime,
+) {
+    let Ok(ups) = dst.store.list_multipart(dkey).await else {
+        return;
+    };
+    let from = since.checked_sub(CLOCK_SLACK).unwrap_or(since);
+    for u in ups {
+        let ours = u.key == dkey
+            && keep != Some(u.upload_id.as_str())
+            && u.initiated.is_some_and(|t| t >= from);
+        if ours {
+            tracing::debug!("aborting stray upload {} of {dkey}", u.upload_id);
+            if let Err(e) = dst.store.abort_multipart(dkey, &u.upload_id).await {
+                tracing::warn!(
+                    "could not abort stray upload {} of {dkey}: {e}",
+                    u.upload_id
+                );
+            }
         }
     }
-    let _ = journal.upload_ended(&store_id, dkey, &upload_id);
-    result
 }
 
 async fn multipart_copy(

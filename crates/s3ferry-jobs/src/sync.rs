@@ -17,7 +17,7 @@ use s3ferry_engine::filter::Filters;
 use s3ferry_engine::identity::resolve_check;
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::plan::{plan, signature, Action, BaseRecord, PlanOptions};
-use s3ferry_engine::transfer::{copy_object, TransferConfig};
+use s3ferry_engine::transfer::{copy_object, sweep_stray_uploads, TransferConfig, PENDING_UPLOAD};
 use s3ferry_engine::walk::{Entry, Joined, MergeJoin, Side, SideKind};
 use s3ferry_store::{ErrorKind, StoreError};
 use tokio::sync::Semaphore;
@@ -540,11 +540,19 @@ async fn cleanup_orphans(dst: &Side, journal: &Journal, reporter: &dyn Reporter)
     let mut orphans = journal.orphan_uploads(&store_id).unwrap_or_default();
     if dst.kind == SideKind::Local {
         if let Ok(ups) = dst.store.list_multipart(&dst.prefix).await {
-            orphans.extend(ups.into_iter().map(|u| (u.key, u.upload_id)));
+            let now = std::time::SystemTime::now();
+            orphans.extend(ups.into_iter().map(|u| (u.key, u.upload_id, now)));
         }
     }
     let n = orphans.len();
-    for (key, id) in orphans {
+    for (key, id, started) in orphans {
+        if id == PENDING_UPLOAD {
+            // Killed between noting the intent and learning the upload id (or the answer to
+            // the create was lost): find the upload by key and start time.
+            sweep_stray_uploads(dst, &key, None, started).await;
+            let _ = journal.upload_ended(&store_id, &key, &id);
+            continue;
+        }
         match dst.store.abort_multipart(&key, &id).await {
             Ok(())
             | Err(StoreError {

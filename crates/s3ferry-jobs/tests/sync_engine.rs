@@ -380,6 +380,7 @@ async fn faults_still_give_an_exact_result() {
             false,
         ),
         ("put:lost@3", false),
+        ("create_multipart:lost@1", false),
     ] {
         let (s, srcm, dstm) = faulty_round(spec, on_src).await;
         assert_eq!(s.failed, 0, "{spec}: {s:?}");

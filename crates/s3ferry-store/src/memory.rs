@@ -29,6 +29,7 @@ struct Upload {
     key: String,
     opts: PutOptions,
     parts: BTreeMap<u32, (Bytes, String)>,
+    initiated: SystemTime,
 }
 
 #[derive(Debug, Default)]
@@ -340,6 +341,7 @@ impl Store for MemoryStore {
                 key: key.to_string(),
                 opts,
                 parts: BTreeMap::new(),
+                initiated: SystemTime::now(),
             },
         );
         Ok(id)
@@ -492,7 +494,7 @@ impl Store for MemoryStore {
             .map(|(id, u)| MultipartUpload {
                 key: u.key.clone(),
                 upload_id: id.clone(),
-                initiated: None,
+                initiated: Some(u.initiated),
             })
             .collect())
     }

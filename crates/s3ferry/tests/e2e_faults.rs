@@ -282,7 +282,6 @@ fn flipped_byte_in_a_ranged_download_of_a_foreign_object_is_caught() {
 /// CreateMultipartUpload happens on the server but its answer is lost: the retry opens a second
 /// upload. The run must not leave the first one open (nor must a rerun).
 #[test]
-#[ignore = "bug: a create_multipart retried after a lost response orphans the first upload; only uploads recorded in the journal are aborted for S3 destinations (s3ferry-jobs sync.rs cleanup_orphans, s3ferry-engine transfer.rs in_multipart)"]
 fn lost_create_multipart_response_leaves_no_open_upload() {
     let Some(cx) = Ctx::new() else { return };
     let b = cx.bucket("f-lost-create");
