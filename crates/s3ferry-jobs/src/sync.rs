@@ -544,7 +544,16 @@ async fn cleanup_orphans(dst: &Side, journal: &Journal, reporter: &dyn Reporter)
             orphans.extend(ups.into_iter().map(|u| (u.key, u.upload_id, now)));
         }
     }
-    let n = orphans.len();
+    // One upload can have two rows (the intent and its id): count uploads, not rows.
+    let n = orphans
+        .iter()
+        .filter(|(k, id, _)| {
+            id != PENDING_UPLOAD
+                || !orphans
+                    .iter()
+                    .any(|(k2, id2, _)| k2 == k && id2 != PENDING_UPLOAD)
+        })
+        .count();
     for (key, id, started) in orphans {
         if id == PENDING_UPLOAD {
             // Killed between noting the intent and learning the upload id (or the answer to
