@@ -87,10 +87,9 @@ pub async fn read_range(
     range: Range<u64>,
     whole: bool,
     mut pin: Option<String>,
-    attempts: u32,
-    idle: Duration,
-    resumes: &AtomicU64,
+    cfg: &TransferConfig,
 ) -> Result<(Bytes, ObjectMeta)> {
+    let (attempts, idle, resumes) = (cfg.body_attempts, cfg.idle_timeout, &cfg.resumes);
     let want = range.end - range.start;
     let mut buf = BytesMut::with_capacity(want as usize);
     let mut pos = range.start;
@@ -305,17 +304,7 @@ pub async fn copy_object(
         let pin = (src.kind == SideKind::Remote)
             .then(|| entry.meta.etag.clone())
             .flatten();
-        let (data, meta) = read_range(
-            src.store.as_ref(),
-            &skey,
-            0..size,
-            true,
-            pin,
-            cfg.body_attempts,
-            cfg.idle_timeout,
-            &cfg.resumes,
-        )
-        .await?;
+        let (data, meta) = read_range(src.store.as_ref(), &skey, 0..size, true, pin, cfg).await?;
         let crc = crc64nvme(&data);
         verify_body(&skey, &data, crc, &meta)?;
         check_same_file(src, &skey, &entry.meta, &meta)?;
@@ -369,17 +358,8 @@ async fn multipart_upload(
                     async move {
                         let len = range.end - range.start;
                         let _mem = cfg.reserve(len).await?;
-                        let (data, meta) = read_range(
-                            src.store.as_ref(),
-                            skey,
-                            range,
-                            false,
-                            pin,
-                            cfg.body_attempts,
-                            cfg.idle_timeout,
-                            &cfg.resumes,
-                        )
-                        .await?;
+                        let (data, meta) =
+                            read_range(src.store.as_ref(), skey, range, false, pin, cfg).await?;
                         check_same_file(src, skey, &entry.meta, &meta)?;
                         let crc = crc64nvme(&data);
                         let info = dst
@@ -552,6 +532,14 @@ mod tests {
     use s3ferry_store::memory::MemoryStore;
     use s3ferry_store::StoreExt;
 
+    fn cfg(attempts: u32, idle: Duration) -> TransferConfig {
+        TransferConfig {
+            body_attempts: attempts,
+            idle_timeout: idle,
+            ..TransferConfig::new(1 << 20)
+        }
+    }
+
     fn ramp(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i % 251) as u8).collect()
     }
@@ -567,22 +555,13 @@ mod tests {
     async fn stalled_body_is_abandoned_and_resumed() {
         let data = ramp(10_000);
         let (_, f) = faulty("get:stall=4000@1", &data).await;
-        let resumes = AtomicU64::new(0);
-        let (got, _) = read_range(
-            &f,
-            "k",
-            0..10_000,
-            true,
-            None,
-            3,
-            Duration::from_millis(50),
-            &resumes,
-        )
-        .await
-        .unwrap();
+        let c = cfg(3, Duration::from_millis(50));
+        let (got, _) = read_range(&f, "k", 0..10_000, true, None, &c)
+            .await
+            .unwrap();
         assert_eq!(got.as_ref(), data.as_slice());
         assert_eq!(f.calls("get"), 2, "one resume");
-        assert_eq!(resumes.load(Ordering::Relaxed), 1);
+        assert_eq!(c.resumes.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
@@ -595,9 +574,7 @@ mod tests {
             100..40_000,
             false,
             None,
-            5,
-            Duration::from_secs(5),
-            &AtomicU64::new(0),
+            &cfg(5, Duration::from_secs(5)),
         )
         .await
         .unwrap();
@@ -612,9 +589,7 @@ mod tests {
             0..50_000,
             false,
             etag,
-            5,
-            Duration::from_secs(5),
-            &AtomicU64::new(0),
+            &cfg(5, Duration::from_secs(5)),
         )
         .await
         .unwrap_err();
@@ -631,9 +606,7 @@ mod tests {
             0..5_000,
             true,
             None,
-            3,
-            Duration::from_secs(5),
-            &AtomicU64::new(0),
+            &cfg(3, Duration::from_secs(5)),
         )
         .await
         .unwrap_err();
