@@ -100,7 +100,7 @@ pub enum Command {
         /// s3://bucket
         uri: String,
     },
-    /// List objects under s3://bucket/prefix (recursively), or the buckets.
+    /// List objects under s3://bucket[/prefix], recursively (--json for JSON Lines).
     Ls {
         /// s3://bucket[/prefix]
         uri: String,
