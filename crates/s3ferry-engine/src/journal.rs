@@ -96,6 +96,8 @@ impl Journal {
                 path TEXT NOT NULL, algo TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
                 inode INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, value TEXT NOT NULL,
                 PRIMARY KEY (path, algo)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS runs (
+                pair TEXT NOT NULL PRIMARY KEY, started INTEGER NOT NULL) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS uploads (
                 store TEXT NOT NULL, key TEXT NOT NULL, upload_id TEXT NOT NULL,
                 started INTEGER NOT NULL, PRIMARY KEY (store, key, upload_id)) WITHOUT ROWID;",
@@ -210,6 +212,38 @@ impl Journal {
             .map_err(|e| self.err(e))
     }
 
+    /// Mark a run of `pair` as in progress (written at once). Returns whether an earlier run
+    /// of the pair never reached [`Journal::end_run`]: it was killed or failed, and may have
+    /// left temp files behind.
+    pub fn begin_run(&self, pair: &str) -> JResult<bool> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let conn = self.conn();
+        let unfinished = conn
+            .query_row("SELECT 1 FROM runs WHERE pair = ?1", params![pair], |_| {
+                Ok(())
+            })
+            .optional()
+            .map_err(|e| self.err(e))?
+            .is_some();
+        conn.execute(
+            "INSERT OR REPLACE INTO runs (pair, started) VALUES (?1, ?2)",
+            params![pair, now as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(unfinished)
+    }
+
+    /// The run of `pair` finished.
+    pub fn end_run(&self, pair: &str) -> JResult<()> {
+        self.conn()
+            .execute("DELETE FROM runs WHERE pair = ?1", params![pair])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     /// Note a multipart upload as started (written at once: it must survive a kill).
     pub fn upload_started(&self, store: &str, key: &str, upload_id: &str) -> JResult<()> {
         let now = std::time::SystemTime::now()
@@ -312,6 +346,10 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![("big", "u1")]
         );
+        assert!(!j.begin_run("pair").unwrap(), "first run");
+        assert!(j.begin_run("pair").unwrap(), "the first never ended");
+        j.end_run("pair").unwrap();
+        assert!(!j.begin_run("pair").unwrap());
         j.forget("pair", "a").unwrap();
         j.flush().unwrap();
         assert_eq!(j.base("pair", "a").unwrap(), None);

@@ -274,13 +274,16 @@ pub async fn run(
                 && e.kind == ErrorKind::BucketNotFound => {}
         r => r?,
     }
+    let pair = pair_id(&src, &dst);
     if !opts.dry_run {
-        cleanup_orphans(&dst, &journal, reporter.as_ref()).await;
+        let unfinished = journal
+            .begin_run(&pair)
+            .map_err(|e| SyncError::Journal(e.to_string()))?;
+        cleanup_orphans(&dst, &journal, reporter.as_ref(), unfinished).await;
     }
     if opts.plan.delete {
         delete_prepass(&src, &dst, &opts).await?;
     }
-    let pair = format!("{} -> {}", src.describe(), dst.describe());
     let concurrency = opts.concurrency.max(1);
     let sh = Arc::new(Shared {
         src,
@@ -427,6 +430,11 @@ pub async fn run(
     sh.journal
         .flush()
         .map_err(|e| SyncError::Journal(e.to_string()))?;
+    if !sh.opts.dry_run {
+        sh.journal
+            .end_run(&sh.pair)
+            .map_err(|e| SyncError::Journal(e.to_string()))?;
+    }
     let mut summary = sh.summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
     summary.dry_run = sh.opts.dry_run;
     // Request-level retries are added by whoever owns the retry layer (the CLI); these are the
@@ -533,12 +541,18 @@ async fn delete_prepass(src: &Side, dst: &Side, opts: &SyncOptions) -> Result<()
     Ok(())
 }
 
-/// Abort multipart uploads a killed run left behind (recorded in the journal), and remove
-/// stale temp files of a local destination.
-async fn cleanup_orphans(dst: &Side, journal: &Journal, reporter: &dyn Reporter) {
+/// The key of a sync pair in the state database.
+pub fn pair_id(src: &Side, dst: &Side) -> String {
+    format!("{} -> {}", src.describe(), dst.describe())
+}
+
+/// Abort the uploads an earlier run recorded and never finished. Temp files in a local
+/// destination are looked for (a walk of the whole tree) only when the last run of this pair
+/// did not end: a run that ends leaves none.
+async fn cleanup_orphans(dst: &Side, journal: &Journal, reporter: &dyn Reporter, unfinished: bool) {
     let store_id = dst.store.describe();
     let mut orphans = journal.orphan_uploads(&store_id).unwrap_or_default();
-    if dst.kind == SideKind::Local {
+    if dst.kind == SideKind::Local && unfinished {
         if let Ok(ups) = dst.store.list_multipart(&dst.prefix).await {
             let now = std::time::SystemTime::now();
             orphans.extend(ups.into_iter().map(|u| (u.key, u.upload_id, now)));

@@ -582,3 +582,26 @@ async fn a_file_replaces_a_directory_whose_contents_were_deleted() {
     assert_eq!((s.copied, s.deleted, s.failed), (1, 1, 0), "{s:?}");
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"now a file");
 }
+
+/// Temp files a killed download left are swept by the next run; after a run that ended, the
+/// destination tree is not walked for them (a stray one is left alone).
+#[tokio::test]
+async fn temp_files_of_an_unfinished_run_are_swept() {
+    let srcm = MemoryStore::named("s");
+    srcm.put_bytes("d/f", "x").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ls = LocalStore::new(dir.path());
+    let (src, dst) = (Side::new(Arc::new(srcm), ""), Side::new(Arc::new(ls), ""));
+    let j = Arc::new(Journal::in_memory().unwrap());
+    let stale = dir.path().join("d").join(".s3ferry-tmp.deadbeef.8388608");
+    std::fs::create_dir_all(dir.path().join("d")).unwrap();
+    std::fs::write(&stale, "partial").unwrap();
+    // A clean history: no sweep.
+    run(&src, &dst, opts(), &j).await.unwrap();
+    assert!(stale.exists());
+    // The previous run of this pair never ended (killed): the next run sweeps.
+    j.begin_run(&sync::pair_id(&src, &dst)).unwrap();
+    run(&src, &dst, opts(), &j).await.unwrap();
+    assert!(!stale.exists(), "stale temp file removed");
+    assert_eq!(std::fs::read(dir.path().join("d/f")).unwrap(), b"x");
+}
