@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -96,10 +96,8 @@ pub struct S3Store {
     copy_domain: String,
     when_required: bool,
     lister: Arc<Lister>,
-    /// PutMode of multipart uploads started by this process, applied at completion (the trait's
-    /// `complete_multipart` does not carry it). Uploads resumed by another process complete
-    /// unconditionally.
-    modes: Arc<Mutex<HashMap<String, PutMode>>>,
+    /// `s3://bucket` on AWS, `s3://bucket@<endpoint>` elsewhere (see [`Store::state_id`]).
+    state_id: String,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -221,7 +219,10 @@ impl S3Store {
             copy_domain,
             when_required: cfg.checksum_when_required,
             lister,
-            modes: Arc::default(),
+            state_id: match &endpoint {
+                Some(e) => format!("s3://{}@{}", cfg.bucket, e.trim_end_matches('/')),
+                None => format!("s3://{}", cfg.bucket),
+            },
         })
     }
 
@@ -483,6 +484,10 @@ fn parse_content_range(s: &str) -> Option<(u64, u64, Option<u64>)> {
 impl Store for S3Store {
     fn describe(&self) -> String {
         format!("s3://{}", self.ctx.bucket)
+    }
+
+    fn state_id(&self) -> String {
+        self.state_id.clone()
     }
 
     fn bucket(&self) -> Option<&str> {
@@ -768,12 +773,6 @@ impl Store for S3Store {
             )
             .with_key(key));
         }
-        if opts.mode != PutMode::Overwrite {
-            self.modes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone(), opts.mode.clone());
-        }
         Ok(id)
     }
 
@@ -877,6 +876,7 @@ impl Store for S3Store {
         upload_id: &str,
         parts: Vec<PartInfo>,
         crc: Option<u64>,
+        mode: PutMode,
     ) -> Result<PutResult> {
         let send_crc = !self.when_required;
         let completed: Vec<CompletedPart> = parts
@@ -909,13 +909,6 @@ impl Store for S3Store {
                 .checksum_crc64_nvme(crc64_to_b64(c))
                 .checksum_type(ChecksumType::FullObject);
         }
-        let mode = self
-            .modes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(upload_id)
-            .cloned()
-            .unwrap_or_default();
         match &mode {
             PutMode::Overwrite => {}
             PutMode::Create => req = req.if_none_match("*"),
@@ -925,10 +918,6 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| mode_error(self.err("complete_multipart", Some(key), e), &mode))?;
-        self.modes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(upload_id);
         Ok(PutResult {
             etag: out.e_tag().map(clean_etag),
             version_id: out.version_id().map(str::to_string),
@@ -938,10 +927,6 @@ impl Store for S3Store {
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
-        self.modes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(upload_id);
         match self
             .client
             .abort_multipart_upload()

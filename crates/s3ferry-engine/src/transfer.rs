@@ -17,7 +17,7 @@ use s3ferry_store::checksum::{
     crc64nvme, crc64nvme_combine, etag_shape, is_multipart, md5_hex, part_size_for, EtagShape,
 };
 use s3ferry_store::{
-    CopyOptions, CopySource, ErrorKind, GetOptions, ObjectMeta, PartInfo, PutOptions, Result,
+    CopyOptions, CopySource, ErrorKind, GetOptions, ObjectMeta, PartInfo, PutMode, PutOptions, Result,
     Store, StoreError, MTIME_META,
 };
 use tokio::sync::Semaphore;
@@ -388,7 +388,7 @@ async fn multipart_upload(
             }
             let infos = parts.into_iter().map(|(p, _, _)| p).collect();
             dst.store
-                .complete_multipart(dkey, &upload_id, infos, Some(whole))
+                .complete_multipart(dkey, &upload_id, infos, Some(whole), PutMode::Overwrite)
                 .await
         }
     })
@@ -517,7 +517,7 @@ async fn multipart_copy(
                 .try_collect()
                 .await?;
             dst.store
-                .complete_multipart(dkey, &upload_id, parts, None)
+                .complete_multipart(dkey, &upload_id, parts, None, PutMode::Overwrite)
                 .await
         }
     })

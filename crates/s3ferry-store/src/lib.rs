@@ -269,6 +269,11 @@ pub struct Capabilities {
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Human-readable location, e.g. `s3://bucket` or `/data`.
     fn describe(&self) -> String;
+    /// A stable identity for state records: like [`Store::describe`] but distinct for two
+    /// endpoints that have a bucket of the same name (`s3://bucket@https://endpoint`).
+    fn state_id(&self) -> String {
+        self.describe()
+    }
     /// The bucket name for server-side copies (`None` for local and memory stores).
     fn bucket(&self) -> Option<&str> {
         None
@@ -309,6 +314,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         upload_id: &str,
         parts: Vec<PartInfo>,
         crc64nvme: Option<u64>,
+        mode: PutMode,
     ) -> Result<PutResult>;
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()>;
     async fn list_multipart(&self, prefix: &str) -> Result<Vec<MultipartUpload>>;

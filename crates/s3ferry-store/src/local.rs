@@ -672,16 +672,18 @@ impl Store for LocalStore {
         upload_id: &str,
         mut parts: Vec<PartInfo>,
         crc: Option<u64>,
+        mode: PutMode,
     ) -> Result<PutResult> {
         let op = "complete_multipart";
         let (tmp, part_size) = self.upload_paths(op, key, upload_id)?;
-        let opts = self
+        let mut opts = self
             .uploads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(upload_id)
             .cloned()
             .unwrap_or_default();
+        opts.mode = mode;
         let this = self.clone();
         let key = key.to_string();
         let res = blocking(move || {

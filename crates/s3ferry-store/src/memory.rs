@@ -417,6 +417,7 @@ impl Store for MemoryStore {
         upload_id: &str,
         parts: Vec<PartInfo>,
         crc: Option<u64>,
+        mode: PutMode,
     ) -> Result<PutResult> {
         self.count("complete_multipart");
         let mut g = self.lock();
@@ -458,7 +459,8 @@ impl Store for MemoryStore {
                 .with_key(key));
             }
         }
-        let opts = up.opts.clone();
+        let mut opts = up.opts.clone();
+        opts.mode = mode;
         if up.key != key {
             return Err(StoreError::new(
                 ErrorKind::InvalidInput,

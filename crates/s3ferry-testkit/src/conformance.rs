@@ -613,7 +613,7 @@ pub async fn multipart_upload(store: &dyn Store, prefix: &str) {
     }
     let res = ok(
         store
-            .complete_multipart(&k, &id, infos, Some(whole_crc))
+            .complete_multipart(&k, &id, infos, Some(whole_crc), PutMode::Overwrite)
             .await,
         "complete_multipart",
     );
@@ -694,7 +694,7 @@ pub async fn multipart_bad_checksums(store: &dyn Store, prefix: &str) {
     let whole = crc64nvme_combine(crc64nvme(&d1), crc64nvme(&d2), d2.len() as u64);
     expect_kind(
         store
-            .complete_multipart(&k, &id, vec![p1.clone(), p2.clone()], Some(whole ^ 1))
+            .complete_multipart(&k, &id, vec![p1.clone(), p2.clone()], Some(whole ^ 1), PutMode::Overwrite)
             .await,
         &[ErrorKind::Corrupt, ErrorKind::InvalidInput],
         "complete with a wrong full-object CRC64NVME",
@@ -988,7 +988,7 @@ pub async fn upload_part_copy(store: &dyn Store, prefix: &str) {
     );
     let parts: Vec<PartInfo> = vec![p1, p2];
     ok(
-        store.complete_multipart(&k, &id, parts, Some(crc)).await,
+        store.complete_multipart(&k, &id, parts, Some(crc), PutMode::Overwrite).await,
         "complete",
     );
     let got = ok(store.get_bytes(&k).await, "get");
@@ -1148,7 +1148,7 @@ pub async fn tags_roundtrip(store: &dyn Store, prefix: &str) {
         "part",
     );
     ok(
-        store.complete_multipart(&mk, &id, vec![p], None).await,
+        store.complete_multipart(&mk, &id, vec![p], None, PutMode::Overwrite).await,
         "complete",
     );
     assert_eq!(

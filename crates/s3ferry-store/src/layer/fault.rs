@@ -72,7 +72,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::{
     ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult,
-    HttpInfo, ListOptions, MultipartUpload, ObjectMeta, PartInfo, PutOptions, PutResult, Result,
+    HttpInfo, ListOptions, MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result,
     Store, StoreError,
 };
 
@@ -760,6 +760,9 @@ impl Store for FaultStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn state_id(&self) -> String {
+        self.inner.state_id()
+    }
     fn bucket(&self) -> Option<&str> {
         self.inner.bucket()
     }
@@ -899,10 +902,11 @@ impl Store for FaultStore {
         upload_id: &str,
         parts: Vec<PartInfo>,
         crc64nvme: Option<u64>,
+        mode: PutMode,
     ) -> Result<PutResult> {
         let f = self
             .inner
-            .complete_multipart(key, upload_id, parts, crc64nvme);
+            .complete_multipart(key, upload_id, parts, crc64nvme, mode);
         self.call(Op::CompleteMultipart, Some(key), "", f).await
     }
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {

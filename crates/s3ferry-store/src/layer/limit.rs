@@ -32,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult,
-    ListOptions, MultipartUpload, ObjectMeta, PartInfo, PutOptions, PutResult, Result, Store,
+    ListOptions, MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,6 +280,9 @@ impl Store for LimitStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn state_id(&self) -> String {
+        self.inner.state_id()
+    }
     fn bucket(&self) -> Option<&str> {
         self.inner.bucket()
     }
@@ -369,10 +372,11 @@ impl Store for LimitStore {
         upload_id: &str,
         parts: Vec<PartInfo>,
         crc64nvme: Option<u64>,
+        mode: PutMode,
     ) -> Result<PutResult> {
         self.run(
             self.inner
-                .complete_multipart(key, upload_id, parts, crc64nvme),
+                .complete_multipart(key, upload_id, parts, crc64nvme, mode),
         )
         .await
     }

@@ -444,6 +444,9 @@ impl Store for RetryStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn state_id(&self) -> String {
+        self.inner.state_id()
+    }
     fn bucket(&self) -> Option<&str> {
         self.inner.bucket()
     }
@@ -549,11 +552,15 @@ impl Store for RetryStore {
         upload_id: &str,
         parts: Vec<PartInfo>,
         crc64nvme: Option<u64>,
+        mode: PutMode,
     ) -> Result<PutResult> {
+        // A conditional complete is not idempotent: a lost answer to a complete that succeeded
+        // would make the retry fail its own condition (or, worse, pass someone else's).
+        let idem = mode == PutMode::Overwrite;
         self.shared
-            .run("complete_multipart", key, true, || {
+            .run("complete_multipart", key, idem, || {
                 self.inner
-                    .complete_multipart(key, upload_id, parts.clone(), crc64nvme)
+                    .complete_multipart(key, upload_id, parts.clone(), crc64nvme, mode.clone())
             })
             .await
     }

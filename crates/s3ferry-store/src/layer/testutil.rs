@@ -16,7 +16,7 @@ use futures::stream::{BoxStream, StreamExt};
 use crate::memory::MemoryStore;
 use crate::{
     Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions,
-    MultipartUpload, ObjectMeta, PartInfo, PutOptions, PutResult, Result, Store, StoreError,
+    MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store, StoreError,
 };
 
 /// `(op, key, n)` → fail with this kind? `n` is the 1-based call number of `op`.
@@ -229,10 +229,11 @@ impl Store for TestStore {
         upload_id: &str,
         parts: Vec<PartInfo>,
         crc: Option<u64>,
+        mode: PutMode,
     ) -> Result<PutResult> {
         let _g = self.enter("complete_multipart", key).await?;
         self.mem
-            .complete_multipart(key, upload_id, parts, crc)
+            .complete_multipart(key, upload_id, parts, crc, mode)
             .await
     }
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
