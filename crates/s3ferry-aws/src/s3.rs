@@ -30,8 +30,8 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use s3ferry_store::checksum::{clean_etag, crc64_from_b64, crc64_to_b64, crc64nvme};
 use s3ferry_store::{
     format_mtime, parse_mtime, Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions,
-    GetResult, ListOptions, MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult,
-    Result, Store, StoreError, MTIME_META,
+    GetResult, ListOptions, MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode, PutOptions,
+    PutResult, Result, Store, StoreError, MTIME_META,
 };
 
 use crate::error::{build_error, map_body_error, map_sdk_error, root_cause, ErrCtx};
@@ -744,7 +744,7 @@ impl Store for S3Store {
         &self,
         key: &str,
         opts: PutOptions,
-        _part_size: u64,
+        _layout: PartLayout,
     ) -> Result<String> {
         let mut req = self
             .client

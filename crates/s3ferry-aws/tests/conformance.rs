@@ -246,7 +246,13 @@ async fn ok_status_with_error_body_is_an_error() {
         crc64nvme: None,
     }];
     let e = store
-        .complete_multipart("k", "upload-1", parts, None, s3ferry_store::PutMode::Overwrite)
+        .complete_multipart(
+            "k",
+            "upload-1",
+            parts,
+            None,
+            s3ferry_store::PutMode::Overwrite,
+        )
         .await
         .err();
     let e = e.unwrap_or_else(|| panic!("complete with a 200 <Error> body succeeded"));

@@ -180,7 +180,7 @@ impl Shared {
             s,
             &self.opts.transfer,
             &self.journal,
-            self.reporter.as_ref(),
+            &self.reporter,
         )
         .await
         {
@@ -572,7 +572,7 @@ async fn cleanup_orphans(dst: &Side, journal: &Journal, reporter: &dyn Reporter,
         if id == PENDING_UPLOAD {
             // Killed between noting the intent and learning the upload id (or the answer to
             // the create was lost): find the upload by key and start time.
-            sweep_stray_uploads(dst, &key, None, started).await;
+            sweep_stray_uploads(&dst.store, &key, None, started).await;
             let _ = journal.upload_ended(&store_id, &key, &id);
             continue;
         }

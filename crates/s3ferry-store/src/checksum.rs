@@ -22,6 +22,101 @@ pub fn is_multipart(size: u64, part_size: u64) -> bool {
     size > part_size
 }
 
+/// Largest part S3 accepts.
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
+
+/// How the parts of a multipart upload are sized. Every part but the last has exactly the size
+/// the layout gives its number, so a store can place part `n` at a known offset before the parts
+/// before it have arrived (the local store writes parts in place), and a stream of unknown length
+/// can still reach S3's 5 TiB within 10,000 parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartLayout {
+    /// Every part the same size (known-length objects: [`part_size_for`]).
+    Uniform(u64),
+    /// `base` bytes, doubling every `every` parts, never above [`MAX_PART_SIZE`] (streams of
+    /// unknown length; from 8 MiB every 1,000 parts: 8 GiB in the first 1,000 parts, about
+    /// 8 TiB within 10,000).
+    Doubling { base: u64, every: u32 },
+}
+
+impl PartLayout {
+    /// The layout for a stream of unknown length starting at `base`-byte parts.
+    pub fn for_stream(base: u64) -> Self {
+        Self::Doubling {
+            base: base.max(MIN_PART_SIZE),
+            every: 1000,
+        }
+    }
+
+    /// Size of part `n` (1-based) unless it is the last.
+    pub fn len(&self, n: u32) -> u64 {
+        match *self {
+            Self::Uniform(s) => s,
+            Self::Doubling { base, every } => {
+                let step = (n.max(1) - 1) / every.max(1);
+                let mut len = base;
+                for _ in 0..step {
+                    if len * 2 > MAX_PART_SIZE {
+                        break;
+                    }
+                    len *= 2;
+                }
+                len
+            }
+        }
+    }
+
+    /// Byte offset of part `n` (1-based) in the object.
+    pub fn offset(&self, n: u32) -> u64 {
+        match *self {
+            Self::Uniform(s) => (n.max(1) as u64 - 1) * s,
+            Self::Doubling { every, .. } => {
+                let every = every.max(1);
+                let before = n.max(1) - 1;
+                let (groups, rest) = (before / every, before % every);
+                let full: u64 = (0..groups)
+                    .map(|g| self.len(g * every + 1) * every as u64)
+                    .sum();
+                full + rest as u64 * self.len(before + 1)
+            }
+        }
+    }
+
+    /// The parts of an object of `size` bytes: (part number, byte range). An empty object has
+    /// no parts.
+    pub fn ranges(&self, size: u64) -> impl Iterator<Item = (u32, std::ops::Range<u64>)> + '_ {
+        let mut n = 0u32;
+        let mut pos = 0u64;
+        std::iter::from_fn(move || {
+            if pos >= size {
+                return None;
+            }
+            n += 1;
+            let end = (pos + self.len(n)).min(size);
+            let r = (n, pos..end);
+            pos = end;
+            Some(r)
+        })
+    }
+
+    /// A compact text form (`u8388608`, `d8388608x1000`) for names that must carry the layout.
+    pub fn encode(&self) -> String {
+        match *self {
+            Self::Uniform(s) => format!("u{s}"),
+            Self::Doubling { base, every } => format!("d{base}x{every}"),
+        }
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        if let Some(u) = s.strip_prefix('u') {
+            return u.parse().ok().filter(|v| *v > 0).map(Self::Uniform);
+        }
+        let (base, every) = s.strip_prefix('d')?.split_once('x')?;
+        let (base, every) = (base.parse().ok()?, every.parse().ok()?);
+        (base > 0 && every > 0).then_some(Self::Doubling { base, every })
+    }
+}
+
 pub fn crc64nvme(data: &[u8]) -> u64 {
     crc_fast::checksum(CrcAlgorithm::Crc64Nvme, data)
 }
@@ -249,5 +344,40 @@ mod tests {
         assert_eq!(c[0], 8 * MIB);
         assert!(c.contains(&(8 * MIB)));
         assert!(!c.contains(&(5 * MIB)));
+    }
+
+    #[test]
+    fn part_layouts() {
+        let u = PartLayout::Uniform(10);
+        assert_eq!(
+            u.ranges(25).collect::<Vec<_>>(),
+            vec![(1, 0..10), (2, 10..20), (3, 20..25)]
+        );
+        assert_eq!(u.ranges(0).count(), 0);
+        assert_eq!(u.offset(3), 20);
+        let d = PartLayout::Doubling { base: 4, every: 2 };
+        let lens: Vec<u64> = (1..=7).map(|n| d.len(n)).collect();
+        assert_eq!(lens, vec![4, 4, 8, 8, 16, 16, 32]);
+        // Offsets are the running sums of the lengths.
+        let mut sum = 0;
+        for n in 1..=7 {
+            assert_eq!(d.offset(n), sum, "offset of part {n}");
+            sum += d.len(n);
+        }
+        let r: Vec<_> = d.ranges(30).collect();
+        assert_eq!(
+            r,
+            vec![(1, 0..4), (2, 4..8), (3, 8..16), (4, 16..24), (5, 24..30)]
+        );
+        // The stream layout reaches S3's 5 TiB object limit within 10,000 parts and never
+        // makes a part bigger than 5 GiB.
+        let s = PartLayout::for_stream(DEFAULT_PART_SIZE);
+        assert!(s.offset(10_001) >= 5 * 1024 * 1024 * MIB);
+        assert!((1..=10_000).all(|n| s.len(n) <= MAX_PART_SIZE));
+        for l in [u, d, s] {
+            assert_eq!(PartLayout::decode(&l.encode()), Some(l));
+        }
+        assert_eq!(PartLayout::decode("x1"), None);
+        assert_eq!(PartLayout::decode("u0"), None);
     }
 }

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub use checksum::PartLayout;
 pub use error::{ErrorKind, HttpInfo, Result, StoreError};
 pub use key::{key_to_relpath, relpath_to_key, Location, UnsafeKey};
 
@@ -149,28 +150,50 @@ pub struct GetResult {
 impl GetResult {
     /// Read the whole body; fails with `Corrupt` if it is shorter or longer than announced.
     pub async fn bytes(self) -> Result<Bytes> {
-        use futures::TryStreamExt;
         let want = self.range.end - self.range.start;
-        let key = self.meta.key.clone();
-        let chunks: Vec<Bytes> = self.body.try_collect().await?;
-        let total: usize = chunks.iter().map(|c| c.len()).sum();
-        if total as u64 != want {
-            return Err(StoreError::new(
-                ErrorKind::Corrupt,
-                "get",
-                format!("body has {total} bytes, expected {want}"),
-            )
-            .with_key(key));
-        }
-        if chunks.len() == 1 {
-            return Ok(chunks.into_iter().next().unwrap_or_default());
-        }
-        let mut v = Vec::with_capacity(total);
-        for c in chunks {
-            v.extend_from_slice(&c);
-        }
-        Ok(v.into())
+        collect_body(self.body, want, &self.meta.key).await
     }
+}
+
+/// Read a body of exactly `want` bytes into one buffer (no copy when it comes as one chunk);
+/// `Corrupt` if it is shorter or longer.
+pub async fn collect_body(mut body: ByteStream, want: u64, key: &str) -> Result<Bytes> {
+    use futures::StreamExt;
+    let wrong = |total: u64| {
+        StoreError::new(
+            ErrorKind::Corrupt,
+            "get",
+            format!("body has {total} bytes, expected {want}"),
+        )
+        .with_key(key)
+    };
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<bytes::BytesMut> = None;
+    let mut total = 0u64;
+    while let Some(c) = body.next().await {
+        let c = c?;
+        total += c.len() as u64;
+        if total > want {
+            return Err(wrong(total));
+        }
+        match (&mut buf, first.take()) {
+            (Some(b), _) => b.extend_from_slice(&c),
+            (None, None) => first = Some(c),
+            (None, Some(f)) => {
+                let mut b = bytes::BytesMut::with_capacity(want as usize);
+                b.extend_from_slice(&f);
+                b.extend_from_slice(&c);
+                buf = Some(b);
+            }
+        }
+    }
+    if total != want {
+        return Err(wrong(total));
+    }
+    Ok(match (buf, first) {
+        (Some(b), _) => b.freeze(),
+        (None, f) => f.unwrap_or_default(),
+    })
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -290,8 +313,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn put(&self, key: &str, body: Bytes, opts: PutOptions) -> Result<PutResult>;
     async fn get_tags(&self, key: &str) -> Result<Vec<(String, String)>>;
 
-    async fn create_multipart(&self, key: &str, opts: PutOptions, part_size: u64)
-        -> Result<String>;
+    /// Start a multipart upload whose parts follow `layout` (every part but the last has the
+    /// size the layout gives its number).
+    async fn create_multipart(
+        &self,
+        key: &str,
+        opts: PutOptions,
+        layout: PartLayout,
+    ) -> Result<String>;
     async fn upload_part(
         &self,
         key: &str,
@@ -300,6 +329,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         body: Bytes,
         crc64nvme: Option<u64>,
     ) -> Result<PartInfo>;
+    /// Upload a part from a stream of exactly `len` bytes. The store may write the chunks as
+    /// they come (the local store writes them in place, holding no part in memory); the default
+    /// collects them and calls [`Store::upload_part`]. A stream cannot be replayed, so layers do
+    /// not retry this call: the caller's stream resumes its own source.
+    async fn upload_part_stream(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        len: u64,
+        body: ByteStream,
+    ) -> Result<PartInfo> {
+        let data = collect_body(body, len, key).await?;
+        let crc = checksum::crc64nvme(&data);
+        self.upload_part(key, upload_id, part_number, data, Some(crc))
+            .await
+    }
     async fn upload_part_copy(
         &self,
         key: &str,

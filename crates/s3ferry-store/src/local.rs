@@ -24,13 +24,15 @@ use crate::checksum::{crc64nvme, crc64nvme_combine};
 use crate::key::{key_to_relpath, UnsafeKey};
 use crate::{
     Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions,
-    MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store,
-    StoreError,
+    MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode, PutOptions, PutResult, Result,
+    Store, StoreError,
 };
 
 /// Names starting with this are ours (in-flight writes); listings skip them.
 pub const TEMP_PREFIX: &str = ".s3ferry-tmp.";
-const READ_CHUNK: u64 = 4 * 1024 * 1024;
+const READ_CHUNK: u64 = 8 * 1024 * 1024;
+/// Bytes of a streamed part written per blocking call.
+const STREAM_BATCH: u64 = 1024 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct LocalStore {
@@ -238,19 +240,47 @@ impl LocalStore {
         dir.join(format!("{TEMP_PREFIX}{upload_id}"))
     }
 
-    fn upload_paths(&self, op: &'static str, key: &str, upload_id: &str) -> Result<(PathBuf, u64)> {
-        if upload_id.contains('/') || upload_id.contains("..") {
+    /// The temp file of an upload and the part layout its id carries.
+    fn upload_paths(
+        &self,
+        op: &'static str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(PathBuf, PartLayout)> {
+        // Ids of earlier versions end in a plain part size.
+        let layout = upload_id.rsplit_once('.').and_then(|(_, l)| {
+            PartLayout::decode(l)
+                .or_else(|| l.parse().ok().filter(|v| *v > 0).map(PartLayout::Uniform))
+        });
+        let Some(layout) = layout.filter(|_| !upload_id.contains('/') && !upload_id.contains(".."))
+        else {
             return Err(err(ErrorKind::InvalidInput, op, key, "bad upload id"));
-        }
+        };
         let dir = match parent_key(key) {
             "" => self.root.clone(),
             p => self.path_for(op, p)?,
         };
-        let part_size = upload_id
-            .rsplit_once('.')
-            .and_then(|(_, p)| p.parse().ok())
-            .unwrap_or(0);
-        Ok((Self::temp_path(&dir, upload_id), part_size))
+        Ok((Self::temp_path(&dir, upload_id), layout))
+    }
+
+    /// Check a part's number and length against the upload's layout (only the last part may be
+    /// shorter; which one is last is only known at completion, which checks the rest).
+    fn check_part(
+        op: &'static str,
+        key: &str,
+        layout: &PartLayout,
+        n: u32,
+        len: u64,
+    ) -> Result<()> {
+        if n == 0 || len > layout.len(n) {
+            return Err(err(
+                ErrorKind::InvalidInput,
+                op,
+                key,
+                format!("part {n} of {len} bytes does not fit the upload's part layout"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -578,7 +608,7 @@ impl Store for LocalStore {
         &self,
         key: &str,
         opts: PutOptions,
-        part_size: u64,
+        layout: PartLayout,
     ) -> Result<String> {
         if matches!(opts.mode, PutMode::Update { .. }) {
             return Err(err(
@@ -590,7 +620,7 @@ impl Store for LocalStore {
         }
         let root = self.root.clone();
         let k = key.to_string();
-        let id = format!("{}.{part_size}", uuid::Uuid::new_v4().simple());
+        let id = format!("{}.{}", uuid::Uuid::new_v4().simple(), layout.encode());
         let id2 = id.clone();
         blocking(move || {
             let (dir, _) = Self::prepare_write(&root, "create_multipart", &k)?;
@@ -615,15 +645,8 @@ impl Store for LocalStore {
         crc: Option<u64>,
     ) -> Result<PartInfo> {
         let op = "upload_part";
-        let (tmp, part_size) = self.upload_paths(op, key, upload_id)?;
-        if part_size == 0 || part_number == 0 {
-            return Err(err(
-                ErrorKind::InvalidInput,
-                op,
-                key,
-                "bad upload id or part number",
-            ));
-        }
+        let (tmp, layout) = self.upload_paths(op, key, upload_id)?;
+        Self::check_part(op, key, &layout, part_number, body.len() as u64)?;
         let key = key.to_string();
         blocking(move || {
             let part_crc = crc64nvme(&body);
@@ -639,7 +662,7 @@ impl Store for LocalStore {
                 .write(true)
                 .open(&tmp)
                 .map_err(|e| StoreError::io(op, &key, e))?;
-            f.write_all_at(&body, (part_number as u64 - 1) * part_size)
+            f.write_all_at(&body, layout.offset(part_number))
                 .map_err(|e| StoreError::io(op, &key, e))?;
             Ok(PartInfo {
                 part_number,
@@ -648,6 +671,85 @@ impl Store for LocalStore {
             })
         })
         .await
+    }
+
+    async fn upload_part_stream(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        len: u64,
+        mut body: crate::ByteStream,
+    ) -> Result<PartInfo> {
+        let op = "upload_part";
+        let (tmp, layout) = self.upload_paths(op, key, upload_id)?;
+        Self::check_part(op, key, &layout, part_number, len)?;
+        let k = key.to_string();
+        let file = blocking(move || {
+            OpenOptions::new()
+                .write(true)
+                .open(&tmp)
+                .map_err(|e| StoreError::io(op, &k, e))
+        })
+        .await?;
+        let file = Arc::new(file);
+        // Chunks go to their place in the file as they come, up to STREAM_BATCH bytes per
+        // blocking write: the part is never assembled in memory.
+        let start = layout.offset(part_number);
+        let mut pos = 0u64;
+        let mut crc = 0u64;
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch_len = 0u64;
+        let mut ended = false;
+        while !ended {
+            match body.next().await {
+                Some(c) => {
+                    let c = c?;
+                    batch_len += c.len() as u64;
+                    batch.push(c);
+                }
+                None => ended = true,
+            }
+            if batch_len >= STREAM_BATCH || (ended && batch_len > 0) {
+                if pos + batch_len > len {
+                    return Err(err(
+                        ErrorKind::Corrupt,
+                        op,
+                        key,
+                        format!("part {part_number}: body longer than {len} bytes"),
+                    ));
+                }
+                let (f, k, chunks) = (file.clone(), key.to_string(), std::mem::take(&mut batch));
+                let at = start + pos;
+                crc = blocking(move || {
+                    let mut off = at;
+                    let mut crc = crc;
+                    for c in &chunks {
+                        f.write_all_at(c, off)
+                            .map_err(|e| StoreError::io(op, &k, e))?;
+                        crc = crc64nvme_combine(crc, crc64nvme(c), c.len() as u64);
+                        off += c.len() as u64;
+                    }
+                    Ok(crc)
+                })
+                .await?;
+                pos += batch_len;
+                batch_len = 0;
+            }
+        }
+        if pos != len {
+            return Err(err(
+                ErrorKind::Corrupt,
+                op,
+                key,
+                format!("part {part_number}: body ended at {pos} of {len} bytes"),
+            ));
+        }
+        Ok(PartInfo {
+            part_number,
+            etag: format!("{crc:016x}-{len}"),
+            crc64nvme: Some(crc),
+        })
     }
 
     async fn upload_part_copy(
@@ -675,7 +777,7 @@ impl Store for LocalStore {
         mode: PutMode,
     ) -> Result<PutResult> {
         let op = "complete_multipart";
-        let (tmp, part_size) = self.upload_paths(op, key, upload_id)?;
+        let (tmp, layout) = self.upload_paths(op, key, upload_id)?;
         let mut opts = self
             .uploads
             .lock()
@@ -702,7 +804,7 @@ impl Store for LocalStore {
                     .unwrap_or((0, u64::MAX));
                 whole = crc64nvme_combine(whole, part_crc, len);
                 if p.part_number as usize != i + 1
-                    || (i + 1 < parts.len() && len != part_size)
+                    || (i + 1 < parts.len() && len != layout.len(p.part_number))
                     || len == u64::MAX
                 {
                     return Err(err(

@@ -13,8 +13,8 @@ use futures::stream::{self, BoxStream, StreamExt};
 use crate::checksum::{crc64nvme, crc64nvme_combine, md5_hex, multipart_etag};
 use crate::{
     Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions,
-    MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store,
-    StoreError,
+    MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode, PutOptions, PutResult, Result,
+    Store, StoreError,
 };
 
 #[derive(Clone, Debug)]
@@ -329,7 +329,7 @@ impl Store for MemoryStore {
         &self,
         key: &str,
         opts: PutOptions,
-        _part_size: u64,
+        _layout: PartLayout,
     ) -> Result<String> {
         self.count("create_multipart");
         let mut g = self.lock();

@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use s3ferry_store::checksum::{crc64nvme, crc64nvme_combine, etag_shape, md5_hex, EtagShape, MIB};
 use s3ferry_store::{
     Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, ListOptions, ObjectMeta,
-    PartInfo, PutMode, PutOptions, Result, Store, StoreError, StoreExt,
+    PartInfo, PartLayout, PutMode, PutOptions, Result, Store, StoreError, StoreExt,
 };
 
 /// Run every behaviour under a fresh prefix, then delete everything it wrote.
@@ -34,6 +34,8 @@ pub async fn run_all(store: &dyn Store) {
     multipart_upload(store, &p("mpu")).await;
     multipart_abort_and_invisible(store, &p("mpu-abort")).await;
     multipart_bad_checksums(store, &p("mpu-badcrc")).await;
+    multipart_growing_streamed_parts(store, &p("mpu-grow")).await;
+    multipart_conditional_complete(store, &p("mpu-cond")).await;
     copy_object(store, &p("copy")).await;
     copy_if_match(store, &p("copy-ifmatch")).await;
     upload_part_copy(store, &p("upc")).await;
@@ -593,7 +595,9 @@ pub async fn multipart_upload(store: &dyn Store, prefix: &str) {
         .content_type(Some("application/x-test".into()))
         .mtime(Some(test_mtime()));
     let id = ok(
-        store.create_multipart(&k, opts, part).await,
+        store
+            .create_multipart(&k, opts, PartLayout::Uniform(part))
+            .await,
         "create_multipart",
     );
     let mut infos = Vec::new();
@@ -669,7 +673,9 @@ pub async fn multipart_bad_checksums(store: &dyn Store, prefix: &str) {
     let d1 = ramp(part as usize, 51);
     let d2 = ramp(2048, 52);
     let id = ok(
-        store.create_multipart(&k, PutOptions::new(), part).await,
+        store
+            .create_multipart(&k, PutOptions::new(), PartLayout::Uniform(part))
+            .await,
         "create_multipart",
     );
     expect_kind(
@@ -694,7 +700,13 @@ pub async fn multipart_bad_checksums(store: &dyn Store, prefix: &str) {
     let whole = crc64nvme_combine(crc64nvme(&d1), crc64nvme(&d2), d2.len() as u64);
     expect_kind(
         store
-            .complete_multipart(&k, &id, vec![p1.clone(), p2.clone()], Some(whole ^ 1), PutMode::Overwrite)
+            .complete_multipart(
+                &k,
+                &id,
+                vec![p1.clone(), p2.clone()],
+                Some(whole ^ 1),
+                PutMode::Overwrite,
+            )
             .await,
         &[ErrorKind::Corrupt, ErrorKind::InvalidInput],
         "complete with a wrong full-object CRC64NVME",
@@ -713,7 +725,9 @@ pub async fn multipart_abort_and_invisible(store: &dyn Store, prefix: &str) {
     let k = format!("{prefix}unfinished.bin");
     let part = 5 * MIB;
     let id = ok(
-        store.create_multipart(&k, PutOptions::new(), part).await,
+        store
+            .create_multipart(&k, PutOptions::new(), PartLayout::Uniform(part))
+            .await,
         "create_multipart",
     );
     let d = ramp(part as usize, 9);
@@ -764,6 +778,118 @@ pub async fn multipart_abort_and_invisible(store: &dyn Store, prefix: &str) {
         &[ErrorKind::NotFound],
         "head after abort",
     );
+}
+
+/// Parts that grow (a stream of unknown length), sent out of order and partly as streams of
+/// small chunks, make the object in part order; only the last part may be short.
+pub async fn multipart_growing_streamed_parts(store: &dyn Store, prefix: &str) {
+    let k = format!("{prefix}grown.bin");
+    let layout = PartLayout::Doubling {
+        base: 5 * MIB,
+        every: 1,
+    };
+    let data = [
+        ramp(5 * MIB as usize, 21),
+        ramp(10 * MIB as usize, 22),
+        ramp(3 * MIB as usize + 7, 23),
+    ];
+    let id = ok(
+        store.create_multipart(&k, PutOptions::new(), layout).await,
+        "create_multipart",
+    );
+    let mut infos = Vec::new();
+    // Part 3 first, then 1, then 2 as a stream of 64 KiB chunks.
+    for n in [3u32, 1, 2] {
+        let d = data[n as usize - 1].clone();
+        let info = if n == 2 {
+            let chunks: Vec<Result<Bytes>> = d
+                .chunks(64 * 1024)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            store
+                .upload_part_stream(
+                    &k,
+                    &id,
+                    n,
+                    d.len() as u64,
+                    futures::stream::iter(chunks).boxed(),
+                )
+                .await
+        } else {
+            store
+                .upload_part(&k, &id, n, d.clone(), Some(crc64nvme(&d)))
+                .await
+        };
+        let info = ok(info, &format!("upload part {n}"));
+        if let Some(c) = info.crc64nvme {
+            assert_eq!(c, crc64nvme(&d), "part {n} CRC");
+        }
+        infos.push(info);
+    }
+    infos.sort_by_key(|p| p.part_number);
+    let whole: Vec<u8> = data.iter().flat_map(|d| d.iter().copied()).collect();
+    ok(
+        store
+            .complete_multipart(&k, &id, infos, Some(crc64nvme(&whole)), PutMode::Overwrite)
+            .await,
+        "complete",
+    );
+    let got = ok(store.get_bytes(&k).await, "get");
+    assert!(got[..] == whole[..], "grown multipart content");
+    // A streamed part whose body is shorter than announced is refused.
+    let id = ok(
+        store
+            .create_multipart(&k, PutOptions::new(), PartLayout::Uniform(5 * MIB))
+            .await,
+        "create_multipart",
+    );
+    let short: Vec<Result<Bytes>> = vec![Ok(ramp(1000, 1))];
+    expect_kind(
+        store
+            .upload_part_stream(&k, &id, 1, 5 * MIB, futures::stream::iter(short).boxed())
+            .await,
+        &[ErrorKind::Corrupt, ErrorKind::InvalidInput],
+        "short streamed part",
+    );
+    ok(store.abort_multipart(&k, &id).await, "abort");
+    assert_eq!(ok(store.get_bytes(&k).await, "get").len(), whole.len());
+}
+
+/// A create-only multipart upload fails at completion when the key exists meanwhile, and
+/// leaves the existing object as it was.
+pub async fn multipart_conditional_complete(store: &dyn Store, prefix: &str) {
+    let k = format!("{prefix}cond.bin");
+    let id = ok(
+        store
+            .create_multipart(&k, PutOptions::new(), PartLayout::Uniform(5 * MIB))
+            .await,
+        "create_multipart",
+    );
+    let d = ramp(1000, 31);
+    let p = ok(
+        store
+            .upload_part(&k, &id, 1, d.clone(), Some(crc64nvme(&d)))
+            .await,
+        "upload part",
+    );
+    ok(store.put_bytes(&k, "someone else").await, "foreign put");
+    let c = caps(store);
+    let r = store
+        .complete_multipart(&k, &id, vec![p], None, PutMode::Create)
+        .await;
+    if c.conditional_writes || c.local {
+        expect_kind(
+            r,
+            &[ErrorKind::AlreadyExists, ErrorKind::PreconditionFailed],
+            "create-only complete over an existing key",
+        );
+        assert_eq!(
+            ok(store.get_bytes(&k).await, "get").as_ref(),
+            b"someone else",
+            "existing object untouched"
+        );
+        let _ = store.abort_multipart(&k, &id).await;
+    }
 }
 
 /// Server-side copy: metadata and tags kept with `replace: None`, replaced with `Some`.
@@ -948,7 +1074,9 @@ pub async fn upload_part_copy(store: &dyn Store, prefix: &str) {
     let etag = ok(store.head(&src).await, "head source").etag;
     let k = format!("{prefix}dst.bin");
     let id = ok(
-        store.create_multipart(&k, PutOptions::new(), part).await,
+        store
+            .create_multipart(&k, PutOptions::new(), PartLayout::Uniform(part))
+            .await,
         "create_multipart",
     );
     let cs = CopySource {
@@ -988,7 +1116,9 @@ pub async fn upload_part_copy(store: &dyn Store, prefix: &str) {
     );
     let parts: Vec<PartInfo> = vec![p1, p2];
     ok(
-        store.complete_multipart(&k, &id, parts, Some(crc), PutMode::Overwrite).await,
+        store
+            .complete_multipart(&k, &id, parts, Some(crc), PutMode::Overwrite)
+            .await,
         "complete",
     );
     let got = ok(store.get_bytes(&k).await, "get");
@@ -1138,7 +1268,11 @@ pub async fn tags_roundtrip(store: &dyn Store, prefix: &str) {
     let mk = format!("{prefix}tagged-mpu");
     let id = ok(
         store
-            .create_multipart(&mk, PutOptions::new().tags(tags.clone()), 5 * MIB)
+            .create_multipart(
+                &mk,
+                PutOptions::new().tags(tags.clone()),
+                PartLayout::Uniform(5 * MIB),
+            )
             .await,
         "create",
     );
@@ -1148,7 +1282,9 @@ pub async fn tags_roundtrip(store: &dyn Store, prefix: &str) {
         "part",
     );
     ok(
-        store.complete_multipart(&mk, &id, vec![p], None, PutMode::Overwrite).await,
+        store
+            .complete_multipart(&mk, &id, vec![p], None, PutMode::Overwrite)
+            .await,
         "complete",
     );
     assert_eq!(

@@ -72,8 +72,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::{
     ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult,
-    HttpInfo, ListOptions, MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result,
-    Store, StoreError,
+    HttpInfo, ListOptions, MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode, PutOptions,
+    PutResult, Result, Store, StoreError,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -858,13 +858,13 @@ impl Store for FaultStore {
         &self,
         key: &str,
         opts: PutOptions,
-        part_size: u64,
+        layout: PartLayout,
     ) -> Result<String> {
         self.call(
             Op::CreateMultipart,
             Some(key),
             "",
-            self.inner.create_multipart(key, opts, part_size),
+            self.inner.create_multipart(key, opts, layout),
         )
         .await
     }
@@ -880,6 +880,20 @@ impl Store for FaultStore {
         let f = self
             .inner
             .upload_part(key, upload_id, part_number, body, crc64nvme);
+        self.call(Op::UploadPart, Some(key), &detail, f).await
+    }
+    async fn upload_part_stream(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        len: u64,
+        body: ByteStream,
+    ) -> Result<PartInfo> {
+        let detail = format!(" (part {part_number})");
+        let f = self
+            .inner
+            .upload_part_stream(key, upload_id, part_number, len, body);
         self.call(Op::UploadPart, Some(key), &detail, f).await
     }
     async fn upload_part_copy(

@@ -32,7 +32,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult,
-    ListOptions, MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store,
+    ListOptions, MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode, PutOptions, PutResult,
+    Result, Store,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -333,9 +334,9 @@ impl Store for LimitStore {
         &self,
         key: &str,
         opts: PutOptions,
-        part_size: u64,
+        layout: PartLayout,
     ) -> Result<String> {
-        self.run(self.inner.create_multipart(key, opts, part_size))
+        self.run(self.inner.create_multipart(key, opts, layout))
             .await
     }
     async fn upload_part(
@@ -349,6 +350,20 @@ impl Store for LimitStore {
         self.run(
             self.inner
                 .upload_part(key, upload_id, part_number, body, crc64nvme),
+        )
+        .await
+    }
+    async fn upload_part_stream(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        len: u64,
+        body: ByteStream,
+    ) -> Result<PartInfo> {
+        self.run(
+            self.inner
+                .upload_part_stream(key, upload_id, part_number, len, body),
         )
         .await
     }

@@ -39,9 +39,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::{
-    Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult, ListOptions,
-    MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store,
-    StoreError,
+    ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult,
+    ListOptions, MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode, PutOptions, PutResult,
+    Result, Store, StoreError,
 };
 
 /// The retry token bucket (see the module docs).
@@ -504,12 +504,12 @@ impl Store for RetryStore {
         &self,
         key: &str,
         opts: PutOptions,
-        part_size: u64,
+        layout: PartLayout,
     ) -> Result<String> {
         // A retry after a lost response leaves an orphan upload; orphan cleanup deals with those.
         self.shared
             .run("create_multipart", key, true, || {
-                self.inner.create_multipart(key, opts.clone(), part_size)
+                self.inner.create_multipart(key, opts.clone(), layout)
             })
             .await
     }
@@ -527,6 +527,20 @@ impl Store for RetryStore {
                 self.inner
                     .upload_part(key, upload_id, part_number, body.clone(), crc64nvme)
             })
+            .await
+    }
+
+    async fn upload_part_stream(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        len: u64,
+        body: ByteStream,
+    ) -> Result<PartInfo> {
+        // A stream cannot be replayed: one attempt; the caller's stream resumes its source.
+        self.inner
+            .upload_part_stream(key, upload_id, part_number, len, body)
             .await
     }
 
@@ -559,8 +573,13 @@ impl Store for RetryStore {
         let idem = mode == PutMode::Overwrite;
         self.shared
             .run("complete_multipart", key, idem, || {
-                self.inner
-                    .complete_multipart(key, upload_id, parts.clone(), crc64nvme, mode.clone())
+                self.inner.complete_multipart(
+                    key,
+                    upload_id,
+                    parts.clone(),
+                    crc64nvme,
+                    mode.clone(),
+                )
             })
             .await
     }

@@ -16,7 +16,8 @@ use futures::stream::{BoxStream, StreamExt};
 use crate::memory::MemoryStore;
 use crate::{
     Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions,
-    MultipartUpload, ObjectMeta, PartInfo, PutMode, PutOptions, PutResult, Result, Store, StoreError,
+    MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode, PutOptions, PutResult, Result,
+    Store, StoreError,
 };
 
 /// `(op, key, n)` → fail with this kind? `n` is the 1-based call number of `op`.
@@ -192,10 +193,10 @@ impl Store for TestStore {
         &self,
         key: &str,
         opts: PutOptions,
-        part_size: u64,
+        layout: PartLayout,
     ) -> Result<String> {
         let _g = self.enter("create_multipart", key).await?;
-        self.mem.create_multipart(key, opts, part_size).await
+        self.mem.create_multipart(key, opts, layout).await
     }
     async fn upload_part(
         &self,

@@ -1,0 +1,265 @@
+//! Reading an object in ranges: every body read resumes after resets, stalls and short bodies
+//! with a ranged GET pinned to the ETag seen first (`If-Match`), so a source overwritten mid-read
+//! fails with `PreconditionFailed` instead of splicing two versions.
+
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::{self, StreamExt};
+use s3ferry_store::{
+    collect_body, ByteStream, DynStore, ErrorKind, GetOptions, ObjectMeta, Result, StoreError,
+};
+
+use super::TransferConfig;
+
+/// One body read of `range`, resumed as often as the config allows.
+struct BodyRead {
+    store: DynStore,
+    key: String,
+    start: u64,
+    pos: u64,
+    end: u64,
+    pin: Option<String>,
+    /// Ask for the whole object first (the store then returns its full-object checksum).
+    whole_first: bool,
+    /// A local file must still have this size and mtime (it was listed so).
+    expect: Option<(u64, Option<SystemTime>)>,
+    cfg: TransferConfig,
+    attempt: u32,
+    body: Option<ByteStream>,
+    meta: Option<ObjectMeta>,
+    last_err: Option<StoreError>,
+}
+
+impl BodyRead {
+    fn new(store: DynStore, key: &str, range: Range<u64>, cfg: &TransferConfig) -> Self {
+        Self {
+            store,
+            key: key.to_string(),
+            start: range.start,
+            pos: range.start,
+            end: range.end,
+            pin: None,
+            whole_first: false,
+            expect: None,
+            cfg: cfg.clone(),
+            attempt: 0,
+            body: None,
+            meta: None,
+            last_err: None,
+        }
+    }
+
+    fn error(&self, kind: ErrorKind, msg: String) -> StoreError {
+        StoreError::new(kind, "get", msg).with_key(&self.key)
+    }
+
+    /// Open (or reopen, from the current position) the body.
+    async fn open(&mut self) -> Result<()> {
+        loop {
+            if self.attempt >= self.cfg.body_attempts.max(1) {
+                return Err(self
+                    .last_err
+                    .take()
+                    .unwrap_or_else(|| self.error(ErrorKind::Transient, "read failed".into())));
+            }
+            if self.attempt > 0 {
+                tracing::debug!(key = self.key, pos = self.pos, "resuming body read");
+                self.cfg.resumes.fetch_add(1, Ordering::Relaxed);
+            }
+            self.attempt += 1;
+            let mut opts = GetOptions::new().if_match(self.pin.clone());
+            let whole = self.whole_first && self.meta.is_none() && self.pos == self.start;
+            if !whole {
+                opts = opts.range(self.pos..self.end);
+            }
+            match self.store.get(&self.key, opts).await {
+                Ok(got) => {
+                    if let Some((size, mtime)) = self.expect {
+                        if got.meta.size != size || got.meta.mtime != mtime {
+                            return Err(self.error(
+                                ErrorKind::Transient,
+                                "file changed since it was listed; will retry".into(),
+                            ));
+                        }
+                    }
+                    if self.meta.is_none() {
+                        if self.pin.is_none() {
+                            self.pin = got.meta.etag.clone();
+                        }
+                        self.meta = Some(got.meta);
+                    }
+                    self.body = Some(got.body);
+                    return Ok(());
+                }
+                Err(e) if e.retryable() => self.last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next chunk, or `None` once the whole range was read.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        let idle = self.cfg.idle_timeout;
+        loop {
+            let Some(body) = self.body.as_mut() else {
+                if self.pos == self.end && self.meta.is_some() {
+                    return Ok(None);
+                }
+                self.open().await?;
+                continue;
+            };
+            // The SDK stops retrying once headers arrive: a stalled body is ours to detect.
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(Ok(c))) => {
+                    if self.pos + c.len() as u64 > self.end {
+                        return Err(
+                            self.error(ErrorKind::Corrupt, "body longer than requested".into())
+                        );
+                    }
+                    self.pos += c.len() as u64;
+                    if !c.is_empty() {
+                        return Ok(Some(c));
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    self.body = None;
+                    if !e.retryable() {
+                        return Err(e);
+                    }
+                    self.last_err = Some(e);
+                }
+                Ok(None) => {
+                    self.body = None;
+                    if self.pos == self.end {
+                        return Ok(None);
+                    }
+                    self.last_err = Some(self.error(
+                        ErrorKind::Corrupt,
+                        format!("body ended at byte {} of {}", self.pos, self.end),
+                    ));
+                }
+                Err(_) => {
+                    self.body = None;
+                    self.last_err = Some(self.error(
+                        ErrorKind::Transient,
+                        format!("no data for {}s; resuming", idle.as_secs()),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Read everything into one buffer (no copy when the store sends one chunk).
+    async fn collect(mut self) -> Result<(Bytes, ObjectMeta)> {
+        let want = self.end - self.start;
+        let mut chunks = Vec::new();
+        while let Some(c) = self.next_chunk().await? {
+            chunks.push(Ok(c));
+        }
+        let data = collect_body(stream::iter(chunks).boxed(), want, &self.key).await?;
+        Ok((data, self.meta.unwrap_or_default()))
+    }
+
+    fn into_stream(self) -> ByteStream {
+        stream::unfold(Some(self), |st| async move {
+            let mut st = st?;
+            match st.next_chunk().await {
+                Ok(Some(c)) => Some((Ok(c), Some(st))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+        .boxed()
+    }
+}
+
+/// Read `range` of `key` completely, resuming after resets and short bodies with a ranged GET
+/// pinned to `pin` or to the ETag seen first. `whole` asks for a whole-object GET first (so the
+/// store returns the full-object checksum). Returns the bytes and the metadata of the first
+/// response.
+pub async fn read_range(
+    store: DynStore,
+    key: &str,
+    range: Range<u64>,
+    whole: bool,
+    pin: Option<String>,
+    cfg: &TransferConfig,
+) -> Result<(Bytes, ObjectMeta)> {
+    let mut r = BodyRead::new(store, key, range, cfg);
+    r.whole_first = whole;
+    r.pin = pin;
+    r.collect().await
+}
+
+/// An object read in ranges, every range pinned to the object as it was first seen: its ETag
+/// for remote stores, its size and mtime for local files.
+#[derive(Clone)]
+pub struct RangedReader {
+    store: DynStore,
+    key: String,
+    meta: ObjectMeta,
+    local: bool,
+    cfg: TransferConfig,
+}
+
+impl RangedReader {
+    /// Discover the object with a HEAD (size, ETag to pin, full-object checksum, metadata).
+    pub async fn open(store: DynStore, key: &str, cfg: &TransferConfig) -> Result<Self> {
+        let meta = store.head(key).await?;
+        Ok(Self::new(store, key, meta, cfg))
+    }
+
+    /// An object already known from a listing or HEAD.
+    pub fn new(store: DynStore, key: &str, meta: ObjectMeta, cfg: &TransferConfig) -> Self {
+        let local = store.capabilities().local;
+        Self {
+            store,
+            key: key.to_string(),
+            meta,
+            local,
+            cfg: cfg.clone(),
+        }
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+
+    pub fn size(&self) -> u64 {
+        self.meta.size
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn body(&self, range: Range<u64>) -> BodyRead {
+        let mut r = BodyRead::new(self.store.clone(), &self.key, range, &self.cfg);
+        if self.local {
+            r.expect = Some((self.meta.size, self.meta.mtime));
+        } else {
+            r.pin = self.meta.etag.clone();
+        }
+        r
+    }
+
+    /// The bytes of `range` as a stream of chunks (nothing is read until it is polled).
+    pub fn stream(&self, range: Range<u64>) -> ByteStream {
+        self.body(range).into_stream()
+    }
+
+    /// The bytes of `range` in one buffer.
+    pub async fn read(&self, range: Range<u64>) -> Result<Bytes> {
+        Ok(self.body(range).collect().await?.0)
+    }
+
+    /// [`RangedReader::read`] as a future that owns what it needs (for a part's task).
+    pub fn read_owned(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes>> {
+        let b = self.body(range);
+        Box::pin(async move { Ok(b.collect().await?.0) })
+    }
+}
