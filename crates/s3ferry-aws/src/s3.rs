@@ -29,9 +29,9 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use s3ferry_store::checksum::{clean_etag, crc64_from_b64, crc64_to_b64, crc64nvme};
 use s3ferry_store::{
-    format_mtime, parse_mtime, Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions,
-    GetResult, ListOptions, MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode, PutOptions,
-    PutResult, Result, Store, StoreError, MTIME_META,
+    format_mtime, parse_mtime, Capabilities, CopyOptions, CopySource, ErrorKind, FileRange,
+    GetOptions, GetResult, ListOptions, MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode,
+    PutOptions, PutResult, Result, Store, StoreError, MTIME_META,
 };
 
 use crate::error::{build_error, map_body_error, map_sdk_error, root_cause, ErrCtx};
@@ -389,6 +389,47 @@ impl S3Store {
         }
     }
 
+    /// UploadPart with a body of `len` bytes; the part carries `crc` (unless the upload was
+    /// made without checksums: `when_required`).
+    async fn send_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        len: u64,
+        body: SdkByteStream,
+        crc: Option<u64>,
+    ) -> Result<PartInfo> {
+        let crc = if self.when_required { None } else { crc };
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.ctx.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number as i32)
+            .content_length(len as i64)
+            .set_checksum_crc64_nvme(crc.map(crc64_to_b64))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.err("upload_part", Some(key), e))?;
+        let etag = out.e_tag().map(clean_etag).unwrap_or_default();
+        if etag.is_empty() {
+            return Err(StoreError::new(
+                ErrorKind::Other,
+                "upload_part",
+                format!("no ETag for part {part_number}"),
+            )
+            .with_key(key));
+        }
+        Ok(PartInfo {
+            part_number,
+            etag,
+            crc64nvme: out.checksum_crc64_nvme().and_then(crc64_from_b64).or(crc),
+        })
+    }
+
     fn crc_to_send(&self, given: Option<u64>, body: &[u8]) -> Option<u64> {
         match given {
             Some(c) => Some(c),
@@ -479,6 +520,9 @@ fn parse_content_range(s: &str) -> Option<(u64, u64, Option<u64>)> {
     let total = total.trim().parse().ok();
     Some((a, b.checked_add(1)?, total))
 }
+
+/// Read buffer for parts sent from a file.
+const FILE_BUFFER: usize = 256 * 1024;
 
 #[async_trait]
 impl Store for S3Store {
@@ -784,39 +828,45 @@ impl Store for S3Store {
         body: Bytes,
         crc: Option<u64>,
     ) -> Result<PartInfo> {
-        // Part checksums only when the upload was created with CRC64NVME (not when_required).
-        let crc = if self.when_required {
-            None
-        } else {
-            self.crc_to_send(crc, &body)
-        };
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.ctx.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(part_number as i32)
-            .content_length(body.len() as i64)
-            .set_checksum_crc64_nvme(crc.map(crc64_to_b64))
-            .body(SdkByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| self.err("upload_part", Some(key), e))?;
-        let etag = out.e_tag().map(clean_etag).unwrap_or_default();
-        if etag.is_empty() {
-            return Err(StoreError::new(
-                ErrorKind::Other,
-                "upload_part",
-                format!("no ETag for part {part_number}"),
-            )
-            .with_key(key));
-        }
-        Ok(PartInfo {
+        let crc = self.crc_to_send(crc, &body);
+        let len = body.len() as u64;
+        self.send_part(
+            key,
+            upload_id,
             part_number,
-            etag,
-            crc64nvme: out.checksum_crc64_nvme().and_then(crc64_from_b64).or(crc),
-        })
+            len,
+            SdkByteStream::from(body),
+            crc,
+        )
+        .await
+    }
+
+    async fn upload_part_file(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        file: FileRange,
+        crc: Option<u64>,
+    ) -> Result<PartInfo> {
+        // Sent from the file as it goes (the SDK reopens it for a retry): no part in memory.
+        let body = SdkByteStream::read_from()
+            .path(&file.path)
+            .offset(file.offset)
+            .length(aws_smithy_types::byte_stream::Length::Exact(file.len))
+            .buffer_size(FILE_BUFFER)
+            .build()
+            .await
+            .map_err(|e| {
+                StoreError::new(
+                    ErrorKind::Other,
+                    "upload_part",
+                    format!("cannot read {}: {e}", file.path.display()),
+                )
+                .with_key(key)
+            })?;
+        self.send_part(key, upload_id, part_number, file.len, body, crc)
+            .await
     }
 
     async fn upload_part_copy(

@@ -78,6 +78,10 @@ pub struct PutOptions {
     pub crc64nvme: Option<u64>,
     /// The source's modification time, stored as metadata (S3) or as the file's mtime (local).
     pub mtime: Option<SystemTime>,
+    /// The object's size when known before a multipart upload starts: a local store sizes its
+    /// temp file up front (parts written out of order into a growing file cost the kernel far
+    /// more than writes into a file of its final size).
+    pub size: Option<u64>,
 }
 
 impl PutOptions {
@@ -110,6 +114,10 @@ impl PutOptions {
     }
     pub fn mtime(mut self, t: Option<SystemTime>) -> Self {
         self.mtime = t;
+        self
+    }
+    pub fn size(mut self, n: Option<u64>) -> Self {
+        self.size = n;
         self
     }
 }
@@ -201,6 +209,43 @@ pub struct PutResult {
     pub etag: Option<String>,
     pub version_id: Option<String>,
     pub crc64nvme: Option<u64>,
+}
+
+/// A byte range of a local file, as the body of a part: stores that can send a file without
+/// holding it in memory (S3) read it as they send it, and can read it again for a retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRange {
+    pub path: std::path::PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl FileRange {
+    /// Read the range into memory.
+    pub fn read(&self) -> std::io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&self.path)?;
+        let mut buf = vec![0u8; self.len as usize];
+        f.read_exact_at(&mut buf, self.offset)?;
+        Ok(buf.into())
+    }
+
+    /// CRC64NVME of the range, read through a small buffer.
+    pub fn crc64nvme(&self) -> std::io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&self.path)?;
+        let mut buf = vec![0u8; (256 * 1024).min(self.len.max(1) as usize)];
+        let mut crc = checksum::Crc64::default();
+        let mut pos = self.offset;
+        let end = self.offset + self.len;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            f.read_exact_at(&mut buf[..n], pos)?;
+            crc.update(&buf[..n]);
+            pos += n as u64;
+        }
+        Ok(crc.finish())
+    }
 }
 
 /// A finished part of a multipart upload.
@@ -306,6 +351,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Objects under `prefix`, sorted by key in byte order. Errors carrying a key are about one
     /// entry (the listing goes on); errors without a key end the listing.
     fn list(&self, opts: ListOptions) -> BoxStream<'static, Result<ObjectMeta>>;
+    /// The file that holds `key`, for stores that are local directories (`None` elsewhere).
+    fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
+        None
+    }
     /// Check that the bucket/root exists and is reachable with these credentials.
     async fn check(&self) -> Result<()>;
     async fn head(&self, key: &str) -> Result<ObjectMeta>;
@@ -344,6 +393,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         let data = collect_body(body, len, key).await?;
         let crc = checksum::crc64nvme(&data);
         self.upload_part(key, upload_id, part_number, data, Some(crc))
+            .await
+    }
+    /// Upload a part from a range of a local file. The default reads it into memory; S3 sends
+    /// it from the file as it goes (and reads it again for a retry).
+    async fn upload_part_file(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        file: FileRange,
+        crc64nvme: Option<u64>,
+    ) -> Result<PartInfo> {
+        let k = key.to_string();
+        let data = tokio::task::spawn_blocking(move || file.read())
+            .await
+            .map_err(|e| StoreError::new(ErrorKind::Other, "read", e.to_string()))?
+            .map_err(|e| StoreError::io("read", &k, e))?;
+        self.upload_part(key, upload_id, part_number, data, crc64nvme)
             .await
     }
     async fn upload_part_copy(

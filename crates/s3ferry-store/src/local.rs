@@ -436,6 +436,10 @@ impl Store for LocalStore {
         stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }).boxed()
     }
 
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.path_for("read", key).ok()
+    }
+
     async fn check(&self) -> Result<()> {
         let root = self.root.clone();
         blocking(move || {
@@ -622,10 +626,15 @@ impl Store for LocalStore {
         let k = key.to_string();
         let id = format!("{}.{}", uuid::Uuid::new_v4().simple(), layout.encode());
         let id2 = id.clone();
+        let size = opts.size;
         blocking(move || {
             let (dir, _) = Self::prepare_write(&root, "create_multipart", &k)?;
-            File::create(Self::temp_path(&dir, &id2))
+            let f = File::create(Self::temp_path(&dir, &id2))
                 .map_err(|e| StoreError::io("create_multipart", &k, e))?;
+            if let Some(n) = size {
+                f.set_len(n)
+                    .map_err(|e| StoreError::io("create_multipart", &k, e))?;
+            }
             Ok(())
         })
         .await?;

@@ -22,8 +22,8 @@ use s3ferry_store::checksum::{
     crc64nvme, etag_shape, is_multipart, md5_hex, part_size_for, EtagShape,
 };
 use s3ferry_store::{
-    CopyOptions, CopySource, ErrorKind, ObjectMeta, PartLayout, PutOptions, Result, StoreError,
-    MTIME_META,
+    CopyOptions, CopySource, ErrorKind, FileRange, ObjectMeta, PartLayout, PutOptions, Result,
+    StoreError, MTIME_META,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -245,7 +245,8 @@ pub async fn copy_object(
         SideKind::Remote => RangedReader::open(src.store.clone(), &skey, cfg).await?,
         SideKind::Local => RangedReader::new(src.store.clone(), &skey, entry.meta.clone(), cfg),
     };
-    let mut opts = put_options(src.kind, dst, &entry.rel, reader.meta(), cfg);
+    let mut opts =
+        put_options(src.kind, dst, &entry.rel, reader.meta(), cfg).size(Some(reader.size()));
     if src.kind == SideKind::Remote && dst.kind == SideKind::Remote && both_tag(src, dst) {
         opts.tags = src.store.get_tags(&skey).await?;
     }
@@ -254,15 +255,54 @@ pub async fn copy_object(
         .await?
         .with_progress(reporter.clone());
     let in_place = dst.kind == SideKind::Local;
+    // A local file going to a store that can send from a file: no part is held in memory.
+    let file = (src.kind == SideKind::Local && !in_place)
+        .then(|| src.store.local_path(&skey))
+        .flatten();
     let bodies = layout.ranges(reader.size()).map(|(_, r)| {
         let len = r.end - r.start;
-        if in_place {
-            PartBody::Stream(len, reader.stream(r))
-        } else {
-            PartBody::Read(len, reader.read_owned(r))
+        match &file {
+            Some(path) => PartBody::File(FileRange {
+                path: path.clone(),
+                offset: r.start,
+                len,
+            }),
+            None if in_place => PartBody::Stream(len, reader.stream(r)),
+            None => PartBody::Read(len, reader.read_owned(r)),
         }
     });
-    let res = upload_parts(w, bodies, reader.meta().crc64nvme).await?;
+    let res = if file.is_some() {
+        // The file is read as it is sent: it must be the file that was listed when the last
+        // part is done, or the upload is abandoned (it changed while it was read).
+        let mut w = w;
+        let pushed: Result<()> = async {
+            for b in bodies {
+                w.push(b).await?;
+            }
+            w.flush().await?;
+            let now = src.store.head(&skey).await?;
+            check_same_file(src, &skey, &entry.meta, &now)?;
+            if now.ctime != entry.meta.ctime {
+                return Err(StoreError::new(
+                    ErrorKind::Transient,
+                    "read",
+                    "file changed while it was read; will retry",
+                )
+                .with_key(&skey));
+            }
+            Ok(())
+        }
+        .await;
+        match pushed {
+            Ok(()) => w.finish(None).await?,
+            Err(e) => {
+                w.abort().await;
+                return Err(e);
+            }
+        }
+    } else {
+        upload_parts(w, bodies, reader.meta().crc64nvme).await?
+    };
     dst_meta_after(dst, &dkey, reader.size(), res.etag).await
 }
 
@@ -580,5 +620,45 @@ mod tests {
             dst_mem.list_multipart("").await.unwrap().is_empty(),
             "upload aborted"
         );
+    }
+
+    /// A big local file is sent part by part from the file; a file changed after it was listed
+    /// is caught before the upload completes, and nothing appears.
+    #[tokio::test]
+    async fn upload_from_a_file_is_checked_against_the_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = ramp(11 * MIB);
+        std::fs::write(dir.path().join("f"), &data).unwrap();
+        let local: DynStore = Arc::new(LocalStore::new(dir.path()).with_fsync(false));
+        let mem = MemoryStore::new();
+        let dst = Arc::new(FaultStore::new(Arc::new(mem.clone()), "".parse().unwrap()));
+        let (src_side, dst_side) = (Side::new(local.clone(), ""), Side::new(dst.clone(), ""));
+        let mut c = cfg(3, Duration::from_secs(5));
+        c.part_size = 5 * MIB as u64;
+        let (j, r) = (journal(), reporter());
+        let entry = Entry {
+            rel: "f".into(),
+            meta: local.head("f").await.unwrap(),
+        };
+        copy_object(&src_side, &dst_side, &entry, &c, &j, &r)
+            .await
+            .unwrap();
+        assert_eq!(mem.get_bytes("f").await.unwrap().as_ref(), data.as_slice());
+        assert_eq!(dst.calls("upload_part"), 3);
+
+        // Same size, new content, after the listing: the copy fails and nothing changes.
+        let listed = Entry {
+            rel: "f".into(),
+            meta: local.head("f").await.unwrap(),
+        };
+        let t = filetime::FileTime::from_unix_time(1_000_000_000, 0);
+        std::fs::write(dir.path().join("f"), &ramp(11 * MIB + 1)[1..]).unwrap();
+        filetime::set_file_mtime(dir.path().join("f"), t).unwrap();
+        let e = copy_object(&src_side, &dst_side, &listed, &c, &j, &r)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Transient, "{e}");
+        assert_eq!(mem.get_bytes("f").await.unwrap().as_ref(), data.as_slice());
+        assert!(mem.list_multipart("").await.unwrap().is_empty(), "aborted");
     }
 }

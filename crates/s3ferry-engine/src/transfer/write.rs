@@ -12,8 +12,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use s3ferry_store::checksum::{crc64nvme, crc64nvme_combine};
 use s3ferry_store::{
-    ByteStream, CopySource, DynStore, ErrorKind, PartInfo, PartLayout, PutMode, PutOptions,
-    PutResult, Result, StoreError,
+    ByteStream, CopySource, DynStore, ErrorKind, FileRange, PartInfo, PartLayout, PutMode,
+    PutOptions, PutResult, Result, StoreError,
 };
 use tokio::task::JoinSet;
 
@@ -28,6 +28,8 @@ pub const PENDING_UPLOAD: &str = "(pending)";
 const CLOCK_SLACK: Duration = Duration::from_secs(300);
 /// Memory a streamed part holds while it is written to a local file in place.
 const STREAM_RESERVE: u64 = 2 * 1024 * 1024;
+/// Memory a part sent from a file holds (read buffers).
+const FILE_RESERVE: u64 = 512 * 1024;
 
 /// Where a part's bytes come from.
 pub enum PartBody {
@@ -37,6 +39,9 @@ pub enum PartBody {
     Read(u64, BoxFuture<'static, Result<Bytes>>),
     /// A stream of exactly `len` bytes; a local destination writes it in place as it comes.
     Stream(u64, ByteStream),
+    /// A range of a local file: stores that can send it from the file (S3) hold no part in
+    /// memory, and read it again for a retry.
+    File(FileRange),
     /// Server-side: UploadPartCopy of `range` of the source.
     Copy(CopySource, Range<u64>),
 }
@@ -46,6 +51,7 @@ impl PartBody {
         match self {
             Self::Bytes(b, _) => b.len() as u64,
             Self::Read(n, _) | Self::Stream(n, _) => *n,
+            Self::File(f) => f.len,
             Self::Copy(_, r) => r.end - r.start,
         }
     }
@@ -242,6 +248,18 @@ impl MultipartWriter {
                     let crc = info.crc64nvme;
                     (info, crc)
                 }
+                PartBody::File(file) => {
+                    let _mem = cfg.reserve(FILE_RESERVE).await?;
+                    let f = file.clone();
+                    let crc = tokio::task::spawn_blocking(move || f.crc64nvme())
+                        .await
+                        .map_err(|e| StoreError::new(ErrorKind::Other, "read", e.to_string()))?
+                        .map_err(|e| StoreError::io("read", &key, e))?;
+                    let info = store
+                        .upload_part_file(&key, &id, n, file, Some(crc))
+                        .await?;
+                    (info, Some(crc))
+                }
                 PartBody::Copy(from, range) => {
                     let info = store.upload_part_copy(&key, &id, n, &from, range).await?;
                     let crc = info.crc64nvme;
@@ -254,6 +272,11 @@ impl MultipartWriter {
             Ok(DonePart { info, len, crc })
         });
         Ok(())
+    }
+
+    /// Wait until every part pushed so far is uploaded.
+    pub async fn flush(&mut self) -> Result<()> {
+        self.drain_to(1).await
     }
 
     /// Wait for every part, check the combined CRC64NVME against `expect` (the source's

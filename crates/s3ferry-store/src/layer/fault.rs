@@ -71,9 +71,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::{
-    ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult,
-    HttpInfo, ListOptions, MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode, PutOptions,
-    PutResult, Result, Store, StoreError,
+    ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, FileRange, GetOptions,
+    GetResult, HttpInfo, ListOptions, MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode,
+    PutOptions, PutResult, Result, Store, StoreError,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -763,6 +763,9 @@ impl Store for FaultStore {
     fn state_id(&self) -> String {
         self.inner.state_id()
     }
+    fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.inner.local_path(key)
+    }
     fn bucket(&self) -> Option<&str> {
         self.inner.bucket()
     }
@@ -896,6 +899,21 @@ impl Store for FaultStore {
             .upload_part_stream(key, upload_id, part_number, len, body);
         self.call(Op::UploadPart, Some(key), &detail, f).await
     }
+    async fn upload_part_file(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        file: FileRange,
+        crc64nvme: Option<u64>,
+    ) -> Result<PartInfo> {
+        let detail = format!(" (part {part_number})");
+        let f = self
+            .inner
+            .upload_part_file(key, upload_id, part_number, file, crc64nvme);
+        self.call(Op::UploadPart, Some(key), &detail, f).await
+    }
+
     async fn upload_part_copy(
         &self,
         key: &str,

@@ -31,9 +31,9 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
-    ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult,
-    ListOptions, MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode, PutOptions, PutResult,
-    Result, Store,
+    ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, FileRange, GetOptions,
+    GetResult, ListOptions, MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode, PutOptions,
+    PutResult, Result, Store,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -284,6 +284,9 @@ impl Store for LimitStore {
     fn state_id(&self) -> String {
         self.inner.state_id()
     }
+    fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.inner.local_path(key)
+    }
     fn bucket(&self) -> Option<&str> {
         self.inner.bucket()
     }
@@ -367,6 +370,21 @@ impl Store for LimitStore {
         )
         .await
     }
+    async fn upload_part_file(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        file: FileRange,
+        crc64nvme: Option<u64>,
+    ) -> Result<PartInfo> {
+        self.run(
+            self.inner
+                .upload_part_file(key, upload_id, part_number, file, crc64nvme),
+        )
+        .await
+    }
+
     async fn upload_part_copy(
         &self,
         key: &str,

@@ -39,9 +39,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::{
-    ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, GetOptions, GetResult,
-    ListOptions, MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode, PutOptions, PutResult,
-    Result, Store, StoreError,
+    ByteStream, Capabilities, CopyOptions, CopySource, DynStore, ErrorKind, FileRange, GetOptions,
+    GetResult, ListOptions, MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode, PutOptions,
+    PutResult, Result, Store, StoreError,
 };
 
 /// The retry token bucket (see the module docs).
@@ -447,6 +447,9 @@ impl Store for RetryStore {
     fn state_id(&self) -> String {
         self.inner.state_id()
     }
+    fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.inner.local_path(key)
+    }
     fn bucket(&self) -> Option<&str> {
         self.inner.bucket()
     }
@@ -541,6 +544,22 @@ impl Store for RetryStore {
         // A stream cannot be replayed: one attempt; the caller's stream resumes its source.
         self.inner
             .upload_part_stream(key, upload_id, part_number, len, body)
+            .await
+    }
+
+    async fn upload_part_file(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        file: FileRange,
+        crc64nvme: Option<u64>,
+    ) -> Result<PartInfo> {
+        self.shared
+            .run("upload_part", key, true, || {
+                self.inner
+                    .upload_part_file(key, upload_id, part_number, file.clone(), crc64nvme)
+            })
             .await
     }
 
