@@ -7,6 +7,7 @@ pub mod events;
 pub mod filter;
 pub mod identity;
 pub mod journal;
+pub mod lease;
 pub mod plan;
 pub mod transfer;
 pub mod walk;
