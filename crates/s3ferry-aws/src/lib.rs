@@ -4,9 +4,11 @@
 //! chain, profiles, custom endpoints (path-style by default there) and one error mapping
 //! function (`error::map_sdk_error`).
 
+mod cloudfront;
 mod error;
 mod list;
 mod s3;
 
+pub use cloudfront::{CloudFrontConfig, CloudFrontInvalidator};
 pub use list::ListMode;
 pub use s3::{S3Config, S3Store, MAX_SINGLE_PUT};

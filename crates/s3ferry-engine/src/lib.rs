@@ -9,6 +9,7 @@ pub mod identity;
 pub mod journal;
 pub mod lease;
 pub mod plan;
+pub mod ports;
 pub mod transfer;
 pub mod walk;
 

@@ -21,6 +21,24 @@ pub fn s3_test_endpoint() -> Option<String> {
     }
 }
 
+/// Env var naming the endpoint of the local AWS emulator (moto: SQS, CloudFront, IAM) that
+/// `scripts/test` starts with `scripts/local-aws`.
+pub const AWS_ENDPOINT_ENV: &str = "S3FERRY_TEST_AWS_ENDPOINT";
+
+/// The local AWS emulator's endpoint, or `None` after a loud skip line.
+#[allow(clippy::print_stderr)]
+pub fn aws_test_endpoint() -> Option<String> {
+    match std::env::var(AWS_ENDPOINT_ENV) {
+        Ok(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
+        _ => {
+            eprintln!(
+                "\n*** SKIPPED: tests of AWS services need {AWS_ENDPOINT_ENV}; run scripts/test (it starts moto) ***\n"
+            );
+            None
+        }
+    }
+}
+
 /// A valid, unique bucket name starting with `prefix` (lowercased; characters S3 refuses become
 /// `-`), at most 63 characters.
 pub fn unique_bucket(prefix: &str) -> String {
