@@ -2,4 +2,5 @@
 //! and never reach into one another. Built: [`sync`]. Planned: bisync, pipe, batch, bundle,
 //! archive.
 
+pub mod bisync;
 pub mod sync;
