@@ -5,6 +5,7 @@
 
 pub mod events;
 pub mod filter;
+pub mod formats;
 pub mod identity;
 pub mod journal;
 pub mod lease;

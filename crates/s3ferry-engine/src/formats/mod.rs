@@ -1,0 +1,3 @@
+//! File formats shared by jobs: the streaming PAX tar of bundle shards and archive volumes.
+
+pub mod tar;
