@@ -432,10 +432,12 @@ impl TarReader {
                         data_offset: self.pos,
                     }));
                 }
-                t => return Err(bad(format!(
+                t => {
+                    return Err(bad(format!(
                     "member type {:?} is not a regular file (links, devices and FIFOs are refused)",
                     t as char
-                ))),
+                )))
+                }
             }
         }
     }
