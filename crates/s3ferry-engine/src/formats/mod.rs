@@ -2,4 +2,5 @@
 //! the CSV dialects of S3 Batch Operations and S3 Inventory.
 
 pub mod csv;
+pub mod inventory;
 pub mod tar;
