@@ -3,12 +3,57 @@
 
 use serde::Serialize;
 
+/// What happened to one key (serialised as the `action` of `--json` object records).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Copy,
+    Delete,
+    Skip,
+    Refuse,
+    Fail,
+    WouldCopy,
+    WouldDelete,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Copy => "copy",
+            Self::Delete => "delete",
+            Self::Skip => "skip",
+            Self::Refuse => "refuse",
+            Self::Fail => "fail",
+            Self::WouldCopy => "would-copy",
+            Self::WouldDelete => "would-delete",
+        }
+    }
+
+    /// Count one record of this outcome (`size` bytes) in `s`.
+    pub fn count(self, s: &mut Summary, size: u64) {
+        match self {
+            Self::Copy | Self::WouldCopy => {
+                s.copied += 1;
+                s.copied_bytes += size;
+            }
+            Self::Delete | Self::WouldDelete => s.deleted += 1,
+            Self::Skip => s.skipped += 1,
+            Self::Refuse => s.refused += 1,
+            Self::Fail => s.failed += 1,
+        }
+    }
+
+    /// A key whose work is done (for progress: copies, deletes and failures).
+    pub fn finishes_work(self) -> bool {
+        matches!(self, Self::Copy | Self::Delete | Self::Fail)
+    }
+}
+
 /// The outcome of one key.
 #[derive(Clone, Debug, Serialize)]
 pub struct Record {
     pub key: String,
-    /// copy, delete, skip, refuse, fail (and would-copy / would-delete on a dry run)
-    pub action: &'static str,
+    pub action: Outcome,
     pub reason: String,
     pub size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -48,7 +48,7 @@ async fn local_hash(side: &Side, e: &Entry, algo: &str, journal: &Journal) -> Re
         StoreError::new(ErrorKind::Other, "journal", e.to_string())
     };
     if let Some(id) = &id {
-        if let Some(v) = journal.cached_hash(id, algo).map_err(jerr)? {
+        if let Some(v) = journal.cached_hash(id, algo).await.map_err(jerr)? {
             return Ok(v);
         }
     }
@@ -84,7 +84,7 @@ async fn local_hash(side: &Side, e: &Entry, algo: &str, journal: &Journal) -> Re
         Hasher::Crc(c) => crc64_to_b64(c.finish()),
     };
     if let Some(id) = &id {
-        journal.store_hash(id, algo, &v).map_err(jerr)?;
+        journal.store_hash(id, algo, &v);
     }
     Ok(v)
 }

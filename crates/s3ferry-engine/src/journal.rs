@@ -1,50 +1,55 @@
-//! The state database (SQLite): what each sync pair looked like after its last successful
-//! transfer of a key (so an unchanged tree re-syncs without reading anything), a hash cache
-//! for local files, and the multipart uploads in flight (so a killed job can abort them).
+//! The state database (SQLite), shared by every job: typed records namespaced by job and scope
+//! (sync's and bisync's base records per pair, other jobs' entries), a hash cache for local
+//! files, the runs in progress and the multipart uploads they have open (so a killed run's
+//! successor can abort them).
 //!
-//! Records of finished objects are buffered and written in batches; a kill loses at most the
-//! last batch, and those objects are then re-checked (by content), not re-transferred.
+//! - **Off the async threads.** One owner thread holds the connection; callers send it closures
+//!   over a channel and await the answer. Record, forget and hash-cache writes are buffered
+//!   there and committed in batches (one transaction per [`FLUSH_EVERY`] records, at
+//!   [`Journal::flush`] and when the journal is dropped); a batch whose commit fails is kept and
+//!   tried again, never dropped.
+//! - **Versioned.** `PRAGMA user_version` numbers the schema; opening an older database migrates
+//!   it (v0 — the first sync's tables — keeps its base records; caches start afresh).
+//! - **Byte order.** Keys compare with SQLite's BINARY collation (memcmp of UTF-8), the order of
+//!   S3 listings, so a scope's records stream in key order ([`Journal::base_stream`]) and can
+//!   be merge-joined with listings.
+//! - **Runs.** Each process is one run with an id ([`s3ferry_store::run_id`]) that also names
+//!   its local temp files. A run holds an exclusive lock on `<db>.runs/<run id>.lock` while it
+//!   lives; another process treats a run as dead only when it can take that lock, and only a
+//!   dead run's uploads and temp files are cleaned up. Two processes on one database never
+//!   abort each other's uploads, and never wait on each other longer than one small
+//!   transaction.
 
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
 
-use std::time::SystemTime;
-
-use rusqlite::{params, Connection, OptionalExtension};
+use futures::stream::{self, BoxStream, StreamExt};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::plan::BaseRecord;
 
+/// Buffered records per committed batch.
 const FLUSH_EVERY: usize = 512;
+/// Records fetched per page of a range scan.
+const PAGE: usize = 1000;
+/// The schema this code writes.
+const SCHEMA_VERSION: i64 = 1;
+/// How long one transaction waits for another process's.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Record kind of a pair's base record (both sides' signatures after the last sync of a key).
+pub const BASE: &str = "base";
 
 #[derive(Debug, thiserror::Error)]
-#[error("state database {path}: {source}")]
+#[error("state database {path}: {msg}")]
 pub struct JournalError {
     path: String,
-    #[source]
-    source: rusqlite::Error,
+    msg: String,
 }
 
 pub type JResult<T> = Result<T, JournalError>;
-
-#[derive(Debug)]
-pub struct Journal {
-    conn: Mutex<Connection>,
-    pending: Mutex<Vec<Pending>>,
-    path: String,
-}
-
-#[derive(Debug)]
-enum Pending {
-    Synced {
-        pair: String,
-        key: String,
-        rec: BaseRecord,
-    },
-    Forget {
-        pair: String,
-        key: String,
-    },
-}
 
 /// A cached content hash of a local file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,262 +61,748 @@ pub struct FileId {
     pub ctime_ns: i64,
 }
 
+/// A multipart upload recorded by a run that is no longer alive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrphanUpload {
+    pub key: String,
+    pub upload_id: String,
+    /// When it was recorded.
+    pub started: SystemTime,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Put {
+        job: String,
+        scope: String,
+        kind: String,
+        key: String,
+        value: String,
+    },
+    Delete {
+        job: String,
+        scope: String,
+        kind: String,
+        key: String,
+    },
+    Hash {
+        id: FileId,
+        algo: String,
+        value: String,
+    },
+}
+
+/// The owner thread's side.
+struct Db {
+    conn: Connection,
+    path: String,
+    /// Where run lock files live (`None` for an in-memory database).
+    runs_dir: Option<PathBuf>,
+    run_id: String,
+    /// Our own run's lock, held for the life of the journal.
+    _run_lock: Option<File>,
+    pending: Vec<Pending>,
+}
+
+type Cmd = Box<dyn FnOnce(&mut Db) + Send>;
+
+/// The state database. Cheap to share behind an `Arc`; every call goes to one owner thread.
+#[derive(Debug)]
+pub struct Journal {
+    tx: mpsc::Sender<Cmd>,
+    path: String,
+    run_id: String,
+}
+
+fn secs(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn at(secs: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
+}
+
+fn encode_base(r: &BaseRecord) -> String {
+    format!("{}\n{}", r.src_sig, r.dst_sig)
+}
+
+fn decode_base(v: &str) -> BaseRecord {
+    let (a, b) = v.split_once('\n').unwrap_or((v, ""));
+    BaseRecord {
+        src_sig: a.to_string(),
+        dst_sig: b.to_string(),
+    }
+}
+
+impl Db {
+    fn err(&self, e: impl std::fmt::Display) -> JournalError {
+        JournalError {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        }
+    }
+
+    fn migrate(&mut self) -> JResult<()> {
+        let v: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if v > SCHEMA_VERSION {
+            return Err(self.err(format!(
+                "schema version {v} is newer than this s3ferry understands ({SCHEMA_VERSION}); use a newer s3ferry or another --state-dir"
+            )));
+        }
+        if v == SCHEMA_VERSION {
+            return Ok(());
+        }
+        let old_v0 = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'synced'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .is_some();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| JournalError {
+                path: self.path.clone(),
+                msg: e.to_string(),
+            })?;
+        let r = (|| -> rusqlite::Result<()> {
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS records (
+                    job TEXT NOT NULL, scope TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,
+                    value TEXT NOT NULL, PRIMARY KEY (job, scope, kind, key)) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS hashes (
+                    path TEXT NOT NULL, algo TEXT NOT NULL, size INTEGER NOT NULL,
+                    mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+                    value TEXT NOT NULL, PRIMARY KEY (path, algo)) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS run_scopes (
+                    job TEXT NOT NULL, scope TEXT NOT NULL, run_id TEXT NOT NULL,
+                    started INTEGER NOT NULL, PRIMARY KEY (job, scope, run_id)) WITHOUT ROWID;",
+            )?;
+            if old_v0 {
+                // The first sync's tables: keep its base records, start the caches afresh.
+                tx.execute(
+                    "INSERT OR REPLACE INTO records (job, scope, kind, key, value)
+                     SELECT 'sync', pair, 'base', key, src_sig || char(10) || dst_sig FROM synced",
+                    [],
+                )?;
+                tx.execute_batch(
+                    "DROP TABLE synced; DROP TABLE IF EXISTS hashes_v2; DROP TABLE IF EXISTS runs;
+                     DROP TABLE IF EXISTS uploads;",
+                )?;
+            }
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS uploads (
+                    store TEXT NOT NULL, key TEXT NOT NULL, upload_id TEXT NOT NULL,
+                    run_id TEXT NOT NULL, started INTEGER NOT NULL,
+                    PRIMARY KEY (store, key, upload_id)) WITHOUT ROWID;",
+            )?;
+            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => tx.commit().map_err(|e| JournalError {
+                path: self.path.clone(),
+                msg: e.to_string(),
+            }),
+            Err(e) => Err(JournalError {
+                path: self.path.clone(),
+                msg: format!("migrating from schema {v}: {e}"),
+            }),
+        }
+    }
+
+    /// Commit the buffered records. On failure the batch stays buffered.
+    fn flush(&mut self) -> JResult<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| JournalError {
+            path: path.clone(),
+            msg: e.to_string(),
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        {
+            let mut put = tx
+                .prepare_cached("INSERT OR REPLACE INTO records (job, scope, kind, key, value) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(err)?;
+            let mut del = tx
+                .prepare_cached(
+                    "DELETE FROM records WHERE job = ?1 AND scope = ?2 AND kind = ?3 AND key = ?4",
+                )
+                .map_err(err)?;
+            let mut hash = tx
+                .prepare_cached("INSERT OR REPLACE INTO hashes (path, algo, size, mtime_ns, inode, ctime_ns, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+                .map_err(err)?;
+            for p in &self.pending {
+                match p {
+                    Pending::Put {
+                        job,
+                        scope,
+                        kind,
+                        key,
+                        value,
+                    } => put.execute(params![job, scope, kind, key, value]),
+                    Pending::Delete {
+                        job,
+                        scope,
+                        kind,
+                        key,
+                    } => del.execute(params![job, scope, kind, key]),
+                    Pending::Hash { id, algo, value } => hash.execute(params![
+                        id.path,
+                        algo,
+                        id.size as i64,
+                        id.mtime_ns,
+                        id.inode as i64,
+                        id.ctime_ns,
+                        value
+                    ]),
+                }
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn push(&mut self, p: Pending) {
+        self.pending.push(p);
+        if self.pending.len() >= FLUSH_EVERY {
+            if let Err(e) = self.flush() {
+                // Kept; the next flush tries again and reports.
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    /// Is `run` alive? Ours is; another is alive while its lock file is locked.
+    fn run_alive(&self, run: &str) -> bool {
+        if run == self.run_id {
+            return true;
+        }
+        let Some(dir) = &self.runs_dir else {
+            return false;
+        };
+        let p = dir.join(format!("{run}.lock"));
+        let Ok(f) = File::options().write(true).open(&p) else {
+            return false;
+        };
+        match f.try_lock() {
+            Ok(()) => {
+                let _ = f.unlock();
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Forget a dead run: its scope markers stay (they say "unfinished"), its lock file goes.
+    fn bury(&self, run: &str) {
+        if let Some(dir) = &self.runs_dir {
+            let _ = std::fs::remove_file(dir.join(format!("{run}.lock")));
+        }
+    }
+}
+
+fn owner_thread(mut db: Db, rx: mpsc::Receiver<Cmd>) {
+    while let Ok(cmd) = rx.recv() {
+        cmd(&mut db);
+    }
+    if let Err(e) = db.flush() {
+        tracing::warn!("{e}");
+    }
+    db.bury(&db.run_id.clone());
+}
+
 impl Journal {
-    /// Open (or create) the state database at `path`.
+    /// Open (or create, or migrate) the state database at `path`, and register this run.
     pub fn open(path: &Path) -> JResult<Self> {
         let p = path.display().to_string();
-        if let Some(dir) = path.parent() {
-            let _ = fs_err::create_dir_all(dir);
-        }
-        let conn = Connection::open(path).map_err(|source| JournalError {
+        let err = |msg: String| JournalError {
             path: p.clone(),
-            source,
-        })?;
-        Self::init(conn, p)
+            msg,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs_err::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        }
+        let runs_dir = PathBuf::from(format!("{}.runs", path.display()));
+        fs_err::create_dir_all(&runs_dir).map_err(|e| err(e.to_string()))?;
+        let run_id = s3ferry_store::run_id().to_string();
+        let lock_path = runs_dir.join(format!("{run_id}.lock"));
+        let lock =
+            File::create(&lock_path).map_err(|e| err(format!("{}: {e}", lock_path.display())))?;
+        lock.lock()
+            .map_err(|e| err(format!("{}: {e}", lock_path.display())))?;
+        let conn = Connection::open(path).map_err(|e| err(e.to_string()))?;
+        Self::start(conn, p, Some(runs_dir), run_id, Some(lock))
     }
 
     /// A throwaway in-memory state (`--no-state`).
     pub fn in_memory() -> JResult<Self> {
-        let conn = Connection::open_in_memory().map_err(|source| JournalError {
+        let conn = Connection::open_in_memory().map_err(|e| JournalError {
             path: ":memory:".into(),
-            source,
+            msg: e.to_string(),
         })?;
-        Self::init(conn, ":memory:".into())
-    }
-
-    fn init(conn: Connection, path: String) -> JResult<Self> {
-        let e = |source| JournalError {
-            path: path.clone(),
-            source,
-        };
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(e)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=NORMAL;
-             CREATE TABLE IF NOT EXISTS synced (
-                pair TEXT NOT NULL, key TEXT NOT NULL, src_sig TEXT NOT NULL, dst_sig TEXT NOT NULL,
-                PRIMARY KEY (pair, key)) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS hashes_v2 (
-                path TEXT NOT NULL, algo TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-                inode INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, value TEXT NOT NULL,
-                PRIMARY KEY (path, algo)) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS runs (
-                pair TEXT NOT NULL PRIMARY KEY, started INTEGER NOT NULL) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS uploads (
-                store TEXT NOT NULL, key TEXT NOT NULL, upload_id TEXT NOT NULL,
-                started INTEGER NOT NULL, PRIMARY KEY (store, key, upload_id)) WITHOUT ROWID;",
+        Self::start(
+            conn,
+            ":memory:".into(),
+            None,
+            s3ferry_store::run_id().to_string(),
+            None,
         )
-        .map_err(e)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-            pending: Mutex::new(Vec::new()),
-            path,
-        })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    fn start(
+        conn: Connection,
+        path: String,
+        runs_dir: Option<PathBuf>,
+        run_id: String,
+        lock: Option<File>,
+    ) -> JResult<Self> {
+        let mut db = Db {
+            conn,
+            path: path.clone(),
+            runs_dir,
+            run_id: run_id.clone(),
+            _run_lock: lock,
+            pending: Vec::new(),
+        };
+        db.conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .and_then(|_| {
+                db.conn
+                    .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            })
+            .map_err(|e| db.err(e))?;
+        db.migrate()?;
+        let (tx, rx) = mpsc::channel::<Cmd>();
+        std::thread::Builder::new()
+            .name("s3ferry-state".into())
+            .spawn(move || owner_thread(db, rx))
+            .map_err(|e| JournalError {
+                path: path.clone(),
+                msg: format!("cannot start the state thread: {e}"),
+            })?;
+        Ok(Self { tx, path, run_id })
     }
 
-    fn err(&self, source: rusqlite::Error) -> JournalError {
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// This process's run id.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    fn gone(&self) -> JournalError {
         JournalError {
             path: self.path.clone(),
-            source,
+            msg: "the state thread has stopped".into(),
         }
     }
 
-    pub fn base(&self, pair: &str, key: &str) -> JResult<Option<BaseRecord>> {
-        self.conn()
-            .prepare_cached("SELECT src_sig, dst_sig FROM synced WHERE pair = ?1 AND key = ?2")
-            .and_then(|mut st| {
-                st.query_row(params![pair, key], |r| {
-                    Ok(BaseRecord {
-                        src_sig: r.get(0)?,
-                        dst_sig: r.get(1)?,
-                    })
-                })
-                .optional()
-            })
-            .map_err(|e| self.err(e))
+    /// Run `f` on the owner thread and wait for its answer.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Db) -> JResult<T> + Send + 'static,
+    ) -> JResult<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Box::new(move |db| {
+                let _ = tx.send(f(db));
+            }))
+            .map_err(|_| self.gone())?;
+        rx.await.map_err(|_| self.gone())?
+    }
+
+    /// Queue `f` on the owner thread without waiting.
+    fn cast(&self, f: impl FnOnce(&mut Db) + Send + 'static) {
+        if self.tx.send(Box::new(f)).is_err() {
+            tracing::warn!("{}", self.gone());
+        }
+    }
+
+    // ---- records --------------------------------------------------------------------------
+
+    /// Store a record (buffered).
+    pub fn put_record(&self, job: &str, scope: &str, kind: &str, key: &str, value: String) {
+        let p = Pending::Put {
+            job: job.into(),
+            scope: scope.into(),
+            kind: kind.into(),
+            key: key.into(),
+            value,
+        };
+        self.cast(move |db| db.push(p));
+    }
+
+    /// Delete a record (buffered).
+    pub fn delete_record(&self, job: &str, scope: &str, kind: &str, key: &str) {
+        let p = Pending::Delete {
+            job: job.into(),
+            scope: scope.into(),
+            kind: kind.into(),
+            key: key.into(),
+        };
+        self.cast(move |db| db.push(p));
+    }
+
+    /// One record, after committing what is buffered.
+    pub async fn get_record(
+        &self,
+        job: &str,
+        scope: &str,
+        kind: &str,
+        key: &str,
+    ) -> JResult<Option<String>> {
+        let (job, scope, kind, key) = (
+            job.to_string(),
+            scope.to_string(),
+            kind.to_string(),
+            key.to_string(),
+        );
+        self.call(move |db| {
+            db.flush()?;
+            db.conn
+                .prepare_cached("SELECT value FROM records WHERE job = ?1 AND scope = ?2 AND kind = ?3 AND key = ?4")
+                .and_then(|mut st| st.query_row(params![job, scope, kind, key], |r| r.get(0)).optional())
+                .map_err(|e| db.err(e))
+        })
+        .await
+    }
+
+    /// The records of one kind in a scope, in key byte order, fetched a page at a time (after
+    /// committing what is buffered when the scan starts).
+    pub fn scan(
+        &self,
+        job: &str,
+        scope: &str,
+        kind: &str,
+    ) -> BoxStream<'static, JResult<(String, String)>> {
+        let tx = self.tx.clone();
+        let path = self.path.clone();
+        let (job, scope, kind) = (job.to_string(), scope.to_string(), kind.to_string());
+        let gone = move || JournalError {
+            path: path.clone(),
+            msg: "the state thread has stopped".into(),
+        };
+        stream::unfold(
+            (Some(String::new()), true),
+            move |(after, first)| {
+                let (tx, job, scope, kind, gone) =
+                    (tx.clone(), job.clone(), scope.clone(), kind.clone(), gone.clone());
+                async move {
+                    let after = after?;
+                    let (otx, orx) = tokio::sync::oneshot::channel();
+                    let cmd: Cmd = Box::new(move |db: &mut Db| {
+                        let r = (|| {
+                            if first {
+                                db.flush()?;
+                            }
+                            let mut st = db
+                                .conn
+                                .prepare_cached("SELECT key, value FROM records WHERE job = ?1 AND scope = ?2 AND kind = ?3 AND key > ?4 ORDER BY key LIMIT ?5")
+                                .map_err(|e| db.err(e))?;
+                            let rows = st
+                                .query_map(params![job, scope, kind, after, PAGE as i64], |r| {
+                                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                                })
+                                .map_err(|e| db.err(e))?;
+                            rows.collect::<Result<Vec<_>, _>>().map_err(|e| db.err(e))
+                        })();
+                        let _ = otx.send(r);
+                    });
+                    if tx.send(cmd).is_err() {
+                        return Some((vec![Err(gone())], (None, false)));
+                    }
+                    match orx.await {
+                        Ok(Ok(rows)) if rows.is_empty() => None,
+                        Ok(Ok(rows)) => {
+                            let next = (rows.len() == PAGE).then(|| rows[rows.len() - 1].0.clone());
+                            Some((rows.into_iter().map(Ok).collect::<Vec<_>>(), (next, false)))
+                        }
+                        Ok(Err(e)) => Some((vec![Err(e)], (None, false))),
+                        Err(_) => Some((vec![Err(gone())], (None, false))),
+                    }
+                }
+            },
+        )
+        .flat_map(stream::iter)
+        .boxed()
     }
 
     /// Remember that `key` was synced with these signatures (buffered).
-    pub fn record_synced(&self, pair: &str, key: &str, rec: BaseRecord) -> JResult<()> {
-        self.push(Pending::Synced {
-            pair: pair.into(),
-            key: key.into(),
-            rec,
-        })
+    pub fn record_synced(&self, job: &str, pair: &str, key: &str, rec: &BaseRecord) {
+        self.put_record(job, pair, BASE, key, encode_base(rec));
     }
 
-    /// Forget `key` (after a delete).
-    pub fn forget(&self, pair: &str, key: &str) -> JResult<()> {
-        self.push(Pending::Forget {
-            pair: pair.into(),
-            key: key.into(),
-        })
+    /// Forget `key`'s base record (after a delete; buffered).
+    pub fn forget(&self, job: &str, pair: &str, key: &str) {
+        self.delete_record(job, pair, BASE, key);
     }
 
-    fn push(&self, p: Pending) -> JResult<()> {
-        let full = {
-            let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            g.push(p);
-            g.len() >= FLUSH_EVERY
-        };
-        if full {
-            self.flush()?;
-        }
-        Ok(())
+    /// One base record.
+    pub async fn base(&self, job: &str, pair: &str, key: &str) -> JResult<Option<BaseRecord>> {
+        Ok(self
+            .get_record(job, pair, BASE, key)
+            .await?
+            .map(|v| decode_base(&v)))
     }
 
-    /// Write buffered records in one transaction.
-    pub fn flush(&self) -> JResult<()> {
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        {
-            let mut ins = tx
-                .prepare_cached("INSERT OR REPLACE INTO synced (pair, key, src_sig, dst_sig) VALUES (?1, ?2, ?3, ?4)")
-                .map_err(|e| self.err(e))?;
-            let mut del = tx
-                .prepare_cached("DELETE FROM synced WHERE pair = ?1 AND key = ?2")
-                .map_err(|e| self.err(e))?;
-            for p in &batch {
-                match p {
-                    Pending::Synced { pair, key, rec } => {
-                        ins.execute(params![pair, key, rec.src_sig, rec.dst_sig])
+    /// A pair's base records in key byte order, to be joined with the listings.
+    pub fn base_stream(
+        &self,
+        job: &str,
+        pair: &str,
+    ) -> BoxStream<'static, JResult<(String, BaseRecord)>> {
+        self.scan(job, pair, BASE)
+            .map(|r| r.map(|(k, v)| (k, decode_base(&v))))
+            .boxed()
+    }
+
+    /// Commit everything buffered; a failed commit keeps the batch for the next try.
+    pub async fn flush(&self) -> JResult<()> {
+        self.call(|db| db.flush()).await
+    }
+
+    // ---- hash cache -----------------------------------------------------------------------
+
+    pub async fn cached_hash(&self, id: &FileId, algo: &str) -> JResult<Option<String>> {
+        let (id, algo) = (id.clone(), algo.to_string());
+        self.call(move |db| {
+            // A hash stored moments ago may still be buffered.
+            for p in db.pending.iter().rev() {
+                if let Pending::Hash { id: i, algo: a, value } = p {
+                    if *i == id && *a == algo {
+                        return Ok(Some(value.clone()));
                     }
-                    Pending::Forget { pair, key } => del.execute(params![pair, key]),
                 }
-                .map_err(|e| self.err(e))?;
             }
-        }
-        tx.commit().map_err(|e| self.err(e))
+            db.conn
+                .prepare_cached("SELECT value FROM hashes WHERE path = ?1 AND algo = ?2 AND size = ?3 AND mtime_ns = ?4 AND inode = ?5 AND ctime_ns = ?6")
+                .and_then(|mut st| {
+                    st.query_row(params![id.path, algo, id.size as i64, id.mtime_ns, id.inode as i64, id.ctime_ns], |r| r.get(0)).optional()
+                })
+                .map_err(|e| db.err(e))
+        })
+        .await
     }
 
-    pub fn cached_hash(&self, id: &FileId, algo: &str) -> JResult<Option<String>> {
-        self.conn()
-            .prepare_cached("SELECT value FROM hashes_v2 WHERE path = ?1 AND algo = ?2 AND size = ?3 AND mtime_ns = ?4 AND inode = ?5 AND ctime_ns = ?6")
-            .and_then(|mut st| {
-                st.query_row(params![id.path, algo, id.size as i64, id.mtime_ns, id.inode as i64, id.ctime_ns], |r| r.get(0)).optional()
-            })
-            .map_err(|e| self.err(e))
+    /// Cache a hash (buffered).
+    pub fn store_hash(&self, id: &FileId, algo: &str, value: &str) {
+        let p = Pending::Hash {
+            id: id.clone(),
+            algo: algo.into(),
+            value: value.into(),
+        };
+        self.cast(move |db| db.push(p));
     }
 
-    pub fn store_hash(&self, id: &FileId, algo: &str, value: &str) -> JResult<()> {
-        self.conn()
-            .prepare_cached(
-                "INSERT OR REPLACE INTO hashes_v2 (path, algo, size, mtime_ns, inode, ctime_ns, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut st| st.execute(params![id.path, algo, id.size as i64, id.mtime_ns, id.inode as i64, id.ctime_ns, value]))
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+    // ---- runs -----------------------------------------------------------------------------
+
+    /// Mark a run of `job` on `scope` as in progress (committed at once). Returns whether an
+    /// earlier run of the scope never ended *and is dead* (killed or crashed: it may have left
+    /// temp files behind). A run of the scope that is still going (another process) is not
+    /// "unfinished".
+    pub async fn begin_run(&self, job: &str, scope: &str) -> JResult<bool> {
+        let (job, scope) = (job.to_string(), scope.to_string());
+        self.call(move |db| {
+            let runs: Vec<String> = {
+                let mut st = db
+                    .conn
+                    .prepare("SELECT run_id FROM run_scopes WHERE job = ?1 AND scope = ?2")
+                    .map_err(|e| db.err(e))?;
+                let rows = st
+                    .query_map(params![job, scope], |r| r.get(0))
+                    .map_err(|e| db.err(e))?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(|e| db.err(e))?
+            };
+            let mut unfinished = false;
+            for r in runs {
+                if db.run_alive(&r) && r != db.run_id {
+                    continue;
+                }
+                unfinished |= r != db.run_id;
+                db.conn
+                    .execute(
+                        "DELETE FROM run_scopes WHERE job = ?1 AND scope = ?2 AND run_id = ?3",
+                        params![job, scope, r],
+                    )
+                    .map_err(|e| db.err(e))?;
+                if r != db.run_id {
+                    db.bury(&r);
+                }
+            }
+            db.conn
+                .execute(
+                    "INSERT OR REPLACE INTO run_scopes (job, scope, run_id, started) VALUES (?1, ?2, ?3, ?4)",
+                    params![job, scope, db.run_id, secs(SystemTime::now())],
+                )
+                .map_err(|e| db.err(e))?;
+            Ok(unfinished)
+        })
+        .await
     }
 
-    /// Mark a run of `pair` as in progress (written at once). Returns whether an earlier run
-    /// of the pair never reached [`Journal::end_run`]: it was killed or failed, and may have
-    /// left temp files behind.
-    pub fn begin_run(&self, pair: &str) -> JResult<bool> {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let conn = self.conn();
-        let unfinished = conn
-            .query_row("SELECT 1 FROM runs WHERE pair = ?1", params![pair], |_| {
-                Ok(())
-            })
-            .optional()
-            .map_err(|e| self.err(e))?
-            .is_some();
-        conn.execute(
-            "INSERT OR REPLACE INTO runs (pair, started) VALUES (?1, ?2)",
-            params![pair, now as i64],
-        )
-        .map_err(|e| self.err(e))?;
-        Ok(unfinished)
+    /// The run of `job` on `scope` finished (commits what is buffered first).
+    pub async fn end_run(&self, job: &str, scope: &str) -> JResult<()> {
+        let (job, scope) = (job.to_string(), scope.to_string());
+        self.call(move |db| {
+            db.flush()?;
+            db.conn
+                .execute(
+                    "DELETE FROM run_scopes WHERE job = ?1 AND scope = ?2 AND run_id = ?3",
+                    params![job, scope, db.run_id],
+                )
+                .map(|_| ())
+                .map_err(|e| db.err(e))
+        })
+        .await
     }
 
-    /// The run of `pair` finished.
-    pub fn end_run(&self, pair: &str) -> JResult<()> {
-        self.conn()
-            .execute("DELETE FROM runs WHERE pair = ?1", params![pair])
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+    /// Which of `runs` are alive now (this run always is; another while it holds its lock).
+    pub async fn alive(&self, runs: Vec<String>) -> JResult<HashSet<String>> {
+        self.call(move |db| Ok(runs.into_iter().filter(|r| db.run_alive(r)).collect()))
+            .await
     }
 
-    /// Note a multipart upload as started (written at once: it must survive a kill).
-    pub fn upload_started(&self, store: &str, key: &str, upload_id: &str) -> JResult<()> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.conn()
-            .execute(
-                "INSERT OR REPLACE INTO uploads (store, key, upload_id, started) VALUES (?1, ?2, ?3, ?4)",
-                params![store, key, upload_id, now as i64],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+    // ---- uploads --------------------------------------------------------------------------
+
+    /// Note a multipart upload (or the intent to create one) as started by this run. Committed
+    /// before it returns: it must survive a kill.
+    pub async fn upload_started(&self, store: &str, key: &str, upload_id: &str) -> JResult<()> {
+        let (store, key, id) = (store.to_string(), key.to_string(), upload_id.to_string());
+        self.call(move |db| {
+            db.conn
+                .execute(
+                    "INSERT OR REPLACE INTO uploads (store, key, upload_id, run_id, started) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![store, key, id, db.run_id, secs(SystemTime::now())],
+                )
+                .map(|_| ())
+                .map_err(|e| db.err(e))
+        })
+        .await
     }
 
-    pub fn upload_ended(&self, store: &str, key: &str, upload_id: &str) -> JResult<()> {
-        self.conn()
-            .execute(
+    /// The upload ended (completed or aborted). Queued: if it is lost, the next run finds the
+    /// upload gone and drops the record.
+    pub fn upload_ended(&self, store: &str, key: &str, upload_id: &str) {
+        let (store, key, id) = (store.to_string(), key.to_string(), upload_id.to_string());
+        self.cast(move |db| {
+            if let Err(e) = db.conn.execute(
                 "DELETE FROM uploads WHERE store = ?1 AND key = ?2 AND upload_id = ?3",
-                params![store, key, upload_id],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+                params![store, key, id],
+            ) {
+                tracing::warn!("{}", db.err(e));
+            }
+        });
     }
 
-    /// Uploads a previous run left behind in `store` (key, upload id, when it was noted).
-    pub fn orphan_uploads(&self, store: &str) -> JResult<Vec<(String, String, SystemTime)>> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare("SELECT key, upload_id, started FROM uploads WHERE store = ?1")
-            .map_err(|e| self.err(e))?;
-        let at =
-            |secs: i64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
-        let rows = st
-            .query_map(params![store], |r| {
-                Ok((r.get(0)?, r.get(1)?, at(r.get(2)?)))
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    /// Uploads in `store` recorded by runs that are dead: a killed run's leftovers, safe to
+    /// abort. Uploads of live runs (this one, or another process) are never listed.
+    pub async fn orphan_uploads(&self, store: &str) -> JResult<Vec<OrphanUpload>> {
+        let store = store.to_string();
+        self.call(move |db| {
+            let rows: Vec<(String, String, String, i64)> = {
+                let mut st = db
+                    .conn
+                    .prepare("SELECT key, upload_id, run_id, started FROM uploads WHERE store = ?1 ORDER BY key, upload_id")
+                    .map_err(|e| db.err(e))?;
+                let rows = st
+                    .query_map(params![store], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .map_err(|e| db.err(e))?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(|e| db.err(e))?
+            };
+            let mut alive: std::collections::HashMap<String, bool> = Default::default();
+            let mut out = Vec::new();
+            for (key, upload_id, run, started) in rows {
+                let live = *alive.entry(run.clone()).or_insert_with(|| db.run_alive(&run));
+                if !live {
+                    out.push(OrphanUpload {
+                        key,
+                        upload_id,
+                        started: at(started),
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
-}
 
-impl Drop for Journal {
-    fn drop(&mut self) {
-        let _ = self.flush();
+    /// Whether a run other than this one that is alive has an upload (or the intent of one) of
+    /// `key` in `store` recorded: then a stray upload of that key may be its, not ours.
+    pub async fn others_uploading(&self, store: &str, key: &str) -> JResult<bool> {
+        let (store, key) = (store.to_string(), key.to_string());
+        self.call(move |db| {
+            let runs: Vec<String> = {
+                let mut st = db
+                    .conn
+                    .prepare("SELECT DISTINCT run_id FROM uploads WHERE store = ?1 AND key = ?2 AND run_id != ?3")
+                    .map_err(|e| db.err(e))?;
+                let rows = st
+                    .query_map(params![store, key, db.run_id], |r| r.get(0))
+                    .map_err(|e| db.err(e))?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(|e| db.err(e))?
+            };
+            Ok(runs.iter().any(|r| db.run_alive(r)))
+        })
+        .await
+    }
+
+    /// The stores that have uploads recorded (by any run).
+    pub async fn stores_with_uploads(&self) -> JResult<Vec<String>> {
+        self.call(|db| {
+            let mut st = db
+                .conn
+                .prepare("SELECT DISTINCT store FROM uploads ORDER BY store")
+                .map_err(|e| db.err(e))?;
+            let rows = st.query_map([], |r| r.get(0)).map_err(|e| db.err(e))?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(|e| db.err(e))
+        })
+        .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::TryStreamExt;
 
-    #[test]
-    fn records_survive_reopen() {
+    fn rec(a: &str, b: &str) -> BaseRecord {
+        BaseRecord {
+            src_sig: a.into(),
+            dst_sig: b.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_and_stream_in_byte_order() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("state.db");
+        let keys = ["é", "a/x", "a.txt", "a-b", "b", "a"];
         {
             let j = Journal::open(&p).unwrap();
-            j.record_synced(
-                "pair",
-                "a",
-                BaseRecord {
-                    src_sig: "s".into(),
-                    dst_sig: "d".into(),
-                },
-            )
-            .unwrap();
-            j.upload_started("s3://b", "big", "u1").unwrap();
+            for k in keys {
+                j.record_synced("sync", "pair", k, &rec(k, "d"));
+            }
+            j.record_synced("bisync", "pair", "other-job", &rec("x", "y"));
+            j.upload_started("s3://b", "big", "u1").await.unwrap();
             let id = FileId {
                 path: "/x".into(),
                 size: 3,
@@ -319,39 +810,164 @@ mod tests {
                 inode: 9,
                 ctime_ns: 4,
             };
-            j.store_hash(&id, "etag:8", "abc").unwrap();
+            j.store_hash(&id, "etag:8", "abc");
             assert_eq!(
-                j.cached_hash(&id, "etag:8").unwrap().as_deref(),
+                j.cached_hash(&id, "etag:8").await.unwrap().as_deref(),
                 Some("abc")
             );
             assert_eq!(
                 j.cached_hash(&FileId { mtime_ns: 6, ..id }, "etag:8")
+                    .await
                     .unwrap(),
                 None
             );
         }
         let j = Journal::open(&p).unwrap();
+        let got: Vec<(String, BaseRecord)> =
+            j.base_stream("sync", "pair").try_collect().await.unwrap();
+        let mut want: Vec<&str> = keys.to_vec();
+        want.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         assert_eq!(
-            j.base("pair", "a").unwrap(),
-            Some(BaseRecord {
-                src_sig: "s".into(),
-                dst_sig: "d".into()
-            })
+            got.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            want
         );
-        let orphans = j.orphan_uploads("s3://b").unwrap();
+        assert_eq!(got[0].1, rec("a", "d"));
+        assert_eq!(
+            j.base("sync", "pair", "a/x").await.unwrap(),
+            Some(rec("a/x", "d"))
+        );
+        assert_eq!(
+            j.base("bisync", "pair", "a/x").await.unwrap(),
+            None,
+            "namespaced by job"
+        );
+        j.forget("sync", "pair", "a/x");
+        assert_eq!(j.base("sync", "pair", "a/x").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn range_scans_page_through_many_records() {
+        let j = Journal::in_memory().unwrap();
+        for i in 0..2500 {
+            j.record_synced("sync", "p", &format!("k{i:05}"), &rec("s", "d"));
+        }
+        let got: Vec<(String, BaseRecord)> =
+            j.base_stream("sync", "p").try_collect().await.unwrap();
+        assert_eq!(got.len(), 2500);
+        assert!(got.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[tokio::test]
+    async fn a_v0_database_is_migrated_keeping_its_base_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.db");
+        {
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(
+                "CREATE TABLE synced (pair TEXT NOT NULL, key TEXT NOT NULL, src_sig TEXT NOT NULL, dst_sig TEXT NOT NULL, PRIMARY KEY (pair, key)) WITHOUT ROWID;
+                 CREATE TABLE hashes_v2 (path TEXT NOT NULL, algo TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, value TEXT NOT NULL, PRIMARY KEY (path, algo)) WITHOUT ROWID;
+                 CREATE TABLE runs (pair TEXT NOT NULL PRIMARY KEY, started INTEGER NOT NULL) WITHOUT ROWID;
+                 CREATE TABLE uploads (store TEXT NOT NULL, key TEXT NOT NULL, upload_id TEXT NOT NULL, started INTEGER NOT NULL, PRIMARY KEY (store, key, upload_id)) WITHOUT ROWID;
+                 INSERT INTO synced VALUES ('/src -> s3://b/', 'f.txt', 'L3:1:2:3', 'E3:abc');",
+            )
+            .unwrap();
+        }
+        let j = Journal::open(&p).unwrap();
+        assert_eq!(
+            j.base("sync", "/src -> s3://b/", "f.txt").await.unwrap(),
+            Some(rec("L3:1:2:3", "E3:abc"))
+        );
+        drop(j);
+        let c = Connection::open(&p).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        // A newer schema is refused with a clear message.
+        c.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(c);
+        let e = Journal::open(&p).unwrap_err();
+        assert!(e.to_string().contains("newer"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_keeps_its_batch() {
+        let j = Journal::in_memory().unwrap();
+        j.record_synced("sync", "p", "a", &rec("s", "d"));
+        // Make the commit fail: the records table is gone.
+        j.call(|db| {
+            db.conn
+                .execute_batch("ALTER TABLE records RENAME TO records_away")
+                .map_err(|e| db.err(e))
+        })
+        .await
+        .unwrap();
+        assert!(j.flush().await.is_err());
+        j.call(|db| {
+            db.conn
+                .execute_batch("ALTER TABLE records_away RENAME TO records")
+                .map_err(|e| db.err(e))
+        })
+        .await
+        .unwrap();
+        j.flush().await.unwrap();
+        assert_eq!(j.base("sync", "p", "a").await.unwrap(), Some(rec("s", "d")));
+    }
+
+    /// A second process (a second journal on the same file, its run alive) neither sees our
+    /// uploads as orphans nor makes us see its as ours; a dead run's uploads are orphans.
+    #[tokio::test]
+    async fn runs_do_not_take_each_others_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.db");
+        let ours = Journal::open(&p).unwrap();
+        ours.upload_started("s3://b", "k", "ours-1").await.unwrap();
+        // Another live run, simulated: a row with a run id whose lock file is held.
+        let runs = dir.path().join("state.db.runs");
+        let other_lock = File::create(runs.join("other.lock")).unwrap();
+        other_lock.lock().unwrap();
+        ours.call(|db| {
+            db.conn
+                .execute_batch(
+                    "INSERT INTO uploads VALUES ('s3://b', 'k', 'theirs-1', 'other', 0);
+                     INSERT INTO uploads VALUES ('s3://b', 'k', 'dead-1', 'dead', 0);
+                     INSERT INTO run_scopes VALUES ('sync', 'pair', 'other', 0);",
+                )
+                .map_err(|e| db.err(e))
+        })
+        .await
+        .unwrap();
+        let orphans = ours.orphan_uploads("s3://b").await.unwrap();
         assert_eq!(
             orphans
                 .iter()
-                .map(|(k, u, _)| (k.as_str(), u.as_str()))
+                .map(|o| o.upload_id.as_str())
                 .collect::<Vec<_>>(),
-            vec![("big", "u1")]
+            vec!["dead-1"]
         );
-        assert!(!j.begin_run("pair").unwrap(), "first run");
-        assert!(j.begin_run("pair").unwrap(), "the first never ended");
-        j.end_run("pair").unwrap();
-        assert!(!j.begin_run("pair").unwrap());
-        j.forget("pair", "a").unwrap();
-        j.flush().unwrap();
-        assert_eq!(j.base("pair", "a").unwrap(), None);
+        assert!(ours.others_uploading("s3://b", "k").await.unwrap());
+        // The other run is busy with the pair: that is not an unfinished earlier run.
+        assert!(!ours.begin_run("sync", "pair").await.unwrap());
+        // It dies (its lock is released): now its uploads are orphans and its scope unfinished.
+        drop(other_lock);
+        let orphans = ours.orphan_uploads("s3://b").await.unwrap();
+        assert_eq!(orphans.len(), 2);
+        assert!(!ours.others_uploading("s3://b", "k").await.unwrap());
+        ours.end_run("sync", "pair").await.unwrap();
+        ours.call(|db| {
+            db.conn
+                .execute_batch("INSERT INTO run_scopes VALUES ('sync', 'pair2', 'other', 0);")
+                .map_err(|e| db.err(e))
+        })
+        .await
+        .unwrap();
+        assert!(
+            ours.begin_run("sync", "pair2").await.unwrap(),
+            "a dead run's scope is unfinished"
+        );
+        assert!(
+            !ours.begin_run("sync", "pair2").await.unwrap(),
+            "ours is not"
+        );
     }
 }

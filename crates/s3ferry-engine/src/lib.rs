@@ -11,6 +11,7 @@ pub mod journal;
 pub mod lease;
 pub mod plan;
 pub mod ports;
+pub mod spill;
 pub mod transfer;
 pub mod walk;
 

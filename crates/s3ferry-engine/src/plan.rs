@@ -23,7 +23,7 @@ pub struct PlanOptions {
     pub dst_kind: Option<SideKind>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CopyReason {
     New,
     Size,
@@ -48,7 +48,7 @@ pub enum SkipReason {
 }
 
 /// How to settle a same-size pair the planner cannot settle from listings alone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Check {
     /// Hash the local side the way the remote side's ETag was made and compare.
     LocalEtag,
@@ -136,6 +136,37 @@ pub fn signature(kind: SideKind, m: &ObjectMeta) -> Option<String> {
     }
 }
 
+/// Has an entry changed since the signature its side had at the base (the last sync of the
+/// key)? No base signature, or an entry without one, counts as changed.
+pub fn changed_since(kind: SideKind, base_sig: Option<&str>, e: &Entry) -> bool {
+    match (signature(kind, &e.meta), base_sig) {
+        (Some(now), Some(then)) => now != then,
+        _ => true,
+    }
+}
+
+/// What metadata alone says about whether two objects hold the same bytes (symmetric):
+/// `Some(false)` when the sizes differ, or both carry full-object checksums or plain-MD5 ETags
+/// that differ; `Some(true)` when they carry an equal checksum or an equal ETag; `None` when
+/// only reading content (a [`Check`]) can tell.
+pub fn same_content(a: &ObjectMeta, b: &ObjectMeta) -> Option<bool> {
+    if a.size != b.size {
+        return Some(false);
+    }
+    if let (Some(x), Some(y)) = (a.crc64nvme, b.crc64nvme) {
+        return Some(x == y);
+    }
+    match (a.etag.as_deref(), b.etag.as_deref()) {
+        (Some(x), Some(y)) if x == y => Some(true),
+        (Some(x), Some(y))
+            if etag_shape(x) == EtagShape::Md5 && etag_shape(y) == EtagShape::Md5 =>
+        {
+            Some(false)
+        }
+        _ => None,
+    }
+}
+
 fn modified(m: &ObjectMeta) -> Option<SystemTime> {
     m.mtime.or(m.last_modified)
 }
@@ -190,12 +221,10 @@ pub fn plan(
         return Action::Skip(SkipReason::SameSize);
     }
     if !o.checksum {
-        if let (Some(b), Some(ss), Some(ds)) = (
-            base,
-            signature(src_kind, &s.meta),
-            signature(dst_kind, &d.meta),
-        ) {
-            if b.src_sig == ss && b.dst_sig == ds {
+        if let Some(b) = base {
+            if !changed_since(src_kind, Some(&b.src_sig), s)
+                && !changed_since(dst_kind, Some(&b.dst_sig), d)
+            {
                 return Action::Skip(SkipReason::Unchanged);
             }
         }
@@ -217,17 +246,13 @@ pub fn plan(
             }
         }
         (SideKind::Remote, SideKind::Remote) => {
-            if s.meta.etag.is_some() && s.meta.etag == d.meta.etag && !o.exact_timestamps {
-                Action::Skip(SkipReason::SameContent)
-            } else if o.exact_timestamps {
-                Action::Check(Check::Mtime)
-            } else if remote_etag(&s.meta) == EtagShape::Md5
-                && remote_etag(&d.meta) == EtagShape::Md5
-            {
-                // Both are plain MD5s of their content: different means changed.
-                Action::Copy(CopyReason::Changed)
-            } else {
-                Action::Check(Check::Checksum)
+            if o.exact_timestamps {
+                return Action::Check(Check::Mtime);
+            }
+            match same_content(&s.meta, &d.meta) {
+                Some(true) => Action::Skip(SkipReason::SameContent),
+                Some(false) => Action::Copy(CopyReason::Changed),
+                None => Action::Check(Check::Checksum),
             }
         }
         (SideKind::Local, SideKind::Remote) | (SideKind::Remote, SideKind::Local) => {
@@ -484,5 +509,39 @@ mod tests {
                 prop_assert_eq!(&a, &Action::Copy(CopyReason::New));
             }
         }
+    }
+
+    #[test]
+    fn content_helpers_are_symmetric() {
+        let r = |size, etag: &str| remote("k", size, 1, etag).meta;
+        let cases = [
+            (r(1, MD5), r(1, MD5), Some(true)),
+            (r(1, MD5), r(2, MD5), Some(false)),
+            (
+                r(1, MD5),
+                r(1, "ffffffffffffffffffffffffffffffff"),
+                Some(false),
+            ),
+            (r(1, "abc-2"), r(1, MD5), None),
+            (r(1, "abc-2"), r(1, "abc-2"), Some(true)),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(same_content(&a, &b), want, "{a:?} {b:?}");
+            assert_eq!(same_content(&b, &a), want, "symmetric");
+        }
+        let mut c1 = r(1, "abc-2");
+        let mut c2 = r(1, "def-3");
+        c1.crc64nvme = Some(7);
+        c2.crc64nvme = Some(7);
+        assert_eq!(same_content(&c1, &c2), Some(true), "checksums decide");
+        let l = local("a", 1, 10);
+        let sig = signature(SideKind::Local, &l.meta).unwrap();
+        assert!(!changed_since(SideKind::Local, Some(&sig), &l));
+        assert!(changed_since(
+            SideKind::Local,
+            Some(&sig),
+            &local("a", 1, 11)
+        ));
+        assert!(changed_since(SideKind::Local, None, &l));
     }
 }

@@ -1,10 +1,10 @@
 //! Sync sides, their sorted listings (keys relative to the side's prefix) and the merge-join
 //! of two listings. Memory stays flat: one entry per side is held at a time.
 
-use std::cmp::Ordering;
-
 use futures::stream::{BoxStream, StreamExt};
 use s3ferry_store::{DynStore, ErrorKind, ListOptions, ObjectMeta, Result, StoreError};
+
+use crate::plan::BaseRecord;
 
 use crate::filter::Filters;
 
@@ -43,6 +43,15 @@ impl Side {
         format!("{}{rel}", self.prefix)
     }
 
+    /// The side's identity in the state database (with the endpoint for S3).
+    pub fn state_id(&self) -> String {
+        format!(
+            "{}/{}",
+            self.store.state_id().trim_end_matches('/'),
+            self.prefix
+        )
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "{}/{}",
@@ -73,124 +82,185 @@ impl Side {
 }
 
 /// A listed object with its key relative to the side's prefix.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     pub rel: String,
     pub meta: ObjectMeta,
 }
 
-/// One step of a merge-join.
+/// One item of a join input: a listed entry, or a base record from the state database.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    Entry(Entry),
+    Base(BaseRecord),
+}
+
+/// A sorted input of a [`Join`]: `(key, item)` in strictly increasing byte order of keys.
+/// Errors carrying a key are about one entry (the input goes on); others end the join.
+pub type JoinInput = BoxStream<'static, Result<(String, Item)>>;
+
+/// A side's listing as a join input.
+pub fn entries(list: BoxStream<'static, Result<Entry>>) -> JoinInput {
+    list.map(|r| r.map(|e| (e.rel.clone(), Item::Entry(e))))
+        .boxed()
+}
+
+/// A pair's base records as a join input.
+pub fn bases(
+    s: BoxStream<'static, std::result::Result<(String, BaseRecord), crate::journal::JournalError>>,
+) -> JoinInput {
+    s.map(|r| {
+        r.map(|(k, b)| (k, Item::Base(b)))
+            .map_err(|e| StoreError::new(ErrorKind::Other, "state", e.to_string()))
+    })
+    .boxed()
+}
+
+/// One step of a join: a key with what each input has for it, or a per-entry error of one
+/// input.
 #[derive(Debug)]
 pub enum Joined {
-    Pair(Option<Entry>, Option<Entry>),
-    /// A per-entry listing error (the listing goes on); `true` if it came from the source side.
-    EntryError(bool, StoreError),
+    Row(Row),
+    /// A per-entry listing error (the input goes on), with the index of its input.
+    EntryError(usize, StoreError),
 }
 
-/// Merge-join of two sorted listings by relative key.
-pub struct MergeJoin {
-    a: BoxStream<'static, Result<Entry>>,
-    b: BoxStream<'static, Result<Entry>>,
-    pa: Option<Entry>,
-    pb: Option<Entry>,
-    a_done: bool,
-    b_done: bool,
-    last_a: Option<String>,
-    last_b: Option<String>,
+/// What the inputs of a join have for one key.
+#[derive(Debug, Default)]
+pub struct Row {
+    pub key: String,
+    pub items: Vec<Option<Item>>,
 }
 
-impl MergeJoin {
-    pub fn new(a: BoxStream<'static, Result<Entry>>, b: BoxStream<'static, Result<Entry>>) -> Self {
-        Self {
-            a,
-            b,
-            pa: None,
-            pb: None,
-            a_done: false,
-            b_done: false,
-            last_a: None,
-            last_b: None,
-        }
-    }
-
-    /// Pull the next entry of one side into its slot. Errors without a key are fatal.
-    async fn fill(
-        s: &mut BoxStream<'static, Result<Entry>>,
-        slot: &mut Option<Entry>,
-        done: &mut bool,
-        last: &mut Option<String>,
-    ) -> Result<Option<StoreError>> {
-        if slot.is_some() || *done {
-            return Ok(None);
-        }
-        match s.next().await {
-            None => *done = true,
-            Some(Ok(e)) => {
-                if last.as_deref().is_some_and(|l| l >= e.rel.as_str()) {
-                    return Err(StoreError::new(
-                        ErrorKind::Other,
-                        "list",
-                        format!(
-                            "listing is not sorted: {:?} came after {:?}",
-                            e.rel,
-                            last.as_deref().unwrap_or("")
-                        ),
-                    ));
-                }
-                *last = Some(e.rel.clone());
-                *slot = Some(e);
+impl Row {
+    /// Input `i`'s entry, if it is a listing that has the key.
+    pub fn entry(&mut self, i: usize) -> Option<Entry> {
+        match self.items.get_mut(i).and_then(Option::take) {
+            Some(Item::Entry(e)) => Some(e),
+            Some(other) => {
+                self.items[i] = Some(other);
+                None
             }
-            Some(Err(e)) if e.key.is_some() && !e.kind.fatal() => return Ok(Some(e)),
-            Some(Err(e)) => return Err(e),
+            None => None,
         }
-        Ok(None)
     }
 
-    /// The next pair, or `None` when both listings are exhausted.
+    /// Input `i`'s base record, if it is a state input that has the key.
+    pub fn base(&mut self, i: usize) -> Option<BaseRecord> {
+        match self.items.get_mut(i).and_then(Option::take) {
+            Some(Item::Base(b)) => Some(b),
+            Some(other) => {
+                self.items[i] = Some(other);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+struct Lane {
+    input: JoinInput,
+    head: Option<(String, Item)>,
+    done: bool,
+    last: Option<String>,
+}
+
+/// Sorted merge-join of any number of inputs by key (byte order): one row per key present in
+/// any input. Memory stays flat: one item per input is held at a time. Every input must be
+/// strictly increasing, or the join fails (a misordered listing must never look like missing
+/// keys, which would mean false deletes).
+pub struct Join {
+    lanes: Vec<Lane>,
+}
+
+impl Join {
+    pub fn new(inputs: Vec<JoinInput>) -> Self {
+        Self {
+            lanes: inputs
+                .into_iter()
+                .map(|input| Lane {
+                    input,
+                    head: None,
+                    done: false,
+                    last: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The next row (or per-entry error), or `None` when every input is exhausted.
     pub async fn next(&mut self) -> Result<Option<Joined>> {
-        if let Some(e) = Self::fill(
-            &mut self.a,
-            &mut self.pa,
-            &mut self.a_done,
-            &mut self.last_a,
-        )
-        .await?
-        {
-            return Ok(Some(Joined::EntryError(true, e)));
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            if lane.head.is_some() || lane.done {
+                continue;
+            }
+            match lane.input.next().await {
+                None => lane.done = true,
+                Some(Ok((k, item))) => {
+                    if lane
+                        .last
+                        .as_deref()
+                        .is_some_and(|l| l.as_bytes() >= k.as_bytes())
+                    {
+                        return Err(StoreError::new(
+                            ErrorKind::Other,
+                            "list",
+                            format!(
+                                "input {i} is not sorted: {k:?} came after {:?}",
+                                lane.last.as_deref().unwrap_or("")
+                            ),
+                        ));
+                    }
+                    lane.last = Some(k.clone());
+                    lane.head = Some((k, item));
+                }
+                Some(Err(e)) if e.key.is_some() && !e.kind.fatal() => {
+                    return Ok(Some(Joined::EntryError(i, e)))
+                }
+                Some(Err(e)) => return Err(e),
+            }
         }
-        if let Some(e) = Self::fill(
-            &mut self.b,
-            &mut self.pb,
-            &mut self.b_done,
-            &mut self.last_b,
-        )
-        .await?
-        {
-            return Ok(Some(Joined::EntryError(false, e)));
-        }
-        let ord = match (&self.pa, &self.pb) {
-            (None, None) => return Ok(None),
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some(a), Some(b)) => a.rel.as_bytes().cmp(b.rel.as_bytes()),
+        let Some(min) = self
+            .lanes
+            .iter()
+            .filter_map(|l| l.head.as_ref().map(|(k, _)| k.as_bytes()))
+            .min()
+            .map(<[u8]>::to_vec)
+        else {
+            return Ok(None);
         };
-        Ok(Some(match ord {
-            Ordering::Less => Joined::Pair(self.pa.take(), None),
-            Ordering::Greater => Joined::Pair(None, self.pb.take()),
-            Ordering::Equal => Joined::Pair(self.pa.take(), self.pb.take()),
-        }))
+        let mut row = Row {
+            key: String::new(),
+            items: Vec::with_capacity(self.lanes.len()),
+        };
+        for lane in &mut self.lanes {
+            let hit = lane
+                .head
+                .as_ref()
+                .is_some_and(|(k, _)| k.as_bytes() == min.as_slice());
+            match if hit { lane.head.take() } else { None } {
+                Some((k, item)) => {
+                    row.key = k;
+                    row.items.push(Some(item));
+                }
+                None => row.items.push(None),
+            }
+        }
+        Ok(Some(Joined::Row(row)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use s3ferry_store::memory::MemoryStore;
     use s3ferry_store::StoreExt;
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     #[tokio::test]
-    async fn merge_join_pairs_by_key() {
+    async fn joins_two_listings_and_a_base_stream_by_key() {
         let a = MemoryStore::new();
         let b = MemoryStore::new();
         for k in ["p/a", "p/b", "p/d"] {
@@ -202,21 +272,90 @@ mod tests {
         let sa = Side::new(Arc::new(a), "p/");
         let sb = Side::new(Arc::new(b), "q/");
         let f = Filters::default();
-        let mut j = MergeJoin::new(sa.list(&f), sb.list(&f));
+        let base = |k: &str| {
+            Ok((
+                k.to_string(),
+                Item::Base(BaseRecord {
+                    src_sig: k.into(),
+                    dst_sig: String::new(),
+                }),
+            ))
+        };
+        // "z" is gone from both listings: only the base has it.
+        let bs: JoinInput = futures::stream::iter(vec![base("a"), base("z")]).boxed();
+        let mut j = Join::new(vec![entries(sa.list(&f)), entries(sb.list(&f)), bs]);
         let mut got = Vec::new();
-        while let Some(Joined::Pair(x, y)) = j.next().await.unwrap() {
-            got.push((x.map(|e| e.rel), y.map(|e| e.rel)));
+        while let Some(Joined::Row(mut r)) = j.next().await.unwrap() {
+            let (x, y, z) = (r.entry(0), r.entry(1), r.base(2));
+            got.push((r.key, x.is_some(), y.is_some(), z.is_some()));
         }
-        let s = |v: &str| Some(v.to_string());
+        let k = |s: &str| s.to_string();
         assert_eq!(
             got,
             vec![
-                (s("a"), None),
-                (s("b"), s("b")),
-                (None, s("c")),
-                (s("d"), s("d")),
-                (None, s("e"))
+                (k("a"), true, false, true),
+                (k("b"), true, true, false),
+                (k("c"), false, true, false),
+                (k("d"), true, true, false),
+                (k("e"), false, true, false),
+                (k("z"), false, false, true),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn an_unsorted_input_fails_the_join() {
+        let item = |k: &str| {
+            Ok((
+                k.to_string(),
+                Item::Base(BaseRecord {
+                    src_sig: String::new(),
+                    dst_sig: String::new(),
+                }),
+            ))
+        };
+        let bad: JoinInput = futures::stream::iter(vec![item("b"), item("a")]).boxed();
+        let mut j = Join::new(vec![bad]);
+        assert!(j.next().await.is_ok());
+        let e = j.next().await.unwrap_err();
+        assert!(e.to_string().contains("not sorted"), "{e}");
+    }
+
+    proptest! {
+        /// Against a model: every key of every input appears exactly once, in byte order,
+        /// with exactly the inputs that have it.
+        #[test]
+        fn join_matches_a_model(sets in proptest::collection::vec(
+            proptest::collection::btree_set("[a-c/.-]{0,3}", 0..8), 1..4)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let mut model: BTreeMap<Vec<u8>, Vec<bool>> = BTreeMap::new();
+            for (i, s) in sets.iter().enumerate() {
+                for k in s {
+                    model.entry(k.as_bytes().to_vec()).or_insert_with(|| vec![false; sets.len()])[i] = true;
+                }
+            }
+            let inputs: Vec<JoinInput> = sets
+                .iter()
+                .map(|s| {
+                    let mut v: Vec<&String> = s.iter().collect();
+                    v.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                    let items: Vec<Result<(String, Item)>> = v
+                        .into_iter()
+                        .map(|k| Ok((k.clone(), Item::Base(BaseRecord { src_sig: k.clone(), dst_sig: String::new() }))))
+                        .collect();
+                    futures::stream::iter(items).boxed()
+                })
+                .collect();
+            let got = rt.block_on(async {
+                let mut j = Join::new(inputs);
+                let mut out = Vec::new();
+                while let Some(Joined::Row(r)) = j.next().await.unwrap() {
+                    out.push((r.key.as_bytes().to_vec(), r.items.iter().map(Option::is_some).collect::<Vec<_>>()));
+                }
+                out
+            });
+            let want: Vec<(Vec<u8>, Vec<bool>)> = model.into_iter().collect();
+            prop_assert_eq!(got, want);
+        }
     }
 }

@@ -1,27 +1,36 @@
 //! One-way sync: make the destination match the source.
 //!
 //! 1. Check both sides exist; abort multipart uploads / temp files a killed run left behind.
-//! 2. With `--delete`: a names-only pre-pass counts what would be deleted and refuses, before
-//!    any change, if that exceeds the limit.
-//! 3. Merge-join the two sorted listings, plan each key (pure), and run transfers and content
-//!    checks concurrently as they are planned. Each finished key is recorded in the state DB.
+//! 2. Join the two sorted listings and the pair's base records (the state of each key after
+//!    its last sync) by key, and plan each key (pure).
+//! 3. Without `--delete`, transfers and content checks run concurrently as keys are planned.
+//!    With `--delete`, the whole listing is planned first (the work spilled to disk, memory
+//!    flat) so a delete count over the limit is refused before any change; then the planned
+//!    work runs. Each finished key is recorded in the state DB.
 //! 4. Retry failed transfers once (job-level tier), then delete — unless the source listing
 //!    had errors, in which case deletes are suppressed for this run.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use s3ferry_engine::events::{Record, Reporter, Summary};
+use futures::StreamExt;
+use s3ferry_engine::events::{Outcome, Record, Reporter, Summary};
 use s3ferry_engine::filter::Filters;
 use s3ferry_engine::identity::resolve_check;
 use s3ferry_engine::journal::Journal;
-use s3ferry_engine::plan::{plan, signature, Action, BaseRecord, PlanOptions};
-use s3ferry_engine::transfer::{copy_object, sweep_stray_uploads, TransferConfig, PENDING_UPLOAD};
-use s3ferry_engine::walk::{Entry, Joined, MergeJoin, Side, SideKind};
+use s3ferry_engine::plan::{plan, signature, Action, BaseRecord, Check, CopyReason, PlanOptions};
+use s3ferry_engine::spill::{Spill, SpillError};
+use s3ferry_engine::transfer::{cleanup_orphan_uploads, copy_object, TransferConfig};
+use s3ferry_engine::walk::{bases, entries, Entry, Join, JoinInput, Joined, Side, SideKind};
 use s3ferry_store::{ErrorKind, StoreError};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+
+/// The job name of sync's records in the state database.
+pub const JOB: &str = "sync";
 
 /// How many deletions are allowed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -103,27 +112,48 @@ struct Shared {
     journal: Arc<Journal>,
     reporter: Arc<dyn Reporter>,
     summary: Mutex<Summary>,
-    failed_retryable: Mutex<Vec<Entry>>,
+    /// Transfers to try once more at the end (on disk: memory stays flat).
+    retry: Mutex<Spill<Entry>>,
     fatal: Mutex<Option<StoreError>>,
     stop: AtomicBool,
 }
 
+/// Work a key needs, as planned (spilled to disk between the two passes of a `--delete` run).
+#[derive(Serialize, Deserialize)]
+enum Work {
+    Copy(CopyReason),
+    Check(Check),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Planned {
+    s: Entry,
+    d: Option<Entry>,
+    work: Work,
+}
+
+impl From<SpillError> for SyncError {
+    fn from(e: SpillError) -> Self {
+        SyncError::Journal(e.to_string())
+    }
+}
+
+fn record(key: String, action: Outcome, reason: impl Into<String>, size: u64) -> Record {
+    Record {
+        key,
+        action,
+        reason: reason.into(),
+        size,
+        error: None,
+    }
+}
+
 impl Shared {
     fn record(&self, r: Record) {
-        {
-            let mut s = self.summary.lock().unwrap_or_else(|p| p.into_inner());
-            match r.action {
-                "copy" | "would-copy" => {
-                    s.copied += 1;
-                    s.copied_bytes += r.size;
-                }
-                "delete" | "would-delete" => s.deleted += 1,
-                "skip" => s.skipped += 1,
-                "refuse" => s.refused += 1,
-                "fail" => s.failed += 1,
-                _ => {}
-            }
-        }
+        r.action.count(
+            &mut self.summary.lock().unwrap_or_else(|p| p.into_inner()),
+            r.size,
+        );
         self.reporter.record(&r);
     }
 
@@ -139,11 +169,8 @@ impl Shared {
             self.stop.store(true, Ordering::SeqCst);
         }
         self.record(Record {
-            key: rel.to_string(),
-            action: "fail",
-            reason: e.kind.as_str().into(),
-            size,
             error: Some(e.to_string()),
+            ..record(rel.to_string(), Outcome::Fail, e.kind.as_str(), size)
         });
     }
 
@@ -154,24 +181,19 @@ impl Shared {
         ) else {
             return;
         };
-        if let Err(e) =
-            self.journal
-                .record_synced(&self.pair, &s.rel, BaseRecord { src_sig, dst_sig })
-        {
-            tracing::warn!("{e}");
-        }
+        self.journal
+            .record_synced(JOB, &self.pair, &s.rel, &BaseRecord { src_sig, dst_sig });
     }
 
     /// Copy `s` (planned for `reason`), record the outcome.
     async fn copy(&self, s: &Entry, reason: &str, retry_list: bool) {
         if self.opts.dry_run {
-            self.record(Record {
-                key: s.rel.clone(),
-                action: "would-copy",
-                reason: reason.into(),
-                size: s.meta.size,
-                error: None,
-            });
+            self.record(record(
+                s.rel.clone(),
+                Outcome::WouldCopy,
+                reason,
+                s.meta.size,
+            ));
             return;
         }
         match copy_object(
@@ -186,13 +208,7 @@ impl Shared {
         {
             Ok(dm) => {
                 self.remember(s, &dm);
-                self.record(Record {
-                    key: s.rel.clone(),
-                    action: "copy",
-                    reason: reason.into(),
-                    size: s.meta.size,
-                    error: None,
-                });
+                self.record(record(s.rel.clone(), Outcome::Copy, reason, s.meta.size));
             }
             Err(e)
                 if retry_list
@@ -203,22 +219,23 @@ impl Shared {
                             && self.dst.kind == SideKind::Local)) =>
             {
                 tracing::debug!("will retry {}: {e}", s.rel);
-                self.failed_retryable
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(s.clone());
+                let pushed = self.retry.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+                if let Err(se) = pushed {
+                    tracing::warn!("{se}");
+                    self.fail(&s.rel, s.meta.size, &e);
+                }
             }
             Err(e) => self.fail(&s.rel, s.meta.size, &e),
         }
     }
 
-    async fn process(&self, s: Entry, d: Option<Entry>, action: Action) {
+    async fn process(&self, s: Entry, d: Option<Entry>, work: Work) {
         if self.stop.load(Ordering::SeqCst) {
             return;
         }
-        match action {
-            Action::Copy(r) => self.copy(&s, r.as_str(), true).await,
-            Action::Check(c) => {
+        match work {
+            Work::Copy(r) => self.copy(&s, r.as_str(), true).await,
+            Work::Check(c) => {
                 let Some(d) = d else { return };
                 match resolve_check(
                     c,
@@ -235,21 +252,116 @@ impl Shared {
                         if !self.opts.dry_run {
                             self.remember(&s, &d.meta);
                         }
-                        self.record(Record {
-                            key: s.rel,
-                            action: "skip",
-                            reason: r.as_str().into(),
-                            size: d.meta.size,
-                            error: None,
-                        });
+                        self.record(record(s.rel, Outcome::Skip, r.as_str(), d.meta.size));
                     }
                     Ok(Action::Copy(r)) => self.copy(&s, r.as_str(), true).await,
                     Ok(_) => {}
                     Err(e) => self.fail(&s.rel, s.meta.size, &e),
                 }
             }
-            _ => {}
         }
+    }
+}
+
+/// What the listing pass counted for the delete limit.
+#[derive(Default)]
+struct Counts {
+    src: u64,
+    dst: u64,
+    deletes: u64,
+    sample: Vec<String>,
+    src_errors: u64,
+}
+
+/// Turns the join of the listings into planned work: skips and refusals are recorded as they
+/// come, deletes go to a spill, work is handed out.
+struct Planner {
+    join: Join,
+    counts: Counts,
+    deletes: Spill<(String, u64)>,
+    /// Keys of the state database's own files inside a synced directory.
+    reserved: Vec<String>,
+}
+
+impl Planner {
+    async fn next(&mut self, sh: &Shared) -> Result<Option<Planned>, SyncError> {
+        while let Some(j) = self.join.next().await? {
+            if sh.stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let mut row = match j {
+                Joined::EntryError(input, e) => {
+                    self.counts.src_errors += (input == 0) as u64;
+                    let key = e.key.clone().unwrap_or_default();
+                    if e.kind == ErrorKind::InvalidInput {
+                        // A name that cannot be synced (reserved, not UTF-8): refused, listed.
+                        sh.record(record(key, Outcome::Refuse, e.message.clone(), 0));
+                    } else {
+                        sh.fail(&key, 0, &e);
+                    }
+                    continue;
+                }
+                Joined::Row(r) => r,
+            };
+            let (s, d, base) = (row.entry(0), row.entry(1), row.base(2));
+            let rel = row.key;
+            if self
+                .reserved
+                .iter()
+                .any(|r| rel == *r || (r.ends_with('/') && rel.starts_with(r.as_str())))
+            {
+                if s.is_some() || d.is_some() {
+                    sh.record(record(
+                        rel,
+                        Outcome::Refuse,
+                        "the state database of s3ferry itself; never synced",
+                        0,
+                    ));
+                }
+                continue;
+            }
+            self.counts.src += s.is_some() as u64;
+            self.counts.dst += d.is_some() as u64;
+            if s.is_none() && d.is_none() {
+                continue; // only the base has it: gone from both sides
+            }
+            let base = base.filter(|_| s.is_some() && d.is_some() && !sh.opts.plan.checksum);
+            let action = plan(s.as_ref(), d.as_ref(), base.as_ref(), &sh.opts.plan);
+            match (action, s) {
+                (Action::Delete, _) => {
+                    let size = d.map(|e| e.meta.size).unwrap_or(0);
+                    self.counts.deletes += 1;
+                    if self.counts.sample.len() < 10 {
+                        self.counts.sample.push(rel.clone());
+                    }
+                    self.deletes.push(&(rel, size))?;
+                }
+                (Action::Extra, _) => {}
+                (Action::Skip(r), _) => sh.record(record(rel, Outcome::Skip, r.as_str(), 0)),
+                (Action::Refuse(w), s) => sh.record(record(
+                    rel,
+                    Outcome::Refuse,
+                    format!("unsafe key: {w}"),
+                    s.map(|e| e.meta.size).unwrap_or(0),
+                )),
+                (Action::Copy(r), Some(s)) => {
+                    return Ok(Some(Planned {
+                        s,
+                        d,
+                        work: Work::Copy(r),
+                    }))
+                }
+                (Action::Check(c), Some(s)) => {
+                    return Ok(Some(Planned {
+                        s,
+                        d,
+                        work: Work::Check(c),
+                    }))
+                }
+                (_, None) => {}
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -274,16 +386,24 @@ pub async fn run(
                 && e.kind == ErrorKind::BucketNotFound => {}
         r => r?,
     }
+    let jerr = |e: s3ferry_engine::journal::JournalError| SyncError::Journal(e.to_string());
     let pair = pair_id(&src, &dst);
     if !opts.dry_run {
-        let unfinished = journal
-            .begin_run(&pair)
-            .map_err(|e| SyncError::Journal(e.to_string()))?;
+        let unfinished = journal.begin_run(JOB, &pair).await.map_err(jerr)?;
         cleanup_orphans(&dst, &journal, reporter.as_ref(), unfinished).await;
     }
-    if opts.plan.delete {
-        delete_prepass(&src, &dst, &opts).await?;
-    }
+    let mut reserved = reserved_keys(&src, journal.path());
+    reserved.extend(reserved_keys(&dst, journal.path()));
+    let base_input: JoinInput = if opts.plan.checksum {
+        futures::stream::empty().boxed()
+    } else {
+        bases(journal.base_stream(JOB, &pair))
+    };
+    let join = Join::new(vec![
+        entries(src.list(&opts.filters)),
+        entries(dst.list(&opts.filters)),
+        base_input,
+    ]);
     let concurrency = opts.concurrency.max(1);
     let sh = Arc::new(Shared {
         src,
@@ -293,75 +413,60 @@ pub async fn run(
         journal,
         reporter,
         summary: Mutex::new(Summary::default()),
-        failed_retryable: Mutex::new(Vec::new()),
+        retry: Mutex::new(Spill::new()?),
         fatal: Mutex::new(None),
         stop: AtomicBool::new(false),
     });
+    let mut planner = Planner {
+        join,
+        counts: Counts::default(),
+        deletes: Spill::new()?,
+        reserved,
+    };
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut tasks = JoinSet::new();
-    let mut deletes: Vec<(String, u64)> = Vec::new();
-    let mut src_errors = 0u64;
-    let mut join = MergeJoin::new(sh.src.list(&sh.opts.filters), sh.dst.list(&sh.opts.filters));
-    let listing: Result<(), StoreError> = async {
-        while let Some(j) = join.next().await? {
-            if sh.stop.load(Ordering::SeqCst) {
-                break;
+    let spawn = |tasks: &mut JoinSet<()>, p: Planned, permit| {
+        if let Work::Copy(_) = p.work {
+            sh.reporter.planned(1, p.s.meta.size);
+        }
+        let sh2 = sh.clone();
+        tasks.spawn(async move {
+            sh2.process(p.s, p.d, p.work).await;
+            drop(permit);
+        });
+    };
+    let acquire = |permits: &Arc<Semaphore>| {
+        let permits = permits.clone();
+        async move {
+            permits
+                .acquire_owned()
+                .await
+                .map_err(|_| StoreError::new(ErrorKind::Other, "sync", "scheduler closed"))
+        }
+    };
+    let listing: Result<(), SyncError> = async {
+        if sh.opts.plan.delete {
+            // Pass 1: plan everything, change nothing; the limit is checked before any change.
+            let mut work: Spill<Planned> = Spill::new()?;
+            while let Some(p) = planner.next(&sh).await? {
+                work.push(&p)?;
             }
-            let (s, d) = match j {
-                Joined::EntryError(from_src, e) => {
-                    src_errors += from_src as u64;
-                    sh.fail(e.key.as_deref().unwrap_or(""), 0, &e);
-                    continue;
+            check_delete_limit(&sh, &planner.counts)?;
+            for p in work.read_back()? {
+                if sh.stop.load(Ordering::SeqCst) {
+                    break;
                 }
-                Joined::Pair(s, d) => (s, d),
-            };
-            let rel = s
-                .as_ref()
-                .or(d.as_ref())
-                .map(|e| e.rel.clone())
-                .unwrap_or_default();
-            let base = if s.is_some() && d.is_some() && !sh.opts.plan.checksum {
-                sh.journal
-                    .base(&sh.pair, &rel)
-                    .map_err(|e| StoreError::new(ErrorKind::Other, "state", e.to_string()))?
-            } else {
-                None
-            };
-            let action = plan(s.as_ref(), d.as_ref(), base.as_ref(), &sh.opts.plan);
-            match (action, s) {
-                (Action::Delete, _) => deletes.push((rel, d.map(|e| e.meta.size).unwrap_or(0))),
-                (Action::Extra, _) => {}
-                (Action::Skip(r), _) => sh.record(Record {
-                    key: rel,
-                    action: "skip",
-                    reason: r.as_str().into(),
-                    size: 0,
-                    error: None,
-                }),
-                (Action::Refuse(w), s) => sh.record(Record {
-                    key: rel,
-                    action: "refuse",
-                    reason: format!("unsafe key: {w}"),
-                    size: s.map(|e| e.meta.size).unwrap_or(0),
-                    error: None,
-                }),
-                (action, Some(s)) => {
-                    if let Action::Copy(_) = action {
-                        sh.reporter.planned(1, s.meta.size);
-                    }
-                    let permit = permits.clone().acquire_owned().await.map_err(|_| {
-                        StoreError::new(ErrorKind::Other, "sync", "scheduler closed")
-                    })?;
-                    let sh2 = sh.clone();
-                    tasks.spawn(async move {
-                        sh2.process(s, d, action).await;
-                        drop(permit);
-                    });
-                }
-                (_, None) => {}
+                let permit = acquire(&permits).await?;
+                spawn(&mut tasks, p?, permit);
+                while tasks.try_join_next().is_some() {}
             }
-            // Reap finished tasks so the set stays small.
-            while tasks.try_join_next().is_some() {}
+        } else {
+            while let Some(p) = planner.next(&sh).await? {
+                let permit = acquire(&permits).await?;
+                spawn(&mut tasks, p, permit);
+                // Reap finished tasks so the set stays small.
+                while tasks.try_join_next().is_some() {}
+            }
         }
         Ok(())
     }
@@ -369,18 +474,23 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     if let Err(e) = listing {
         sh.stop.store(true, Ordering::SeqCst);
-        let _ = sh.journal.flush();
+        let _ = sh.journal.flush().await;
+        return Err(e);
+    }
+    let fatal = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(e) = fatal {
+        let _ = sh.journal.flush().await;
         return Err(e.into());
     }
-    if let Some(e) = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        let _ = sh.journal.flush();
-        return Err(e.into());
-    }
+    let Planner {
+        counts, deletes, ..
+    } = planner;
     if !deletes.is_empty() {
-        if src_errors > 0 {
+        if counts.src_errors > 0 {
             let msg = format!(
-                "not deleting {} objects: {src_errors} source entries could not be listed",
-                deletes.len()
+                "not deleting {} objects: {} source entries could not be listed",
+                deletes.len(),
+                counts.src_errors
             );
             sh.reporter.note(&msg);
             sh.summary
@@ -388,20 +498,19 @@ pub async fn run(
                 .unwrap_or_else(|p| p.into_inner())
                 .deletes_suppressed = Some(msg);
         } else {
-            run_deletes(&sh, deletes).await;
+            run_deletes(&sh, deletes).await?;
         }
     }
     // Job-level retry tier, after the deletes: one more attempt for transfers that failed with a
     // retryable error, or because a local path was in the way of a file that a delete removed
     // (`a` replacing a directory `a/`), with a fresh look at the source.
-    let retry: Vec<Entry> = std::mem::take(
-        &mut *sh
-            .failed_retryable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()),
+    let retry = std::mem::replace(
+        &mut *sh.retry.lock().unwrap_or_else(|p| p.into_inner()),
+        Spill::new()?,
     );
-    let job_retries = retry.len() as u64;
-    for s in retry {
+    let job_retries = retry.len();
+    for s in retry.read_back()? {
+        let s = s?;
         if sh.stop.load(Ordering::SeqCst) {
             break;
         }
@@ -421,19 +530,17 @@ pub async fn run(
             };
             sh2.copy(&fresh, "retry", false).await;
         });
+        while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
-    if let Some(e) = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        let _ = sh.journal.flush();
+    let fatal = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(e) = fatal {
+        let _ = sh.journal.flush().await;
         return Err(e.into());
     }
-    sh.journal
-        .flush()
-        .map_err(|e| SyncError::Journal(e.to_string()))?;
+    sh.journal.flush().await.map_err(jerr)?;
     if !sh.opts.dry_run {
-        sh.journal
-            .end_run(&sh.pair)
-            .map_err(|e| SyncError::Journal(e.to_string()))?;
+        sh.journal.end_run(JOB, &sh.pair).await.map_err(jerr)?;
     }
     let mut summary = sh.summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
     summary.dry_run = sh.opts.dry_run;
@@ -449,17 +556,22 @@ pub async fn run(
     Ok(summary)
 }
 
-async fn run_deletes(sh: &Shared, deletes: Vec<(String, u64)>) {
-    for chunk in deletes.chunks(1000) {
+async fn run_deletes(sh: &Shared, deletes: Spill<(String, u64)>) -> Result<(), SyncError> {
+    let mut chunk: Vec<(String, u64)> = Vec::with_capacity(1000);
+    let mut it = deletes.read_back()?.peekable();
+    while it.peek().is_some() {
+        chunk.clear();
+        for d in it.by_ref().take(1000) {
+            chunk.push(d?);
+        }
         if sh.opts.dry_run {
-            for (rel, size) in chunk {
-                sh.record(Record {
-                    key: rel.clone(),
-                    action: "would-delete",
-                    reason: "not in source".into(),
-                    size: *size,
-                    error: None,
-                });
+            for (rel, size) in &chunk {
+                sh.record(record(
+                    rel.clone(),
+                    Outcome::WouldDelete,
+                    "not in source",
+                    *size,
+                ));
             }
             continue;
         }
@@ -469,124 +581,102 @@ async fn run_deletes(sh: &Shared, deletes: Vec<(String, u64)>) {
                 for ((rel, size), r) in chunk.iter().zip(results) {
                     match r {
                         Ok(()) => {
-                            let _ = sh.journal.forget(&sh.pair, rel);
-                            sh.record(Record {
-                                key: rel.clone(),
-                                action: "delete",
-                                reason: "not in source".into(),
-                                size: *size,
-                                error: None,
-                            });
+                            sh.journal.forget(JOB, &sh.pair, rel);
+                            sh.record(record(rel.clone(), Outcome::Delete, "not in source", *size));
                         }
                         Err(e) => sh.fail(rel, *size, &e),
                     }
                 }
             }
             Err(e) => {
-                for (rel, size) in chunk {
+                for (rel, size) in &chunk {
                     sh.fail(rel, *size, &e);
                 }
             }
         }
     }
+    Ok(())
 }
 
-/// Count what `--delete` would remove and refuse before any change if it is over the limit.
-async fn delete_prepass(src: &Side, dst: &Side, opts: &SyncOptions) -> Result<(), SyncError> {
-    let mut join = MergeJoin::new(src.list(&opts.filters), dst.list(&opts.filters));
-    let (mut count, mut total, mut src_count) = (0u64, 0u64, 0u64);
-    let mut sample = Vec::new();
-    while let Some(j) = join.next().await? {
-        if let Joined::Pair(s, d) = j {
-            src_count += s.is_some() as u64;
-            if let Some(d) = d {
-                total += 1;
-                if s.is_none() {
-                    count += 1;
-                    if sample.len() < 10 {
-                        sample.push(d.rel);
-                    }
-                }
-            }
-        }
-    }
-    if count == 0 {
+/// Refuse, before any change, deletes over the limit (or of everything when the source is
+/// empty and no limit was given).
+fn check_delete_limit(sh: &Shared, c: &Counts) -> Result<(), SyncError> {
+    if c.deletes == 0 {
         return Ok(());
     }
-    if src_count == 0 && !opts.max_delete_explicit {
+    let opts = &sh.opts;
+    if c.src == 0 && !opts.max_delete_explicit {
         return Err(SyncError::EmptySource {
-            total,
-            src: src.describe(),
-            dst: dst.describe(),
+            total: c.dst,
+            src: sh.src.describe(),
+            dst: sh.dst.describe(),
         });
     }
-    if !opts.max_delete.allows(count, total) {
+    if !opts.max_delete.allows(c.deletes, c.dst) {
         let limit = match opts.max_delete {
             MaxDelete::Count(n) => format!("{n}"),
             MaxDelete::Percent(p) => format!("{p}%"),
         };
-        let more = if count as usize > sample.len() {
+        let more = if c.deletes as usize > c.sample.len() {
             ", …"
         } else {
             ""
         };
         return Err(SyncError::DeleteLimit {
-            count,
-            total,
+            count: c.deletes,
+            total: c.dst,
             limit,
-            dst: dst.describe(),
-            sample: format!("{}{more}", sample.join(", ")),
+            dst: sh.dst.describe(),
+            sample: format!("{}{more}", c.sample.join(", ")),
         });
     }
     Ok(())
 }
 
-/// The key of a sync pair in the state database.
+/// The key of a sync pair in the state database: both sides with their endpoints.
 pub fn pair_id(src: &Side, dst: &Side) -> String {
-    format!("{} -> {}", src.describe(), dst.describe())
+    format!("{} -> {}", src.state_id(), dst.state_id())
 }
 
-/// Abort the uploads an earlier run recorded and never finished. Temp files in a local
-/// destination are looked for (a walk of the whole tree) only when the last run of this pair
-/// did not end: a run that ends leaves none.
-async fn cleanup_orphans(dst: &Side, journal: &Journal, reporter: &dyn Reporter, unfinished: bool) {
-    let store_id = dst.store.describe();
-    let mut orphans = journal.orphan_uploads(&store_id).unwrap_or_default();
-    if dst.kind == SideKind::Local && unfinished {
-        if let Ok(ups) = dst.store.list_multipart(&dst.prefix).await {
-            let now = std::time::SystemTime::now();
-            orphans.extend(ups.into_iter().map(|u| (u.key, u.upload_id, now)));
-        }
-    }
-    // One upload can have two rows (the intent and its id): count uploads, not rows.
-    let n = orphans
+/// Keys under a local side that are the state database's own files (never synced).
+fn reserved_keys(side: &Side, db_path: &str) -> Vec<String> {
+    let Some(root) = side.store.local_path("") else {
+        return Vec::new();
+    };
+    let (Ok(root), Some(dir), Some(name)) = (
+        root.canonicalize(),
+        Path::new(db_path).parent(),
+        Path::new(db_path).file_name(),
+    ) else {
+        return Vec::new();
+    };
+    let Ok(dir) = dir.canonicalize() else {
+        return Vec::new();
+    };
+    let Ok(rel) = dir.strip_prefix(&root) else {
+        return Vec::new();
+    };
+    let name = name.to_string_lossy();
+    let key = |p: PathBuf| {
+        let s = p.to_string_lossy().replace('\\', "/");
+        s.strip_prefix(side.prefix.as_str())
+            .unwrap_or(&s)
+            .to_string()
+    };
+    let mut out: Vec<String> = ["", "-wal", "-shm", "-journal"]
         .iter()
-        .filter(|(k, id, _)| {
-            id != PENDING_UPLOAD
-                || !orphans
-                    .iter()
-                    .any(|(k2, id2, _)| k2 == k && id2 != PENDING_UPLOAD)
-        })
-        .count();
-    for (key, id, started) in orphans {
-        if id == PENDING_UPLOAD {
-            // Killed between noting the intent and learning the upload id (or the answer to
-            // the create was lost): find the upload by key and start time.
-            sweep_stray_uploads(&dst.store, &key, None, started).await;
-            let _ = journal.upload_ended(&store_id, &key, &id);
-            continue;
-        }
-        match dst.store.abort_multipart(&key, &id).await {
-            Ok(())
-            | Err(StoreError {
-                kind: ErrorKind::NotFound,
-                ..
-            }) => {
-                let _ = journal.upload_ended(&store_id, &key, &id);
-            }
-            Err(e) => tracing::warn!("could not abort an unfinished upload of {key}: {e}"),
-        }
-    }
+        .map(|sfx| key(rel.join(format!("{name}{sfx}"))))
+        .collect();
+    out.push(format!("{}/", key(rel.join(format!("{name}.runs")))));
+    out
+}
+
+/// Abort the uploads that dead runs left in the destination. Temp files in a local destination
+/// are looked for (a walk of the whole tree) only when the last run of this pair did not end:
+/// a run that ends leaves none.
+async fn cleanup_orphans(dst: &Side, journal: &Journal, reporter: &dyn Reporter, unfinished: bool) {
+    let walk = (dst.kind == SideKind::Local && unfinished).then_some(dst.prefix.as_str());
+    let n = cleanup_orphan_uploads(&dst.store, journal, walk).await;
     if n > 0 {
         reporter.note(&format!(
             "cleaned up {n} unfinished upload(s) from an earlier run"

@@ -584,7 +584,8 @@ async fn a_file_replaces_a_directory_whose_contents_were_deleted() {
 }
 
 /// Temp files a killed download left are swept by the next run; after a run that ended, the
-/// destination tree is not walked for them (a stray one is left alone).
+/// destination tree is not walked for them (a stray one is left alone); a temp file of a run
+/// that is still alive (another process) is never touched.
 #[tokio::test]
 async fn temp_files_of_an_unfinished_run_are_swept() {
     let srcm = MemoryStore::named("s");
@@ -592,16 +593,92 @@ async fn temp_files_of_an_unfinished_run_are_swept() {
     let dir = tempfile::tempdir().unwrap();
     let ls = LocalStore::new(dir.path());
     let (src, dst) = (Side::new(Arc::new(srcm), ""), Side::new(Arc::new(ls), ""));
-    let j = Arc::new(Journal::in_memory().unwrap());
-    let stale = dir.path().join("d").join(".s3ferry-tmp.deadbeef.8388608");
+    let state = tempfile::tempdir().unwrap();
+    let db = state.path().join("state.db");
+    let j = Arc::new(Journal::open(&db).unwrap());
     std::fs::create_dir_all(dir.path().join("d")).unwrap();
+    let stale = dir
+        .path()
+        .join("d")
+        .join(".s3ferry-tmp.deadbeefdead_0123456789abcdef.u8388608");
     std::fs::write(&stale, "partial").unwrap();
+    // Another process's run, alive (it holds its lock), writing into the same directory.
+    let lock = std::fs::File::create(state.path().join("state.db.runs/aaaaaaaaaaaa.lock")).unwrap();
+    lock.lock().unwrap();
+    let theirs = dir
+        .path()
+        .join("d")
+        .join(".s3ferry-tmp.aaaaaaaaaaaa_0123456789abcdef.u8388608");
+    std::fs::write(&theirs, "in flight").unwrap();
     // A clean history: no sweep.
     run(&src, &dst, opts(), &j).await.unwrap();
     assert!(stale.exists());
-    // The previous run of this pair never ended (killed): the next run sweeps.
-    j.begin_run(&sync::pair_id(&src, &dst)).unwrap();
+    // The previous run of this pair never ended and its process is gone: the next run sweeps.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute(
+        "INSERT INTO run_scopes (job, scope, run_id, started) VALUES ('sync', ?1, 'deadbeefdead', 0)",
+        [sync::pair_id(&src, &dst)],
+    )
+    .unwrap();
     run(&src, &dst, opts(), &j).await.unwrap();
     assert!(!stale.exists(), "stale temp file removed");
+    assert!(theirs.exists(), "a live run's temp file is left alone");
     assert_eq!(std::fs::read(dir.path().join("d/f")).unwrap(), b"x");
+}
+
+/// With --delete, each side is listed once (the plan is spilled, the limit checked, then the
+/// work runs), and a refusal still changes nothing.
+#[tokio::test]
+async fn delete_runs_list_each_side_once() {
+    let srcm = MemoryStore::named("s");
+    let dstm = MemoryStore::named("d");
+    for i in 0..50 {
+        srcm.put_bytes(&format!("k{i:02}"), vec![i as u8; 10])
+            .await
+            .unwrap();
+    }
+    for i in 40..60 {
+        dstm.put_bytes(&format!("k{i:02}"), "old").await.unwrap();
+    }
+    let (src, dst) = (
+        Side::new(Arc::new(srcm.clone()), ""),
+        Side::new(Arc::new(dstm.clone()), ""),
+    );
+    let j = Arc::new(Journal::in_memory().unwrap());
+    let mut o = opts();
+    o.plan.delete = true;
+    o.max_delete = MaxDelete::Count(5);
+    o.max_delete_explicit = true;
+    let puts = dstm.op_count("put");
+    let e = run(&src, &dst, o.clone(), &j).await.unwrap_err();
+    assert!(matches!(e, SyncError::DeleteLimit { count: 10, .. }), "{e}");
+    assert_eq!((srcm.op_count("list"), dstm.op_count("list")), (1, 1));
+    assert_eq!(dstm.op_count("put"), puts, "refused before any change");
+    assert_eq!(dstm.op_count("delete_many"), 0);
+    o.max_delete = MaxDelete::Count(10);
+    let s = run(&src, &dst, o, &j).await.unwrap();
+    assert_eq!((s.copied, s.deleted), (50, 10), "{s:?}");
+    assert_eq!((srcm.op_count("list"), dstm.op_count("list")), (2, 2));
+    assert_eq!(contents(&dstm, "").await, contents(&srcm, "").await);
+}
+
+/// The state database inside a synced directory is never uploaded (reported instead), and a
+/// user's file with s3ferry's reserved temp name is reported, not silently skipped.
+#[tokio::test]
+async fn the_state_database_and_reserved_names_are_never_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "a").unwrap();
+    std::fs::write(dir.path().join(".s3ferry-tmp.mine"), "user data").unwrap();
+    let j = Arc::new(Journal::open(&dir.path().join("state/state.db")).unwrap());
+    let dstm = MemoryStore::named("d");
+    let (src, dst) = (
+        Side::new(Arc::new(LocalStore::new(dir.path())), ""),
+        Side::new(Arc::new(dstm.clone()), ""),
+    );
+    let s = run(&src, &dst, opts(), &j).await.unwrap();
+    let keys: Vec<String> = contents(&dstm, "").await.into_keys().collect();
+    assert_eq!(keys, vec!["a.txt"]);
+    // state.db (and its WAL files, run locks) plus the reserved name: each refused, listed.
+    assert!(s.refused >= 2, "{s:?}");
+    assert_eq!(s.exit_code(), 1, "refusals are reported in the exit code");
 }

@@ -30,7 +30,7 @@ pub use key::{key_to_relpath, relpath_to_key, Location, UnsafeKey};
 pub const MTIME_META: &str = "mtime";
 
 /// What a listing, HEAD or GET says about an object.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectMeta {
     /// The key exactly as the store has it.
     pub key: String,
@@ -351,7 +351,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Objects under `prefix`, sorted by key in byte order. Errors carrying a key are about one
     /// entry (the listing goes on); errors without a key end the listing.
     fn list(&self, opts: ListOptions) -> BoxStream<'static, Result<ObjectMeta>>;
-    /// The file that holds `key`, for stores that are local directories (`None` elsewhere).
+    /// The file that holds `key`, for stores that are local directories (`None` elsewhere);
+    /// `local_path("")` is the directory itself.
     fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
         None
     }
@@ -460,6 +461,19 @@ pub trait StoreExt: Store {
 }
 
 impl<T: Store + ?Sized> StoreExt for T {}
+
+/// This process's run id (12 hex digits): names its local temp files and its rows in the state
+/// database, so another process can tell its leftovers from the work of a run still going.
+pub fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string())
+}
+
+/// The run id embedded in a local temp file's or upload's id (`<run>_<rest>`), if any.
+pub fn run_of_upload_id(id: &str) -> Option<&str> {
+    let (run, _) = id.split_once('_')?;
+    (run.len() == 12 && run.bytes().all(|b| b.is_ascii_hexdigit())).then_some(run)
+}
 
 /// Format an mtime for [`MTIME_META`].
 pub fn format_mtime(t: SystemTime) -> String {

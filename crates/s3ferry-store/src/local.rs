@@ -64,6 +64,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     })
 }
 
+/// Is `rest` (a name after [`TEMP_PREFIX`]) one of our temp ids: `<run>_<random>[.<layout>]`, or
+/// an earlier version's `<32 hex>[.<part size>]`?
+fn is_temp_id(rest: &str) -> bool {
+    let base = rest.split_once('.').map_or(rest, |(b, _)| b);
+    crate::run_of_upload_id(base).is_some()
+        || (base.len() == 32 && base.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A fresh temp/upload id: `<run id>_<random>` (see [`crate::run_id`]).
+fn temp_id() -> String {
+    let r = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}_{}", crate::run_id(), &r[..16])
+}
+
 fn parent_key(key: &str) -> &str {
     key.rsplit_once('/').map_or("", |(p, _)| p)
 }
@@ -240,6 +254,18 @@ impl LocalStore {
         dir.join(format!("{TEMP_PREFIX}{upload_id}"))
     }
 
+    /// The temp file of an upload (or of a single write: the same namespace).
+    fn temp_of(&self, op: &'static str, key: &str, upload_id: &str) -> Result<PathBuf> {
+        if upload_id.is_empty() || upload_id.contains('/') || upload_id.contains("..") {
+            return Err(err(ErrorKind::InvalidInput, op, key, "bad upload id"));
+        }
+        let dir = match parent_key(key) {
+            "" => self.root.clone(),
+            p => self.path_for(op, p)?,
+        };
+        Ok(Self::temp_path(&dir, upload_id))
+    }
+
     /// The temp file of an upload and the part layout its id carries.
     fn upload_paths(
         &self,
@@ -252,15 +278,10 @@ impl LocalStore {
             PartLayout::decode(l)
                 .or_else(|| l.parse().ok().filter(|v| *v > 0).map(PartLayout::Uniform))
         });
-        let Some(layout) = layout.filter(|_| !upload_id.contains('/') && !upload_id.contains(".."))
-        else {
+        let Some(layout) = layout else {
             return Err(err(ErrorKind::InvalidInput, op, key, "bad upload id"));
         };
-        let dir = match parent_key(key) {
-            "" => self.root.clone(),
-            p => self.path_for(op, p)?,
-        };
-        Ok((Self::temp_path(&dir, upload_id), layout))
+        Ok((self.temp_of(op, key, upload_id)?, layout))
     }
 
     /// Check a part's number and length against the upload's layout (only the last part may be
@@ -313,7 +334,16 @@ fn walk(
                 )));
                 continue;
             };
-            if name.starts_with(TEMP_PREFIX) {
+            if let Some(rest) = name.strip_prefix(TEMP_PREFIX) {
+                if !is_temp_id(rest) {
+                    // A user's file with our reserved name: say so, never sync it silently.
+                    let _ = tx.blocking_send(Err(err(
+                        ErrorKind::InvalidInput,
+                        "list",
+                        &format!("{key_prefix}{name}"),
+                        format!("names starting with {TEMP_PREFIX:?} are reserved for s3ferry's temp files; not synced"),
+                    )));
+                }
                 continue;
             }
             if ft.is_symlink() {
@@ -437,6 +467,9 @@ impl Store for LocalStore {
     }
 
     fn local_path(&self, key: &str) -> Option<PathBuf> {
+        if key.is_empty() {
+            return Some(self.root.clone());
+        }
         self.path_for("read", key).ok()
     }
 
@@ -584,7 +617,7 @@ impl Store for LocalStore {
                 }
             }
             let (dir, dst) = Self::prepare_write(&this.root, op, &key)?;
-            let tmp = Self::temp_path(&dir, &uuid::Uuid::new_v4().simple().to_string());
+            let tmp = Self::temp_path(&dir, &temp_id());
             let res = (|| {
                 let mut f = File::create(&tmp).map_err(|e| StoreError::io(op, &key, e))?;
                 f.write_all(&body)
@@ -624,7 +657,7 @@ impl Store for LocalStore {
         }
         let root = self.root.clone();
         let k = key.to_string();
-        let id = format!("{}.{}", uuid::Uuid::new_v4().simple(), layout.encode());
+        let id = format!("{}.{}", temp_id(), layout.encode());
         let id2 = id.clone();
         let size = opts.size;
         blocking(move || {
@@ -859,7 +892,7 @@ impl Store for LocalStore {
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
-        let (tmp, _) = self.upload_paths("abort_multipart", key, upload_id)?;
+        let tmp = self.temp_of("abort_multipart", key, upload_id)?;
         self.uploads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -926,7 +959,7 @@ impl Store for LocalStore {
                 return Err(err(ErrorKind::NotFound, op, &src_key, "not a regular file"));
             }
             let (dir, dst) = Self::prepare_write(&this.root, op, &dst_key)?;
-            let tmp = Self::temp_path(&dir, &uuid::Uuid::new_v4().simple().to_string());
+            let tmp = Self::temp_path(&dir, &temp_id());
             let res = (|| {
                 std::fs::copy(&from, &tmp).map_err(|e| StoreError::io(op, &dst_key, e))?;
                 let f = OpenOptions::new()

@@ -168,17 +168,29 @@ fn filter_rules(args: &SyncArgs, m: &clap::ArgMatches) -> Vec<(usize, bool, Stri
     rules
 }
 
-fn state_path(args: &SyncArgs) -> std::path::PathBuf {
+/// Where the state database lives: `--state-dir` / `S3FERRY_STATE_DIR`, else the platform's
+/// state directory (`$XDG_STATE_HOME`, `~/.local/state`), else its cache directory
+/// (`$XDG_CACHE_HOME`). Never the current directory: a database there would be synced (and
+/// deleted by `--delete`) with the tree it sits in.
+fn state_path(args: &SyncArgs) -> Result<std::path::PathBuf, Fatal> {
     if let Some(d) = &args.state_dir {
-        return d.join("state.db");
+        return Ok(d.join("state.db"));
     }
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state"))
+    let env_dir = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    env_dir("XDG_STATE_HOME")
+        .or_else(|| env_dir("HOME").map(|h| h.join(".local/state")))
+        .or_else(|| env_dir("XDG_CACHE_HOME"))
+        .map(|base| base.join("s3ferry").join("state.db"))
+        .ok_or_else(|| {
+            Fatal(
+                "no place for the state database: HOME, XDG_STATE_HOME and XDG_CACHE_HOME are unset; give --state-dir DIR (or S3FERRY_STATE_DIR), or --no-state".into(),
+            )
         })
-        .unwrap_or_else(|| std::path::PathBuf::from("."));
-    base.join("s3ferry").join("state.db")
 }
 
 async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8, Fatal> {
@@ -225,7 +237,7 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
     let journal = if args.no_state {
         Journal::in_memory()?
     } else {
-        let p = state_path(args);
+        let p = state_path(args)?;
         Journal::open(&p).map_err(|e| Fatal(format!("{e} (use --state-dir or --no-state)")))?
     };
     let opts = SyncOptions {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use s3ferry_engine::events::{Record, Reporter, Summary};
+use s3ferry_engine::events::{Outcome, Record, Reporter, Summary};
 
 pub struct Printer {
     pub json: bool,
@@ -22,7 +22,7 @@ pub struct Printer {
     bar: Option<ProgressBar>,
     objects_planned: AtomicU64,
     objects_done: AtomicU64,
-    out: Mutex<std::io::Stdout>,
+    out: Mutex<Box<dyn Write + Send>>,
 }
 
 impl Printer {
@@ -46,8 +46,15 @@ impl Printer {
             bar,
             objects_planned: AtomicU64::new(0),
             objects_done: AtomicU64::new(0),
-            out: Mutex::new(std::io::stdout()),
+            out: Mutex::new(Box::new(std::io::stdout())),
         }
+    }
+
+    /// Object lines and JSON records go to stderr instead (stdout carries data, as in `pipe`).
+    #[allow(dead_code)] // the pipe job is its first user
+    pub fn on_stderr(mut self) -> Self {
+        self.out = Mutex::new(Box::new(std::io::stderr()));
+        self
     }
 
     fn line(&self, s: &str) {
@@ -166,7 +173,7 @@ impl Reporter for Printer {
     }
 
     fn record(&self, r: &Record) {
-        if matches!(r.action, "copy" | "delete" | "fail") {
+        if r.action.finishes_work() {
             let d = self.objects_done.fetch_add(1, Ordering::Relaxed) + 1;
             if let Some(b) = &self.bar {
                 b.set_message(format!(
@@ -178,20 +185,20 @@ impl Reporter for Printer {
         if self.json {
             let mut v = serde_json::to_value(r).unwrap_or_default();
             v["type"] = "object".into();
-            if r.action != "skip" || self.verbose > 0 {
+            if r.action != Outcome::Skip || self.verbose > 0 {
                 self.json(v);
             }
             return;
         }
         match r.action {
-            "fail" => self.err_line(&format!(
+            Outcome::Fail => self.err_line(&format!(
                 "error: {}",
                 r.error.as_deref().unwrap_or(&r.reason)
             )),
-            "refuse" => self.err_line(&format!("refused: {:?}: {}", r.key, r.reason)),
-            "skip" if self.verbose == 0 => {}
+            Outcome::Refuse => self.err_line(&format!("refused: {:?}: {}", r.key, r.reason)),
+            Outcome::Skip if self.verbose == 0 => {}
             _ if self.quiet => {}
-            a => self.line(&format!("{a:<12} {} ({})", r.key, r.reason)),
+            a => self.line(&format!("{:<12} {} ({})", a.as_str(), r.key, r.reason)),
         }
     }
 

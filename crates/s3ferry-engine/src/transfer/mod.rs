@@ -28,7 +28,10 @@ use s3ferry_store::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use read::{read_range, RangedReader};
-pub use write::{sweep_stray_uploads, upload_parts, MultipartWriter, PartBody, PENDING_UPLOAD};
+pub use write::{
+    cleanup_orphan_uploads, sweep_stray_uploads, upload_parts, MultipartWriter, PartBody,
+    PENDING_UPLOAD,
+};
 
 use crate::events::Reporter;
 use crate::journal::Journal;
@@ -515,7 +518,7 @@ mod tests {
         assert_eq!(mem.head("x").await.unwrap_err().kind, ErrorKind::NotFound);
         assert!(mem.list_multipart("").await.unwrap().is_empty());
         assert!(
-            j.orphan_uploads(&store.describe()).unwrap().is_empty(),
+            j.stores_with_uploads().await.unwrap().is_empty(),
             "journal cleared"
         );
     }

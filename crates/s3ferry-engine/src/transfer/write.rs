@@ -3,7 +3,7 @@
 //! combined full-object CRC64NVME. The upload is journaled while open (a killed run's successor
 //! aborts it) and aborted on any failure, so a partial object never appears under its key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -102,23 +102,24 @@ impl MultipartWriter {
         cfg: &TransferConfig,
         journal: Arc<Journal>,
     ) -> Result<Self> {
-        let store_id = store.describe();
+        let store_id = store.state_id();
         let intent_at = SystemTime::now();
         let mode = opts.mode.clone();
         journal
             .upload_started(&store_id, key, PENDING_UPLOAD)
+            .await
             .map_err(jerr)?;
         let upload_id = match store.create_multipart(key, opts, layout).await {
             Ok(id) => id,
             Err(e) => {
-                sweep_stray_uploads(&store, key, None, intent_at).await;
-                let _ = journal.upload_ended(&store_id, key, PENDING_UPLOAD);
+                sweep_stray_uploads(&store, &journal, key, None, intent_at).await;
+                journal.upload_ended(&store_id, key, PENDING_UPLOAD);
                 return Err(e);
             }
         };
-        if let Err(e) = journal.upload_started(&store_id, key, &upload_id) {
+        if let Err(e) = journal.upload_started(&store_id, key, &upload_id).await {
             let _ = store.abort_multipart(key, &upload_id).await;
-            let _ = journal.upload_ended(&store_id, key, PENDING_UPLOAD);
+            journal.upload_ended(&store_id, key, PENDING_UPLOAD);
             return Err(jerr(e));
         }
         Ok(Self {
@@ -341,18 +342,17 @@ impl MultipartWriter {
 
     /// Forget the journal records; catch the upload of a create whose answer was lost.
     async fn close(&mut self) {
-        let _ = self
-            .journal
+        self.journal
             .upload_ended(&self.store_id, &self.key, &self.upload_id);
         sweep_stray_uploads(
             &self.store,
+            &self.journal,
             &self.key,
             Some(&self.upload_id),
             self.intent_at,
         )
         .await;
-        let _ = self
-            .journal
+        self.journal
             .upload_ended(&self.store_id, &self.key, PENDING_UPLOAD);
     }
 
@@ -379,17 +379,30 @@ pub async fn upload_parts(
 }
 
 /// Abort the multipart uploads of exactly `key` that started after `since` (less clock slack),
-/// other than `keep`: uploads created by a create whose response never arrived. Local stores
-/// are skipped: their upload ids are fresh temp names, never lost that way, and listing them
-/// walks the whole tree.
+/// other than `keep`: uploads created by a create whose response never arrived. Nothing is
+/// swept while another live run (sharing this state database) has an upload of the same key
+/// recorded: the stray may be its upload. Local stores are skipped: their upload ids are fresh
+/// temp names, never lost that way, and listing them walks the whole tree.
 pub async fn sweep_stray_uploads(
     store: &DynStore,
+    journal: &Journal,
     key: &str,
     keep: Option<&str>,
     since: SystemTime,
 ) {
     if store.capabilities().local {
         return;
+    }
+    match journal.others_uploading(&store.state_id(), key).await {
+        Ok(false) => {}
+        Ok(true) => {
+            tracing::debug!("not sweeping strays of {key}: another run is uploading it");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("{e}");
+            return;
+        }
     }
     let Ok(ups) = store.list_multipart(key).await else {
         return;
@@ -406,4 +419,74 @@ pub async fn sweep_stray_uploads(
             }
         }
     }
+}
+
+/// Abort the multipart uploads that dead runs recorded in `store` (a killed run's leftovers)
+/// and forget them; with `local_walk`, also remove temp files under that prefix of a local
+/// store that belong to no live run (a walk of the tree: only worth it when a run of this
+/// destination did not end). Uploads and temp files of live runs — this one, or another process
+/// on the same state database — are never touched. Returns how many uploads were cleaned up.
+pub async fn cleanup_orphan_uploads(
+    store: &DynStore,
+    journal: &Journal,
+    local_walk: Option<&str>,
+) -> usize {
+    let store_id = store.state_id();
+    let orphans = match journal.orphan_uploads(&store_id).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!("{e}");
+            Vec::new()
+        }
+    };
+    // One upload can have two rows (the intent and its id): count uploads, not rows.
+    let with_id: HashSet<&str> = orphans
+        .iter()
+        .filter(|o| o.upload_id != PENDING_UPLOAD)
+        .map(|o| o.key.as_str())
+        .collect();
+    let mut n = orphans
+        .iter()
+        .filter(|o| o.upload_id != PENDING_UPLOAD || !with_id.contains(o.key.as_str()))
+        .count();
+    for o in &orphans {
+        if o.upload_id == PENDING_UPLOAD {
+            // Killed between noting the intent and learning the upload id (or the answer to
+            // the create was lost): find the upload by key and start time.
+            sweep_stray_uploads(store, journal, &o.key, None, o.started).await;
+            journal.upload_ended(&store_id, &o.key, &o.upload_id);
+            continue;
+        }
+        match store.abort_multipart(&o.key, &o.upload_id).await {
+            Ok(()) => journal.upload_ended(&store_id, &o.key, &o.upload_id),
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                journal.upload_ended(&store_id, &o.key, &o.upload_id)
+            }
+            Err(e) => tracing::warn!("could not abort an unfinished upload of {}: {e}", o.key),
+        }
+    }
+    if let Some(prefix) = local_walk {
+        let ups = store.list_multipart(prefix).await.unwrap_or_default();
+        let runs: HashSet<String> = ups
+            .iter()
+            .filter_map(|u| s3ferry_store::run_of_upload_id(&u.upload_id))
+            .map(str::to_string)
+            .collect();
+        let live = journal
+            .alive(runs.into_iter().collect())
+            .await
+            .unwrap_or_default();
+        {
+            for u in ups {
+                let run = s3ferry_store::run_of_upload_id(&u.upload_id);
+                if run.is_some_and(|r| live.contains(r)) {
+                    continue;
+                }
+                if store.abort_multipart(&u.key, &u.upload_id).await.is_ok() {
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
 }
