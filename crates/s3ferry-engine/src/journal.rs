@@ -42,7 +42,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Record kind of a pair's base record (both sides' signatures after the last sync of a key).
 pub const BASE: &str = "base";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("state database {path}: {msg}")]
 pub struct JournalError {
     path: String,
@@ -90,7 +90,17 @@ enum Pending {
         algo: String,
         value: String,
     },
+    Upload {
+        store: String,
+        key: String,
+        upload_id: String,
+        run_id: String,
+        started: i64,
+    },
 }
+
+/// Commands taken from the queue before the durable writes among them are committed together.
+const MAX_DRAIN: usize = 1024;
 
 /// The owner thread's side.
 struct Db {
@@ -102,6 +112,10 @@ struct Db {
     /// Our own run's lock, held for the life of the journal.
     _run_lock: Option<File>,
     pending: Vec<Pending>,
+    /// Callers waiting for the next commit (durable writes: group commit).
+    waiters: Vec<tokio::sync::oneshot::Sender<JResult<()>>>,
+    /// Transactions committed (for tests of batching).
+    commits: u64,
 }
 
 type Cmd = Box<dyn FnOnce(&mut Db) + Send>;
@@ -246,6 +260,9 @@ impl Db {
             let mut hash = tx
                 .prepare_cached("INSERT OR REPLACE INTO hashes (path, algo, size, mtime_ns, inode, ctime_ns, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
                 .map_err(err)?;
+            let mut upload = tx
+                .prepare_cached("INSERT OR REPLACE INTO uploads (store, key, upload_id, run_id, started) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(err)?;
             for p in &self.pending {
                 match p {
                     Pending::Put {
@@ -270,13 +287,31 @@ impl Db {
                         id.ctime_ns,
                         value
                     ]),
+                    Pending::Upload {
+                        store,
+                        key,
+                        upload_id,
+                        run_id,
+                        started,
+                    } => upload.execute(params![store, key, upload_id, run_id, started]),
                 }
                 .map_err(err)?;
             }
         }
         tx.commit().map_err(err)?;
         self.pending.clear();
+        self.commits += 1;
         Ok(())
+    }
+
+    /// Commit, and answer every caller waiting for a commit (with the same outcome). On failure
+    /// the batch stays queued, and each waiter gets the error.
+    fn flush_for_waiters(&mut self) -> JResult<()> {
+        let r = self.flush();
+        for w in self.waiters.drain(..) {
+            let _ = w.send(r.clone());
+        }
+        r
     }
 
     fn push(&mut self, p: Pending) {
@@ -321,8 +356,21 @@ impl Db {
 fn owner_thread(mut db: Db, rx: mpsc::Receiver<Cmd>) {
     while let Ok(cmd) = rx.recv() {
         cmd(&mut db);
+        // Take what else is queued before committing, so one transaction serves every durable
+        // write that arrived meanwhile (group commit).
+        let mut n = 1;
+        while n < MAX_DRAIN {
+            let Ok(cmd) = rx.try_recv() else { break };
+            cmd(&mut db);
+            n += 1;
+        }
+        if !db.waiters.is_empty() {
+            if let Err(e) = db.flush_for_waiters() {
+                tracing::warn!("{e} (kept; will retry)");
+            }
+        }
     }
-    if let Err(e) = db.flush() {
+    if let Err(e) = db.flush_for_waiters() {
         tracing::warn!("{e}");
     }
     db.bury(&db.run_id.clone());
@@ -380,6 +428,8 @@ impl Journal {
             run_id: run_id.clone(),
             _run_lock: lock,
             pending: Vec::new(),
+            waiters: Vec::new(),
+            commits: 0,
         };
         db.conn
             .busy_timeout(BUSY_TIMEOUT)
@@ -684,19 +734,25 @@ impl Journal {
     // ---- uploads --------------------------------------------------------------------------
 
     /// Note a multipart upload (or the intent to create one) as started by this run. Committed
-    /// before it returns: it must survive a kill.
+    /// before it returns: it must survive a kill. Uploads started at the same time share one
+    /// commit (with whatever else is buffered): the owner thread takes every command queued
+    /// before it commits.
     pub async fn upload_started(&self, store: &str, key: &str, upload_id: &str) -> JResult<()> {
-        let (store, key, id) = (store.to_string(), key.to_string(), upload_id.to_string());
-        self.call(move |db| {
-            db.conn
-                .execute(
-                    "INSERT OR REPLACE INTO uploads (store, key, upload_id, run_id, started) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![store, key, id, db.run_id, secs(SystemTime::now())],
-                )
-                .map(|_| ())
-                .map_err(|e| db.err(e))
-        })
-        .await
+        let w = Pending::Upload {
+            store: store.to_string(),
+            key: key.to_string(),
+            upload_id: upload_id.to_string(),
+            run_id: self.run_id.clone(),
+            started: secs(SystemTime::now()),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Box::new(move |db| {
+                db.pending.push(w);
+                db.waiters.push(tx);
+            }))
+            .map_err(|_| self.gone())?;
+        rx.await.map_err(|_| self.gone())?
     }
 
     /// The upload ended (completed or aborted). Queued: if it is lost, the next run finds the
@@ -704,6 +760,11 @@ impl Journal {
     pub fn upload_ended(&self, store: &str, key: &str, upload_id: &str) {
         let (store, key, id) = (store.to_string(), key.to_string(), upload_id.to_string());
         self.cast(move |db| {
+            // Possibly not committed yet (a failed batch is kept): drop it from the batch too.
+            db.pending.retain(|p| {
+                !matches!(p, Pending::Upload { store: s, key: k, upload_id: u, .. }
+                    if *s == store && *k == key && *u == id)
+            });
             if let Err(e) = db.conn.execute(
                 "DELETE FROM uploads WHERE store = ?1 AND key = ?2 AND upload_id = ?3",
                 params![store, key, id],
@@ -969,5 +1030,42 @@ mod tests {
             !ours.begin_run("sync", "pair2").await.unwrap(),
             "ours is not"
         );
+    }
+
+    /// Intents queued while the owner thread is busy are committed in one transaction, and
+    /// every caller gets its answer only after that commit.
+    #[tokio::test]
+    async fn concurrent_upload_intents_share_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("state.db")).unwrap();
+        let before = j.call(|db| Ok(db.commits)).await.unwrap();
+        // Hold the owner thread until every intent is queued.
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        j.cast(move |_| {
+            let _ = wait.recv();
+        });
+        let keys: Vec<String> = (0..32).map(|i| format!("k{i}")).collect();
+        let mut calls: Vec<_> = keys
+            .iter()
+            .map(|k| Box::pin(j.upload_started("s3://b", k, "(pending)")))
+            .collect();
+        for c in &mut calls {
+            assert!(futures::poll!(c.as_mut()).is_pending(), "not committed yet");
+        }
+        release.send(()).unwrap();
+        for c in calls {
+            c.await.unwrap();
+        }
+        let after = j.call(|db| Ok(db.commits)).await.unwrap();
+        assert_eq!(after - before, 1, "one commit for 32 intents");
+        let n: i64 = j
+            .call(|db| {
+                db.conn
+                    .query_row("SELECT count(*) FROM uploads", [], |r| r.get(0))
+                    .map_err(|e| db.err(e))
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 32);
     }
 }
