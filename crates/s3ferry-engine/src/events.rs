@@ -101,3 +101,64 @@ pub trait Reporter: Send + Sync {
 
 pub struct NullReporter;
 impl Reporter for NullReporter {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `--json` schema's `action` strings (documented in the CLI's output module, parsed by
+    /// scripts) come from the enum: they must not drift.
+    #[test]
+    fn outcomes_serialise_to_the_documented_action_strings() {
+        let all = [
+            (Outcome::Copy, "copy"),
+            (Outcome::Delete, "delete"),
+            (Outcome::Skip, "skip"),
+            (Outcome::Refuse, "refuse"),
+            (Outcome::Fail, "fail"),
+            (Outcome::WouldCopy, "would-copy"),
+            (Outcome::WouldDelete, "would-delete"),
+        ];
+        for (o, name) in all {
+            assert_eq!(serde_json::to_value(o).unwrap(), name);
+            assert_eq!(o.as_str(), name);
+        }
+        let r = Record {
+            key: "k".into(),
+            action: Outcome::WouldDelete,
+            reason: "not in source".into(),
+            size: 3,
+            error: None,
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["action"], "would-delete");
+        assert!(v.get("error").is_none());
+    }
+
+    #[test]
+    fn outcomes_count_into_the_summary() {
+        let mut s = Summary::default();
+        for (o, size) in [
+            (Outcome::Copy, 5),
+            (Outcome::WouldCopy, 7),
+            (Outcome::Delete, 100),
+            (Outcome::Skip, 1),
+            (Outcome::Refuse, 1),
+            (Outcome::Fail, 1),
+        ] {
+            o.count(&mut s, size);
+        }
+        assert_eq!(
+            (
+                s.copied,
+                s.copied_bytes,
+                s.deleted,
+                s.skipped,
+                s.refused,
+                s.failed
+            ),
+            (2, 12, 1, 1, 1, 1)
+        );
+        assert!(Outcome::Fail.finishes_work() && !Outcome::Skip.finishes_work());
+    }
+}

@@ -15,7 +15,7 @@ pub mod spill;
 pub mod transfer;
 pub mod walk;
 
-pub use events::{NullReporter, Record, Reporter, Summary};
+pub use events::{NullReporter, Outcome, Record, Reporter, Summary};
 pub use filter::Filters;
 pub use journal::Journal;
 pub use walk::{Entry, Side, SideKind};

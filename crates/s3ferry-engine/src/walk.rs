@@ -321,6 +321,92 @@ mod tests {
         assert!(e.to_string().contains("not sorted"), "{e}");
     }
 
+    #[tokio::test]
+    async fn keyless_or_fatal_errors_end_the_join_keyed_ones_do_not() {
+        let base = |k: &str| -> Result<(String, Item)> {
+            Ok((
+                k.to_string(),
+                Item::Base(BaseRecord {
+                    src_sig: k.into(),
+                    dst_sig: String::new(),
+                }),
+            ))
+        };
+        let keyed = StoreError::new(ErrorKind::Transient, "list", "one entry").with_key("b");
+        let input: JoinInput =
+            futures::stream::iter(vec![base("a"), Err(keyed), base("c")]).boxed();
+        let mut j = Join::new(vec![input]);
+        let mut seen = Vec::new();
+        while let Some(x) = j.next().await.unwrap() {
+            seen.push(match x {
+                Joined::Row(r) => r.key,
+                Joined::EntryError(i, e) => format!("error {i} {}", e.key.unwrap_or_default()),
+            });
+        }
+        assert_eq!(seen, ["a", "error 0 b", "c"]);
+        for e in [
+            StoreError::new(ErrorKind::Transient, "list", "reset"),
+            StoreError::new(ErrorKind::PermissionDenied, "list", "no").with_key("b"),
+        ] {
+            let input: JoinInput = futures::stream::iter(vec![base("a"), Err(e)]).boxed();
+            let mut j = Join::new(vec![input]);
+            let mut rows = 0;
+            let end = loop {
+                match j.next().await {
+                    Ok(Some(_)) => rows += 1,
+                    other => break other,
+                }
+            };
+            assert!(end.is_err(), "the join ends with the error");
+            assert_eq!(rows, 1, "the row before the error, then the error");
+        }
+    }
+
+    proptest! {
+        /// Against a BTreeMap model, with per-entry errors sprinkled in: each row carries each
+        /// input's own item for its key, and every error comes out once, tagged with its input,
+        /// in that input's order.
+        #[test]
+        fn join_carries_items_and_tags_errors(inputs in proptest::collection::vec(
+            proptest::collection::btree_map("[ab/.-]{0,3}", proptest::bool::weighted(0.2), 0..10), 1..4)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let n = inputs.len();
+            let mut model: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
+            let mut model_errors = vec![Vec::new(); n];
+            let mut streams: Vec<JoinInput> = Vec::new();
+            for (i, m) in inputs.iter().enumerate() {
+                let mut items = Vec::new();
+                for (k, &err) in m {
+                    if err {
+                        items.push(Err(StoreError::new(ErrorKind::Transient, "list", "x").with_key(k.clone())));
+                        model_errors[i].push(k.clone());
+                    } else {
+                        let sig = format!("{i}:{k}");
+                        items.push(Ok((k.clone(), Item::Base(BaseRecord { src_sig: sig.clone(), dst_sig: String::new() }))));
+                        model.entry(k.clone()).or_insert_with(|| vec![None; n])[i] = Some(sig);
+                    }
+                }
+                streams.push(futures::stream::iter(items).boxed());
+            }
+            let (rows, errors) = rt.block_on(async {
+                let mut j = Join::new(streams);
+                let (mut rows, mut errors) = (Vec::new(), vec![Vec::new(); n]);
+                while let Some(x) = j.next().await.unwrap() {
+                    match x {
+                        Joined::Row(mut r) => {
+                            let items: Vec<Option<String>> = (0..n).map(|i| r.base(i).map(|b| b.src_sig)).collect();
+                            rows.push((r.key, items));
+                        }
+                        Joined::EntryError(i, e) => errors[i].push(e.key.unwrap_or_default()),
+                    }
+                }
+                (rows, errors)
+            });
+            prop_assert_eq!(rows, model.into_iter().collect::<Vec<_>>());
+            prop_assert_eq!(errors, model_errors);
+        }
+    }
+
     proptest! {
         /// Against a model: every key of every input appears exactly once, in byte order,
         /// with exactly the inputs that have it.
