@@ -173,3 +173,6 @@ impl PipeError {
 pub fn crc_hex(crc: u64) -> String {
     format!("{crc:016x}")
 }
+
+#[cfg(test)]
+mod tests;
