@@ -21,7 +21,7 @@ use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::types::{
     BucketLocationConstraint, ChecksumAlgorithm, ChecksumMode, ChecksumType,
     CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration, Delete, MetadataDirective,
-    ObjectIdentifier, StorageClass, TaggingDirective,
+    ObjectIdentifier, ServerSideEncryption, StorageClass, TaggingDirective,
 };
 use aws_sdk_s3::Client;
 use bytes::Bytes;
@@ -750,6 +750,8 @@ impl Store for S3Store {
             .set_metadata(user_metadata(&opts))
             .set_tagging(encode_tags(&opts.tags))
             .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
+            .set_server_side_encryption(opts.sse.as_deref().map(ServerSideEncryption::from))
+            .set_ssekms_key_id(opts.sse_kms_key_id.clone())
             .set_checksum_crc64_nvme(crc.map(crc64_to_b64))
             .body(SdkByteStream::from(body));
         match &opts.mode {
@@ -798,7 +800,9 @@ impl Store for S3Store {
             .set_content_type(opts.content_type.clone())
             .set_metadata(user_metadata(&opts))
             .set_tagging(encode_tags(&opts.tags))
-            .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from));
+            .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
+            .set_server_side_encryption(opts.sse.as_deref().map(ServerSideEncryption::from))
+            .set_ssekms_key_id(opts.sse_kms_key_id.clone());
         if !self.when_required {
             req = req
                 .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)

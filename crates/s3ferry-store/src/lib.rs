@@ -82,6 +82,10 @@ pub struct PutOptions {
     /// temp file up front (parts written out of order into a growing file cost the kernel far
     /// more than writes into a file of its final size).
     pub size: Option<u64>,
+    /// Server-side encryption (`AES256`, `aws:kms`, `aws:kms:dsse`); `None` = the bucket default.
+    pub sse: Option<String>,
+    /// The KMS key for `aws:kms` encryption (`None` = the account's default key).
+    pub sse_kms_key_id: Option<String>,
 }
 
 impl PutOptions {
@@ -118,6 +122,11 @@ impl PutOptions {
     }
     pub fn size(mut self, n: Option<u64>) -> Self {
         self.size = n;
+        self
+    }
+    pub fn sse(mut self, sse: Option<String>, kms_key_id: Option<String>) -> Self {
+        self.sse = sse;
+        self.sse_kms_key_id = kms_key_id;
         self
     }
 }

@@ -105,6 +105,224 @@ pub enum Command {
         /// s3://bucket[/prefix]
         uri: String,
     },
+    /// Stream stdin into an S3 object (`pipe up`) or an object to stdout (`pipe down`), in
+    /// parallel parts; segmented uploads can be read while they are written.
+    #[command(subcommand, long_about = PIPE_ABOUT)]
+    Pipe(PipeCommand),
+}
+
+const PIPE_ABOUT: &str = "\
+Stream data into and out of S3 in parallel parts, verified end to end.
+
+    pg_dump mydb | zstd | s3ferry pipe up s3://backups/mydb.sql.zst
+    s3ferry pipe down s3://backups/mydb.sql.zst | zstd -d | psql mydb
+
+Default mode writes and reads one ordinary S3 object. With `pipe up --segmented` the stream is
+written as numbered segments plus a manifest, so `pipe down --follow` (on any number of machines)
+can stream it while it is still being written; `pipe join` turns a finished segmented upload
+into one ordinary object without downloading it.
+
+Data only ever goes to stdout (pipe down); messages go to stderr (-v or --json for a summary).";
+
+#[derive(Debug, Subcommand)]
+pub enum PipeCommand {
+    /// Read stdin to its end and store it as one S3 object (or a segmented upload).
+    #[command(long_about = PIPE_UP_ABOUT)]
+    Up(PipeUpArgs),
+    /// Write an S3 object (or a segmented upload, also while it is written) to stdout.
+    #[command(long_about = PIPE_DOWN_ABOUT)]
+    Down(PipeDownArgs),
+    /// Make one ordinary object from a finished segmented upload, server-side.
+    #[command(long_about = PIPE_JOIN_ABOUT)]
+    Join(PipeJoinArgs),
+}
+
+const PIPE_UP_ABOUT: &str = "\
+Read stdin to its end and store it as one S3 object at S3_URI.
+
+The stream is cut into parts that are uploaded in parallel (--part-concurrency) as a multipart
+upload. Parts start at --part-size and double every 1,000 parts, so a stream of unknown length
+can reach S3's 5 TiB object limit within its 10,000 parts. Each part carries a CRC64NVME checksum
+that S3 verifies, and the object gets the full-object CRC64NVME of the whole stream. A part that
+fails is sent again. A stream that fits in one part is stored with a single PUT.
+
+MEMORY
+    About (part-concurrency + 1) x the current part size: 9 x 8 MiB = 72 MiB at the defaults,
+    growing as parts grow (16 MiB parts after 8 GiB, 32 MiB after 24 GiB, ...). --max-memory
+    caps it: fewer parts are in flight once parts are large. With --staging-dir, parts are
+    written to files in DIR instead (that much disk, about 1 MiB of memory per part in flight).
+
+FAILURES
+    If the upload fails, or s3ferry gets SIGINT or SIGTERM, the multipart upload is aborted: no
+    object appears under S3_URI and no upload is left open; s3ferry exits with status 2. If
+    s3ferry is killed outright (SIGKILL, power loss) its open upload is recorded in the state
+    directory, and the next `pipe up` or `pipe join` into the same bucket aborts it.
+
+SEGMENTED UPLOADS (--segmented)
+    The stream is stored as S3_URI/000000000000, S3_URI/000000000001, ... of --segment-size each
+    (the last may be shorter) and S3_URI/manifest.json, which lists the finished segments in
+    order with their sizes and CRC64NVME checksums and is rewritten as each one completes (and
+    at least every --heartbeat while none does). At the end the manifest is marked complete with
+    the total length and the whole stream's CRC64NVME. The manifest is created only if it does
+    not exist and then rewritten only if unchanged since this writer wrote it, so a second
+    writer on the same URI fails at once. On failure the manifest is marked failed; segments
+    already written stay.
+
+EXAMPLES
+    tar c /data | s3ferry pipe up s3://bucket/data.tar
+    s3ferry pipe up --part-size 64MiB --part-concurrency 16 s3://bucket/big.bin < big.bin
+    tail -F app.log | s3ferry pipe up --segmented --segment-size 16MiB s3://bucket/logs/app";
+
+const PIPE_DOWN_ABOUT: &str = "\
+Write the object at S3_URI to stdout.
+
+The object is read in ranged GETs of --part-size, --part-concurrency at a time, each pinned to
+the object's ETag (If-Match): an object overwritten while it is read is an error (exit status 2,
+the message says it changed), never a mix of two versions. Parts are written strictly in order
+through a reorder window of --part-concurrency parts: memory is about (part-concurrency + 1) x
+part-size, 72 MiB at the defaults. At the end the data's full-object CRC64NVME is checked against the object's,
+when the object has one. When the reader of stdout goes away (`| head -c 10`), s3ferry stops at
+once, quietly, with status 0.
+
+If S3_URI is a segmented upload (S3_URI/manifest.json) that is complete, its segments are
+written in order, each checked against the manifest, and the whole stream too. With --follow,
+the upload is read while it is written: new segments are written as the manifest lists them
+(it is polled every --poll-interval), and s3ferry ends exactly when the manifest says the
+stream is complete. If the manifest does not change for --writer-timeout (the writer died or
+is stuck), or the writer marks it failed, s3ferry stops with status 2 and says so. Any number
+of followers can read one upload at once.
+
+EXAMPLES
+    s3ferry pipe down s3://bucket/data.tar | tar x
+    s3ferry pipe down --follow s3://bucket/logs/app | grep ERROR";
+
+const PIPE_JOIN_ABOUT: &str = "\
+Make one ordinary object at DEST_URI from the finished segmented upload at S3_URI, copied
+server-side (UploadPartCopy, one part per segment, each pinned to the segment's ETag); no data
+passes through this machine. Both URIs must be on the same S3 endpoint. The result is checked
+against the manifest (length and CRC64NVME); the segments are left in place.
+
+EXAMPLE
+    s3ferry pipe join s3://bucket/logs/app s3://bucket/archive/app.log";
+
+/// Settings shared by the pipe commands.
+#[derive(Debug, Args)]
+pub struct PipeCommon {
+    /// Parts in flight (uploads) or ranged GETs in flight (downloads).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub part_concurrency: usize,
+    /// Part size: the first part's (uploads; parts grow with the stream) or each ranged GET's
+    /// (downloads). At least 5 MiB for uploads.
+    #[arg(long, default_value = "8MiB", value_name = "SIZE")]
+    pub part_size: String,
+    /// Most memory held by parts in flight.
+    #[arg(long, default_value = "1GiB", value_name = "SIZE")]
+    pub max_memory: String,
+    /// Directory of the state database (open multipart uploads of running pipes).
+    #[arg(long, env = "S3FERRY_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Keep no state: an upload of a run killed with SIGKILL is not cleaned up by later runs.
+    #[arg(long)]
+    pub no_state: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PipeUpArgs {
+    /// s3://bucket/key of the object (or of the segmented upload) to write.
+    pub uri: String,
+    #[command(flatten)]
+    pub common: PipeCommon,
+    /// Stage parts in files in DIR instead of memory.
+    #[arg(long, value_name = "DIR")]
+    pub staging_dir: Option<PathBuf>,
+    /// Content-Type of the object (or of each segment).
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// User metadata KEY=VALUE (repeat for more).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub metadata: Vec<String>,
+    /// Storage class (STANDARD, STANDARD_IA, INTELLIGENT_TIERING, GLACIER_IR, ...).
+    #[arg(long, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+    /// Server-side encryption: AES256 or aws:kms.
+    #[arg(long, value_name = "ALGORITHM", value_parser = ["AES256", "aws:kms", "aws:kms:dsse"])]
+    pub sse: Option<String>,
+    /// KMS key for --sse aws:kms (default: the account's S3 key).
+    #[arg(long, value_name = "KEY_ID", requires = "sse")]
+    pub sse_kms_key_id: Option<String>,
+    /// Write numbered segments plus a manifest that followers can read while the upload runs.
+    #[arg(long)]
+    pub segmented: bool,
+    /// Size of each segment (5 MiB to 5 GiB).
+    #[arg(
+        long,
+        default_value = "100MiB",
+        value_name = "SIZE",
+        requires = "segmented"
+    )]
+    pub segment_size: String,
+    /// Rewrite the manifest at least this often while no segment completes (lets followers
+    /// tell a slow writer from a dead one; keep it well below their --writer-timeout).
+    #[arg(
+        long,
+        default_value = "30s",
+        value_name = "DURATION",
+        requires = "segmented"
+    )]
+    pub heartbeat: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PipeDownArgs {
+    /// s3://bucket/key of the object (or of the segmented upload) to read.
+    pub uri: String,
+    #[command(flatten)]
+    pub common: PipeCommon,
+    /// Read a segmented upload while it is written, until its manifest says complete.
+    #[arg(long)]
+    pub follow: bool,
+    /// How often to look for new segments.
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
+    pub poll_interval: String,
+    /// Give up when the manifest has not changed for this long (a dead writer).
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub writer_timeout: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PipeJoinArgs {
+    /// s3://bucket/key of the finished segmented upload.
+    pub uri: String,
+    /// s3://bucket/key of the object to create.
+    pub dest_uri: String,
+    #[command(flatten)]
+    pub common: PipeCommon,
+    /// Content-Type of the new object.
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// Storage class of the new object.
+    #[arg(long, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+}
+
+/// Parse durations like `2s`, `500ms`, `5m`, `1h`, `30` (seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let i = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(i);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: use e.g. 500ms, 2s, 5m"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("bad duration {s:?}: unknown unit {u:?}")),
+    };
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
 const SYNC_ABOUT: &str = "\
@@ -234,6 +452,15 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("5 fortnights").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod cli;
 mod output;
+mod pipe;
 mod stores;
 
 use std::process::ExitCode;
@@ -99,6 +100,7 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<u8, Fatal> {
                 .unwrap_or_default();
             run_sync(&cli, args, &sub).await
         }
+        Command::Pipe(p) => pipe::run(&cli.global, p).await,
         Command::Mb { uri } => {
             let (bucket, _) = s3_uri(uri)?;
             let store = stores::s3_admin(&cli.global, &bucket).await?;
@@ -173,7 +175,12 @@ fn filter_rules(args: &SyncArgs, m: &clap::ArgMatches) -> Vec<(usize, bool, Stri
 /// (`$XDG_CACHE_HOME`). Never the current directory: a database there would be synced (and
 /// deleted by `--delete`) with the tree it sits in.
 fn state_path(args: &SyncArgs) -> Result<std::path::PathBuf, Fatal> {
-    if let Some(d) = &args.state_dir {
+    state_db_path(args.state_dir.as_deref())
+}
+
+/// [`state_path`] for any command: `dir` is its `--state-dir`.
+fn state_db_path(dir: Option<&std::path::Path>) -> Result<std::path::PathBuf, Fatal> {
+    if let Some(d) = dir {
         return Ok(d.join("state.db"));
     }
     let env_dir = |k: &str| {

@@ -70,6 +70,21 @@ pub async fn open(
     Ok((Arc::new(retry), Some(stats)))
 }
 
+/// Open an S3 bucket for a pipe, wrapped in the retry and adaptive-limit layers (and the fault
+/// layer in test builds).
+pub async fn open_remote(
+    g: &Global,
+    bucket: &str,
+    role: Role,
+) -> Result<(DynStore, Arc<RetryStats>), Fatal> {
+    let backend: DynStore = Arc::new(S3Store::connect(s3_config(g, bucket, role)).await?);
+    let backend = with_faults(backend, role)?;
+    let limited: DynStore = Arc::new(LimitStore::new(backend));
+    let retry = RetryStore::new(limited);
+    let stats = retry.stats();
+    Ok((Arc::new(retry), stats))
+}
+
 /// Test builds (feature "fault") read S3FERRY_FAULTS (all sides) or S3FERRY_FAULTS_SOURCE /
 /// S3FERRY_FAULTS_DEST and wrap the backend in the fault-injection layer.
 #[cfg(feature = "fault")]

@@ -27,7 +27,7 @@ use s3ferry_store::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use read::{read_range, RangedReader};
+pub use read::{read_range, RangedReader, ReadPart};
 pub use write::{
     cleanup_orphan_uploads, sweep_stray_uploads, upload_parts, MultipartWriter, PartBody,
     PENDING_UPLOAD,

@@ -8,12 +8,14 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, BoxStream, StreamExt};
+use s3ferry_store::checksum::crc64nvme;
 use s3ferry_store::{
-    collect_body, ByteStream, DynStore, ErrorKind, GetOptions, ObjectMeta, Result, StoreError,
+    collect_body, ByteStream, DynStore, ErrorKind, GetOptions, ObjectMeta, PartLayout, Result,
+    StoreError,
 };
 
-use super::TransferConfig;
+use super::{Reservation, TransferConfig};
 
 /// One body read of `range`, resumed as often as the config allows.
 struct BodyRead {
@@ -261,5 +263,93 @@ impl RangedReader {
     pub fn read_owned(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes>> {
         let b = self.body(range);
         Box::pin(async move { Ok(b.collect().await?.0) })
+    }
+
+    /// The whole object as parts of `layout`, in order, read ahead by up to `window` parts in
+    /// background tasks (a bounded reorder window: parts finish in any order and come out in
+    /// order). Each part's memory is reserved from the shared budget, in part order, before its
+    /// read starts, and given back when the [`ReadPart`] is dropped: at most about `window` parts
+    /// are held at once. Dropping the stream aborts the reads still running.
+    pub fn ordered_parts(
+        &self,
+        layout: PartLayout,
+        window: usize,
+    ) -> BoxStream<'static, Result<ReadPart>> {
+        let size = self.size();
+        let reader = self.clone();
+        let mut next = (0u32, 0u64);
+        let ranges = stream::iter(std::iter::from_fn(move || {
+            let (n, pos) = next;
+            if pos >= size {
+                return None;
+            }
+            let end = pos.saturating_add(layout.len(n + 1)).min(size);
+            next = (n + 1, end);
+            Some((n + 1, pos..end))
+        }));
+        ranges
+            .then(move |(number, range)| {
+                let reader = reader.clone();
+                // Yields the part's task (a future) once its memory is reserved: `buffered`
+                // then runs up to `window` of them and hands them out in order.
+                #[allow(clippy::async_yields_async)]
+                async move {
+                    let len = range.end - range.start;
+                    let reserved = reader.cfg.reserve(len).await;
+                    let task = tokio::spawn(async move {
+                        let reservation = reserved?;
+                        let data = reader.read(range.clone()).await?;
+                        let crc = crc64nvme(&data);
+                        Ok(ReadPart {
+                            number,
+                            range,
+                            data,
+                            crc,
+                            _reservation: reservation,
+                        })
+                    });
+                    AbortOnDrop(task)
+                }
+            })
+            .buffered(window.max(1))
+            .boxed()
+    }
+}
+
+/// One part of [`RangedReader::ordered_parts`].
+#[derive(Debug)]
+pub struct ReadPart {
+    /// 1-based part number.
+    pub number: u32,
+    pub range: Range<u64>,
+    pub data: Bytes,
+    /// CRC64NVME of `data`.
+    pub crc: u64,
+    _reservation: Reservation,
+}
+
+/// A spawned task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<Result<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::new(
+                ErrorKind::Other,
+                "get",
+                format!("part task: {e}"),
+            )),
+        })
     }
 }

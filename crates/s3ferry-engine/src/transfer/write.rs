@@ -42,6 +42,9 @@ pub enum PartBody {
     /// A range of a local file: stores that can send it from the file (S3) hold no part in
     /// memory, and read it again for a retry.
     File(FileRange),
+    /// A range of a staged temp file that is removed once the part is uploaded, failed or
+    /// abandoned (data staged on disk instead of held in memory).
+    TempFile(FileRange),
     /// Server-side: UploadPartCopy of `range` of the source.
     Copy(CopySource, Range<u64>),
 }
@@ -51,7 +54,7 @@ impl PartBody {
         match self {
             Self::Bytes(b, _) => b.len() as u64,
             Self::Read(n, _) | Self::Stream(n, _) => *n,
-            Self::File(f) => f.len,
+            Self::File(f) | Self::TempFile(f) => f.len,
             Self::Copy(_, r) => r.end - r.start,
         }
     }
@@ -219,7 +222,13 @@ impl MultipartWriter {
         );
         let progress = self.progress.clone();
         let local = store.capabilities().local;
+        // A staged file goes when the task ends, even if it is aborted before it ran.
+        let staged = match &body {
+            PartBody::TempFile(f) => Some(RemoveOnDrop(f.path.clone())),
+            _ => None,
+        };
         self.tasks.spawn(async move {
+            let _staged = staged;
             let (info, crc) = match body {
                 PartBody::Bytes(data, _mem) => {
                     let crc = crc64nvme(&data);
@@ -249,7 +258,7 @@ impl MultipartWriter {
                     let crc = info.crc64nvme;
                     (info, crc)
                 }
-                PartBody::File(file) => {
+                PartBody::File(file) | PartBody::TempFile(file) => {
                     let _mem = cfg.reserve(FILE_RESERVE).await?;
                     let f = file.clone();
                     let crc = tokio::task::spawn_blocking(move || f.crc64nvme())
@@ -376,6 +385,15 @@ pub async fn upload_parts(
         }
     }
     w.finish(expect).await
+}
+
+/// Removes a staged file when dropped (the part's task ended, whatever the outcome).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs_err::remove_file(&self.0);
+    }
 }
 
 /// Abort the multipart uploads of exactly `key` that started after `since` (less clock slack),

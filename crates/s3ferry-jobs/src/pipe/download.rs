@@ -1,0 +1,411 @@
+//! `pipe down`: an object (or a segmented upload, followed while it is written) to the output,
+//! strictly in order; and `pipe join`: a finished segmented upload into one object,
+//! server-side.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use s3ferry_engine::journal::Journal;
+use s3ferry_engine::transfer::{
+    cleanup_orphan_uploads, upload_parts, MultipartWriter, PartBody, RangedReader,
+};
+use s3ferry_store::checksum::crc64nvme_combine;
+use s3ferry_store::{
+    CopySource, ErrorKind, ObjectMeta, PartLayout, PutOptions, StoreError, StoreExt,
+};
+
+use super::manifest::{manifest_key, parse_crc, Manifest};
+use super::output::Output;
+use super::{crc_hex, DownOptions, DownReport, PipeError, Target};
+
+/// Write the object at `target` (or the segmented upload there) to `out`.
+pub async fn down(
+    target: Target,
+    out: &mut Output,
+    opts: DownOptions,
+) -> Result<DownReport, PipeError> {
+    let started = Instant::now();
+    let uri = target.uri();
+    if target.key.is_empty() {
+        return Err(PipeError::Failed(format!(
+            "{uri}: pipe down needs an object name, like s3://bucket/path/name"
+        )));
+    }
+    target
+        .store
+        .check()
+        .await
+        .map_err(|e| PipeError::store(&uri, e))?;
+    let mut rep = if opts.follow {
+        segments(&target, out, &opts).await?
+    } else {
+        match target.store.head(&target.key).await {
+            Ok(meta) => object(&target, meta, out, &opts).await?,
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                let base = target.key.trim_end_matches('/');
+                match target.store.head(&manifest_key(base)).await {
+                    Ok(_) => segments(&target, out, &opts).await?,
+                    Err(m) if m.kind == ErrorKind::NotFound => {
+                        return Err(PipeError::Failed(format!(
+                            "{uri}: no such object (nor a segmented upload: no {})",
+                            target.at(&manifest_key(base))
+                        )))
+                    }
+                    Err(m) => return Err(PipeError::store(&uri, m)),
+                }
+            }
+            Err(e) => return Err(PipeError::store(&uri, e)),
+        }
+    };
+    rep.uri = uri;
+    rep.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(rep)
+}
+
+/// The outcome of copying one object to the output.
+enum Copied {
+    Done { crc: u64 },
+    Closed,
+}
+
+/// Stream `meta` (pinned to its ETag) to `out` in parallel ranged GETs, in order.
+async fn copy_to(
+    target: &Target,
+    key: &str,
+    meta: ObjectMeta,
+    out: &mut Output,
+    opts: &DownOptions,
+) -> Result<Copied, PipeError> {
+    let uri = target.at(key);
+    let size = meta.size;
+    let etag = meta.etag.clone();
+    let reader = RangedReader::new(target.store.clone(), key, meta, &opts.transfer);
+    let layout = PartLayout::Uniform(opts.transfer.part_size.max(1));
+    let mut parts = reader.ordered_parts(layout, opts.transfer.part_concurrency.max(1));
+    let mut crc = 0u64;
+    let mut total = 0u64;
+    while let Some(p) = parts.next().await {
+        let p = p.map_err(|e| read_error(&uri, etag.as_deref(), e))?;
+        crc = crc64nvme_combine(crc, p.crc, p.data.len() as u64);
+        total += p.data.len() as u64;
+        if !out.write(p.data.clone()).await? {
+            // The reader went away: stop quietly; dropping the stream aborts the reads.
+            drop(parts);
+            return Ok(Copied::Closed);
+        }
+    }
+    if total != size {
+        return Err(PipeError::Failed(format!(
+            "{uri}: read {total} bytes, expected {size}"
+        )));
+    }
+    Ok(Copied::Done { crc })
+}
+
+fn read_error(uri: &str, etag: Option<&str>, e: StoreError) -> PipeError {
+    if e.kind == ErrorKind::PreconditionFailed {
+        return PipeError::Failed(format!(
+            "{uri} changed while it was being read (it no longer has ETag {}); the output is \
+             incomplete",
+            etag.unwrap_or("?")
+        ));
+    }
+    PipeError::store(uri, e)
+}
+
+async fn object(
+    target: &Target,
+    meta: ObjectMeta,
+    out: &mut Output,
+    opts: &DownOptions,
+) -> Result<DownReport, PipeError> {
+    let uri = target.uri();
+    let want = meta.crc64nvme;
+    let bytes = meta.size;
+    match copy_to(target, &target.key, meta, out, opts).await? {
+        Copied::Closed => Ok(DownReport {
+            bytes: out.written,
+            closed_early: true,
+            ..Default::default()
+        }),
+        Copied::Done { crc } => {
+            if let Some(want) = want {
+                if want != crc {
+                    return Err(PipeError::Failed(format!(
+                        "{uri}: the data read has CRC64NVME {}, the object says {}: corrupt read",
+                        crc_hex(crc),
+                        crc_hex(want)
+                    )));
+                }
+            }
+            Ok(DownReport {
+                bytes,
+                verified: want.is_some(),
+                ..Default::default()
+            })
+        }
+    }
+}
+
+/// Read the manifest; `None` if it does not exist.
+async fn read_manifest(target: &Target, mkey: &str) -> Result<Option<Manifest>, PipeError> {
+    let muri = target.at(mkey);
+    match target.store.get_bytes(mkey).await {
+        Ok(b) => Manifest::parse(&b)
+            .map(Some)
+            .map_err(|e| PipeError::Failed(format!("{muri}: {e}"))),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PipeError::store(&muri, e)),
+    }
+}
+
+/// A segmented upload: its segments in order as the manifest lists them; with `follow`, waits
+/// for more until the manifest says complete.
+async fn segments(
+    target: &Target,
+    out: &mut Output,
+    opts: &DownOptions,
+) -> Result<DownReport, PipeError> {
+    let uri = target.uri();
+    let base = target.key.trim_end_matches('/').to_string();
+    let mkey = manifest_key(&base);
+    let muri = target.at(&mkey);
+    let mut seen: Option<Manifest> = None;
+    let mut next = 0usize;
+    let mut crc = 0u64;
+    let mut total = 0u64;
+    let mut progress = Instant::now();
+    loop {
+        let m = read_manifest(target, &mkey).await?;
+        match (&m, &seen) {
+            (Some(m), Some(old)) => {
+                if !m.extends(old) {
+                    return Err(PipeError::Failed(format!(
+                        "{muri} was replaced by a different upload while it was read (writer {} \
+                         became {}); the output is incomplete",
+                        old.writer, m.writer
+                    )));
+                }
+                if m != old {
+                    progress = Instant::now();
+                }
+            }
+            (None, Some(_)) => {
+                return Err(PipeError::Failed(format!(
+                    "{muri} disappeared while the upload was read; the output is incomplete"
+                )))
+            }
+            (Some(_), None) => progress = Instant::now(),
+            (None, None) if !opts.follow => {
+                return Err(PipeError::Failed(format!(
+                    "{uri}: no such segmented upload (no {muri})"
+                )))
+            }
+            (None, None) => {}
+        }
+        if let Some(m) = m {
+            if let Some(why) = &m.failed {
+                return Err(PipeError::Failed(format!(
+                    "{uri}: the writer gave up ({why}); {} of {} segments were read",
+                    next,
+                    m.segments.len()
+                )));
+            }
+            if !m.complete && !opts.follow {
+                return Err(PipeError::Failed(format!(
+                    "{uri} is still being written (or its writer died): {muri} is not complete; \
+                     use --follow to stream it as it grows"
+                )));
+            }
+            while next < m.segments.len() {
+                let s = &m.segments[next];
+                let key = format!("{base}/{}", s.key);
+                let meta = ObjectMeta {
+                    key: key.clone(),
+                    size: s.size,
+                    etag: s.etag.clone(),
+                    ..Default::default()
+                };
+                let want = parse_crc(&s.crc64nvme).unwrap_or_default();
+                match copy_to(target, &key, meta, out, opts).await? {
+                    Copied::Closed => {
+                        return Ok(DownReport {
+                            bytes: out.written,
+                            segments: Some(next as u64),
+                            closed_early: true,
+                            ..Default::default()
+                        })
+                    }
+                    Copied::Done { crc: got } => {
+                        if got != want {
+                            return Err(PipeError::Failed(format!(
+                                "{}: the data read has CRC64NVME {}, the manifest says {}",
+                                target.at(&key),
+                                crc_hex(got),
+                                s.crc64nvme
+                            )));
+                        }
+                        crc = crc64nvme_combine(crc, got, s.size);
+                        total += s.size;
+                    }
+                }
+                next += 1;
+                progress = Instant::now();
+            }
+            if m.complete {
+                let want = m.whole_crc().unwrap_or_default();
+                if m.total_size != Some(total) || want != crc {
+                    return Err(PipeError::Failed(format!(
+                        "{uri}: the stream read ({total} bytes, CRC64NVME {}) differs from the \
+                         manifest ({:?} bytes, {:?})",
+                        crc_hex(crc),
+                        m.total_size,
+                        m.crc64nvme
+                    )));
+                }
+                return Ok(DownReport {
+                    bytes: total,
+                    segments: Some(next as u64),
+                    verified: true,
+                    ..Default::default()
+                });
+            }
+            seen = Some(m);
+        }
+        if progress.elapsed() >= opts.writer_timeout {
+            let what = match &seen {
+                Some(m) => format!(
+                    "{muri} has not changed for {} s ({} segments, {total} bytes read; last \
+                     written by the writer at {})",
+                    opts.writer_timeout.as_secs_f64(),
+                    m.segments.len(),
+                    m.updated
+                ),
+                None => format!(
+                    "{muri} did not appear within {} s",
+                    opts.writer_timeout.as_secs_f64()
+                ),
+            };
+            return Err(PipeError::Failed(format!(
+                "{uri}: no progress from the writer: {what}; is it still running? (see \
+                 --writer-timeout)"
+            )));
+        }
+        tokio::time::sleep(opts.poll_interval).await;
+    }
+}
+
+/// One ordinary object at `dst` from the finished segmented upload at `src`, copied
+/// server-side (UploadPartCopy of each segment, pinned to its ETag).
+pub async fn join(
+    src: Target,
+    dst: Target,
+    put: PutOptions,
+    transfer: s3ferry_engine::transfer::TransferConfig,
+    journal: &Arc<Journal>,
+) -> Result<super::UpReport, PipeError> {
+    let started = Instant::now();
+    let (suri, duri) = (src.uri(), dst.uri());
+    if dst.key.is_empty() || dst.key.ends_with('/') {
+        return Err(PipeError::Failed(format!(
+            "{duri}: pipe join needs an object name, like s3://bucket/path/name"
+        )));
+    }
+    src.store
+        .check()
+        .await
+        .map_err(|e| PipeError::store(&suri, e))?;
+    dst.store
+        .check()
+        .await
+        .map_err(|e| PipeError::store(&duri, e))?;
+    let (a, b) = (src.store.capabilities(), dst.store.capabilities());
+    let bucket = src.store.bucket().map(str::to_string);
+    let Some(bucket) = bucket.filter(|_| {
+        b.upload_part_copy && a.copy_domain.is_some() && a.copy_domain == b.copy_domain
+    }) else {
+        return Err(PipeError::Failed(format!(
+            "pipe join copies server-side: {suri} and {duri} must be on one S3 endpoint with the \
+             same credentials"
+        )));
+    };
+    let base = src.key.trim_end_matches('/').to_string();
+    let mkey = manifest_key(&base);
+    let muri = src.at(&mkey);
+    let m = read_manifest(&src, &mkey)
+        .await?
+        .ok_or_else(|| PipeError::Failed(format!("{suri}: no segmented upload (no {muri})")))?;
+    if !m.complete || m.failed.is_some() {
+        return Err(PipeError::Failed(format!(
+            "{suri}: the segmented upload is not complete (its writer is still running, died or \
+             failed); join needs a finished one"
+        )));
+    }
+    let want = m.whole_crc();
+    let total = m.total_size.unwrap_or_default();
+    let cleaned = cleanup_orphan_uploads(&dst.store, journal, None).await as u64;
+    let res = if m.segments.is_empty() {
+        dst.store
+            .put(&dst.key, bytes::Bytes::new(), put.crc64nvme(Some(0)))
+            .await
+            .map_err(|e| PipeError::store(&duri, e))?
+    } else {
+        let layout = PartLayout::Uniform(m.segment_size);
+        let w = MultipartWriter::create(
+            dst.store.clone(),
+            &dst.key,
+            put,
+            layout,
+            &transfer,
+            journal.clone(),
+        )
+        .await
+        .map_err(|e| PipeError::store(&duri, e))?
+        .with_window(transfer.part_concurrency.max(1) * 2);
+        let bodies = m.segments.iter().map(|s| {
+            let from = CopySource {
+                bucket: bucket.clone(),
+                key: format!("{base}/{}", s.key),
+                if_match: s.etag.clone(),
+            };
+            PartBody::Copy(from, 0..s.size)
+        });
+        upload_parts(w, bodies, want).await.map_err(|e| {
+            if e.kind == ErrorKind::PreconditionFailed {
+                PipeError::Failed(format!(
+                    "{suri}: a segment changed since the manifest was written; {duri} was not \
+                     written"
+                ))
+            } else {
+                PipeError::store(&duri, e)
+            }
+        })?
+    };
+    // The result must be the stream the manifest describes.
+    let meta = dst
+        .store
+        .head(&dst.key)
+        .await
+        .map_err(|e| PipeError::store(&duri, e))?;
+    let got = meta.crc64nvme.or(res.crc64nvme);
+    if meta.size != total || (want.is_some() && got.is_some() && got != want) {
+        return Err(PipeError::Failed(format!(
+            "{duri}: the joined object ({} bytes, CRC64NVME {:?}) differs from the manifest ({total} \
+             bytes, {:?})",
+            meta.size,
+            got.map(crc_hex),
+            m.crc64nvme
+        )));
+    }
+    Ok(super::UpReport {
+        uri: duri,
+        bytes: total,
+        parts: m.segments.len() as u64,
+        segments: Some(m.segments.len() as u64),
+        crc64nvme: m.crc64nvme.clone().unwrap_or_default(),
+        etag: res.etag,
+        cleaned_up: cleaned,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+    })
+}

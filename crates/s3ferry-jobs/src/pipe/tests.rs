@@ -1,0 +1,174 @@
+//! Pipe jobs on the in-memory store (the end-to-end tests run them against S3).
+
+use std::io::{Cursor, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use s3ferry_engine::transfer::TransferConfig;
+use s3ferry_store::checksum::crc64nvme;
+use s3ferry_store::memory::MemoryStore;
+use s3ferry_store::{DynStore, PutOptions, Store, StoreExt};
+
+use super::*;
+
+const MIB: usize = 1024 * 1024;
+
+fn data(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u64).wrapping_mul(2654435761).wrapping_add(seed as u64) as u8 ^ (i >> 13) as u8)
+        .collect()
+}
+
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn cfg() -> TransferConfig {
+    let mut t = TransferConfig::new(64 << 20);
+    t.part_size = 5 << 20;
+    t.part_concurrency = 3;
+    t
+}
+
+fn up_opts(segmented: Option<u64>) -> UpOptions {
+    UpOptions {
+        transfer: cfg(),
+        put: PutOptions::new(),
+        staging_dir: None,
+        segmented: segmented.map(|s| SegmentOptions {
+            segment_size: s,
+            heartbeat: Duration::from_secs(30),
+        }),
+    }
+}
+
+fn down_opts() -> DownOptions {
+    DownOptions {
+        transfer: cfg(),
+        follow: false,
+        poll_interval: Duration::from_millis(10),
+        writer_timeout: Duration::from_secs(5),
+    }
+}
+
+async fn read_back(store: &DynStore, key: &str) -> (DownReport, Vec<u8>) {
+    let buf = Shared::default();
+    let mut out = Output::new(Box::new(buf.clone()));
+    let rep = down(Target::new(store.clone(), key), &mut out, down_opts())
+        .await
+        .unwrap();
+    let got = buf.0.lock().unwrap().clone();
+    (rep, got)
+}
+
+#[tokio::test]
+async fn round_trips_in_both_modes() {
+    let mem = MemoryStore::new();
+    let store: DynStore = Arc::new(mem.clone());
+    let run = RunJournal::in_memory().unwrap();
+    for (i, n) in [0, 1, 5 * MIB, 5 * MIB + 1, 17 * MIB + 3].into_iter().enumerate() {
+        let d = data(n, i as u8);
+        for seg in [None, Some(5 * MIB as u64)] {
+            let key = format!("k{n}-{}", seg.is_some());
+            let rep = up(
+                Target::new(store.clone(), key.as_str()),
+                Box::new(Cursor::new(d.clone())),
+                up_opts(seg),
+                &run,
+                std::future::pending(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(rep.bytes, n as u64);
+            assert_eq!(rep.crc64nvme, crc_hex(crc64nvme(&d)));
+            if seg.is_none() {
+                // At most one part: one PUT; more: multipart.
+                assert_eq!(rep.parts, (n.div_ceil(5 * MIB)).max(1) as u64, "{n}");
+            } else {
+                assert_eq!(rep.segments, Some(n.div_ceil(5 * MIB) as u64), "{n}");
+            }
+            let (drep, got) = read_back(&store, &key).await;
+            assert!(got == d, "{key}: bytes differ");
+            assert!(drep.verified || seg.is_none());
+        }
+    }
+    assert!(store.list_multipart("").await.unwrap().is_empty());
+}
+
+/// A stream that never ends, slowly.
+struct Endless;
+impl Read for Endless {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_millis(1));
+        let n = b.len().min(1 << 20);
+        b[..n].fill(7);
+        Ok(n)
+    }
+}
+
+#[tokio::test]
+async fn cancel_aborts_the_upload_and_marks_a_segmented_one_failed() {
+    let mem = MemoryStore::new();
+    let store: DynStore = Arc::new(mem.clone());
+    let run = RunJournal::in_memory().unwrap();
+    for seg in [None, Some(5 * MIB as u64)] {
+        let key = format!("c{}", seg.is_some());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let store2 = store.clone();
+        let watch = tokio::spawn(async move {
+            // Cancel once an upload is open (the stream is well into its parts).
+            loop {
+                if !store2.list_multipart("").await.unwrap().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let _ = tx.send(());
+        });
+        let err = up(
+            Target::new(store.clone(), key.as_str()),
+            Box::new(Endless),
+            up_opts(seg),
+            &run,
+            async move {
+                let _ = rx.await;
+                "a test".to_string()
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        watch.await.unwrap();
+        assert!(err.contains("interrupted by a test"), "{err}");
+        assert!(store.list_multipart("").await.unwrap().is_empty());
+        match seg {
+            None => {
+                assert!(err.contains("no object was written"), "{err}");
+                assert!(store.head(&key).await.is_err());
+            }
+            Some(_) => {
+                let m = store.get_bytes(&format!("{key}/manifest.json")).await.unwrap();
+                let m = manifest::Manifest::parse(&m).unwrap();
+                assert!(m.failed.as_deref().unwrap_or("").contains("a test"), "{m:?}");
+                // A follower stops at once, saying so.
+                let mut o = down_opts();
+                o.follow = true;
+                let mut out = Output::new(Box::new(Shared::default()));
+                let e = down(Target::new(store.clone(), key.as_str()), &mut out, o)
+                    .await
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains("the writer gave up"), "{e}");
+            }
+        }
+    }
+}

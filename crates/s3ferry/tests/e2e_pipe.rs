@@ -1,0 +1,708 @@
+//! End-to-end: `s3ferry pipe up|down|join` against the local S3 server. The tests drive the
+//! binary's stdin themselves, so they control when a stream ends (no sleeps as
+//! synchronisation: they poll the bucket for the state they wait for).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::*;
+use s3ferry_store::checksum::crc64nvme;
+
+const MIB: usize = 1024 * 1024;
+
+/// A running `s3ferry` with piped stdio.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Option<std::process::ChildStdout>,
+    out: Option<JoinHandle<Vec<u8>>>,
+    err: Option<JoinHandle<String>>,
+    started: Instant,
+}
+
+struct Out {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {} after {:.1}s, {} bytes on stdout, stderr:\n{}",
+            self.code,
+            self.elapsed.as_secs_f64(),
+            self.stdout.len(),
+            self.stderr
+        )
+    }
+}
+
+fn spawn(cx: &Ctx, args: &[&str], env: &[(&str, &str)], collect_stdout: bool) -> Proc {
+    let mut c: Command = cx.cmd();
+    c.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().expect("spawn s3ferry");
+    let stdin = child.stdin.take();
+    let mut stdout = child.stdout.take();
+    let out = if collect_stdout {
+        let mut so = stdout.take().expect("stdout");
+        Some(std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = so.read_to_end(&mut v);
+            v
+        }))
+    } else {
+        None
+    };
+    let mut se = child.stderr.take().expect("stderr");
+    let err = Some(std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    }));
+    Proc {
+        child,
+        stdin,
+        stdout,
+        out,
+        err,
+        started: Instant::now(),
+    }
+}
+
+impl Proc {
+    /// Feed `data` to stdin from a thread (so a full pipe cannot deadlock the test).
+    fn feed(&mut self, data: Vec<u8>) -> JoinHandle<()> {
+        let mut w = self.stdin.take().expect("stdin");
+        std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        })
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        let w = self.stdin.as_mut().expect("stdin");
+        w.write_all(data).expect("write to s3ferry's stdin");
+        w.flush().expect("flush");
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for the exit (kill and fail after `timeout`).
+    fn wait(mut self, timeout: Duration) -> Out {
+        self.stdin = None;
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("s3ferry did not finish within {timeout:?}; killed");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let elapsed = self.started.elapsed();
+        drop(self.stdout.take());
+        Out {
+            code: status.code().unwrap_or(-1),
+            stdout: self
+                .out
+                .take()
+                .map(|h| h.join().unwrap_or_default())
+                .unwrap_or_default(),
+            stderr: self
+                .err
+                .take()
+                .map(|h| h.join().unwrap_or_default())
+                .unwrap_or_default(),
+            elapsed,
+        }
+    }
+}
+
+const T: Duration = Duration::from_secs(120);
+
+/// `s3ferry pipe up ARGS... URI` with `data` on stdin.
+fn up(cx: &Ctx, uri: &str, args: &[&str], env: &[(&str, &str)], data: &[u8]) -> Out {
+    let mut all = vec!["pipe", "up"];
+    all.extend_from_slice(args);
+    all.push(uri);
+    let mut p = spawn(cx, &all, env, true);
+    let feeder = p.feed(data.to_vec());
+    let o = p.wait(T);
+    let _ = feeder.join();
+    o
+}
+
+/// `s3ferry pipe down ARGS... URI`.
+fn down(cx: &Ctx, uri: &str, args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut all = vec!["pipe", "down"];
+    all.extend_from_slice(args);
+    all.push(uri);
+    let mut p = spawn(cx, &all, env, true);
+    p.close_stdin();
+    p.wait(T)
+}
+
+#[track_caller]
+fn ok(o: &Out) {
+    assert_eq!(o.code, 0, "{o:?}");
+}
+
+#[track_caller]
+fn same(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length differs");
+    assert!(got == want, "{what}: bytes differ");
+}
+
+/// The manifest of the segmented upload at `key`, if it exists.
+fn manifest(b: &Bucket, key: &str) -> Option<serde_json::Value> {
+    let got = b.block_on(b.store.get_bytes(&format!("{key}/manifest.json")));
+    got.ok()
+        .map(|v| serde_json::from_slice(&v).expect("manifest is JSON"))
+}
+
+/// Poll until `f` holds (at most 30 s).
+#[track_caller]
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const P5: [&str; 2] = ["--part-size", "5MiB"];
+
+/// 0 B, 1 B, exactly one part, one part + 1 and 100 MiB of random data through one object,
+/// byte for byte; a stream of at most one part is a single PUT, more is a multipart upload with
+/// a full-object CRC64NVME; nothing is left open.
+#[test]
+fn round_trips_default_mode() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-rt");
+    for (i, len) in [0, 1, 5 * MIB, 5 * MIB + 1, 100 * MIB]
+        .into_iter()
+        .enumerate()
+    {
+        let data = random_bytes(len, 10 + i as u64);
+        let key = format!("obj-{len}");
+        let o = up(&cx, &b.uri(&key), &P5, &[], &data);
+        ok(&o);
+        assert!(o.stdout.is_empty(), "pipe up wrote to stdout");
+        let meta = b.head(&key);
+        assert_eq!(meta.size, len as u64);
+        let etag = meta.etag.clone().unwrap_or_default();
+        assert_eq!(
+            etag.contains('-'),
+            len > 5 * MIB,
+            "{len} bytes: single PUT up to one part, multipart above (ETag {etag})"
+        );
+        if let Some(c) = meta.crc64nvme {
+            assert_eq!(c, crc64nvme(&data), "{len} bytes: full-object CRC64NVME");
+        }
+        let o = down(&cx, &b.uri(&key), &P5, &[]);
+        ok(&o);
+        assert!(o.stderr.is_empty(), "{o:?}");
+        same(&o.stdout, &data, &format!("{len} bytes"));
+    }
+    assert!(b.uploads().is_empty(), "{:?}", b.uploads());
+
+    // Staged on disk, with content type and metadata; the staging directory is left empty.
+    let data = random_bytes(23 * MIB + 7, 99);
+    let stage = cx.path("stage");
+    std::fs::create_dir_all(&stage).expect("stage dir");
+    let o = up(
+        &cx,
+        &b.uri("staged"),
+        &[
+            "--part-size",
+            "5MiB",
+            "--part-concurrency",
+            "3",
+            "--staging-dir",
+            s(&stage),
+            "--content-type",
+            "application/x-test",
+            "--metadata",
+            "origin=pipe",
+        ],
+        &[],
+        &data,
+    );
+    ok(&o);
+    let meta = b.head("staged");
+    assert_eq!(meta.content_type.as_deref(), Some("application/x-test"));
+    assert_eq!(
+        meta.metadata
+            .unwrap_or_default()
+            .get("origin")
+            .map(String::as_str),
+        Some("pipe")
+    );
+    assert_eq!(std::fs::read_dir(&stage).expect("stage").count(), 0);
+    same(&b.get("staged"), &data, "staged");
+}
+
+/// The same sizes as a segmented upload: read back without --follow (the manifest is
+/// detected), and joined server-side into one object.
+#[test]
+fn round_trips_segmented_and_join() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-seg");
+    for (i, len) in [0, 1, 5 * MIB, 5 * MIB + 1, 100 * MIB]
+        .into_iter()
+        .enumerate()
+    {
+        let data = random_bytes(len, 20 + i as u64);
+        let key = format!("seg-{len}");
+        let seg = if len > 50 * MIB { "10MiB" } else { "5MiB" };
+        let o = up(
+            &cx,
+            &b.uri(&key),
+            &["--segmented", "--segment-size", seg, "--part-size", "5MiB"],
+            &[],
+            &data,
+        );
+        ok(&o);
+        let m = manifest(&b, &key).expect("manifest");
+        assert_eq!(m["complete"], true, "{m}");
+        assert_eq!(m["total_size"], len as u64, "{m}");
+        assert_eq!(
+            m["crc64nvme"],
+            format!("{:016x}", crc64nvme(&data)),
+            "whole-stream CRC64NVME"
+        );
+        let seg_bytes = if len > 50 * MIB { 10 * MIB } else { 5 * MIB };
+        let segs = m["segments"].as_array().expect("segments");
+        assert_eq!(segs.len(), len.div_ceil(seg_bytes), "{m}");
+        for (j, s) in segs.iter().enumerate() {
+            let chunk = &data[j * seg_bytes..((j + 1) * seg_bytes).min(len)];
+            assert_eq!(s["key"], format!("{j:012}"));
+            assert_eq!(s["size"], chunk.len() as u64);
+            assert_eq!(s["crc64nvme"], format!("{:016x}", crc64nvme(chunk)));
+            same(&b.get(&format!("{key}/{j:012}")), chunk, "segment object");
+        }
+        let o = down(&cx, &b.uri(&key), &P5, &[]);
+        ok(&o);
+        same(&o.stdout, &data, &format!("segmented {len} bytes"));
+
+        let joined = format!("joined-{len}");
+        let o = up_join(&cx, &b.uri(&key), &b.uri(&joined));
+        ok(&o);
+        same(&b.get(&joined), &data, &format!("joined {len} bytes"));
+    }
+    assert!(b.uploads().is_empty(), "{:?}", b.uploads());
+
+    // A second writer on the same URI fails loudly and changes nothing.
+    let before = manifest(&b, "seg-1").expect("manifest");
+    let o = up(&cx, &b.uri("seg-1"), &["--segmented"], &[], b"other");
+    assert_eq!(o.code, 2, "{o:?}");
+    let line = assert_one_error_line(&o.stderr);
+    assert!(line.contains("already exists"), "{line}");
+    assert_eq!(manifest(&b, "seg-1").expect("manifest"), before);
+}
+
+fn up_join(cx: &Ctx, src: &str, dst: &str) -> Out {
+    let mut p = spawn(cx, &["pipe", "join", src, dst], &[], true);
+    p.close_stdin();
+    p.wait(T)
+}
+
+/// Two followers started while the writer is in the middle of the stream get all of it, and
+/// end exactly when the writer does.
+#[test]
+fn followers_stream_a_segmented_upload_while_it_is_written() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-follow");
+    let data = random_bytes(23 * MIB + 5, 31);
+    let uri = b.uri("live");
+    let mut w = spawn(
+        &cx,
+        &[
+            "pipe",
+            "up",
+            "--segmented",
+            "--segment-size",
+            "5MiB",
+            "--part-size",
+            "5MiB",
+            &uri,
+        ],
+        &[],
+        true,
+    );
+    w.write(&data[..12 * MIB]);
+    wait_until("two segments in the manifest", || {
+        manifest(&b, "live").is_some_and(|m| m["segments"].as_array().map_or(0, |s| s.len()) >= 2)
+    });
+    let follow = ["pipe", "down", "--follow", "--poll-interval", "50ms", &uri];
+    let mut f1 = spawn(&cx, &follow, &[], true);
+    let mut f2 = spawn(&cx, &follow, &[], true);
+    f1.close_stdin();
+    f2.close_stdin();
+    assert_eq!(
+        manifest(&b, "live").expect("manifest")["complete"],
+        false,
+        "the writer cannot have finished: it has not seen the end of its input"
+    );
+    w.write(&data[12 * MIB..]);
+    w.close_stdin();
+    let wo = w.wait(T);
+    ok(&wo);
+    for (i, f) in [f1, f2].into_iter().enumerate() {
+        let o = f.wait(T);
+        ok(&o);
+        same(&o.stdout, &data, &format!("follower {i}"));
+    }
+    let m = manifest(&b, "live").expect("manifest");
+    assert_eq!(m["complete"], true);
+    assert_eq!(m["segments"].as_array().map(|s| s.len()), Some(5));
+}
+
+/// Resets, 503 bursts and truncated bodies on the way up and down still give exact results,
+/// in both modes.
+#[test]
+fn faults_still_give_exact_results() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-faults");
+    let data = random_bytes(27 * MIB + 3, 41);
+    let up_faults = "create_multipart:503@1; upload_part:reset@2; upload_part:503@3x3; \
+                     complete_multipart:500@1; put:503@1";
+    let down_faults = "head:503@1; get:truncate=1000@2; get:reset=5000@3; get:503@4x2; \
+                       get:truncate=77@7";
+    let o = up(
+        &cx,
+        &b.uri("f"),
+        &P5,
+        &[("S3FERRY_FAULTS", up_faults)],
+        &data,
+    );
+    ok(&o);
+    same(&b.get("f"), &data, "upload with faults");
+    let o = down(&cx, &b.uri("f"), &P5, &[("S3FERRY_FAULTS", down_faults)]);
+    ok(&o);
+    same(&o.stdout, &data, "download with faults");
+
+    let seg = [
+        "--segmented",
+        "--segment-size",
+        "5MiB",
+        "--part-size",
+        "5MiB",
+    ];
+    let o = up(
+        &cx,
+        &b.uri("s"),
+        &seg,
+        &[("S3FERRY_FAULTS", up_faults)],
+        &data,
+    );
+    ok(&o);
+    let o = down(
+        &cx,
+        &b.uri("s"),
+        &["--follow", "--part-size", "5MiB"],
+        &[("S3FERRY_FAULTS", down_faults)],
+    );
+    ok(&o);
+    same(&o.stdout, &data, "segmented download with faults");
+    assert!(b.uploads().is_empty(), "{:?}", b.uploads());
+}
+
+/// An upload hung in its parts (injected latency) until the upload is open on the server.
+#[cfg(feature = "fault")]
+fn hung_upload(cx: &Ctx, b: &Bucket, key: &str) -> Proc {
+    let mut p = spawn(
+        cx,
+        &["pipe", "up", "--part-size", "5MiB", &b.uri(key)],
+        &[("S3FERRY_FAULTS", "upload_part:latency=60s")],
+        true,
+    );
+    p.write(&random_bytes(12 * MIB, 51));
+    wait_until("an open multipart upload", || !b.uploads().is_empty());
+    p
+}
+
+/// SIGKILL mid-stream: no object appears; the next `pipe up` into the bucket aborts the
+/// journaled upload, and then no multipart upload is open and no run state is left.
+#[cfg(feature = "fault")]
+#[test]
+fn killed_writer_leaves_no_object_and_the_next_run_cleans_up() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-kill");
+    let mut p = hung_upload(&cx, &b, "k");
+    p.child.kill().expect("SIGKILL");
+    let o = p.wait(T);
+    assert_eq!(o.code, -1, "killed by a signal");
+    assert!(b.list("k").is_empty(), "no object may appear");
+    assert_eq!(b.uploads().len(), 1);
+
+    let o = up(&cx, &b.uri("other"), &[], &[], b"hello");
+    ok(&o);
+    assert!(o.stderr.contains("cleaned up 1 unfinished upload"), "{o:?}");
+    assert!(b.uploads().is_empty(), "{:?}", b.uploads());
+    assert!(b.list("k").is_empty());
+    assert_eq!(b.get("other"), b"hello");
+    let runs = std::fs::read_dir(cx.state.join("pipe-runs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(runs, 0, "run state left in {:?}", cx.state);
+}
+
+/// A live writer's upload is not taken for an orphan by a second pipe into the same bucket;
+/// SIGTERM aborts it at once (parts hang for 60 s): exit 2, one line, nothing left.
+#[cfg(feature = "fault")]
+#[test]
+fn sigterm_aborts_at_once_and_live_uploads_are_not_orphans() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-term");
+    let p = hung_upload(&cx, &b, "k");
+    let o = up(&cx, &b.uri("other"), &[], &[], b"x");
+    ok(&o);
+    assert!(!o.stderr.contains("cleaned up"), "{o:?}");
+    assert_eq!(b.uploads().len(), 1, "the live writer's upload must stay");
+
+    let t0 = Instant::now();
+    let st = Command::new("kill")
+        .args(["-TERM", &p.pid().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(st.success());
+    let o = p.wait(T);
+    assert!(t0.elapsed() < Duration::from_secs(10), "{o:?}");
+    assert_eq!(o.code, 2, "{o:?}");
+    let line = assert_one_error_line(&o.stderr);
+    assert!(
+        line.contains("SIGTERM") && line.contains("aborted"),
+        "{line}"
+    );
+    assert!(b.uploads().is_empty(), "{:?}", b.uploads());
+    assert!(b.list("k").is_empty());
+}
+
+/// A follower of a writer that died gives up after --writer-timeout with a clear message,
+/// having written the segments that were finished.
+#[test]
+fn follower_of_a_dead_writer_gives_up_clearly() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-dead");
+    let data = random_bytes(6 * MIB, 61);
+    let uri = b.uri("d");
+    let mut w = spawn(
+        &cx,
+        &[
+            "pipe",
+            "up",
+            "--segmented",
+            "--segment-size",
+            "5MiB",
+            "--part-size",
+            "5MiB",
+            &uri,
+        ],
+        &[],
+        true,
+    );
+    w.write(&data);
+    wait_until("one segment in the manifest", || {
+        manifest(&b, "d").is_some_and(|m| m["segments"].as_array().map_or(0, |s| s.len()) == 1)
+    });
+    w.child.kill().expect("SIGKILL");
+    let _ = w.wait(T);
+
+    let o = down(
+        &cx,
+        &uri,
+        &[
+            "--follow",
+            "--poll-interval",
+            "100ms",
+            "--writer-timeout",
+            "2s",
+        ],
+        &[],
+    );
+    assert_eq!(o.code, 2, "{o:?}");
+    let line = assert_one_error_line(&o.stderr);
+    assert!(
+        line.contains("no progress from the writer") && line.contains("--writer-timeout"),
+        "{line}"
+    );
+    same(&o.stdout, &data[..5 * MIB], "the finished segment");
+    assert!(o.elapsed < Duration::from_secs(30), "{o:?}");
+
+    // Without --follow an unfinished upload is refused at once, with a hint.
+    let o = down(&cx, &uri, &[], &[]);
+    assert_eq!(o.code, 2, "{o:?}");
+    let line = assert_one_error_line(&o.stderr);
+    assert!(line.contains("--follow"), "{line}");
+    assert!(o.stdout.is_empty());
+}
+
+/// An object overwritten while `pipe down` reads it: exit 2, the message says it changed.
+#[test]
+fn object_overwritten_during_down_is_detected() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-changed");
+    let data = random_bytes(40 * MIB, 71);
+    b.put("o", &data);
+    let mut p = spawn(
+        &cx,
+        &[
+            "pipe",
+            "down",
+            "--part-size",
+            "5MiB",
+            "--part-concurrency",
+            "2",
+            &b.uri("o"),
+        ],
+        &[],
+        false,
+    );
+    p.close_stdin();
+    let mut so = p.stdout.take().expect("stdout");
+    let mut first = vec![0u8; MIB];
+    so.read_exact(&mut first).expect("first MiB");
+    // The reader holds back: s3ferry has at most a few parts read ahead.
+    b.put("o", &random_bytes(40 * MIB, 72));
+    let mut rest = Vec::new();
+    let _ = so.read_to_end(&mut rest);
+    let o = p.wait(T);
+    assert_eq!(o.code, 2, "{o:?}");
+    let line = assert_one_error_line(&o.stderr);
+    assert!(line.contains("changed"), "{line}");
+    assert!(
+        first.len() + rest.len() < data.len(),
+        "the whole object was written although it changed"
+    );
+    assert!(
+        first == data[..MIB],
+        "the first bytes are the old version's"
+    );
+}
+
+/// `pipe down | head -c 10`: exit 0, no message, at once (reads still pending are dropped,
+/// not waited for: later GETs are held up for 20 s).
+#[test]
+fn down_into_head_ends_quietly() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-head");
+    let data = random_bytes(30 * MIB, 81);
+    b.put("o", &data);
+    let mut p = spawn(
+        &cx,
+        &[
+            "pipe",
+            "down",
+            "--part-size",
+            "5MiB",
+            "--part-concurrency",
+            "4",
+            &b.uri("o"),
+        ],
+        &[("S3FERRY_FAULTS", "get:latency=20s@3+")],
+        false,
+    );
+    p.close_stdin();
+    let mut so = p.stdout.take().expect("stdout");
+    let mut ten = [0u8; 10];
+    so.read_exact(&mut ten).expect("10 bytes");
+    drop(so);
+    let o = p.wait(T);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.stderr, "", "no message");
+    assert!(o.elapsed < Duration::from_secs(15), "{o:?}");
+    assert_eq!(&ten, &data[..10]);
+}
+
+/// Bad URIs, a missing bucket or object, no credentials: one line `s3ferry: error: ...`, exit 2.
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-bad");
+    let missing = format!("{}-missing", b.name);
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["up".into(), "not-a-uri".into()], "s3://"),
+        (vec!["down".into(), "s3://".into()], "s3://"),
+        (vec!["down".into(), b.uri("")], "names no object"),
+        (vec!["up".into(), format!("s3://{missing}/k")], &missing),
+        (vec!["down".into(), format!("s3://{missing}/k")], &missing),
+        (vec!["down".into(), b.uri("nope")], "no such object"),
+        (
+            vec![
+                "up".into(),
+                "--segmented".into(),
+                "--segment-size".into(),
+                "1MiB".into(),
+                b.uri("x"),
+            ],
+            "--segment-size",
+        ),
+        (
+            vec!["join".into(), b.uri("nope"), b.uri("dest")],
+            "no segmented upload",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["pipe"];
+        all.extend(args.iter().map(String::as_str));
+        let mut p = spawn(&cx, &all, &[], true);
+        let feeder = p.feed(b"data".to_vec());
+        let o = p.wait(T);
+        let _ = feeder.join();
+        assert_eq!(o.code, 2, "{all:?}: {o:?}");
+        let line = assert_one_error_line(&o.stderr);
+        assert!(line.contains(want), "{all:?}: {line}");
+        assert!(o.stdout.is_empty(), "{all:?}");
+    }
+    assert!(b.list("").is_empty(), "nothing was written");
+
+    // No credentials anywhere.
+    let home = cx.path("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let (creds, conf) = (home.join("credentials"), home.join("config"));
+    std::fs::write(&creds, "").expect("creds");
+    std::fs::write(&conf, "").expect("config");
+    for args in [
+        vec!["pipe", "up", "s3://some-bucket/k"],
+        vec!["pipe", "down", "s3://some-bucket/k"],
+    ] {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+            .env("AWS_CONFIG_FILE", &conf)
+            .env("AWS_ENDPOINT_URL", &cx.endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("S3FERRY_STATE_DIR", &cx.state)
+            .stdin(Stdio::null())
+            .args(&args);
+        let r = run_cmd(c, Duration::from_secs(60));
+        let line = r.assert_fatal();
+        assert!(line.to_lowercase().contains("credentials"), "{line}");
+    }
+}
