@@ -465,10 +465,14 @@ fn killed_writer_leaves_no_object_and_the_next_run_cleans_up() {
     assert!(b.uploads().is_empty(), "{:?}", b.uploads());
     assert!(b.list("k").is_empty());
     assert_eq!(b.get("other"), b"hello");
-    let runs = std::fs::read_dir(cx.state.join("pipe-runs"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(runs, 0, "run state left in {:?}", cx.state);
+    let db = cx.state.join("state.db");
+    let conn =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("state database");
+    let open: i64 = conn
+        .query_row("SELECT count(*) FROM uploads", [], |r| r.get(0))
+        .expect("uploads table");
+    assert_eq!(open, 0, "uploads still recorded as open in {db:?}");
 }
 
 /// A live writer's upload is not taken for an orphan by a second pipe into the same bucket;

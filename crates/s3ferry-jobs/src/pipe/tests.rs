@@ -7,7 +7,7 @@ use std::time::Duration;
 use s3ferry_engine::transfer::TransferConfig;
 use s3ferry_store::checksum::crc64nvme;
 use s3ferry_store::memory::MemoryStore;
-use s3ferry_store::{DynStore, PutOptions, Store, StoreExt};
+use s3ferry_store::{DynStore, PutOptions, StoreExt};
 
 use super::*;
 
@@ -15,7 +15,12 @@ const MIB: usize = 1024 * 1024;
 
 fn data(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
-        .map(|i| (i as u64).wrapping_mul(2654435761).wrapping_add(seed as u64) as u8 ^ (i >> 13) as u8)
+        .map(|i| {
+            (i as u64)
+                .wrapping_mul(2654435761)
+                .wrapping_add(seed as u64) as u8
+                ^ (i >> 13) as u8
+        })
         .collect()
 }
 
@@ -74,8 +79,11 @@ async fn read_back(store: &DynStore, key: &str) -> (DownReport, Vec<u8>) {
 async fn round_trips_in_both_modes() {
     let mem = MemoryStore::new();
     let store: DynStore = Arc::new(mem.clone());
-    let run = RunJournal::in_memory().unwrap();
-    for (i, n) in [0, 1, 5 * MIB, 5 * MIB + 1, 17 * MIB + 3].into_iter().enumerate() {
+    let journal = Arc::new(s3ferry_engine::journal::Journal::in_memory().unwrap());
+    for (i, n) in [0, 1, 5 * MIB, 5 * MIB + 1, 17 * MIB + 3]
+        .into_iter()
+        .enumerate()
+    {
         let d = data(n, i as u8);
         for seg in [None, Some(5 * MIB as u64)] {
             let key = format!("k{n}-{}", seg.is_some());
@@ -83,7 +91,7 @@ async fn round_trips_in_both_modes() {
                 Target::new(store.clone(), key.as_str()),
                 Box::new(Cursor::new(d.clone())),
                 up_opts(seg),
-                &run,
+                &journal,
                 std::future::pending(),
             )
             .await
@@ -119,7 +127,7 @@ impl Read for Endless {
 async fn cancel_aborts_the_upload_and_marks_a_segmented_one_failed() {
     let mem = MemoryStore::new();
     let store: DynStore = Arc::new(mem.clone());
-    let run = RunJournal::in_memory().unwrap();
+    let journal = Arc::new(s3ferry_engine::journal::Journal::in_memory().unwrap());
     for seg in [None, Some(5 * MIB as u64)] {
         let key = format!("c{}", seg.is_some());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -138,7 +146,7 @@ async fn cancel_aborts_the_upload_and_marks_a_segmented_one_failed() {
             Target::new(store.clone(), key.as_str()),
             Box::new(Endless),
             up_opts(seg),
-            &run,
+            &journal,
             async move {
                 let _ = rx.await;
                 "a test".to_string()
@@ -156,9 +164,15 @@ async fn cancel_aborts_the_upload_and_marks_a_segmented_one_failed() {
                 assert!(store.head(&key).await.is_err());
             }
             Some(_) => {
-                let m = store.get_bytes(&format!("{key}/manifest.json")).await.unwrap();
+                let m = store
+                    .get_bytes(&format!("{key}/manifest.json"))
+                    .await
+                    .unwrap();
                 let m = manifest::Manifest::parse(&m).unwrap();
-                assert!(m.failed.as_deref().unwrap_or("").contains("a test"), "{m:?}");
+                assert!(
+                    m.failed.as_deref().unwrap_or("").contains("a test"),
+                    "{m:?}"
+                );
                 // A follower stops at once, saying so.
                 let mut o = down_opts();
                 o.follow = true;

@@ -37,6 +37,8 @@ struct Uploader {
     journal: Arc<Journal>,
     /// The multipart upload in progress (aborted if the run fails or is cancelled).
     active: Option<MultipartWriter>,
+    /// A multipart upload being created.
+    creating: Option<tokio::task::JoinHandle<s3ferry_store::Result<MultipartWriter>>>,
     /// Segmented mode: the manifest's key and state.
     manifest: Option<(String, Arc<Mutex<ManifestState>>)>,
 }
@@ -78,6 +80,7 @@ pub async fn up(
         cfg: opts.transfer.clone(),
         journal: journal.clone(),
         active: None,
+        creating: None,
         manifest: None,
     };
     let outcome = {
@@ -177,16 +180,22 @@ impl Uploader {
             let data = c1.into_bytes().await?;
             return self.single(key, data, crc, put).await.map(Some);
         };
-        let w = MultipartWriter::create(
+        // Created in a task of its own, so a cancellation cannot drop it half-way (upload open
+        // on the server, writer not yet ours to abort): `abort` waits for it and aborts it.
+        let (store, k, cfg, journal) = (
             self.store.clone(),
-            key,
-            put,
-            layout,
-            &self.cfg,
+            key.to_string(),
+            self.cfg.clone(),
             self.journal.clone(),
-        )
-        .await
-        .map_err(|e| put_error(&uri, e))?;
+        );
+        let creating = self.creating.insert(tokio::spawn(async move {
+            MultipartWriter::create(store, &k, put, layout, &cfg, journal).await
+        }));
+        let created = creating.await;
+        self.creating = None;
+        let w = created
+            .map_err(|e| PipeError::Failed(format!("{uri}: create task: {e}")))?
+            .map_err(|e| put_error(&uri, e))?;
         self.active = Some(w);
         let (mut size, mut crc, mut parts) = (0u64, 0u64, 0u64);
         let mut pending = vec![c1, c2].into_iter();
@@ -339,6 +348,11 @@ impl Uploader {
     /// The run failed or was cancelled: abort the upload in progress; mark a segmented upload
     /// failed so its followers stop at once. Says what was left behind.
     async fn abort(&mut self, why: &str) -> String {
+        if let Some(h) = self.creating.take() {
+            if let Ok(Ok(w)) = h.await {
+                w.abort().await;
+            }
+        }
         if let Some(w) = self.active.take() {
             w.abort().await;
         }
