@@ -321,16 +321,21 @@ impl Uploader {
                 crc64nvme: crc_hex(u.crc),
                 etag: u.etag,
             });
+            // A short segment is the last: the manifest says complete in the same write.
+            let last = u.size < seg.segment_size;
+            if last {
+                complete(&mut st.m, input);
+            }
             write_manifest(&self.store, &mkey, &muri, &mut st).await?;
-            if u.size < seg.segment_size {
+            if last {
                 break;
             }
         }
         let mut st = state.lock().await;
-        st.m.complete = true;
-        st.m.total_size = Some(input.total);
-        st.m.crc64nvme = Some(crc_hex(input.crc));
-        write_manifest(&self.store, &mkey, &muri, &mut st).await?;
+        if !st.m.complete {
+            complete(&mut st.m, input);
+            write_manifest(&self.store, &mkey, &muri, &mut st).await?;
+        }
         let segments = st.m.segments.len() as u64;
         let etag = Some(st.etag.clone());
         drop(st);
@@ -367,6 +372,12 @@ impl Uploader {
             Err(e) => format!("could not mark the segmented upload failed ({e})"),
         }
     }
+}
+
+fn complete(m: &mut Manifest, input: &Input) {
+    m.complete = true;
+    m.total_size = Some(input.total);
+    m.crc64nvme = Some(crc_hex(input.crc));
 }
 
 fn manifest_put(mode: PutMode) -> PutOptions {
