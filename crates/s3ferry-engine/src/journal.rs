@@ -111,6 +111,9 @@ struct Db {
     run_id: String,
     /// Our own run's lock, held for the life of the journal.
     _run_lock: Option<File>,
+    /// Dead runs whose records this process removed: still provably dead (their temp files
+    /// are swept after their scope was).
+    buried: HashSet<String>,
     pending: Vec<Pending>,
     /// Callers waiting for the next commit (durable writes: group commit).
     waiters: Vec<tokio::sync::oneshot::Sender<JResult<()>>>,
@@ -208,9 +211,14 @@ impl Db {
                      SELECT 'sync', pair, 'base', key, src_sig || char(10) || dst_sig FROM synced",
                     [],
                 )?;
+                // Its unfinished uploads and runs belong to a process that is gone: carry them
+                // as a dead run's, so the next run aborts the uploads and sweeps the pair.
                 tx.execute_batch(
-                    "DROP TABLE synced; DROP TABLE IF EXISTS hashes_v2; DROP TABLE IF EXISTS runs;
-                     DROP TABLE IF EXISTS uploads;",
+                    "DROP TABLE synced; DROP TABLE IF EXISTS hashes_v2;
+                     CREATE TABLE IF NOT EXISTS runs (pair TEXT NOT NULL PRIMARY KEY, started INTEGER NOT NULL);
+                     CREATE TABLE IF NOT EXISTS uploads (store TEXT NOT NULL, key TEXT NOT NULL,
+                        upload_id TEXT NOT NULL, started INTEGER NOT NULL);
+                     ALTER TABLE uploads RENAME TO uploads_v0;",
                 )?;
             }
             tx.execute_batch(
@@ -219,6 +227,19 @@ impl Db {
                     run_id TEXT NOT NULL, started INTEGER NOT NULL,
                     PRIMARY KEY (store, key, upload_id)) WITHOUT ROWID;",
             )?;
+            if old_v0 {
+                tx.execute(
+                    "INSERT OR IGNORE INTO uploads (store, key, upload_id, run_id, started)
+                     SELECT store, key, upload_id, ?1, started FROM uploads_v0",
+                    params![V0_RUN],
+                )?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO run_scopes (job, scope, run_id, started)
+                     SELECT 'sync', pair, ?1, started FROM runs",
+                    params![V0_RUN],
+                )?;
+                tx.execute_batch("DROP TABLE uploads_v0; DROP TABLE runs;")?;
+            }
             tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
             Ok(())
         })();
@@ -324,33 +345,78 @@ impl Db {
         }
     }
 
-    /// Is `run` alive? Ours is; another is alive while its lock file is locked.
+    /// Is `run` alive? Ours is; another is alive while its lock file is locked. A run this
+    /// database recorded whose lock file is gone is dead (it was buried); see [`Db::run_state`]
+    /// for runs the database does not know.
     fn run_alive(&self, run: &str) -> bool {
+        self.run_state(run) == RunState::Alive
+    }
+
+    /// What is provably known about `run`. Alive: ours, or its lock file is locked. Dead: its
+    /// lock file is free, or this database recorded the run and its lock file is gone. Unknown:
+    /// no lock file here and no record of it — a run on another state database, or one with
+    /// `--no-state`, whose temp files must be left alone.
+    fn run_state(&self, run: &str) -> RunState {
         if run == self.run_id {
-            return true;
+            return RunState::Alive;
+        }
+        if self.buried.contains(run) {
+            return RunState::Dead;
         }
         let Some(dir) = &self.runs_dir else {
-            return false;
+            return if self.knows_run(run) {
+                RunState::Dead
+            } else {
+                RunState::Unknown
+            };
         };
         let p = dir.join(format!("{run}.lock"));
         let Ok(f) = File::options().write(true).open(&p) else {
-            return false;
+            return if self.knows_run(run) {
+                RunState::Dead
+            } else {
+                RunState::Unknown
+            };
         };
         match f.try_lock() {
             Ok(()) => {
                 let _ = f.unlock();
-                false
+                RunState::Dead
             }
-            Err(_) => true,
+            Err(_) => RunState::Alive,
         }
     }
 
+    /// Whether this database recorded `run` (an upload or a scope of it).
+    fn knows_run(&self, run: &str) -> bool {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM uploads WHERE run_id = ?1)
+                     OR EXISTS (SELECT 1 FROM run_scopes WHERE run_id = ?1)",
+                params![run],
+                |r| r.get::<_, bool>(0),
+            )
+            .unwrap_or(false)
+    }
+
     /// Forget a dead run: its scope markers stay (they say "unfinished"), its lock file goes.
-    fn bury(&self, run: &str) {
+    fn bury(&mut self, run: &str) {
+        self.buried.insert(run.to_string());
         if let Some(dir) = &self.runs_dir {
             let _ = std::fs::remove_file(dir.join(format!("{run}.lock")));
         }
     }
+}
+
+/// The run id carried by uploads and runs migrated from schema 0 (which had no run ids).
+const V0_RUN: &str = "000000000000";
+
+/// What the database can prove about a run id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunState {
+    Alive,
+    Dead,
+    Unknown,
 }
 
 fn owner_thread(mut db: Db, rx: mpsc::Receiver<Cmd>) {
@@ -427,6 +493,7 @@ impl Journal {
             runs_dir,
             run_id: run_id.clone(),
             _run_lock: lock,
+            buried: HashSet::new(),
             pending: Vec::new(),
             waiters: Vec::new(),
             commits: 0,
@@ -731,6 +798,19 @@ impl Journal {
             .await
     }
 
+    /// Which of `runs` are provably dead: their lock file is free, or this database recorded
+    /// them and their lock is gone. Runs this database never saw (another state database,
+    /// `--no-state`) are not in the answer even when no lock file exists here.
+    pub async fn dead(&self, runs: Vec<String>) -> JResult<HashSet<String>> {
+        self.call(move |db| {
+            Ok(runs
+                .into_iter()
+                .filter(|r| db.run_state(r) == RunState::Dead)
+                .collect())
+        })
+        .await
+    }
+
     // ---- uploads --------------------------------------------------------------------------
 
     /// Note a multipart upload (or the intent to create one) as started by this run. Committed
@@ -929,7 +1009,9 @@ mod tests {
                  CREATE TABLE hashes_v2 (path TEXT NOT NULL, algo TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, value TEXT NOT NULL, PRIMARY KEY (path, algo)) WITHOUT ROWID;
                  CREATE TABLE runs (pair TEXT NOT NULL PRIMARY KEY, started INTEGER NOT NULL) WITHOUT ROWID;
                  CREATE TABLE uploads (store TEXT NOT NULL, key TEXT NOT NULL, upload_id TEXT NOT NULL, started INTEGER NOT NULL, PRIMARY KEY (store, key, upload_id)) WITHOUT ROWID;
-                 INSERT INTO synced VALUES ('/src -> s3://b/', 'f.txt', 'L3:1:2:3', 'E3:abc');",
+                 INSERT INTO synced VALUES ('/src -> s3://b/', 'f.txt', 'L3:1:2:3', 'E3:abc');
+                 INSERT INTO uploads VALUES ('s3://b', 'big.bin', 'up-1', 5);
+                 INSERT INTO runs VALUES ('/src -> s3://b/', 5);",
             )
             .unwrap();
         }
@@ -938,6 +1020,16 @@ mod tests {
             j.base("sync", "/src -> s3://b/", "f.txt").await.unwrap(),
             Some(rec("L3:1:2:3", "E3:abc"))
         );
+        // Its unfinished upload is a dead run's orphan, its unfinished run an unfinished scope.
+        let orphans = j.orphan_uploads("s3://b").await.unwrap();
+        assert_eq!(
+            orphans
+                .iter()
+                .map(|o| (o.key.as_str(), o.upload_id.as_str()))
+                .collect::<Vec<_>>(),
+            vec![("big.bin", "up-1")]
+        );
+        assert!(j.begin_run("sync", "/src -> s3://b/").await.unwrap());
         drop(j);
         let c = Connection::open(&p).unwrap();
         let v: i64 = c
@@ -1030,6 +1122,52 @@ mod tests {
             !ours.begin_run("sync", "pair2").await.unwrap(),
             "ours is not"
         );
+    }
+
+    /// Only provably dead runs are dead: a run id this database never saw and that has no lock
+    /// file here (a run on another state database, or with `--no-state`) is not, so its temp
+    /// files in a shared local directory are left alone; nor is a live one or ours.
+    #[tokio::test]
+    async fn runs_unknown_to_this_database_are_not_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.db");
+        let j = Journal::open(&p).unwrap();
+        let runs = dir.path().join("state.db.runs");
+        let live = File::create(runs.join("aaaaaaaaaaaa.lock")).unwrap();
+        live.lock().unwrap();
+        File::create(runs.join("bbbbbbbbbbbb.lock")).unwrap(); // lock free: it died
+        j.call(|db| {
+            db.conn
+                .execute_batch(
+                    "INSERT INTO uploads VALUES ('s3://b', 'k', 'u', 'cccccccccccc', 0);",
+                )
+                .map_err(|e| db.err(e))
+        })
+        .await
+        .unwrap(); // recorded here, lock file gone (buried): dead
+        let ours = j.call(|db| Ok(db.run_id.clone())).await.unwrap();
+        let ids = [
+            "aaaaaaaaaaaa",
+            "bbbbbbbbbbbb",
+            "cccccccccccc",
+            "dddddddddddd",
+            &ours,
+        ];
+        let dead = j
+            .dead(ids.iter().map(|s| s.to_string()).collect())
+            .await
+            .unwrap();
+        let mut dead: Vec<_> = dead.into_iter().collect();
+        dead.sort();
+        assert_eq!(dead, vec!["bbbbbbbbbbbb", "cccccccccccc"]);
+        // The in-memory journal (`--no-state`) knows no other run: none is provably dead.
+        let mem = Journal::in_memory().unwrap();
+        assert!(mem
+            .dead(vec!["bbbbbbbbbbbb".into()])
+            .await
+            .unwrap()
+            .is_empty());
+        drop(live);
     }
 
     /// Intents queued while the owner thread is busy are committed in one transaction, and

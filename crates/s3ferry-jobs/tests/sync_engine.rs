@@ -585,7 +585,8 @@ async fn a_file_replaces_a_directory_whose_contents_were_deleted() {
 
 /// Temp files a killed download left are swept by the next run; after a run that ended, the
 /// destination tree is not walked for them (a stray one is left alone); a temp file of a run
-/// that is still alive (another process) is never touched.
+/// that is still alive (another process), or of a run this database does not know, is never
+/// touched unless nobody wrote to it for a day.
 #[tokio::test]
 async fn temp_files_of_an_unfinished_run_are_swept() {
     let srcm = MemoryStore::named("s");
@@ -610,6 +611,24 @@ async fn temp_files_of_an_unfinished_run_are_swept() {
         .join("d")
         .join(".s3ferry-tmp.aaaaaaaaaaaa_0123456789abcdef.u8388608");
     std::fs::write(&theirs, "in flight").unwrap();
+    // A run on another state database (or with --no-state): no lock file here, no record.
+    let unknown = dir
+        .path()
+        .join("d")
+        .join(".s3ferry-tmp.cccccccccccc_0123456789abcdef.u8388608");
+    std::fs::write(&unknown, "in flight elsewhere").unwrap();
+    // The same, untouched for two days: nobody's any more.
+    let abandoned = dir
+        .path()
+        .join("d")
+        .join(".s3ferry-tmp.eeeeeeeeeeee_0123456789abcdef.u8388608");
+    std::fs::write(&abandoned, "old").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&abandoned)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400))
+        .unwrap();
     // A clean history: no sweep.
     run(&src, &dst, opts(), &j).await.unwrap();
     assert!(stale.exists());
@@ -623,6 +642,14 @@ async fn temp_files_of_an_unfinished_run_are_swept() {
     run(&src, &dst, opts(), &j).await.unwrap();
     assert!(!stale.exists(), "stale temp file removed");
     assert!(theirs.exists(), "a live run's temp file is left alone");
+    assert!(
+        unknown.exists(),
+        "a run this state database does not know is left alone"
+    );
+    assert!(
+        !abandoned.exists(),
+        "a temp file untouched for a day is removed"
+    );
     assert_eq!(std::fs::read(dir.path().join("d/f")).unwrap(), b"x");
 }
 

@@ -174,8 +174,12 @@ impl GetResult {
 
 /// Read a body of exactly `want` bytes into one buffer (no copy when it comes as one chunk);
 /// `Corrupt` if it is shorter or longer.
-pub async fn collect_body(mut body: ByteStream, want: u64, key: &str) -> Result<Bytes> {
+pub async fn collect_body<S>(body: S, want: u64, key: &str) -> Result<Bytes>
+where
+    S: futures::Stream<Item = Result<Bytes>>,
+{
     use futures::StreamExt;
+    let mut body = std::pin::pin!(body);
     let wrong = |total: u64| {
         StoreError::new(
             ErrorKind::Corrupt,

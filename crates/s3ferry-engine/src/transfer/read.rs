@@ -155,14 +155,19 @@ impl BodyRead {
         }
     }
 
-    /// Read everything into one buffer (no copy when the store sends one chunk).
+    /// Read everything into one buffer as the chunks arrive (no copy when the store sends one
+    /// chunk; otherwise each chunk is copied once into a buffer of the range's size and freed).
     async fn collect(mut self) -> Result<(Bytes, ObjectMeta)> {
         let want = self.end - self.start;
-        let mut chunks = Vec::new();
-        while let Some(c) = self.next_chunk().await? {
-            chunks.push(Ok(c));
-        }
-        let data = collect_body(stream::iter(chunks).boxed(), want, &self.key).await?;
+        let key = self.key.clone();
+        let chunks = stream::unfold(&mut self, |st| async move {
+            match st.next_chunk().await {
+                Ok(Some(c)) => Some((Ok(c), st)),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), st)),
+            }
+        });
+        let data = collect_body(chunks, want, &key).await?;
         Ok((data, self.meta.unwrap_or_default()))
     }
 

@@ -439,11 +439,16 @@ pub async fn sweep_stray_uploads(
     }
 }
 
+/// A local temp file of a run this state database does not know is removed once it is this old
+/// (its writer touched it last that long ago): no transfer stalls that long and lives.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(24 * 3600);
+
 /// Abort the multipart uploads that dead runs recorded in `store` (a killed run's leftovers)
 /// and forget them; with `local_walk`, also remove temp files under that prefix of a local
-/// store that belong to no live run (a walk of the tree: only worth it when a run of this
-/// destination did not end). Uploads and temp files of live runs — this one, or another process
-/// on the same state database — are never touched. Returns how many uploads were cleaned up.
+/// store that provably belong to a dead run, or that nobody touched for [`STALE_TEMP_AGE`] (a
+/// walk of the tree: only worth it when a run of this destination did not end). Uploads and
+/// temp files of live runs — this one, another process on the same state database, or one on
+/// another state database or none — are never touched. Returns how many uploads were cleaned up.
 pub async fn cleanup_orphan_uploads(
     store: &DynStore,
     journal: &Journal,
@@ -490,19 +495,25 @@ pub async fn cleanup_orphan_uploads(
             .filter_map(|u| s3ferry_store::run_of_upload_id(&u.upload_id))
             .map(str::to_string)
             .collect();
-        let live = journal
-            .alive(runs.into_iter().collect())
+        let dead = journal
+            .dead(runs.into_iter().collect())
             .await
             .unwrap_or_default();
-        {
-            for u in ups {
-                let run = s3ferry_store::run_of_upload_id(&u.upload_id);
-                if run.is_some_and(|r| live.contains(r)) {
-                    continue;
-                }
-                if store.abort_multipart(&u.key, &u.upload_id).await.is_ok() {
-                    n += 1;
-                }
+        let now = SystemTime::now();
+        for u in ups {
+            // Provably a dead run's, or untouched for so long that no live run can own it (a
+            // run on another state database or without one leaves no lock file here).
+            let of_dead_run =
+                s3ferry_store::run_of_upload_id(&u.upload_id).is_some_and(|r| dead.contains(r));
+            let stale = u
+                .initiated
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= STALE_TEMP_AGE);
+            if !(of_dead_run || stale) {
+                continue;
+            }
+            if store.abort_multipart(&u.key, &u.upload_id).await.is_ok() {
+                n += 1;
             }
         }
     }
