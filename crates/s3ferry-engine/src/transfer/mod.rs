@@ -30,7 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub use read::{read_range, RangedReader, ReadPart};
 pub use write::{
     cleanup_orphan_uploads, sweep_stray_uploads, upload_parts, MultipartWriter, PartBody,
-    PENDING_UPLOAD,
+    UploadAbortHandle, PENDING_UPLOAD,
 };
 
 use crate::events::Reporter;

@@ -162,6 +162,19 @@ impl MultipartWriter {
         &self.upload_id
     }
 
+    /// A handle that can abort this upload after the writer itself is gone — e.g. when a
+    /// `finish` in progress is cancelled (its future dropped), which would otherwise leave
+    /// the upload open. Aborting an upload that did complete is harmless (it is not found).
+    pub fn abort_handle(&self) -> UploadAbortHandle {
+        UploadAbortHandle {
+            store: self.store.clone(),
+            key: self.key.clone(),
+            upload_id: self.upload_id.clone(),
+            journal: self.journal.clone(),
+            store_id: self.store_id.clone(),
+        }
+    }
+
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -369,6 +382,36 @@ impl MultipartWriter {
     pub async fn abort(mut self) {
         self.abort_inner().await;
         self.close().await;
+    }
+}
+
+/// See [`MultipartWriter::abort_handle`].
+#[derive(Clone, Debug)]
+pub struct UploadAbortHandle {
+    store: DynStore,
+    key: String,
+    upload_id: String,
+    journal: Arc<Journal>,
+    store_id: String,
+}
+
+impl UploadAbortHandle {
+    /// Abort the upload (a missing one counts as aborted) and forget its journal record.
+    pub async fn abort(self) {
+        match self.store.abort_multipart(&self.key, &self.upload_id).await {
+            Ok(()) => {}
+            Err(e) if e.kind == ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(
+                    "could not abort upload {} of {}: {e}",
+                    self.upload_id,
+                    self.key
+                );
+                return;
+            }
+        }
+        self.journal
+            .upload_ended(&self.store_id, &self.key, &self.upload_id);
     }
 }
 

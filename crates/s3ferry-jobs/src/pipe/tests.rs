@@ -7,7 +7,7 @@ use std::time::Duration;
 use s3ferry_engine::transfer::TransferConfig;
 use s3ferry_store::checksum::crc64nvme;
 use s3ferry_store::memory::MemoryStore;
-use s3ferry_store::{DynStore, PutOptions, StoreExt};
+use s3ferry_store::{DynStore, PutOptions, Store, StoreExt};
 
 use super::*;
 
@@ -189,4 +189,41 @@ async fn cancel_aborts_the_upload_and_marks_a_segmented_one_failed() {
             }
         }
     }
+}
+
+/// Cancelled while the upload is being completed (the input ended, `finish` owns the writer):
+/// the upload is still aborted, nothing is left open and no object appears.
+#[tokio::test]
+async fn cancel_during_completion_still_aborts_the_upload() {
+    use s3ferry_store::layer::{FaultSpec, FaultStore};
+    let mem = MemoryStore::new();
+    let spec: FaultSpec = "complete_multipart:latency=60s".parse().unwrap();
+    let faults = Arc::new(FaultStore::new(Arc::new(mem.clone()), spec));
+    let store: DynStore = faults.clone();
+    let journal = Arc::new(s3ferry_engine::journal::Journal::in_memory().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let watch = tokio::spawn(async move {
+        // Cancel once the completion was sent (it hangs): `finish` owns the writer.
+        while faults.calls("complete_multipart") == 0 {
+            tokio::task::yield_now().await;
+        }
+        let _ = tx.send(());
+    });
+    let err = up(
+        Target::new(store.clone(), "fin"),
+        Box::new(Cursor::new(data(11 * MIB, 9))),
+        up_opts(None),
+        &journal,
+        async move {
+            let _ = rx.await;
+            "a test".to_string()
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    watch.await.unwrap();
+    assert!(err.contains("interrupted by a test"), "{err}");
+    assert!(mem.list_multipart("").await.unwrap().is_empty(), "upload left open");
+    assert!(mem.head("fin").await.is_err(), "no object");
 }

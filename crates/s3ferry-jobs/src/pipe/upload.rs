@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use s3ferry_engine::journal::Journal;
-use s3ferry_engine::transfer::{cleanup_orphan_uploads, MultipartWriter, TransferConfig};
+use s3ferry_engine::transfer::{
+    cleanup_orphan_uploads, MultipartWriter, TransferConfig, UploadAbortHandle,
+};
 use s3ferry_store::checksum::crc64nvme_combine;
 use s3ferry_store::{DynStore, ErrorKind, PartLayout, PutMode, PutOptions, StoreError};
 use tokio::sync::Mutex;
@@ -39,6 +41,8 @@ struct Uploader {
     active: Option<MultipartWriter>,
     /// A multipart upload being created.
     creating: Option<tokio::task::JoinHandle<s3ferry_store::Result<MultipartWriter>>>,
+    /// The upload being finished: `finish` owns the writer, and a cancellation drops it.
+    finishing: Option<UploadAbortHandle>,
     /// Segmented mode: the manifest's key and state.
     manifest: Option<(String, Arc<Mutex<ManifestState>>)>,
 }
@@ -81,6 +85,7 @@ pub async fn up(
         journal: journal.clone(),
         active: None,
         creating: None,
+        finishing: None,
         manifest: None,
     };
     let outcome = {
@@ -221,7 +226,10 @@ impl Uploader {
         let Some(w) = self.active.take() else {
             return Err(PipeError::Failed(format!("{uri}: upload lost")));
         };
-        let res = w.finish(Some(crc)).await.map_err(|e| put_error(&uri, e))?;
+        self.finishing = Some(w.abort_handle());
+        let res = w.finish(Some(crc)).await;
+        self.finishing = None;
+        let res = res.map_err(|e| put_error(&uri, e))?;
         Ok(Some(Uploaded {
             size,
             crc,
@@ -360,6 +368,9 @@ impl Uploader {
         }
         if let Some(w) = self.active.take() {
             w.abort().await;
+        }
+        if let Some(h) = self.finishing.take() {
+            h.abort().await;
         }
         let Some((mkey, state)) = self.manifest.take() else {
             return "the upload was aborted; no object was written".into();
