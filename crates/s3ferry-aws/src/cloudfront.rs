@@ -62,6 +62,63 @@ impl CloudFrontInvalidator {
         &self.client
     }
 
+    /// Create a distribution with one S3 origin (for set-ups and tests; s3ferry itself only
+    /// invalidates). Returns its id.
+    pub async fn create_distribution(
+        &self,
+        origin_domain: &str,
+        reference: &str,
+    ) -> Result<String> {
+        use aws_sdk_cloudfront::types::{
+            DefaultCacheBehavior, DistributionConfig, Origin, Origins, S3OriginConfig,
+            ViewerProtocolPolicy,
+        };
+        let build = |e: aws_sdk_cloudfront::error::BuildError| {
+            StoreError::new(
+                ErrorKind::InvalidInput,
+                "create_distribution",
+                e.to_string(),
+            )
+        };
+        let origin = Origin::builder()
+            .id("origin1")
+            .domain_name(origin_domain)
+            .s3_origin_config(S3OriginConfig::builder().origin_access_identity("").build())
+            .build()
+            .map_err(build)?;
+        let cfg = DistributionConfig::builder()
+            .caller_reference(reference)
+            .comment("s3ferry")
+            .enabled(true)
+            .origins(
+                Origins::builder()
+                    .quantity(1)
+                    .items(origin)
+                    .build()
+                    .map_err(build)?,
+            )
+            .default_cache_behavior(
+                DefaultCacheBehavior::builder()
+                    .target_origin_id("origin1")
+                    .viewer_protocol_policy(ViewerProtocolPolicy::AllowAll)
+                    .build()
+                    .map_err(build)?,
+            )
+            .build()
+            .map_err(build)?;
+        let out = self
+            .client
+            .create_distribution()
+            .distribution_config(cfg)
+            .send()
+            .await
+            .map_err(|e| map_sdk_error(&self.ctx, "create_distribution", None, e))?;
+        Ok(out
+            .distribution()
+            .map(|d| d.id().to_string())
+            .unwrap_or_default())
+    }
+
     /// The paths of an invalidation (for checks and tests).
     pub async fn invalidation_paths(&self, id: &str) -> Result<Vec<String>> {
         let out = self

@@ -1,9 +1,6 @@
 //! CloudFront invalidations against the local AWS emulator (moto, started by scripts/test):
 //! the paths planned by the engine are what the service records.
 
-use aws_sdk_cloudfront::types::{
-    DefaultCacheBehavior, DistributionConfig, Origin, Origins, S3OriginConfig, ViewerProtocolPolicy,
-};
 use s3ferry_aws::{CloudFrontConfig, CloudFrontInvalidator};
 use s3ferry_engine::ports::{invalidation_paths, Invalidator};
 
@@ -22,43 +19,10 @@ async fn invalidation_of_changed_paths_is_recorded() {
     })
     .await
     .expect("connect");
-    let origin = Origin::builder()
-        .id("origin1")
-        .domain_name("site.s3.amazonaws.com")
-        .s3_origin_config(S3OriginConfig::builder().origin_access_identity("").build())
-        .build()
-        .expect("origin");
-    let cfg = DistributionConfig::builder()
-        .caller_reference(uuid_like())
-        .comment("s3ferry test")
-        .enabled(true)
-        .origins(
-            Origins::builder()
-                .quantity(1)
-                .items(origin)
-                .build()
-                .expect("origins"),
-        )
-        .default_cache_behavior(
-            DefaultCacheBehavior::builder()
-                .target_origin_id("origin1")
-                .viewer_protocol_policy(ViewerProtocolPolicy::AllowAll)
-                .build()
-                .expect("behavior"),
-        )
-        .build()
-        .expect("config");
-    let dist = setup
-        .client()
-        .create_distribution()
-        .distribution_config(cfg)
-        .send()
+    let id = setup
+        .create_distribution("site.s3.amazonaws.com", &uuid_like())
         .await
         .expect("create distribution on moto");
-    let id = dist
-        .distribution()
-        .map(|d| d.id().to_string())
-        .expect("distribution id");
 
     let cf = CloudFrontInvalidator::connect(CloudFrontConfig {
         distribution_id: id,

@@ -55,7 +55,7 @@ impl MaxDelete {
         }
     }
 
-    fn allows(&self, deletes: u64, total: u64) -> bool {
+    pub fn allows(&self, deletes: u64, total: u64) -> bool {
         match *self {
             Self::Count(n) => deletes <= n,
             Self::Percent(p) => total == 0 || (deletes as f64) <= (total as f64) * p / 100.0,
@@ -639,7 +639,7 @@ pub fn pair_id(src: &Side, dst: &Side) -> String {
 }
 
 /// Keys under a local side that are the state database's own files (never synced).
-fn reserved_keys(side: &Side, db_path: &str) -> Vec<String> {
+pub fn reserved_keys(side: &Side, db_path: &str) -> Vec<String> {
     let Some(root) = side.store.local_path("") else {
         return Vec::new();
     };

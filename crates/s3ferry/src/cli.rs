@@ -73,6 +73,9 @@ pub struct Global {
     /// Only errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Log level (overrides -v/-q for logs): error, warn, info or debug.
+    #[arg(long, global = true, env = "S3FERRY_LOG_LEVEL", value_parser = ["error", "warn", "info", "debug"], value_name = "LEVEL")]
+    pub log_level: Option<String>,
     /// Never draw progress bars (they are drawn only when stderr is a terminal).
     #[arg(long, global = true)]
     pub no_progress: bool,
@@ -109,6 +112,219 @@ pub enum Command {
     /// parallel parts; segmented uploads can be read while they are written.
     #[command(subcommand, long_about = PIPE_ABOUT)]
     Pipe(PipeCommand),
+    /// Keep a local directory and an S3 prefix in two-way sync, continuously.
+    #[command(long_about = BISYNC_ABOUT)]
+    Bisync(BisyncArgs),
+}
+
+const BISYNC_ABOUT: &str = "\
+Keep LOCAL_DIR and S3_URI (s3://bucket/prefix) in two-way sync: a round every --poll seconds
+(0 = one round, then exit). The two may be given in either order.
+
+Each round lists both sides once and compares them with the base — both sides as they were
+after the last round, kept in the state database — so it knows which side changed:
+  - new or changed on one side: copied to the other;
+  - deleted on one side, unchanged on the other: deleted there too if deletes go that way
+    (--up-delete: local deletions remove objects; --down-delete: object deletions remove
+    files), else left alone. A deleted file is never copied back;
+  - changed on one side, deleted on the other: the edit wins and is copied;
+  - changed on both sides: identical content is just recorded; otherwise a conflict, settled
+    by --conflict (keep-both: the remote version keeps the name, the local one is renamed
+    NAME.conflict-<node>-<UTC time> and uploaded too).
+Local change detection uses size, mtime (ns), inode and ctime, so an edit that keeps the size
+and the second is seen; an idle round reads no file contents. The whole round is planned
+before anything changes: more deletions on one side than --max-delete allows stop the round
+with nothing changed. A failed or interrupted round leaves every file either as it was or
+synced, and the next round converges; --max-failures rounds failing in a row end s3ferry
+with status 2.
+
+SEVERAL NODES
+    With --lock, each round holds a lease object (default PREFIX/.s3ferry.lock) taken with a
+    conditional create (If-None-Match) and renewed and released with If-Match, carrying the
+    node id and a fencing counter. A lease not renewed for --lock-timeout may be taken over
+    (conditionally: two nodes cannot both win). A node that cannot get the lease within
+    --lock-wait exits with status 2. Servers without conditional writes are refused.
+
+CDN
+    --cf-distribution-id invalidates, after each round that changed objects, exactly the
+    changed paths (batches of 1,000; collapsed to directory wildcards when there are more), or
+    the fixed --cf-paths.
+
+STOPPING
+    SIGINT or SIGTERM abandons the round in progress (a partial file never appears under its
+    name; the next run cleans up), releases the lease, and exits with status 0.
+
+ENVIRONMENT
+    Every option can also be set from S3FERRY_<OPTION> (S3FERRY_POLL, S3FERRY_LOCK,
+    S3FERRY_LOCK_TIMEOUT, S3FERRY_UP_DELETE, S3FERRY_EXCLUDE=a,b, ...), for container
+    entrypoints. Boolean variables take true/false.
+
+EXAMPLES
+    s3ferry bisync --poll 30 --up-delete --down-delete /data s3://bucket/app/data
+    s3ferry bisync --init down --poll 0 /data s3://bucket/app/data
+    S3FERRY_LOCK=true S3FERRY_POLL=10 s3ferry bisync /srv/www s3://site/www";
+
+/// Which side wins a conflict.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ConflictArg {
+    Newer,
+    Local,
+    Remote,
+    KeepBoth,
+}
+
+/// Make one side authoritative first.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum InitArg {
+    Up,
+    Down,
+    None,
+}
+
+fn parse_poll(s: &str) -> Result<u64, String> {
+    let v: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of seconds"))?;
+    if v > 3600 {
+        return Err(format!("{v} is more than 3600 seconds"));
+    }
+    Ok(v)
+}
+
+fn parse_secs(s: &str) -> Result<u64, String> {
+    let v: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of seconds"))?;
+    if v == 0 || v > 86_400 {
+        return Err(format!("{v} is not between 1 and 86400 seconds"));
+    }
+    Ok(v)
+}
+
+#[derive(Debug, Args)]
+pub struct BisyncArgs {
+    /// The local directory and the S3 prefix (s3://bucket/prefix), in either order.
+    #[arg(value_name = "LOCAL_DIR|S3_URI", num_args = 2, required = true)]
+    pub sides: Vec<String>,
+    /// Seconds between rounds, 0 to 3600; 0 runs one round and exits.
+    #[arg(long, env = "S3FERRY_POLL", default_value = "30", value_parser = parse_poll, value_name = "SECS")]
+    pub poll: u64,
+    /// Make one side authoritative in the first round (a one-way sync that deletes, under
+    /// --max-delete), then go on two-way.
+    #[arg(
+        long,
+        env = "S3FERRY_INIT",
+        value_enum,
+        default_value = "none",
+        value_name = "SIDE"
+    )]
+    pub init: InitArg,
+    /// Only push local changes (the loop, lock and invalidation stay).
+    #[arg(long, env = "S3FERRY_ONLY_UP", conflicts_with = "only_down")]
+    pub only_up: bool,
+    /// Only pull remote changes.
+    #[arg(long, env = "S3FERRY_ONLY_DOWN")]
+    pub only_down: bool,
+    /// Local deletions delete the objects.
+    #[arg(long, env = "S3FERRY_UP_DELETE")]
+    pub up_delete: bool,
+    /// Object deletions delete the local files.
+    #[arg(long, env = "S3FERRY_DOWN_DELETE")]
+    pub down_delete: bool,
+    /// Leave matching paths out entirely, both ways and from change detection (repeatable;
+    /// globs as in sync).
+    #[arg(
+        long,
+        env = "S3FERRY_EXCLUDE",
+        value_delimiter = ',',
+        value_name = "GLOB"
+    )]
+    pub exclude: Vec<String>,
+    /// Do not push local changes of matching paths.
+    #[arg(
+        long,
+        env = "S3FERRY_UP_EXCLUDE",
+        value_delimiter = ',',
+        value_name = "GLOB"
+    )]
+    pub up_exclude: Vec<String>,
+    /// Do not pull remote changes of matching paths.
+    #[arg(
+        long,
+        env = "S3FERRY_DOWN_EXCLUDE",
+        value_delimiter = ',',
+        value_name = "GLOB"
+    )]
+    pub down_exclude: Vec<String>,
+    /// How a file changed differently on both sides is settled.
+    #[arg(
+        long,
+        env = "S3FERRY_CONFLICT",
+        value_enum,
+        default_value = "keep-both",
+        value_name = "POLICY"
+    )]
+    pub conflict: ConflictArg,
+    /// Most deletions per side per round: a count, or a percentage of that side's entries.
+    #[arg(
+        long,
+        env = "S3FERRY_MAX_DELETE",
+        default_value = "50%",
+        value_name = "N|N%"
+    )]
+    pub max_delete: String,
+    /// Failed rounds in a row before exiting with status 2 (0 = keep trying).
+    #[arg(
+        long,
+        env = "S3FERRY_MAX_FAILURES",
+        default_value_t = 3,
+        value_name = "N"
+    )]
+    pub max_failures: u32,
+    /// Hold a lease in S3 for each round (several nodes sharing one prefix).
+    #[arg(long, env = "S3FERRY_LOCK")]
+    pub lock: bool,
+    /// The lease object's key (default: PREFIX/.s3ferry.lock).
+    #[arg(long, env = "S3FERRY_LOCK_KEY", value_name = "KEY", requires = "lock")]
+    pub lock_key: Option<String>,
+    /// A lease not renewed for this many seconds may be taken over.
+    #[arg(long, env = "S3FERRY_LOCK_TIMEOUT", default_value = "60", value_parser = parse_secs, value_name = "SECS")]
+    pub lock_timeout: u64,
+    /// Give up (status 2) when the lease cannot be had within this many seconds.
+    #[arg(long, env = "S3FERRY_LOCK_WAIT", default_value = "180", value_parser = parse_secs, value_name = "SECS")]
+    pub lock_wait: u64,
+    /// This node's name in conflict copies and the lease (default: host name and process id).
+    #[arg(long, env = "S3FERRY_NODE_ID", value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// CloudFront distribution whose cached copies of changed paths are invalidated.
+    #[arg(long, env = "S3FERRY_CF_DISTRIBUTION_ID", value_name = "ID")]
+    pub cf_distribution_id: Option<String>,
+    /// Invalidate these paths instead of the changed ones (e.g. '/*').
+    #[arg(
+        long,
+        env = "S3FERRY_CF_PATHS",
+        value_delimiter = ',',
+        value_name = "PATH",
+        requires = "cf_distribution_id"
+    )]
+    pub cf_paths: Vec<String>,
+    /// CloudFront endpoint (for emulators).
+    #[arg(long, env = "AWS_ENDPOINT_URL_CLOUDFRONT", value_name = "URL")]
+    pub cf_endpoint_url: Option<String>,
+    /// Transfers at once.
+    #[arg(
+        long,
+        env = "S3FERRY_CONCURRENCY",
+        default_value_t = 16,
+        value_name = "N"
+    )]
+    pub concurrency: usize,
+    /// Show what a round would do; change nothing.
+    #[arg(short = 'n', long, env = "S3FERRY_DRY_RUN")]
+    pub dry_run: bool,
+    /// Where the state database lives (default ~/.local/state/s3ferry).
+    #[arg(long, env = "S3FERRY_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 const PIPE_ABOUT: &str = "\

@@ -2,6 +2,7 @@
 //! can trust (0 done, 1 some objects failed, 2 usage/fatal).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bisync;
 mod cli;
 mod output;
 mod pipe;
@@ -41,7 +42,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    init_logging(cli.global.verbose, cli.global.quiet);
+    init_logging(
+        cli.global.verbose,
+        cli.global.quiet,
+        cli.global.log_level.as_deref(),
+    );
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,11 +69,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
-    let level = match (quiet, verbose) {
-        (true, _) => "error",
-        (_, 0) => "warn",
-        (_, 1) => "info",
+fn init_logging(verbose: u8, quiet: bool, log_level: Option<&str>) {
+    let level = match (log_level, quiet, verbose) {
+        (Some(l), _, _) => l,
+        (None, true, _) => "error",
+        (None, _, 0) => "warn",
+        (None, _, 1) => "info",
         _ => "debug",
     };
     // aws_config warns for every credential provider that fails; when none works we say so in
@@ -101,6 +107,7 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<u8, Fatal> {
             run_sync(&cli, args, &sub).await
         }
         Command::Pipe(p) => pipe::run(&cli.global, p).await,
+        Command::Bisync(a) => bisync::run(&cli.global, a).await,
         Command::Mb { uri } => {
             let (bucket, _) = s3_uri(uri)?;
             let store = stores::s3_admin(&cli.global, &bucket).await?;

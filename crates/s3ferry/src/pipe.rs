@@ -91,7 +91,7 @@ fn raw_stdout() -> Result<Box<dyn Write + Send>, Fatal> {
 }
 
 /// Resolves with the name of the first SIGINT or SIGTERM.
-async fn shutdown_signal() -> String {
+pub(crate) async fn shutdown_signal() -> String {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),

@@ -224,6 +224,9 @@ async fn cancel_during_completion_still_aborts_the_upload() {
     .to_string();
     watch.await.unwrap();
     assert!(err.contains("interrupted by a test"), "{err}");
-    assert!(mem.list_multipart("").await.unwrap().is_empty(), "upload left open");
+    assert!(
+        mem.list_multipart("").await.unwrap().is_empty(),
+        "upload left open"
+    );
     assert!(mem.head("fin").await.is_err(), "no object");
 }
