@@ -2,6 +2,7 @@
 //! and never reach into one another. Built: [`sync`], [`pipe`]. Planned: bisync, batch,
 //! bundle, archive.
 
+pub mod batch;
 pub mod bisync;
 pub mod pipe;
 pub mod sync;

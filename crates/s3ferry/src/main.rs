@@ -2,6 +2,7 @@
 //! can trust (0 done, 1 some objects failed, 2 usage/fatal).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod batch;
 mod bisync;
 mod cli;
 mod output;
@@ -108,6 +109,7 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<u8, Fatal> {
         }
         Command::Pipe(p) => pipe::run(&cli.global, p).await,
         Command::Bisync(a) => bisync::run(&cli.global, a).await,
+        Command::Batch(b) => batch::run(&cli.global, b).await,
         Command::Mb { uri } => {
             let (bucket, _) = s3_uri(uri)?;
             let store = stores::s3_admin(&cli.global, &bucket).await?;

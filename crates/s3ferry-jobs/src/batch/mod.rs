@@ -1,0 +1,745 @@
+//! `s3ferry batch`: server-side copies of the objects a manifest lists (a Batch Operations CSV
+//! or an S3 Inventory) or of whole bucket pairs, as a job that lives in the state database: it
+//! survives crashes, resumes without redoing or double-reporting an entry, and ends with a
+//! completion report in the S3 Batch Operations format.
+//!
+//! State records (job `batch`): scope `jobs`, kind `job`, key = job id → [`JobState`] (the job
+//! list); scope = job id: kind `spec` → [`JobSpec`], kind `done`, key = entry identity → the
+//! entry's report row, kind `cancel` → a cancellation request.
+
+pub mod report;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt};
+use s3ferry_engine::events::{Outcome, Record, Reporter};
+use s3ferry_engine::filter::Filters;
+use s3ferry_engine::formats::csv::{ManifestEntry, ReportRow};
+use s3ferry_engine::formats::inventory::InventoryManifest;
+use s3ferry_engine::journal::Journal;
+use s3ferry_engine::plan::same_content;
+use s3ferry_engine::transfer::{copy_object, TransferConfig};
+use s3ferry_engine::walk::{Entry, Side};
+use s3ferry_store::{DynStore, ErrorKind, ObjectMeta, StoreError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+pub use report::{write_report, ReportSummary};
+
+/// The job's namespace in the state database.
+pub const JOB: &str = "batch";
+const JOBS_SCOPE: &str = "jobs";
+
+/// Opens the store of one bucket (the CLI knows endpoints, profiles and layers).
+#[async_trait]
+pub trait Buckets: Send + Sync {
+    /// `source`: the bucket is read from (it may have its own endpoint and credentials).
+    async fn open(&self, bucket: &str, source: bool) -> Result<DynStore, StoreError>;
+}
+
+/// Where entries come from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Input {
+    /// A Batch Operations CSV manifest (`bucket,key[,versionId]`), a local path or `s3://` URI.
+    Manifest(String),
+    /// An S3 Inventory `manifest.json` (CSV data files, gzip), a local path or `s3://` URI.
+    Inventory(String),
+    /// Whole bucket pairs, listed live: `(source, destination, prefix)`.
+    Pairs(Vec<(String, String, String)>),
+}
+
+/// What a job does; stored when it is created, read back by `resume`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub id: String,
+    pub input: Input,
+    /// Destination bucket and key prefix for manifest and inventory entries.
+    pub to: Option<(String, String)>,
+    pub skip_existing: bool,
+    pub storage_class: Option<String>,
+    pub multipart_threshold: u64,
+    pub part_size: u64,
+    pub concurrency: usize,
+    /// Local directory for the completion report.
+    pub report_dir: Option<String>,
+    /// `s3://bucket/prefix` for the completion report.
+    pub report_uri: Option<String>,
+    pub report_failed_only: bool,
+    /// Filters applied to listed pairs.
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub created: String,
+    /// Options the CLI needs to reopen the stores on resume (opaque here).
+    pub cli: serde_json::Value,
+}
+
+/// A job's progress and outcome (the `jobs` list and `status`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct JobState {
+    pub id: String,
+    /// Active, Complete, Cancelled, Failed.
+    pub state: String,
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub bytes: u64,
+    /// The run working on it (alive while its lock is held).
+    pub run_id: String,
+    pub updated: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+}
+
+impl JobState {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.state.as_str(), "Complete" | "Cancelled" | "Failed")
+    }
+
+    /// `State: Complete, Total: 836, Success: 836, Failed: 0` (as the console says it).
+    pub fn summary_line(&self) -> String {
+        format!(
+            "State: {}, Total: {}, Success: {}, Failed: {}",
+            self.state, self.total, self.succeeded, self.failed
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("state database: {0}")]
+    Journal(String),
+    #[error("no job {0} in the state database (see `s3ferry batch list`)")]
+    NoJob(String),
+}
+
+fn jerr(e: s3ferry_engine::journal::JournalError) -> BatchError {
+    BatchError::Journal(e.to_string())
+}
+
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A new job id: sortable by creation time, unique enough for one state database.
+pub fn new_job_id() -> String {
+    let t = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+    let r = uuid::Uuid::new_v4().simple().to_string();
+    format!("b-{t}-{}", &r[..6])
+}
+
+/// Store a new job (state New: no run owns it yet).
+pub async fn create(journal: &Journal, spec: &JobSpec) -> Result<(), BatchError> {
+    let v = serde_json::to_string(spec).map_err(|e| BatchError::Journal(e.to_string()))?;
+    journal.put_record(JOB, &spec.id, "spec", "", v);
+    put_state(
+        journal,
+        &JobState {
+            id: spec.id.clone(),
+            state: "New".into(),
+            updated: now_text(),
+            ..Default::default()
+        },
+    );
+    journal.flush().await.map_err(jerr)
+}
+
+fn put_state(journal: &Journal, s: &JobState) {
+    if let Ok(v) = serde_json::to_string(s) {
+        journal.put_record(JOB, JOBS_SCOPE, "job", &s.id, v);
+    }
+}
+
+pub async fn spec(journal: &Journal, id: &str) -> Result<JobSpec, BatchError> {
+    let v = journal
+        .get_record(JOB, id, "spec", "")
+        .await
+        .map_err(jerr)?
+        .ok_or_else(|| BatchError::NoJob(id.to_string()))?;
+    serde_json::from_str(&v).map_err(|e| BatchError::Journal(format!("job {id}: {e}")))
+}
+
+/// A job's state; an Active job whose run is gone is reported as `Interrupted`.
+pub async fn status(journal: &Journal, id: &str) -> Result<JobState, BatchError> {
+    let v = journal
+        .get_record(JOB, JOBS_SCOPE, "job", id)
+        .await
+        .map_err(jerr)?
+        .ok_or_else(|| BatchError::NoJob(id.to_string()))?;
+    let mut s: JobState =
+        serde_json::from_str(&v).map_err(|e| BatchError::Journal(format!("job {id}: {e}")))?;
+    if s.state == "Active" {
+        let alive = journal.alive(vec![s.run_id.clone()]).await.map_err(jerr)?;
+        if !alive.contains(&s.run_id) {
+            s.state = "Interrupted".into();
+            s.message = Some(format!("its process is gone: `s3ferry batch resume {id}`"));
+        }
+    }
+    Ok(s)
+}
+
+/// Every job, oldest first.
+pub async fn list(journal: &Journal) -> Result<Vec<JobState>, BatchError> {
+    let rows: Vec<(String, String)> = journal
+        .scan(JOB, JOBS_SCOPE, "job")
+        .map(|r| r.map_err(jerr))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for (id, _) in rows {
+        out.push(status(journal, &id).await?);
+    }
+    Ok(out)
+}
+
+/// Ask a running job to stop (it checks between entries); a job that is not running is
+/// marked Cancelled at once.
+pub async fn cancel(journal: &Journal, id: &str) -> Result<JobState, BatchError> {
+    let mut s = status(journal, id).await?;
+    if s.is_terminal() {
+        return Ok(s);
+    }
+    journal.put_record(JOB, id, "cancel", "", now_text());
+    if s.state != "Active" {
+        s.state = "Cancelled".into();
+        s.message = None;
+        s.updated = now_text();
+        put_state(journal, &s);
+    }
+    journal.flush().await.map_err(jerr)?;
+    Ok(s)
+}
+
+async fn cancel_requested(journal: &Journal, id: &str) -> bool {
+    matches!(journal.get_record(JOB, id, "cancel", "").await, Ok(Some(_)))
+}
+
+/// One entry to copy: where from, where to, and what a listing already said about it.
+struct Task {
+    entry: ManifestEntry,
+    dst_bucket: String,
+    dst_prefix: String,
+    meta: Option<ObjectMeta>,
+}
+
+/// An entry's identity in the state database (the `done` records).
+fn ident(e: &ManifestEntry) -> String {
+    format!(
+        "{}\n{}\n{}",
+        e.bucket,
+        e.key,
+        e.version_id.as_deref().unwrap_or("")
+    )
+}
+
+/// Read a local or `s3://` file whole into a temp file, so large manifests never sit in memory.
+async fn fetch(uri: &str, buckets: &dyn Buckets) -> Result<std::fs::File, BatchError> {
+    if let Some(rest) = uri.strip_prefix("s3://") {
+        let (bucket, key) = rest
+            .split_once('/')
+            .filter(|(_, k)| !k.is_empty())
+            .ok_or_else(|| BatchError::Input(format!("{uri}: names no object")))?;
+        let store = buckets.open(bucket, true).await?;
+        let mut f =
+            tempfile::tempfile().map_err(|e| BatchError::Input(format!("temp file: {e}")))?;
+        let mut body = store
+            .get(key, s3ferry_store::GetOptions::default())
+            .await
+            .map_err(|e| BatchError::Input(format!("{uri}: {e}")))?
+            .body;
+        use std::io::Write;
+        while let Some(c) = body.next().await {
+            let c = c.map_err(|e| BatchError::Input(format!("{uri}: {e}")))?;
+            f.write_all(&c)
+                .map_err(|e| BatchError::Input(format!("temp file: {e}")))?;
+        }
+        use std::io::Seek;
+        f.rewind()
+            .map_err(|e| BatchError::Input(format!("temp file: {e}")))?;
+        Ok(f)
+    } else {
+        std::fs::File::open(uri).map_err(|e| BatchError::Input(format!("manifest {uri}: {e}")))
+    }
+}
+
+/// Parse every row of a CSV manifest (whole-job error on the first bad one, naming its line);
+/// returns the file rewound, the row count and the distinct source buckets.
+fn validate_manifest(
+    mut f: std::fs::File,
+    uri: &str,
+) -> Result<(std::fs::File, u64, Vec<String>), BatchError> {
+    use std::io::{BufRead, Seek};
+    let mut n = 0u64;
+    let mut buckets: Vec<String> = Vec::new();
+    {
+        let r = std::io::BufReader::new(&mut f);
+        for (i, line) in r.lines().enumerate() {
+            let line = line.map_err(|e| BatchError::Input(format!("{uri} line {}: {e}", i + 1)))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let e = ManifestEntry::parse_row(&line)
+                .map_err(|m| BatchError::Input(format!("{uri} line {}: {m}", i + 1)))?;
+            if !buckets.contains(&e.bucket) && buckets.len() < 1000 {
+                buckets.push(e.bucket);
+            }
+            n += 1;
+        }
+    }
+    f.rewind()
+        .map_err(|e| BatchError::Input(format!("{uri}: {e}")))?;
+    Ok((f, n, buckets))
+}
+
+fn manifest_rows(f: std::fs::File) -> BoxStream<'static, Result<ManifestEntry, BatchError>> {
+    use std::io::BufRead;
+    let lines = std::io::BufReader::new(f).lines();
+    stream::iter(lines.filter_map(|l| match l {
+        Ok(l) if l.trim().is_empty() => None,
+        Ok(l) => Some(ManifestEntry::parse_row(&l).map_err(BatchError::Input)),
+        Err(e) => Some(Err(BatchError::Input(e.to_string()))),
+    }))
+    .boxed()
+}
+
+struct Runner {
+    spec: JobSpec,
+    buckets: Arc<dyn Buckets>,
+    journal: Arc<Journal>,
+    reporter: Arc<dyn Reporter>,
+    transfer: TransferConfig,
+    stores: Mutex<HashMap<(String, bool), DynStore>>,
+    state: Mutex<JobState>,
+    resuming: bool,
+    stop: AtomicBool,
+    since_save: AtomicU64,
+}
+
+impl Runner {
+    async fn store(&self, bucket: &str, source: bool) -> Result<DynStore, StoreError> {
+        let k = (bucket.to_string(), source);
+        if let Some(s) = self
+            .stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&k)
+        {
+            return Ok(s.clone());
+        }
+        let s = self.buckets.open(bucket, source).await?;
+        self.stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(k, s.clone());
+        Ok(s)
+    }
+
+    fn save(&self) {
+        let s = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.updated = now_text();
+            st.clone()
+        };
+        put_state(&self.journal, &s);
+    }
+
+    /// Copy one entry; record its report row (once).
+    async fn task(&self, t: Task) {
+        let id = ident(&t.entry);
+        if self.resuming {
+            if let Ok(Some(_)) = self
+                .journal
+                .get_record(JOB, &self.spec.id, "done", &id)
+                .await
+            {
+                return; // finished by an earlier run: counted there, reported once
+            }
+        }
+        let size = t.meta.as_ref().map(|m| m.size).unwrap_or(0);
+        let row = match self.copy(&t).await {
+            Ok((msg, bytes)) => {
+                self.reporter.record(&Record {
+                    key: format!("{}/{}", t.entry.bucket, t.entry.key),
+                    action: if msg.starts_with("skipped") {
+                        Outcome::Skip
+                    } else {
+                        Outcome::Copy
+                    },
+                    reason: msg.clone(),
+                    size: bytes,
+                    error: None,
+                });
+                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.succeeded += 1;
+                st.bytes += bytes;
+                ReportRow {
+                    entry: t.entry,
+                    succeeded: true,
+                    http_status: 200,
+                    error_code: String::new(),
+                    message: msg,
+                }
+            }
+            Err(e) => {
+                self.reporter.record(&Record {
+                    key: format!("{}/{}", t.entry.bucket, t.entry.key),
+                    action: Outcome::Fail,
+                    reason: e.kind.as_str().into(),
+                    size,
+                    error: Some(e.to_string()),
+                });
+                self.state.lock().unwrap_or_else(|p| p.into_inner()).failed += 1;
+                let http = e.http.as_ref();
+                ReportRow {
+                    entry: t.entry,
+                    succeeded: false,
+                    http_status: http.and_then(|h| h.status).unwrap_or(match e.kind {
+                        ErrorKind::NotFound => 404,
+                        ErrorKind::PermissionDenied => 403,
+                        _ => 500,
+                    }),
+                    error_code: http
+                        .and_then(|h| h.code.clone())
+                        .unwrap_or_else(|| e.kind.as_str().to_string()),
+                    message: e.message.replace(['\n', '\r'], " "),
+                }
+            }
+        };
+        self.journal
+            .put_record(JOB, &self.spec.id, "done", &id, row.to_row());
+        if self.since_save.fetch_add(1, Ordering::Relaxed) % 500 == 499 {
+            self.save();
+        }
+    }
+
+    async fn copy(&self, t: &Task) -> Result<(String, u64), StoreError> {
+        if let Some(v) = &t.entry.version_id {
+            return Err(StoreError::new(
+                ErrorKind::InvalidInput,
+                "copy",
+                format!(
+                    "version {v}: copying a given version needs --engine s3-batch; the local engine copies current versions (drop the versionId column)"
+                ),
+            )
+            .with_key(&t.entry.key));
+        }
+        let src = self.store(&t.entry.bucket, true).await?;
+        let dst = self.store(&t.dst_bucket, false).await?;
+        let meta = match &t.meta {
+            Some(m) => m.clone(),
+            None => src.head(&t.entry.key).await?,
+        };
+        let dkey = format!("{}{}", t.dst_prefix, t.entry.key);
+        if self.spec.skip_existing {
+            match dst.head(&dkey).await {
+                Ok(d) if same_content(&meta, &d) == Some(true) => {
+                    return Ok(("skipped: identical at the destination".into(), 0));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let entry = Entry {
+            rel: t.entry.key.clone(),
+            meta: ObjectMeta {
+                key: t.entry.key.clone(),
+                ..meta
+            },
+        };
+        let (s, d) = (Side::new(src, ""), Side::new(dst, t.dst_prefix.clone()));
+        copy_object(
+            &s,
+            &d,
+            &entry,
+            &self.transfer,
+            &self.journal,
+            &self.reporter,
+        )
+        .await?;
+        Ok(("Successful".into(), entry.meta.size))
+    }
+}
+
+/// The entries of a job, in input order.
+async fn tasks(
+    spec: &JobSpec,
+    buckets: &Arc<dyn Buckets>,
+) -> Result<(BoxStream<'static, Result<Task, BatchError>>, Option<u64>), BatchError> {
+    match &spec.input {
+        Input::Manifest(uri) => {
+            let (db, dp) = spec
+                .to
+                .clone()
+                .ok_or_else(|| BatchError::Input("--to is required with --manifest".into()))?;
+            let f = fetch(uri, buckets.as_ref()).await?;
+            let (f, n, srcs) = validate_manifest(f, uri)?;
+            for b in &srcs {
+                if *b == db && dp.is_empty() {
+                    return Err(BatchError::Input(format!(
+                        "{uri} lists objects of {b}, the destination, with no --to prefix: they would be copied onto themselves"
+                    )));
+                }
+                buckets.open(b, true).await?.check().await?;
+            }
+            let s = manifest_rows(f)
+                .map(move |r| {
+                    r.map(|entry| Task {
+                        entry,
+                        dst_bucket: db.clone(),
+                        dst_prefix: dp.clone(),
+                        meta: None,
+                    })
+                })
+                .boxed();
+            Ok((s, Some(n)))
+        }
+        Input::Inventory(uri) => {
+            let (db, dp) = spec
+                .to
+                .clone()
+                .ok_or_else(|| BatchError::Input("--to is required with an inventory".into()))?;
+            let mut f = fetch(uri, buckets.as_ref()).await?;
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut data)
+                .map_err(|e| BatchError::Input(format!("{uri}: {e}")))?;
+            let inv = InventoryManifest::parse(&data, uri)
+                .map_err(|e| BatchError::Input(e.to_string()))?;
+            if inv.source_bucket == db && dp.is_empty() {
+                return Err(BatchError::Input(format!(
+                    "{uri} is an inventory of {db}, the destination, with no --to prefix"
+                )));
+            }
+            buckets
+                .open(&inv.source_bucket, true)
+                .await?
+                .check()
+                .await?;
+            let data_store = buckets.open(inv.data_bucket(), true).await?;
+            let s = inv
+                .rows(data_store)
+                .filter_map(move |r| {
+                    let (db, dp) = (db.clone(), dp.clone());
+                    async move {
+                        match r {
+                            Ok(row) if row.is_delete_marker || !row.is_latest => None,
+                            Ok(row) => Some(Ok(Task {
+                                meta: Some(ObjectMeta {
+                                    key: row.key.clone(),
+                                    size: row.size,
+                                    etag: row.etag.clone(),
+                                    last_modified: row.last_modified,
+                                    ..Default::default()
+                                }),
+                                entry: ManifestEntry {
+                                    bucket: row.bucket,
+                                    key: row.key,
+                                    version_id: None,
+                                },
+                                dst_bucket: db,
+                                dst_prefix: dp,
+                            })),
+                            Err(e) => Some(Err(BatchError::Input(format!("inventory: {e}")))),
+                        }
+                    }
+                })
+                .boxed();
+            Ok((s, None))
+        }
+        Input::Pairs(pairs) => {
+            let rules: Vec<(bool, String)> = spec
+                .include
+                .iter()
+                .map(|g| (true, g.clone()))
+                .chain(spec.exclude.iter().map(|g| (false, g.clone())))
+                .collect();
+            let filters = Filters::new(&rules, None).map_err(BatchError::Input)?;
+            // Every bucket checked before anything is copied.
+            let mut sides = Vec::new();
+            for (s, d, p) in pairs {
+                let src = buckets.open(s, true).await?;
+                src.check().await?;
+                buckets.open(d, false).await?.check().await?;
+                sides.push((Side::new(src, ""), s.clone(), d.clone(), p.clone()));
+            }
+            let s = stream::iter(sides)
+                .flat_map(move |(side, sb, db, dp)| {
+                    side.list(&filters).map(move |r| {
+                        r.map(|e| Task {
+                            entry: ManifestEntry {
+                                bucket: sb.clone(),
+                                key: e.rel.clone(),
+                                version_id: None,
+                            },
+                            dst_bucket: db.clone(),
+                            dst_prefix: dp.clone(),
+                            meta: Some(e.meta),
+                        })
+                        .map_err(BatchError::Store)
+                    })
+                })
+                .boxed();
+            Ok((s, None))
+        }
+    }
+}
+
+/// Run (or resume) a job to its end, cancellation or a whole-job error. Entries finished by an
+/// earlier run are skipped; every entry gets exactly one report row. Writes the completion
+/// report at the end.
+pub async fn run(
+    spec: &JobSpec,
+    buckets: Arc<dyn Buckets>,
+    journal: Arc<Journal>,
+    reporter: Arc<dyn Reporter>,
+    transfer: TransferConfig,
+) -> Result<JobState, BatchError> {
+    let prior = status(&journal, &spec.id).await?;
+    if prior.is_terminal() {
+        return Ok(prior);
+    }
+    if prior.state == "Active" && prior.run_id != journal.run_id() {
+        return Err(BatchError::Input(format!(
+            "job {} is being run by another process; `s3ferry batch status|wait {}`",
+            spec.id, spec.id
+        )));
+    }
+    let resuming = prior.succeeded + prior.failed > 0 || prior.state == "Interrupted";
+    let mut first = prior.clone();
+    first.state = "Active".into();
+    first.message = None;
+    first.run_id = journal.run_id().to_string();
+    put_state(&journal, &first);
+    journal.flush().await.map_err(jerr)?;
+    let r = Arc::new(Runner {
+        spec: spec.clone(),
+        buckets: buckets.clone(),
+        journal: journal.clone(),
+        reporter: reporter.clone(),
+        transfer,
+        stores: Mutex::new(HashMap::new()),
+        state: Mutex::new(JobState {
+            // Counts restart from the done records (the truth), not the last saved state.
+            succeeded: 0,
+            failed: 0,
+            bytes: 0,
+            total: 0,
+            ..first
+        }),
+        resuming,
+        stop: AtomicBool::new(false),
+        since_save: AtomicU64::new(0),
+    });
+    if resuming {
+        // Count what earlier runs finished.
+        let mut done = journal.scan(JOB, &spec.id, "done");
+        while let Some(row) = done.next().await {
+            let (_, v) = row.map_err(jerr)?;
+            let ok = ReportRow::parse_row(&v)
+                .map(|r| r.succeeded)
+                .unwrap_or(false);
+            let mut st = r.state.lock().unwrap_or_else(|p| p.into_inner());
+            if ok {
+                st.succeeded += 1;
+            } else {
+                st.failed += 1;
+            }
+        }
+    }
+    let outcome = execute(&r, spec, &buckets).await;
+    let mut st = r.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    st.updated = now_text();
+    match &outcome {
+        Ok(()) if r.stop.load(Ordering::SeqCst) => {
+            st.state = "Cancelled".into();
+        }
+        Ok(()) => {
+            st.state = "Complete".into();
+            st.total = st.succeeded + st.failed;
+        }
+        Err(e) => {
+            st.state = "Failed".into();
+            st.message = Some(e.to_string());
+        }
+    }
+    if st.state != "Failed" || st.succeeded + st.failed > 0 {
+        journal.flush().await.map_err(jerr)?;
+        match write_report(spec, &journal, buckets.as_ref()).await {
+            Ok(rep) => st.report = Some(rep.location),
+            Err(e) => {
+                st.message = Some(format!("the completion report could not be written: {e}"));
+                if st.state == "Complete" {
+                    st.state = "Failed".into();
+                }
+            }
+        }
+    }
+    put_state(&journal, &st);
+    journal.flush().await.map_err(jerr)?;
+    outcome?;
+    Ok(st)
+}
+
+async fn execute(
+    r: &Arc<Runner>,
+    spec: &JobSpec,
+    buckets: &Arc<dyn Buckets>,
+) -> Result<(), BatchError> {
+    let (mut input, total) = tasks(spec, buckets).await?;
+    if let Some(n) = total {
+        r.state.lock().unwrap_or_else(|p| p.into_inner()).total = n;
+    }
+    let permits = Arc::new(Semaphore::new(spec.concurrency.max(1)));
+    let mut set = JoinSet::new();
+    let mut last_check = Instant::now();
+    let mut seen = 0u64;
+    let result = async {
+        while let Some(t) = input.next().await {
+            let t = t?;
+            seen += 1;
+            if total.is_none() {
+                r.state.lock().unwrap_or_else(|p| p.into_inner()).total = seen;
+            }
+            if last_check.elapsed() > Duration::from_secs(1) {
+                last_check = Instant::now();
+                if cancel_requested(&r.journal, &spec.id).await {
+                    r.stop.store(true, Ordering::SeqCst);
+                    break;
+                }
+            }
+            if let Some(m) = &t.meta {
+                r.reporter.planned(1, m.size);
+            } else {
+                r.reporter.planned(1, 0);
+            }
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| BatchError::Journal("scheduler closed".into()))?;
+            let r2 = r.clone();
+            set.spawn(async move {
+                r2.task(t).await;
+                drop(permit);
+            });
+            while set.try_join_next().is_some() {}
+        }
+        Ok::<(), BatchError>(())
+    }
+    .await;
+    while set.join_next().await.is_some() {}
+    r.save();
+    result
+}
