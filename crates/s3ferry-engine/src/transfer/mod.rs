@@ -194,6 +194,60 @@ fn can_copy_server_side(src: &Side, dst: &Side, cfg: &TransferConfig) -> bool {
         && src.store.bucket().is_some()
 }
 
+/// Copy `rel` server-side when its size is not known (a manifest entry): one CopyObject, and
+/// only if the store refuses it as too large for a single copy (400 InvalidRequest or
+/// EntityTooLarge, above 5 GiB on S3), a HEAD and the multipart copy — one request per object
+/// instead of two. `None` when the sides cannot copy server-side, or `max_single_copy` was set
+/// below what the store copies in one request (then the size must be known first): HEAD and
+/// [`copy_object`].
+pub async fn copy_unsized(
+    src: &Side,
+    dst: &Side,
+    rel: &str,
+    cfg: &TransferConfig,
+    journal: &Arc<Journal>,
+    reporter: &Arc<dyn Reporter>,
+) -> Option<Result<ObjectMeta>> {
+    if !can_copy_server_side(src, dst, cfg)
+        || cfg.max_single_copy < dst.store.capabilities().max_single_put
+    {
+        return None;
+    }
+    let (skey, dkey) = (src.key(rel), dst.key(rel));
+    let from = CopySource {
+        bucket: src.store.bucket().unwrap_or_default().to_string(),
+        key: skey.clone(),
+        if_match: None,
+    };
+    let opts = CopyOptions::new().storage_class(cfg.storage_class.clone());
+    let too_large = |e: &StoreError| {
+        e.kind == ErrorKind::InvalidInput
+            && e.http.as_ref().and_then(|h| h.code.as_deref()).is_some_and(|c| {
+                c == "InvalidRequest" || c == "EntityTooLarge"
+            })
+    };
+    Some(match dst.store.copy(&from, &dkey, opts).await {
+        Ok(r) => Ok(ObjectMeta {
+            key: dkey,
+            etag: r.etag,
+            ..Default::default()
+        }),
+        Err(e) if too_large(&e) || e.kind == ErrorKind::Unsupported => {
+            match src.store.head(&skey).await {
+                Ok(meta) => {
+                    let entry = Entry {
+                        rel: rel.to_string(),
+                        meta,
+                    };
+                    copy_object(src, dst, &entry, cfg, journal, reporter).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    })
+}
+
 /// Copy one entry from `src` to `dst`. Returns the destination's metadata afterwards.
 pub async fn copy_object(
     src: &Side,

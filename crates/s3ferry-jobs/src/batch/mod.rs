@@ -22,7 +22,7 @@ use s3ferry_engine::formats::csv::{ManifestEntry, ReportRow};
 use s3ferry_engine::formats::inventory::InventoryManifest;
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::plan::same_content;
-use s3ferry_engine::transfer::{copy_object, TransferConfig};
+use s3ferry_engine::transfer::{copy_object, copy_unsized, TransferConfig};
 use s3ferry_engine::walk::{Entry, Side};
 use s3ferry_store::{DynStore, ErrorKind, ObjectMeta, StoreError};
 use serde::{Deserialize, Serialize};
@@ -437,14 +437,29 @@ impl Runner {
         }
         let src = self.store(&t.entry.bucket, true).await?;
         let dst = self.store(&t.dst_bucket, false).await?;
+        let (s, d) = (Side::new(src, ""), Side::new(dst, t.dst_prefix.clone()));
+        if t.meta.is_none() && !self.spec.skip_existing {
+            // A manifest entry: one CopyObject when that can do it, no HEAD first.
+            if let Some(r) = copy_unsized(
+                &s,
+                &d,
+                &t.entry.key,
+                &self.transfer,
+                &self.journal,
+                &self.reporter,
+            )
+            .await
+            {
+                return r.map(|m| ("Successful".into(), m.size));
+            }
+        }
         let meta = match &t.meta {
             Some(m) => m.clone(),
-            None => src.head(&t.entry.key).await?,
+            None => s.store.head(&t.entry.key).await?,
         };
-        let dkey = format!("{}{}", t.dst_prefix, t.entry.key);
         if self.spec.skip_existing {
-            match dst.head(&dkey).await {
-                Ok(d) if same_content(&meta, &d) == Some(true) => {
+            match d.store.head(&d.key(&t.entry.key)).await {
+                Ok(dm) if same_content(&meta, &dm) == Some(true) => {
                     return Ok(("skipped: identical at the destination".into(), 0));
                 }
                 Ok(_) => {}
@@ -459,7 +474,6 @@ impl Runner {
                 ..meta
             },
         };
-        let (s, d) = (Side::new(src, ""), Side::new(dst, t.dst_prefix.clone()));
         copy_object(
             &s,
             &d,
