@@ -16,7 +16,7 @@ use s3ferry_store::{DynStore, Location, StoreError};
 
 use crate::cli::{
     parse_duration, parse_size, BatchCommand, BatchManifestArgs, BatchRunArgs, BatchStateArgs,
-    Global, ReportScope,
+    EngineArg, Global, ReportScope,
 };
 use crate::output::Printer;
 use crate::stores::{self, Role};
@@ -60,8 +60,27 @@ pub async fn run(g: &Global, cmd: &BatchCommand) -> Result<u8, Fatal> {
         BatchCommand::Run(a) => run_job(g, a).await,
         BatchCommand::Status(a) => {
             let (j, _) = journal(&a.state)?;
-            let s = batch::status(&j, &a.job).await?;
+            let spec = batch::spec(&j, &a.job).await?;
+            let s = match service_of(&spec) {
+                Some(sj) => service_status(g, &spec, &sj).await?,
+                None => batch::status(&j, &a.job).await?,
+            };
             print_state(g, &s);
+            Ok(0)
+        }
+        BatchCommand::Confirm(a) => {
+            let (j, _) = journal(&a.state)?;
+            let spec = batch::spec(&j, &a.job).await?;
+            let sj = service_of(&spec).ok_or_else(|| {
+                Fatal(format!(
+                    "{}: only --engine s3-batch jobs wait for confirmation",
+                    a.job
+                ))
+            })?;
+            let ops = batch_ops(g, Some(sj.account_id.clone()), sj.endpoint_url.clone()).await?;
+            for id in &sj.jobs {
+                ops.confirm(id).await?;
+            }
             Ok(0)
         }
         BatchCommand::List(a) => {
@@ -77,6 +96,15 @@ pub async fn run(g: &Global, cmd: &BatchCommand) -> Result<u8, Fatal> {
         }
         BatchCommand::Cancel(a) => {
             let (j, _) = journal(&a.state)?;
+            let spec = batch::spec(&j, &a.job).await?;
+            if let Some(sj) = service_of(&spec) {
+                let ops =
+                    batch_ops(g, Some(sj.account_id.clone()), sj.endpoint_url.clone()).await?;
+                for id in &sj.jobs {
+                    ops.cancel(id).await?;
+                }
+                return Ok(0);
+            }
             let s = batch::cancel(&j, &a.job).await?;
             if !g.quiet {
                 eprintln!(
@@ -94,6 +122,10 @@ pub async fn run(g: &Global, cmd: &BatchCommand) -> Result<u8, Fatal> {
         BatchCommand::Wait(a) => {
             let (j, _) = journal(&a.state)?;
             let every = parse_duration(&a.poll)?;
+            let spec = batch::spec(&j, &a.job).await?;
+            if let Some(sj) = service_of(&spec) {
+                return wait_service(g, &spec, &sj, every).await;
+            }
             let mut last = String::new();
             loop {
                 let s = batch::status(&j, &a.job).await?;
@@ -114,6 +146,10 @@ pub async fn run(g: &Global, cmd: &BatchCommand) -> Result<u8, Fatal> {
         BatchCommand::Resume(a) => {
             let (j, db) = journal(&a.state)?;
             let spec = batch::spec(&j, &a.job).await?;
+            if let Some(sj) = service_of(&spec) {
+                // Runs in S3: nothing to resume here; follow it.
+                return wait_service(g, &spec, &sj, std::time::Duration::from_secs(5)).await;
+            }
             if a.detach {
                 return detach(g, &spec.id, &db);
             }
@@ -247,6 +283,19 @@ fn read_pairs(path: &std::path::Path) -> Result<Vec<(String, String, String)>, F
 
 async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
     let (j, db) = journal(&a.state)?;
+    if a.engine == EngineArg::Local {
+        for (set, name) in [
+            (a.role_arn.is_some(), "--role-arn"),
+            (a.create_role.is_some(), "--create-role"),
+            (a.confirm, "--confirm"),
+            (a.metadata_directive.is_some(), "--metadata-directive"),
+            (a.checksum_algorithm.is_some(), "--checksum-algorithm"),
+        ] {
+            if set {
+                return Err(Fatal(format!("{name} goes with --engine s3-batch")));
+            }
+        }
+    }
     if a.concurrency == 0 || a.concurrency > 4096 {
         return Err(Fatal(format!(
             "--concurrency {} is not between 1 and 4096",
@@ -303,6 +352,27 @@ async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         cli: serde_json::Value::Null,
     };
+    if a.engine == EngineArg::S3Batch {
+        let spec = create_service_jobs(g, a, spec).await?;
+        batch::create(&j, &spec).await?;
+        let sj = service_of(&spec).ok_or_else(|| Fatal("service job ids lost".into()))?;
+        if a.detach {
+            if g.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"type": "job", "id": spec.id, "service_jobs": sj.jobs})
+                );
+            } else {
+                println!("{}", spec.id);
+                eprintln!(
+                    "s3ferry: S3 Batch Operations job(s): {}",
+                    sj.jobs.join(", ")
+                );
+            }
+            return Ok(0);
+        }
+        return wait_service(g, &spec, &sj, std::time::Duration::from_secs(5)).await;
+    }
     batch::create(&j, &spec).await?;
     if a.detach {
         return detach(g, &spec.id, &db);
@@ -401,4 +471,300 @@ fn global_args(g: &Global) -> Vec<String> {
         v.push("when-required".into());
     }
     v
+}
+
+// ---- --engine s3-batch: the S3 Batch Operations service does the copying --------------------
+
+use s3ferry_aws::{BatchOps, BatchOpsConfig, CopyJobSpec, JobStatus, ManifestSpec};
+
+/// What a job run by the service keeps in the state database (the spec's `cli` field).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ServiceJobs {
+    engine: String,
+    account_id: String,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    /// Service job ids (one per destination bucket and prefix).
+    jobs: Vec<String>,
+}
+
+fn service_of(spec: &JobSpec) -> Option<ServiceJobs> {
+    serde_json::from_value::<ServiceJobs>(spec.cli.clone())
+        .ok()
+        .filter(|s| s.engine == "s3-batch")
+}
+
+async fn batch_ops(
+    g: &Global,
+    account: Option<String>,
+    endpoint: Option<String>,
+) -> Result<BatchOps, Fatal> {
+    Ok(BatchOps::connect(BatchOpsConfig {
+        account_id: account,
+        endpoint_url: endpoint,
+        profile: g.profile.clone(),
+        region: g.region.clone(),
+    })
+    .await?)
+}
+
+fn arn(bucket: &str) -> String {
+    format!("arn:aws:s3:::{bucket}")
+}
+
+/// Totals over the service jobs of one s3ferry job.
+fn combine(id: &str, all: &[JobStatus]) -> JobState {
+    let order = ["Failed", "Cancelled", "Complete"];
+    let state = if all.iter().all(JobStatus::is_terminal) {
+        order
+            .iter()
+            .find(|s| all.iter().any(|j| j.state == **s))
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "Complete".into())
+    } else {
+        all.iter()
+            .find(|j| !j.is_terminal())
+            .map(|j| j.state.clone())
+            .unwrap_or_default()
+    };
+    JobState {
+        id: id.to_string(),
+        state,
+        total: all.iter().map(|j| j.total).sum(),
+        succeeded: all.iter().map(|j| j.succeeded).sum(),
+        failed: all.iter().map(|j| j.failed).sum(),
+        message: Some(format!(
+            "S3 Batch Operations job(s) {}",
+            all.iter()
+                .map(|j| j.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .map(|m| {
+            let reasons: Vec<&str> = all
+                .iter()
+                .flat_map(|j| j.failure_reasons.iter().map(String::as_str))
+                .collect();
+            if reasons.is_empty() {
+                m
+            } else {
+                format!("{m}: {}", reasons.join("; "))
+            }
+        }),
+        ..Default::default()
+    }
+}
+
+async fn service_status(g: &Global, spec: &JobSpec, sj: &ServiceJobs) -> Result<JobState, Fatal> {
+    let ops = batch_ops(g, Some(sj.account_id.clone()), sj.endpoint_url.clone()).await?;
+    let mut all = Vec::new();
+    for j in &sj.jobs {
+        all.push(ops.describe(j).await?);
+    }
+    Ok(combine(&spec.id, &all))
+}
+
+/// Create the service job(s) for `a`; returns the s3ferry job spec that records them.
+async fn create_service_jobs(
+    g: &Global,
+    a: &BatchRunArgs,
+    mut spec: JobSpec,
+) -> Result<JobSpec, Fatal> {
+    let report = a.report.as_deref().ok_or_else(|| {
+        Fatal("--engine s3-batch writes its report to S3: give --report s3://bucket/prefix".into())
+    })?;
+    let (rbucket, rprefix) = s3_dest(report)?;
+    if a.role_arn.is_none() && a.create_role.is_none() {
+        return Err(Fatal(
+            "--engine s3-batch needs --role-arn ARN or --create-role NAME".into(),
+        ));
+    }
+    let buckets = CliBuckets(g.clone());
+    let rstore = buckets.open(&rbucket, false).await?;
+    rstore.check().await?;
+    // (manifest object, its ETag, csv?, destination bucket, prefix, source buckets) per job.
+    let mut groups: Vec<(String, String, bool, String, String, Vec<String>)> = Vec::new();
+    let upload = |name: String, data: Vec<u8>| {
+        let rstore = rstore.clone();
+        let key = format!(
+            "{rprefix}{}manifests/{name}",
+            if rprefix.is_empty() || rprefix.ends_with('/') {
+                ""
+            } else {
+                "/"
+            }
+        );
+        async move {
+            let r = rstore
+                .put(
+                    &key,
+                    bytes::Bytes::from(data),
+                    s3ferry_store::PutOptions::new().content_type(Some("text/csv".into())),
+                )
+                .await?;
+            Ok::<_, Fatal>((key, r.etag.unwrap_or_default()))
+        }
+    };
+    match &spec.input {
+        Input::Manifest(m) | Input::Inventory(m) => {
+            let csv = matches!(spec.input, Input::Manifest(_));
+            let (db, dp) = spec
+                .to
+                .clone()
+                .ok_or_else(|| Fatal("--to is required".into()))?;
+            let (mbucket, mkey, etag) = if let Some(rest) = m.strip_prefix("s3://") {
+                let (b, k) = rest
+                    .split_once('/')
+                    .ok_or_else(|| Fatal(format!("{m}: names no object")))?;
+                let meta = buckets.open(b, true).await?.head(k).await?;
+                (b.to_string(), k.to_string(), meta.etag.unwrap_or_default())
+            } else if csv {
+                let data = std::fs::read(m).map_err(|e| Fatal(format!("manifest {m}: {e}")))?;
+                let (k, e) = upload(format!("{}.csv", spec.id), data).await?;
+                (rbucket.clone(), k, e)
+            } else {
+                return Err(Fatal(
+                    "--engine s3-batch reads an inventory from S3: give --inventory s3://..."
+                        .into(),
+                ));
+            };
+            groups.push((
+                format!("arn:aws:s3:::{mbucket}/{mkey}"),
+                etag,
+                csv,
+                db,
+                dp,
+                vec![],
+            ));
+        }
+        Input::Pairs(pairs) => {
+            // One manifest and one job per destination bucket and prefix.
+            let mut by_dest: Vec<((String, String), Vec<String>)> = Vec::new();
+            for (s, d, p) in pairs {
+                match by_dest.iter_mut().find(|(k, _)| k.0 == *d && k.1 == *p) {
+                    Some((_, v)) => v.push(s.clone()),
+                    None => by_dest.push(((d.clone(), p.clone()), vec![s.clone()])),
+                }
+            }
+            for (n, ((d, p), srcs)) in by_dest.into_iter().enumerate() {
+                let mut data = Vec::new();
+                for s in &srcs {
+                    let store = buckets.open(s, true).await?;
+                    store.check().await?;
+                    let mut list = store.list(s3ferry_store::ListOptions::prefix(""));
+                    while let Some(o) = list.next().await {
+                        let o = o?;
+                        let row = ManifestEntry {
+                            bucket: s.clone(),
+                            key: o.key,
+                            version_id: None,
+                        };
+                        data.extend_from_slice(row.to_row().as_bytes());
+                        data.push(b'\n');
+                    }
+                }
+                let (k, e) = upload(format!("{}-{n}.csv", spec.id), data).await?;
+                groups.push((format!("arn:aws:s3:::{rbucket}/{k}"), e, true, d, p, srcs));
+            }
+        }
+    }
+    let ops = batch_ops(g, a.account_id.clone(), a.s3control_endpoint_url.clone()).await?;
+    let role = match (&a.role_arn, &a.create_role) {
+        (Some(r), _) => r.clone(),
+        (None, Some(name)) => {
+            let mut sources: Vec<String> = groups.iter().flat_map(|g| g.5.clone()).collect();
+            if let Input::Manifest(_) | Input::Inventory(_) = spec.input {
+                // The manifest's buckets are not known without reading it: allow its bucket
+                // family explicitly via --role-arn for anything else.
+                sources.push(
+                    groups[0]
+                        .0
+                        .trim_start_matches("arn:aws:s3:::")
+                        .split('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+            let dests: Vec<(String, Option<String>)> = groups
+                .iter()
+                .map(|g| (g.3.clone(), (!g.4.is_empty()).then(|| g.4.clone())))
+                .collect();
+            let policy = s3ferry_aws::copy_role_policy(
+                &sources,
+                &dests,
+                &groups[0].0,
+                &rbucket,
+                (!rprefix.is_empty()).then_some(rprefix.as_str()),
+            );
+            ops.create_role(name, &policy).await?
+        }
+        (None, None) => unreachable!("checked above"),
+    };
+    let mut ids = Vec::new();
+    for (i, (manifest_arn, etag, csv, d, p, _)) in groups.iter().enumerate() {
+        let manifest = if *csv {
+            ManifestSpec::Csv {
+                object_arn: manifest_arn.clone(),
+                etag: etag.clone(),
+                with_version_ids: false,
+            }
+        } else {
+            ManifestSpec::Inventory {
+                object_arn: manifest_arn.clone(),
+                etag: etag.clone(),
+            }
+        };
+        let id = ops
+            .create_copy_job(&CopyJobSpec {
+                manifest,
+                target_bucket_arn: arn(d),
+                target_prefix: (!p.is_empty()).then(|| p.clone()),
+                storage_class: a.storage_class.clone(),
+                metadata_directive: a.metadata_directive.clone(),
+                checksum_algorithm: a.checksum_algorithm.clone(),
+                report_bucket_arn: arn(&rbucket),
+                report_prefix: (!rprefix.is_empty()).then(|| rprefix.clone()),
+                report_failed_only: a.report_scope == ReportScope::Failed,
+                role_arn: role.clone(),
+                priority: a.priority,
+                confirmation_required: a.confirm,
+                client_request_token: format!("{}-{i}", spec.id),
+                description: format!("s3ferry {}", spec.id),
+            })
+            .await?;
+        ids.push(id);
+    }
+    spec.cli = serde_json::to_value(ServiceJobs {
+        engine: "s3-batch".into(),
+        account_id: ops.account_id().to_string(),
+        region: g.region.clone(),
+        endpoint_url: a.s3control_endpoint_url.clone(),
+        jobs: ids,
+    })
+    .unwrap_or_default();
+    Ok(spec)
+}
+
+/// Attached mode for service jobs: follow them to the end, printing each change.
+async fn wait_service(
+    g: &Global,
+    spec: &JobSpec,
+    sj: &ServiceJobs,
+    poll: std::time::Duration,
+) -> Result<u8, Fatal> {
+    let ops = batch_ops(g, Some(sj.account_id.clone()), sj.endpoint_url.clone()).await?;
+    let mut finals = Vec::new();
+    for j in &sj.jobs {
+        let quiet = g.quiet || g.json;
+        let mut show = |s: &JobStatus| {
+            if !quiet {
+                eprintln!("{}: {}", s.id, s.summary_line());
+            }
+        };
+        finals.push(ops.wait(j, poll, &mut show).await?);
+    }
+    let st = combine(&spec.id, &finals);
+    print_state(g, &st);
+    Ok(exit_of(&st))
 }

@@ -155,6 +155,8 @@ pub enum BatchCommand {
     Cancel(BatchJobArgs),
     /// Continue an interrupted job: finished entries are neither redone nor reported twice.
     Resume(BatchResumeArgs),
+    /// Let an s3-batch job created with --confirm run.
+    Confirm(BatchJobArgs),
 }
 
 #[derive(Debug, Args)]
@@ -264,8 +266,42 @@ pub struct BatchRunArgs {
     /// Start the job in the background, print its id and exit.
     #[arg(long)]
     pub detach: bool,
+    /// Who copies: s3ferry itself (local), or the S3 Batch Operations service (s3-batch: the
+    /// manifest must be in S3 or is uploaded next to the report; --report and a role needed).
+    #[arg(long, value_enum, default_value = "local", value_name = "ENGINE")]
+    pub engine: EngineArg,
+    /// s3-batch: the IAM role S3 Batch Operations assumes.
+    #[arg(long, value_name = "ARN", conflicts_with = "create_role")]
+    pub role_arn: Option<String>,
+    /// s3-batch: create (or update) a least-privilege role of this name for the job.
+    #[arg(long, value_name = "NAME")]
+    pub create_role: Option<String>,
+    /// s3-batch: the account that owns the job (default: from the credentials or AWS_ACCOUNT_ID).
+    #[arg(long, env = "AWS_ACCOUNT_ID", value_name = "ID")]
+    pub account_id: Option<String>,
+    /// s3-batch: job priority (higher runs first).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub priority: i32,
+    /// s3-batch: create the job suspended until `s3ferry batch confirm JOB`.
+    #[arg(long)]
+    pub confirm: bool,
+    /// s3-batch: COPY (default) or REPLACE the metadata.
+    #[arg(long, value_name = "DIRECTIVE", value_parser = ["COPY", "REPLACE"])]
+    pub metadata_directive: Option<String>,
+    /// s3-batch: checksum algorithm of the copies (CRC64NVME, CRC32, CRC32C, SHA1, SHA256).
+    #[arg(long, value_name = "ALGORITHM")]
+    pub checksum_algorithm: Option<String>,
+    /// s3-batch: S3 Control endpoint (for emulators).
+    #[arg(long, env = "AWS_ENDPOINT_URL_S3_CONTROL", value_name = "URL")]
+    pub s3control_endpoint_url: Option<String>,
     #[command(flatten)]
     pub state: BatchStateArgs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum EngineArg {
+    Local,
+    S3Batch,
 }
 
 const BISYNC_ABOUT: &str = "\

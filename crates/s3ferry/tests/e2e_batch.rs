@@ -359,3 +359,45 @@ fn bad_input_is_refused_before_any_copy() {
     assert_eq!(r.code, 2, "{r}");
     assert!(r.stderr.contains("onto itself"), "{r}");
 }
+
+/// `--engine s3-batch` is checked before anything is created: its report goes to S3, it needs a
+/// role, and the options that only the service has are refused with the local engine. (The
+/// service requests themselves are tested with recorded responses in s3ferry-aws.)
+#[test]
+fn s3_batch_engine_arguments_are_checked_first() {
+    let Some(cx) = Ctx::new() else { return };
+    let (a, b) = (cx.bucket("batch-sa"), cx.bucket("batch-sb"));
+    a.put("k", b"v");
+    let m = cx.path("m.csv");
+    std::fs::write(&m, format!("{},k\n", a.name)).unwrap();
+    let base = ["run", "--manifest", s(&m), "--to"];
+    let to = b.uri("c/");
+    let report = b.uri("reports/");
+    for (extra, says) in [
+        (
+            vec![
+                "--engine",
+                "s3-batch",
+                "--role-arn",
+                "arn:aws:iam::123456789012:role/r",
+            ],
+            "--report",
+        ),
+        (
+            vec!["--engine", "s3-batch", "--report", report.as_str()],
+            "--role-arn",
+        ),
+        (vec!["--metadata-directive", "REPLACE"], "--engine s3-batch"),
+        (vec!["--confirm"], "--engine s3-batch"),
+    ] {
+        let mut args: Vec<&str> = base.to_vec();
+        args.push(&to);
+        args.extend(extra.iter());
+        let r = batch(&cx, false, &args);
+        let line = r.assert_fatal();
+        assert!(line.contains(says), "{args:?}: {line}");
+    }
+    assert!(b.keys("").is_empty(), "nothing written");
+    let r = batch(&cx, true, &["list"]);
+    assert_eq!(r.stdout.trim(), "", "no job was created: {r}");
+}

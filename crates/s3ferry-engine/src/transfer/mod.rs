@@ -222,9 +222,10 @@ pub async fn copy_unsized(
     let opts = CopyOptions::new().storage_class(cfg.storage_class.clone());
     let too_large = |e: &StoreError| {
         e.kind == ErrorKind::InvalidInput
-            && e.http.as_ref().and_then(|h| h.code.as_deref()).is_some_and(|c| {
-                c == "InvalidRequest" || c == "EntityTooLarge"
-            })
+            && e.http
+                .as_ref()
+                .and_then(|h| h.code.as_deref())
+                .is_some_and(|c| c == "InvalidRequest" || c == "EntityTooLarge")
     };
     Some(match dst.store.copy(&from, &dkey, opts).await {
         Ok(r) => Ok(ObjectMeta {
