@@ -73,6 +73,10 @@ pub struct Global {
     /// Only errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// At most this many S3 requests per second, for the whole process (on top of the adaptive
+    /// concurrency limit that backs off on 503 SlowDown).
+    #[arg(long, global = true, env = "S3FERRY_MAX_RPS", value_parser = parse_rps, value_name = "N")]
+    pub max_rps: Option<f64>,
     /// Log level (overrides -v/-q for logs): error, warn, info or debug.
     #[arg(long, global = true, env = "S3FERRY_LOG_LEVEL", value_parser = ["error", "warn", "info", "debug"], value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -366,6 +370,16 @@ pub enum InitArg {
     Up,
     Down,
     None,
+}
+
+fn parse_rps(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of requests per second"))?;
+    if !(0.1..=1_000_000.0).contains(&v) {
+        return Err(format!("{v} is not between 0.1 and 1000000"));
+    }
+    Ok(v)
 }
 
 fn parse_poll(s: &str) -> Result<u64, String> {

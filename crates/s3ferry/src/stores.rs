@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use s3ferry_aws::{S3Config, S3Store};
-use s3ferry_store::layer::{LimitStore, RetryStats, RetryStore};
+use s3ferry_store::layer::{LimitStore, Pacer, RetryStats, RetryStore};
 use s3ferry_store::local::LocalStore;
 use s3ferry_store::{DynStore, Location};
 
@@ -39,6 +39,12 @@ fn s3_config(g: &Global, bucket: &str, role: Role) -> S3Config {
     cfg
 }
 
+/// The process's request pacer (`--max-rps`), shared by every store it opens.
+fn pacer(g: &Global) -> Option<Arc<Pacer>> {
+    static PACER: std::sync::OnceLock<Option<Arc<Pacer>>> = std::sync::OnceLock::new();
+    PACER.get_or_init(|| g.max_rps.map(Pacer::new)).clone()
+}
+
 /// An S3 store for bucket-level commands (mb, ls).
 pub async fn s3_admin(g: &Global, bucket: &str) -> Result<S3Store, Fatal> {
     Ok(S3Store::connect(s3_config(g, bucket, Role::Destination)).await?)
@@ -63,8 +69,11 @@ pub async fn open(
             Arc::new(S3Store::connect(s3_config(g, bucket, role)).await?)
         }
     };
+    let paced = matches!(loc, Location::S3 { .. })
+        .then(|| pacer(g))
+        .flatten();
     let backend = with_faults(backend, role)?;
-    let limited: DynStore = Arc::new(LimitStore::new(backend));
+    let limited: DynStore = Arc::new(LimitStore::new(backend).with_pacer(paced));
     let retry = RetryStore::new(limited);
     let stats = retry.stats();
     Ok((Arc::new(retry), Some(stats)))
@@ -79,7 +88,7 @@ pub async fn open_remote(
 ) -> Result<(DynStore, Arc<RetryStats>), Fatal> {
     let backend: DynStore = Arc::new(S3Store::connect(s3_config(g, bucket, role)).await?);
     let backend = with_faults(backend, role)?;
-    let limited: DynStore = Arc::new(LimitStore::new(backend));
+    let limited: DynStore = Arc::new(LimitStore::new(backend).with_pacer(pacer(g)));
     let retry = RetryStore::new(limited);
     let stats = retry.stats();
     Ok((Arc::new(retry), stats))

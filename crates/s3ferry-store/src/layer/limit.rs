@@ -175,11 +175,42 @@ impl Shared {
     }
 }
 
+/// Spaces requests out to at most a given rate (`--max-rps`); one pacer can be shared by every
+/// store of a process, so the rate holds for the whole job.
+#[derive(Debug)]
+pub struct Pacer {
+    interval: std::time::Duration,
+    next: Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    /// At most `rps` requests per second (`rps` > 0).
+    pub fn new(rps: f64) -> Arc<Self> {
+        Arc::new(Self {
+            interval: std::time::Duration::from_secs_f64(1.0 / rps.max(1e-3)),
+            next: Mutex::new(tokio::time::Instant::now()),
+        })
+    }
+
+    /// Wait for this request's slot.
+    pub async fn pace(&self) {
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
 /// Limits concurrent requests to the store it wraps, adapting to throttling; see the module docs.
 #[derive(Debug)]
 pub struct LimitStore {
     inner: DynStore,
     shared: Arc<Shared>,
+    pacer: Option<Arc<Pacer>>,
 }
 
 impl LimitStore {
@@ -212,7 +243,14 @@ impl LimitStore {
         Self {
             inner,
             shared: Arc::new(shared),
+            pacer: None,
         }
+    }
+
+    /// Also keep to `pacer`'s rate (requests are spaced out after they got a permit).
+    pub fn with_pacer(mut self, pacer: Option<Arc<Pacer>>) -> Self {
+        self.pacer = pacer;
+        self
     }
 
     /// The limit in force now.
@@ -226,6 +264,9 @@ impl LimitStore {
 
     async fn run<T>(&self, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         let permit = self.shared.acquire().await;
+        if let Some(p) = &self.pacer {
+            p.pace().await;
+        }
         let r = fut.await;
         self.shared.record(permit.generation, outcome(&r));
         r
@@ -316,6 +357,9 @@ impl Store for LimitStore {
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
         let permit = self.shared.acquire().await;
+        if let Some(p) = &self.pacer {
+            p.pace().await;
+        }
         let r = self.inner.get(key, opts).await;
         self.shared.record(permit.generation, outcome(&r));
         let mut g = r?;
@@ -640,5 +684,46 @@ mod tests {
         let e: Vec<_> = s.list(ListOptions::prefix("")).collect().await;
         assert_eq!(e[0].as_ref().unwrap_err().kind, ErrorKind::Throttled);
         assert_eq!(s.current_limit(), 1);
+    }
+
+    /// `--max-rps`: requests through stores sharing one pacer are spaced out to the rate (in
+    /// the runtime's virtual time: deterministic), however many run at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_pacer_holds_the_rate_across_stores() {
+        let pacer = Pacer::new(10.0);
+        let a = LimitStore::new(Arc::new(crate::memory::MemoryStore::new()))
+            .with_pacer(Some(pacer.clone()));
+        let b =
+            LimitStore::new(Arc::new(crate::memory::MemoryStore::new())).with_pacer(Some(pacer));
+        let t0 = tokio::time::Instant::now();
+        let calls = (0..10).map(|i| {
+            let s = if i % 2 == 0 { &a } else { &b };
+            async move {
+                s.put(
+                    &format!("k{i}"),
+                    Bytes::from_static(b"x"),
+                    PutOptions::new(),
+                )
+                .await
+            }
+        });
+        futures::future::try_join_all(calls).await.unwrap();
+        // 10 requests at 10/s: the first at once, the last 0.9 s later.
+        let took = t0.elapsed();
+        assert!(took >= std::time::Duration::from_millis(900), "{took:?}");
+        assert!(took < std::time::Duration::from_millis(1000), "{took:?}");
+        // Without a pacer: no waiting at all.
+        let c = LimitStore::new(Arc::new(crate::memory::MemoryStore::new()));
+        let t1 = tokio::time::Instant::now();
+        for i in 0..10 {
+            c.put(
+                &format!("k{i}"),
+                Bytes::from_static(b"x"),
+                PutOptions::new(),
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(t1.elapsed(), std::time::Duration::ZERO);
     }
 }
