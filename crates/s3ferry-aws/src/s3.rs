@@ -464,11 +464,16 @@ fn encode_tags(tags: &[(String, String)]) -> Option<String> {
 }
 
 fn copy_source(src: &CopySource) -> String {
-    format!(
+    let mut s = format!(
         "{}/{}",
         utf8_percent_encode(&src.bucket, COPY_SOURCE),
         utf8_percent_encode(&src.key, COPY_SOURCE)
-    )
+    );
+    if let Some(v) = &src.version_id {
+        s.push_str("?versionId=");
+        s.extend(utf8_percent_encode(v, NON_ALPHANUMERIC));
+    }
+    s
 }
 
 /// User metadata to send: the caller's plus `mtime`.
@@ -555,6 +560,83 @@ impl Store for S3Store {
 
     fn list(&self, opts: ListOptions) -> BoxStream<'static, Result<ObjectMeta>> {
         self.lister.clone().list(opts)
+    }
+
+    fn list_versions(
+        &self,
+        prefix: &str,
+    ) -> BoxStream<'static, Result<s3ferry_store::VersionMeta>> {
+        use s3ferry_store::VersionMeta;
+        let (client, ctx, prefix) = (self.client.clone(), self.ctx.clone(), prefix.to_string());
+        let time = |d: Option<&aws_sdk_s3::primitives::DateTime>| {
+            d.and_then(|d| SystemTime::try_from(*d).ok())
+        };
+        stream::unfold(Some((None::<String>, None::<String>)), move |st| {
+            let (client, ctx, prefix) = (client.clone(), ctx.clone(), prefix.clone());
+            async move {
+                let (key_marker, version_marker) = st?;
+                let r = client
+                    .list_object_versions()
+                    .bucket(&ctx.bucket)
+                    .prefix(&prefix)
+                    .set_key_marker(key_marker)
+                    .set_version_id_marker(version_marker)
+                    .send()
+                    .await;
+                let out = match r {
+                    Ok(o) => o,
+                    Err(e) => {
+                        return Some((
+                            vec![Err(map_sdk_error(&ctx, "list_versions", None, e))],
+                            None,
+                        ))
+                    }
+                };
+                let mut items: Vec<VersionMeta> = out
+                    .versions()
+                    .iter()
+                    .map(|v| VersionMeta {
+                        meta: ObjectMeta {
+                            key: v.key().unwrap_or_default().to_string(),
+                            size: v.size().unwrap_or(0).max(0) as u64,
+                            last_modified: time(v.last_modified()),
+                            etag: v.e_tag().map(clean_etag),
+                            version_id: v.version_id().map(str::to_string),
+                            ..Default::default()
+                        },
+                        is_latest: v.is_latest().unwrap_or(false),
+                        delete_marker: false,
+                    })
+                    .chain(out.delete_markers().iter().map(|d| VersionMeta {
+                        meta: ObjectMeta {
+                            key: d.key().unwrap_or_default().to_string(),
+                            last_modified: time(d.last_modified()),
+                            version_id: d.version_id().map(str::to_string),
+                            ..Default::default()
+                        },
+                        is_latest: d.is_latest().unwrap_or(false),
+                        delete_marker: true,
+                    }))
+                    .collect();
+                // Versions and markers come in two lists: merge them by key, newest first.
+                items.sort_by(|a, b| {
+                    a.meta
+                        .key
+                        .cmp(&b.meta.key)
+                        .then(b.meta.last_modified.cmp(&a.meta.last_modified))
+                });
+                let next = if out.is_truncated().unwrap_or(false) {
+                    let k = out.next_key_marker().map(str::to_string);
+                    k.is_some()
+                        .then(|| (k, out.next_version_id_marker().map(str::to_string)))
+                } else {
+                    None
+                };
+                Some((items.into_iter().map(Ok).collect::<Vec<_>>(), next))
+            }
+        })
+        .flat_map(stream::iter)
+        .boxed()
     }
 
     async fn check(&self) -> Result<()> {
@@ -1246,6 +1328,7 @@ mod tests {
             bucket: "b".into(),
             key: "dir/a b+c%ü".into(),
             if_match: None,
+            version_id: None,
         };
         assert_eq!(copy_source(&s), "b/dir/a%20b%2Bc%25%C3%BC");
     }

@@ -269,6 +269,7 @@ async fn ok_status_with_error_body_is_an_error() {
         bucket: "bucket".into(),
         key: "src".into(),
         if_match: None,
+        version_id: None,
     };
     let e = store.copy(&src, "dst", CopyOptions::default()).await.err();
     let e = e.unwrap_or_else(|| panic!("copy with a 200 SlowDown body succeeded"));

@@ -276,6 +276,8 @@ pub struct CopySource {
     pub key: String,
     /// Copy only if the source still has this ETag (`x-amz-copy-source-if-match`).
     pub if_match: Option<String>,
+    /// Copy this version of the source (versioned buckets); `None` = the current one.
+    pub version_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -327,6 +329,16 @@ pub struct MultipartUpload {
     pub initiated: Option<SystemTime>,
 }
 
+/// One version of an object in a versioned listing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VersionMeta {
+    /// The version's metadata; `meta.version_id` is set.
+    pub meta: ObjectMeta,
+    pub is_latest: bool,
+    /// A delete marker (no data).
+    pub delete_marker: bool,
+}
+
 /// What a store can do, as data. Layers may change it; the engine checks before using a feature.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Capabilities {
@@ -364,6 +376,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Objects under `prefix`, sorted by key in byte order. Errors carrying a key are about one
     /// entry (the listing goes on); errors without a key end the listing.
     fn list(&self, opts: ListOptions) -> BoxStream<'static, Result<ObjectMeta>>;
+
+    /// Every version (and delete marker) of the objects under `prefix`, in key order, newest
+    /// first within a key. Stores without versions answer `Unsupported`.
+    fn list_versions(&self, prefix: &str) -> BoxStream<'static, Result<VersionMeta>> {
+        let e = StoreError::new(
+            ErrorKind::Unsupported,
+            "list_versions",
+            format!("{} has no object versions", self.describe()),
+        );
+        let _ = prefix;
+        futures::StreamExt::boxed(futures::stream::once(async move { Err(e) }))
+    }
     /// The file that holds `key`, for stores that are local directories (`None` elsewhere);
     /// `local_path("")` is the directory itself.
     fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {

@@ -913,6 +913,7 @@ pub async fn copy_object(store: &dyn Store, prefix: &str) {
         bucket: bucket_of(store),
         key: src.clone(),
         if_match: None,
+        version_id: None,
     };
 
     let kept = format!("{prefix}kept.txt");
@@ -1006,6 +1007,7 @@ pub async fn copy_object(store: &dyn Store, prefix: &str) {
         bucket: bucket_of(store),
         key: format!("{prefix}nope"),
         if_match: None,
+        version_id: None,
     };
     expect_kind(
         store
@@ -1032,6 +1034,7 @@ pub async fn copy_if_match(store: &dyn Store, prefix: &str) {
         bucket: bucket_of(store),
         key: src.clone(),
         if_match: etag,
+        version_id: None,
     };
     ok(
         store
@@ -1044,6 +1047,7 @@ pub async fn copy_if_match(store: &dyn Store, prefix: &str) {
         bucket: bucket_of(store),
         key: src,
         if_match: Some("0".repeat(32)),
+        version_id: None,
     };
     expect_kind(
         store
@@ -1083,6 +1087,7 @@ pub async fn upload_part_copy(store: &dyn Store, prefix: &str) {
         bucket: bucket_of(store),
         key: src.clone(),
         if_match: etag,
+        version_id: None,
     };
     let p1 = ok(
         store.upload_part_copy(&k, &id, 1, &cs, 0..part).await,
@@ -1107,6 +1112,7 @@ pub async fn upload_part_copy(store: &dyn Store, prefix: &str) {
     // Wrong source ETag on a part copy: 412.
     let bad = CopySource {
         if_match: Some("0".repeat(32)),
+        version_id: None,
         ..cs.clone()
     };
     expect_kind(

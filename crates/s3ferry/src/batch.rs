@@ -216,6 +216,28 @@ async fn manifest(g: &Global, a: &BatchManifestArgs) -> Result<u8, Fatal> {
         let (bucket, prefix) = s3_dest(src)?;
         let store = buckets.open(&bucket, true).await?;
         store.check().await?;
+        if a.versions {
+            let mut list = store.list_versions(&prefix);
+            while let Some(v) = list.next().await {
+                let v = v?;
+                let rel = v
+                    .meta
+                    .key
+                    .strip_prefix(prefix.as_str())
+                    .unwrap_or(&v.meta.key);
+                if v.delete_marker || !f.includes(rel) || f.before_since(v.meta.last_modified) {
+                    continue;
+                }
+                let row = ManifestEntry {
+                    bucket: bucket.clone(),
+                    key: v.meta.key.clone(),
+                    version_id: v.meta.version_id.clone(),
+                };
+                writeln!(out, "{}", row.to_row()).map_err(|e| Fatal(format!("{}: {e}", a.out)))?;
+                n += 1;
+            }
+            continue;
+        }
         let side = Side::new(store, prefix);
         let mut list = side.list(&f);
         while let Some(e) = list.next().await {
@@ -253,6 +275,30 @@ async fn manifest(g: &Global, a: &BatchManifestArgs) -> Result<u8, Fatal> {
     Ok(0)
 }
 
+/// `--metadata-directive REPLACE` with `--metadata K=V` and `--content-type`.
+fn replace_metadata(a: &BatchRunArgs) -> Result<Option<batch::ReplaceMetadata>, Fatal> {
+    if a.metadata_directive.as_deref() != Some("REPLACE") {
+        if !a.metadata.is_empty() || a.content_type.is_some() {
+            return Err(Fatal(
+                "--metadata and --content-type go with --metadata-directive REPLACE".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let mut r = batch::ReplaceMetadata {
+        content_type: a.content_type.clone(),
+        ..Default::default()
+    };
+    for kv in &a.metadata {
+        let (k, v) = kv
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| Fatal(format!("--metadata {kv:?}: use KEY=VALUE")))?;
+        r.metadata.insert(k.to_string(), v.to_string());
+    }
+    Ok(Some(r))
+}
+
 fn read_pairs(path: &std::path::Path) -> Result<Vec<(String, String, String)>, Fatal> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Fatal(format!("--pairs {}: {e}", path.display())))?;
@@ -288,7 +334,6 @@ async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
             (a.role_arn.is_some(), "--role-arn"),
             (a.create_role.is_some(), "--create-role"),
             (a.confirm, "--confirm"),
-            (a.metadata_directive.is_some(), "--metadata-directive"),
             (a.checksum_algorithm.is_some(), "--checksum-algorithm"),
         ] {
             if set {
@@ -351,6 +396,7 @@ async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
         exclude: a.exclude.clone(),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         cli: serde_json::Value::Null,
+        replace_metadata: replace_metadata(a)?,
     };
     if a.engine == EngineArg::S3Batch {
         let spec = create_service_jobs(g, a, spec).await?;
@@ -390,6 +436,11 @@ async fn attached(g: &Global, spec: JobSpec, j: Arc<Journal>) -> Result<u8, Fata
     t.part_size = spec.part_size;
     t.max_single_copy = spec.multipart_threshold;
     t.storage_class = spec.storage_class.clone();
+    t.copy_replace = spec.replace_metadata.as_ref().map(|r| {
+        s3ferry_store::PutOptions::new()
+            .content_type(r.content_type.clone())
+            .metadata(r.metadata.clone())
+    });
     let reporter: Arc<dyn Reporter> = printer.clone();
     let r = batch::run(&spec, Arc::new(CliBuckets(g.clone())), j, reporter, t).await;
     printer.finish_bar();

@@ -212,6 +212,10 @@ pub struct BatchManifestArgs {
     pub include: Vec<String>,
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// Every version of every object (rows bucket,key,versionId; delete markers left out),
+    /// not only the current ones.
+    #[arg(long)]
+    pub versions: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -289,9 +293,15 @@ pub struct BatchRunArgs {
     /// s3-batch: create the job suspended until `s3ferry batch confirm JOB`.
     #[arg(long)]
     pub confirm: bool,
-    /// s3-batch: COPY (default) or REPLACE the metadata.
+    /// COPY (default) the source's metadata, or REPLACE it with --metadata and --content-type.
     #[arg(long, value_name = "DIRECTIVE", value_parser = ["COPY", "REPLACE"])]
     pub metadata_directive: Option<String>,
+    /// With --metadata-directive REPLACE: user metadata of the copies (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", requires = "metadata_directive")]
+    pub metadata: Vec<String>,
+    /// With --metadata-directive REPLACE: Content-Type of the copies.
+    #[arg(long, value_name = "TYPE", requires = "metadata_directive")]
+    pub content_type: Option<String>,
     /// s3-batch: checksum algorithm of the copies (CRC64NVME, CRC32, CRC32C, SHA1, SHA256).
     #[arg(long, value_name = "ALGORITHM")]
     pub checksum_algorithm: Option<String>,

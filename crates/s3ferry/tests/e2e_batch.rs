@@ -323,6 +323,8 @@ fn bad_input_is_refused_before_any_copy() {
     let cases: Vec<(String, Vec<String>)> = vec![
         (format!("{},k\nnot a row\n", a.name), vec![]),
         (format!("{},%zz\n", a.name), vec![]),
+        // A key with a raw newline splits into a row that is not one.
+        (format!("{},first\nhalf\n", a.name), vec![]),
         ("s3ferry-no-such-bucket-e2e,k\n".to_string(), vec![]),
         (format!("{},k\n", b.name), vec!["--to".into(), b.uri("")]),
     ];
@@ -387,7 +389,7 @@ fn s3_batch_engine_arguments_are_checked_first() {
             vec!["--engine", "s3-batch", "--report", report.as_str()],
             "--role-arn",
         ),
-        (vec!["--metadata-directive", "REPLACE"], "--engine s3-batch"),
+        (vec!["--checksum-algorithm", "SHA256"], "--engine s3-batch"),
         (vec!["--confirm"], "--engine s3-batch"),
     ] {
         let mut args: Vec<&str> = base.to_vec();
@@ -400,4 +402,108 @@ fn s3_batch_engine_arguments_are_checked_first() {
     assert!(b.keys("").is_empty(), "nothing written");
     let r = batch(&cx, true, &["list"]);
     assert_eq!(r.stdout.trim(), "", "no job was created: {r}");
+}
+
+/// A versioned bucket: `manifest --versions` lists every version with its id, and a manifest
+/// row naming an old version copies exactly that version.
+#[test]
+fn versions_are_listed_and_a_given_version_is_copied() {
+    let Some(cx) = Ctx::new() else { return };
+    let (a, b) = (cx.bucket("batch-va"), cx.bucket("batch-vb"));
+    b.block_on(async {
+        use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+        a.store
+            .client()
+            .put_bucket_versioning()
+            .bucket(&a.name)
+            .versioning_configuration(
+                VersioningConfiguration::builder()
+                    .status(BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("enable versioning");
+    });
+    a.put("doc.txt", b"version one");
+    a.put("doc.txt", b"version two");
+    let m = cx.path("v.csv");
+    let r = batch(
+        &cx,
+        false,
+        &["manifest", "--versions", &a.uri(""), "--out", s(&m)],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let rows: Vec<ManifestEntry> = std::fs::read_to_string(&m)
+        .unwrap()
+        .lines()
+        .map(|l| ManifestEntry::parse_row(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows
+        .iter()
+        .all(|r| r.key == "doc.txt" && r.version_id.is_some()));
+    assert_ne!(rows[0].version_id, rows[1].version_id);
+    // Newest first: the second row is version one.
+    std::fs::write(&m, format!("{}\n", rows[1].to_row())).unwrap();
+    let r = batch(
+        &cx,
+        true,
+        &["run", "--manifest", s(&m), "--to", &b.uri("old/")],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(b.get("old/doc.txt"), b"version one");
+}
+
+/// `--metadata-directive REPLACE`: the copies carry the given metadata and Content-Type, not
+/// the source's (checked with HEAD), on the single-copy and the multipart-copy path.
+#[test]
+fn metadata_directive_replace_sets_the_copies_metadata() {
+    let Some(cx) = Ctx::new() else { return };
+    let (a, b) = (cx.bucket("batch-ma"), cx.bucket("batch-mb"));
+    let mut src_meta = std::collections::BTreeMap::new();
+    src_meta.insert("origin".to_string(), "source".to_string());
+    let opts = || {
+        s3ferry_store::PutOptions::new()
+            .metadata(src_meta.clone())
+            .content_type(Some("application/x-source".into()))
+    };
+    a.put_with("small", b"tiny", opts());
+    a.put_with("big", &random_bytes(11 * 1024 * 1024, 3), opts());
+    let m = cx.path("m.csv");
+    std::fs::write(&m, format!("{0},small\n{0},big\n", a.name)).unwrap();
+    let r = batch(
+        &cx,
+        true,
+        &[
+            "run",
+            "--manifest",
+            s(&m),
+            "--to",
+            &b.uri("r/"),
+            "--metadata-directive",
+            "REPLACE",
+            "--metadata",
+            "team=data",
+            "--content-type",
+            "text/plain",
+            "--multipart-threshold",
+            "5MiB",
+            "--part-size",
+            "5MiB",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    for k in ["r/small", "r/big"] {
+        let h = b.head(k);
+        let md = h.metadata.clone().unwrap_or_default();
+        assert_eq!(
+            md.get("team").map(String::as_str),
+            Some("data"),
+            "{k}: {h:?}"
+        );
+        assert!(!md.contains_key("origin"), "{k}: {h:?}");
+        assert_eq!(h.content_type.as_deref(), Some("text/plain"), "{k}");
+    }
+    assert_eq!(b.get("r/big"), a.get("big"));
 }

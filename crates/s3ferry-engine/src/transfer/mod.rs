@@ -66,6 +66,9 @@ pub struct TransferConfig {
     pub storage_class: Option<String>,
     /// Use server-side copies when both sides share a copy domain.
     pub server_side: bool,
+    /// Server-side copies replace the user metadata and Content-Type with these
+    /// (`--metadata-directive REPLACE`); `None` copies them from the source.
+    pub copy_replace: Option<PutOptions>,
 }
 
 impl TransferConfig {
@@ -82,6 +85,7 @@ impl TransferConfig {
             max_single_copy: 5 * 1024 * 1024 * 1024,
             storage_class: None,
             server_side: true,
+            copy_replace: None,
         }
     }
 
@@ -204,6 +208,7 @@ pub async fn copy_unsized(
     src: &Side,
     dst: &Side,
     rel: &str,
+    version: Option<&str>,
     cfg: &TransferConfig,
     journal: &Arc<Journal>,
     reporter: &Arc<dyn Reporter>,
@@ -218,8 +223,11 @@ pub async fn copy_unsized(
         bucket: src.store.bucket().unwrap_or_default().to_string(),
         key: skey.clone(),
         if_match: None,
+        version_id: version.map(str::to_string),
     };
-    let opts = CopyOptions::new().storage_class(cfg.storage_class.clone());
+    let opts = CopyOptions::new()
+        .storage_class(cfg.storage_class.clone())
+        .replace(cfg.copy_replace.clone());
     let too_large = |e: &StoreError| {
         e.kind == ErrorKind::InvalidInput
             && e.http
@@ -233,7 +241,16 @@ pub async fn copy_unsized(
             etag: r.etag,
             ..Default::default()
         }),
-        Err(e) if too_large(&e) || e.kind == ErrorKind::Unsupported => {
+        Err(e) if version.is_some() && too_large(&e) => Err(StoreError::new(
+            ErrorKind::Unsupported,
+            "copy",
+            format!(
+                "version {} is larger than one CopyObject can copy; copying a given version in parts needs --engine s3-batch",
+                version.unwrap_or_default()
+            ),
+        )
+        .with_key(&skey)),
+        Err(e) if version.is_none() && (too_large(&e) || e.kind == ErrorKind::Unsupported) => {
             match src.store.head(&skey).await {
                 Ok(meta) => {
                     let entry = Entry {
@@ -270,8 +287,11 @@ pub async fn copy_object(
                 bucket: src.store.bucket().unwrap_or_default().to_string(),
                 key: skey.clone(),
                 if_match: entry.meta.etag.clone(),
+                version_id: None,
             };
-            let opts = CopyOptions::new().storage_class(cfg.storage_class.clone());
+            let opts = CopyOptions::new()
+                .storage_class(cfg.storage_class.clone())
+                .replace(cfg.copy_replace.clone());
             dst.store.copy(&from, &dkey, opts).await?.etag
         } else {
             multipart_copy(src, dst, entry, cfg, journal).await?
@@ -377,6 +397,10 @@ async fn multipart_copy(
     let smeta = src.store.head(&skey).await?;
     let layout = PartLayout::Uniform(part_size_for(smeta.size, cfg.part_size));
     let mut opts = put_options(SideKind::Remote, dst, &entry.rel, &smeta, cfg);
+    if let Some(r) = &cfg.copy_replace {
+        opts.metadata = r.metadata.clone();
+        opts.content_type = r.content_type.clone();
+    }
     if both_tag(src, dst) {
         opts.tags = src.store.get_tags(&skey).await?;
     }
@@ -384,6 +408,7 @@ async fn multipart_copy(
         bucket: src.store.bucket().unwrap_or_default().to_string(),
         key: skey.clone(),
         if_match: smeta.etag.clone(),
+        version_id: None,
     };
     let w = MultipartWriter::create(dst.store.clone(), &dkey, opts, layout, cfg, journal.clone())
         .await?

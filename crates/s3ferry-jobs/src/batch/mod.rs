@@ -76,6 +76,15 @@ pub struct JobSpec {
     pub created: String,
     /// Options the CLI needs to reopen the stores on resume (opaque here).
     pub cli: serde_json::Value,
+    /// `--metadata-directive REPLACE`: the copies get this Content-Type and user metadata.
+    #[serde(default)]
+    pub replace_metadata: Option<ReplaceMetadata>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReplaceMetadata {
+    pub content_type: Option<String>,
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// A job's progress and outcome (the `jobs` list and `status`).
@@ -425,32 +434,37 @@ impl Runner {
     }
 
     async fn copy(&self, t: &Task) -> Result<(String, u64), StoreError> {
-        if let Some(v) = &t.entry.version_id {
-            return Err(StoreError::new(
-                ErrorKind::InvalidInput,
-                "copy",
-                format!(
-                    "version {v}: copying a given version needs --engine s3-batch; the local engine copies current versions (drop the versionId column)"
-                ),
-            )
-            .with_key(&t.entry.key));
-        }
         let src = self.store(&t.entry.bucket, true).await?;
         let dst = self.store(&t.dst_bucket, false).await?;
         let (s, d) = (Side::new(src, ""), Side::new(dst, t.dst_prefix.clone()));
-        if t.meta.is_none() && !self.spec.skip_existing {
-            // A manifest entry: one CopyObject when that can do it, no HEAD first.
+        let version = t.entry.version_id.as_deref();
+        if version.is_some() || (t.meta.is_none() && !self.spec.skip_existing) {
+            // A manifest entry: one CopyObject when that can do it, no HEAD first. A given
+            // version can only be copied that way.
+            let mut transfer = self.transfer.clone();
+            if version.is_some() {
+                transfer.max_single_copy = transfer.max_single_copy.max(5 << 30);
+            }
             if let Some(r) = copy_unsized(
                 &s,
                 &d,
                 &t.entry.key,
-                &self.transfer,
+                version,
+                &transfer,
                 &self.journal,
                 &self.reporter,
             )
             .await
             {
                 return r.map(|m| ("Successful".into(), m.size));
+            }
+            if let Some(v) = version {
+                return Err(StoreError::new(
+                    ErrorKind::Unsupported,
+                    "copy",
+                    format!("version {v}: a given version is copied server-side only (same endpoint and credentials)"),
+                )
+                .with_key(&t.entry.key));
             }
         }
         let meta = match &t.meta {

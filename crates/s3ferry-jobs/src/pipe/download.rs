@@ -368,6 +368,7 @@ pub async fn join(
                 bucket: bucket.clone(),
                 key: format!("{base}/{}", s.key),
                 if_match: s.etag.clone(),
+                version_id: None,
             };
             PartBody::Copy(from, 0..s.size)
         });

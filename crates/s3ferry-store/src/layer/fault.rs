@@ -773,6 +773,9 @@ impl Store for FaultStore {
         self.inner.capabilities()
     }
 
+    fn list_versions(&self, prefix: &str) -> BoxStream<'static, Result<crate::VersionMeta>> {
+        self.inner.list_versions(prefix)
+    }
     fn list(&self, opts: ListOptions) -> BoxStream<'static, Result<ObjectMeta>> {
         let plan = self.plan(Op::List);
         let detail = format!(" (listing prefix {:?})", opts.prefix);

@@ -335,6 +335,9 @@ impl Store for LimitStore {
         self.inner.capabilities()
     }
 
+    fn list_versions(&self, prefix: &str) -> BoxStream<'static, Result<crate::VersionMeta>> {
+        self.inner.list_versions(prefix)
+    }
     fn list(&self, opts: ListOptions) -> BoxStream<'static, Result<ObjectMeta>> {
         let (shared, inner) = (self.shared.clone(), self.inner.clone());
         futures::stream::once(async move {

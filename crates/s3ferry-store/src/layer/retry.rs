@@ -457,6 +457,9 @@ impl Store for RetryStore {
         self.inner.capabilities()
     }
 
+    fn list_versions(&self, prefix: &str) -> BoxStream<'static, Result<crate::VersionMeta>> {
+        self.inner.list_versions(prefix)
+    }
     fn list(&self, opts: ListOptions) -> BoxStream<'static, Result<ObjectMeta>> {
         let state = ListState {
             inner: self.inner.clone(),
