@@ -1137,8 +1137,15 @@ impl Store for S3Store {
             .key(dst_key)
             .copy_source(copy_source(src))
             .set_copy_source_if_match(src.if_match.clone());
-        if !self.when_required {
-            req = req.checksum_algorithm(ChecksumAlgorithm::Crc64Nvme);
+        match &opts.checksum_algorithm {
+            Some(a) => {
+                req =
+                    req.checksum_algorithm(ChecksumAlgorithm::from(a.to_ascii_uppercase().as_str()))
+            }
+            None if !self.when_required => {
+                req = req.checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+            }
+            None => {}
         }
         let mut storage_class = opts.storage_class.clone();
         let mut mode = PutMode::Overwrite;
@@ -1151,10 +1158,14 @@ impl Store for S3Store {
             Some(p) => {
                 req = req
                     .metadata_directive(MetadataDirective::Replace)
-                    .tagging_directive(TaggingDirective::Replace)
                     .set_content_type(p.content_type.clone())
-                    .set_metadata(user_metadata(p))
-                    .set_tagging(encode_tags(&p.tags));
+                    .set_metadata(user_metadata(p));
+                req = if p.tags.is_empty() {
+                    req.tagging_directive(TaggingDirective::Copy)
+                } else {
+                    req.tagging_directive(TaggingDirective::Replace)
+                        .set_tagging(encode_tags(&p.tags))
+                };
                 if storage_class.is_none() {
                     storage_class = p.storage_class.clone();
                 }

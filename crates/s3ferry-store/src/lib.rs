@@ -283,9 +283,13 @@ pub struct CopySource {
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct CopyOptions {
-    /// `None` = copy metadata and tags from the source; `Some` = replace them.
+    /// `None` = copy metadata and tags from the source; `Some` = replace the metadata (and the
+    /// tags, when it has any).
     pub replace: Option<PutOptions>,
     pub storage_class: Option<String>,
+    /// Checksum algorithm of the copy (`CRC64NVME` by default where the store computes one):
+    /// `CRC32`, `CRC32C`, `SHA1`, `SHA256`, `CRC64NVME`.
+    pub checksum_algorithm: Option<String>,
 }
 
 impl CopyOptions {
@@ -298,6 +302,10 @@ impl CopyOptions {
     }
     pub fn storage_class(mut self, s: Option<String>) -> Self {
         self.storage_class = s;
+        self
+    }
+    pub fn checksum_algorithm(mut self, a: Option<String>) -> Self {
+        self.checksum_algorithm = a;
         self
     }
 }

@@ -334,7 +334,6 @@ async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
             (a.role_arn.is_some(), "--role-arn"),
             (a.create_role.is_some(), "--create-role"),
             (a.confirm, "--confirm"),
-            (a.checksum_algorithm.is_some(), "--checksum-algorithm"),
         ] {
             if set {
                 return Err(Fatal(format!("{name} goes with --engine s3-batch")));
@@ -397,6 +396,10 @@ async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         cli: serde_json::Value::Null,
         replace_metadata: replace_metadata(a)?,
+        checksum_algorithm: a
+            .checksum_algorithm
+            .as_ref()
+            .map(|c| c.to_ascii_uppercase()),
     };
     if a.engine == EngineArg::S3Batch {
         let spec = create_service_jobs(g, a, spec).await?;
@@ -441,6 +444,7 @@ async fn attached(g: &Global, spec: JobSpec, j: Arc<Journal>) -> Result<u8, Fata
             .content_type(r.content_type.clone())
             .metadata(r.metadata.clone())
     });
+    t.copy_checksum = spec.checksum_algorithm.clone();
     let reporter: Arc<dyn Reporter> = printer.clone();
     let r = batch::run(&spec, Arc::new(CliBuckets(g.clone())), j, reporter, t).await;
     printer.finish_bar();

@@ -302,8 +302,9 @@ pub struct BatchRunArgs {
     /// With --metadata-directive REPLACE: Content-Type of the copies.
     #[arg(long, value_name = "TYPE", requires = "metadata_directive")]
     pub content_type: Option<String>,
-    /// s3-batch: checksum algorithm of the copies (CRC64NVME, CRC32, CRC32C, SHA1, SHA256).
-    #[arg(long, value_name = "ALGORITHM")]
+    /// Checksum algorithm of the copies: CRC64NVME (default), CRC32, CRC32C, SHA1, SHA256
+    /// (objects copied in parts keep CRC64NVME with the local engine).
+    #[arg(long, value_name = "ALGORITHM", value_parser = ["CRC64NVME", "CRC32", "CRC32C", "SHA1", "SHA256"], ignore_case = true)]
     pub checksum_algorithm: Option<String>,
     /// s3-batch: S3 Control endpoint (for emulators).
     #[arg(long, env = "AWS_ENDPOINT_URL_S3_CONTROL", value_name = "URL")]

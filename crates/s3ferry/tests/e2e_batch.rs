@@ -389,7 +389,7 @@ fn s3_batch_engine_arguments_are_checked_first() {
             vec!["--engine", "s3-batch", "--report", report.as_str()],
             "--role-arn",
         ),
-        (vec!["--checksum-algorithm", "SHA256"], "--engine s3-batch"),
+        (vec!["--priority", "5", "--confirm"], "--engine s3-batch"),
         (vec!["--confirm"], "--engine s3-batch"),
     ] {
         let mut args: Vec<&str> = base.to_vec();

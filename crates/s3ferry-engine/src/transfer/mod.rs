@@ -69,6 +69,8 @@ pub struct TransferConfig {
     /// Server-side copies replace the user metadata and Content-Type with these
     /// (`--metadata-directive REPLACE`); `None` copies them from the source.
     pub copy_replace: Option<PutOptions>,
+    /// Checksum algorithm of server-side single copies (`--checksum-algorithm`).
+    pub copy_checksum: Option<String>,
 }
 
 impl TransferConfig {
@@ -86,6 +88,7 @@ impl TransferConfig {
             storage_class: None,
             server_side: true,
             copy_replace: None,
+            copy_checksum: None,
         }
     }
 
@@ -227,7 +230,8 @@ pub async fn copy_unsized(
     };
     let opts = CopyOptions::new()
         .storage_class(cfg.storage_class.clone())
-        .replace(cfg.copy_replace.clone());
+        .replace(cfg.copy_replace.clone())
+        .checksum_algorithm(cfg.copy_checksum.clone());
     let too_large = |e: &StoreError| {
         e.kind == ErrorKind::InvalidInput
             && e.http
@@ -291,7 +295,8 @@ pub async fn copy_object(
             };
             let opts = CopyOptions::new()
                 .storage_class(cfg.storage_class.clone())
-                .replace(cfg.copy_replace.clone());
+                .replace(cfg.copy_replace.clone())
+                .checksum_algorithm(cfg.copy_checksum.clone());
             dst.store.copy(&from, &dkey, opts).await?.etag
         } else {
             multipart_copy(src, dst, entry, cfg, journal).await?

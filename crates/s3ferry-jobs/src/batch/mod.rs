@@ -79,6 +79,9 @@ pub struct JobSpec {
     /// `--metadata-directive REPLACE`: the copies get this Content-Type and user metadata.
     #[serde(default)]
     pub replace_metadata: Option<ReplaceMetadata>,
+    /// `--checksum-algorithm` of the copies.
+    #[serde(default)]
+    pub checksum_algorithm: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
