@@ -507,3 +507,49 @@ fn metadata_directive_replace_sets_the_copies_metadata() {
     }
     assert_eq!(b.get("r/big"), a.get("big"));
 }
+
+/// `--skip-existing` copies nothing the second time (every entry still reported, as skipped),
+/// and `--report s3://…` puts the completion report in S3 in the Batch Operations layout.
+#[test]
+fn skip_existing_and_a_report_in_s3() {
+    let Some(cx) = Ctx::new() else { return };
+    let (a, b) = (cx.bucket("batch-xa"), cx.bucket("batch-xb"));
+    for i in 0..5 {
+        a.put(&format!("f{i}"), format!("{i}").as_bytes());
+    }
+    let pairs = cx.path("p.csv");
+    std::fs::write(&pairs, format!("{},{},c\n", a.name, b.name)).unwrap();
+    let run = || {
+        batch(
+            &cx,
+            true,
+            &["-v", "run", "--pairs", s(&pairs), "--skip-existing", "--report", &b.uri("reports")],
+        )
+    };
+    let first = run();
+    assert_eq!(first.code, 0, "{first}");
+    assert_eq!(first.stderr.matches("\"action\":\"copy\"").count(), 5, "{first}");
+    let second = run();
+    assert_eq!(second.code, 0, "{second}");
+    assert_eq!(second.stderr.matches("\"action\":\"copy\"").count(), 0, "{second}");
+    assert_eq!(second.stderr.matches("\"action\":\"skip\"").count(), 5, "{second}");
+    let id = state(&second)["id"].as_str().unwrap().to_string();
+    let m: Value =
+        serde_json::from_slice(&b.get(&format!("reports/job-{id}/manifest.json"))).unwrap();
+    assert_eq!(m["Format"], "Report_CSV_20180820");
+    let ok = m["Results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["TaskState"] == "succeeded")
+        .unwrap()
+        .clone();
+    assert_eq!(ok["Bucket"].as_str(), Some(b.name.as_str()));
+    let csv = b.get(ok["Key"].as_str().unwrap());
+    assert_eq!(String::from_utf8(csv).unwrap().lines().count(), 5);
+    // A finished job cannot be cancelled any more: it stays Complete.
+    let r = batch(&cx, true, &["cancel", &id]);
+    assert_eq!(r.code, 0, "{r}");
+    let r = batch(&cx, true, &["status", &id]);
+    assert_eq!(state(&r)["state"], "Complete");
+}
