@@ -305,11 +305,7 @@ impl Planner {
             };
             let (s, d, base) = (row.entry(0), row.entry(1), row.base(2));
             let rel = row.key;
-            if self
-                .reserved
-                .iter()
-                .any(|r| rel == *r || (r.ends_with('/') && rel.starts_with(r.as_str())))
-            {
+            if is_reserved(&self.reserved, &rel) {
                 if s.is_some() || d.is_some() {
                     sh.record(record(
                         rel,
@@ -639,6 +635,13 @@ pub fn pair_id(src: &Side, dst: &Side) -> String {
 }
 
 /// Keys under a local side that are the state database's own files (never synced).
+/// Is `rel` one of `reserved` (a key, or everything under a `dir/`)?
+pub fn is_reserved(reserved: &[String], rel: &str) -> bool {
+    reserved
+        .iter()
+        .any(|r| rel == r || (r.ends_with('/') && rel.starts_with(r.as_str())))
+}
+
 pub fn reserved_keys(side: &Side, db_path: &str) -> Vec<String> {
     let Some(root) = side.store.local_path("") else {
         return Vec::new();

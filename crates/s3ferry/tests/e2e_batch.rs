@@ -523,16 +523,36 @@ fn skip_existing_and_a_report_in_s3() {
         batch(
             &cx,
             true,
-            &["-v", "run", "--pairs", s(&pairs), "--skip-existing", "--report", &b.uri("reports")],
+            &[
+                "-v",
+                "run",
+                "--pairs",
+                s(&pairs),
+                "--skip-existing",
+                "--report",
+                &b.uri("reports"),
+            ],
         )
     };
     let first = run();
     assert_eq!(first.code, 0, "{first}");
-    assert_eq!(first.stderr.matches("\"action\":\"copy\"").count(), 5, "{first}");
+    assert_eq!(
+        first.stderr.matches("\"action\":\"copy\"").count(),
+        5,
+        "{first}"
+    );
     let second = run();
     assert_eq!(second.code, 0, "{second}");
-    assert_eq!(second.stderr.matches("\"action\":\"copy\"").count(), 0, "{second}");
-    assert_eq!(second.stderr.matches("\"action\":\"skip\"").count(), 5, "{second}");
+    assert_eq!(
+        second.stderr.matches("\"action\":\"copy\"").count(),
+        0,
+        "{second}"
+    );
+    assert_eq!(
+        second.stderr.matches("\"action\":\"skip\"").count(),
+        5,
+        "{second}"
+    );
     let id = state(&second)["id"].as_str().unwrap().to_string();
     let m: Value =
         serde_json::from_slice(&b.get(&format!("reports/job-{id}/manifest.json"))).unwrap();

@@ -29,17 +29,6 @@ fn write(p: &std::path::Path, data: &str) {
     std::fs::write(p, data).unwrap();
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn changes_deletes_and_same_second_edits_propagate_and_nothing_is_resurrected() {
     let Some(cx) = Ctx::new() else { return };
@@ -340,20 +329,27 @@ fn changed_paths_are_invalidated_on_cloudfront() {
         return;
     };
     let b = cx.bucket("bisync-cdn");
+    let cf = |id: &str| {
+        let (id, aws) = (id.to_string(), aws.clone());
+        async move {
+            s3ferry_aws::CloudFrontInvalidator::connect(s3ferry_aws::CloudFrontConfig {
+                distribution_id: id,
+                endpoint_url: Some(aws),
+                ..Default::default()
+            })
+            .await
+            .expect("connect to moto")
+        }
+    };
     let dist = b.block_on(async {
-        let cf = s3ferry_aws::CloudFrontInvalidator::connect(s3ferry_aws::CloudFrontConfig {
-            distribution_id: "setup".into(),
-            endpoint_url: Some(aws.clone()),
-            ..Default::default()
-        })
-        .await
-        .expect("connect to moto");
-        cf.create_distribution(
-            "site.s3.amazonaws.com",
-            &format!("bisync-{}", std::process::id()),
-        )
-        .await
-        .expect("create distribution")
+        cf("setup")
+            .await
+            .create_distribution(
+                "site.s3.amazonaws.com",
+                &format!("bisync-{}", std::process::id()),
+            )
+            .await
+            .expect("create distribution")
     });
     let dir = cx.path("site");
     write(&dir.join("index.html"), "<h1>");
@@ -378,14 +374,11 @@ fn changed_paths_are_invalidated_on_cloudfront() {
         .unwrap_or_else(|| panic!("no invalidation note: {r}"));
     let id = note.split_whitespace().nth(2).unwrap().to_string();
     let mut paths = b.block_on(async {
-        let cf = s3ferry_aws::CloudFrontInvalidator::connect(s3ferry_aws::CloudFrontConfig {
-            distribution_id: dist.clone(),
-            endpoint_url: Some(aws.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        cf.invalidation_paths(&id).await.expect("get invalidation")
+        cf(&dist)
+            .await
+            .invalidation_paths(&id)
+            .await
+            .expect("get invalidation")
     });
     paths.sort();
     assert_eq!(paths, vec!["/www/css/a%20b.css", "/www/index.html"]);

@@ -180,19 +180,6 @@ fn manifest(b: &Bucket, key: &str) -> Option<serde_json::Value> {
         .map(|v| serde_json::from_slice(&v).expect("manifest is JSON"))
 }
 
-/// Poll until `f` holds (at most 30 s).
-#[track_caller]
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 const P5: [&str; 2] = ["--part-size", "5MiB"];
 
 /// 0 B, 1 B, exactly one part, one part + 1 and 100 MiB of random data through one object,

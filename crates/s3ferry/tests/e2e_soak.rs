@@ -92,18 +92,34 @@ fn sync_survives_kills_and_faults_in_both_directions() {
     let b = cx.bucket("soak");
     let src = cx.path("src");
     let mut files: BTreeMap<String, Vec<u8>> = (0..2000)
-        .map(|i| (format!("d{:02}/f{i:04}.dat", i % 20), format!("file {i}").into_bytes()))
+        .map(|i| {
+            (
+                format!("d{:02}/f{i:04}.dat", i % 20),
+                format!("file {i}").into_bytes(),
+            )
+        })
         .collect();
     for n in 0..3 {
-        files.insert(format!("big/m{n}.bin"), random_bytes(11 * 1024 * 1024, n + 1));
+        files.insert(
+            format!("big/m{n}.bin"),
+            random_bytes(11 * 1024 * 1024, n + 1),
+        );
     }
     write_tree(&src, &files);
     let mut c = Counts::default();
 
     // Up.
     soak(&cx, &[s(&src), &b.uri("p")], kills, &mut rng, &mut c);
-    assert_eq!(b.objects("p/"), files, "destination identical to the source");
-    assert!(b.uploads().is_empty(), "no multipart upload left open: {:?}", b.uploads());
+    assert_eq!(
+        b.objects("p/"),
+        files,
+        "destination identical to the source"
+    );
+    assert!(
+        b.uploads().is_empty(),
+        "no multipart upload left open: {:?}",
+        b.uploads()
+    );
     let again = cx.sync(&[s(&src), &b.uri("p")]);
     again.assert_ok();
     assert_eq!(again.n("copied"), 0, "nothing copied twice: {again}");

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::sync::{reserved_keys, MaxDelete};
+use crate::sync::{is_reserved, reserved_keys, MaxDelete};
 use plan::{plan3, BiAction, Directions};
 
 /// The job's namespace in the state database.
@@ -534,21 +534,22 @@ pub async fn round(
     let mut c = Counts::default();
     while let Some(j) = join.next().await? {
         let mut row = match j {
-            Joined::EntryError(input, e) => {
-                c.listing_errors += 1;
+            Joined::EntryError(_, e) => {
                 let key = e.key.clone().unwrap_or_default();
-                let _ = input;
-                rd.fail(&key, 0, &e);
+                if e.kind == ErrorKind::InvalidInput {
+                    // A name that cannot be synced (not UTF-8, reserved): listed, skipped.
+                    reporter.record(&rec(&key, Outcome::Refuse, e.message.clone(), 0));
+                } else {
+                    c.listing_errors += 1;
+                    rd.fail(&key, 0, &e);
+                }
                 continue;
             }
             Joined::Row(r) => r,
         };
         let (l, r, base) = (row.entry(0), row.entry(1), row.base(2));
         let rel = row.key;
-        if reserved
-            .iter()
-            .any(|x| rel == *x || (x.ends_with('/') && rel.starts_with(x.as_str())))
-        {
+        if is_reserved(&reserved, &rel) {
             continue;
         }
         c.local += l.is_some() as u64;

@@ -596,3 +596,17 @@ pub fn now_secs() -> i64 {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
+
+/// Poll `f` until it holds (fail after 30 s): waiting for a condition another process brings
+/// about, never for a fixed time.
+#[track_caller]
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
