@@ -476,6 +476,23 @@ fn copy_source(src: &CopySource) -> String {
     s
 }
 
+/// Apply the stored headers and canned ACL of `h` to a request builder with the usual setters.
+macro_rules! with_headers {
+    ($req:expr, $h:expr) => {{
+        let h = $h;
+        $req.set_cache_control(h.cache_control.clone())
+            .set_content_disposition(h.content_disposition.clone())
+            .set_content_encoding(h.content_encoding.clone())
+            .set_content_language(h.content_language.clone())
+            .set_expires(h.expires.map(aws_sdk_s3::primitives::DateTime::from))
+            .set_acl(
+                h.acl
+                    .as_deref()
+                    .map(aws_sdk_s3::types::ObjectCannedAcl::from),
+            )
+    }};
+}
+
 /// User metadata to send: the caller's plus `mtime`.
 fn user_metadata(opts: &PutOptions) -> Option<HashMap<String, String>> {
     let mut m: HashMap<String, String> = opts
@@ -836,6 +853,7 @@ impl Store for S3Store {
             .set_ssekms_key_id(opts.sse_kms_key_id.clone())
             .set_checksum_crc64_nvme(crc.map(crc64_to_b64))
             .body(SdkByteStream::from(body));
+        req = with_headers!(req, &opts.headers);
         match &opts.mode {
             PutMode::Overwrite => {}
             PutMode::Create => req = req.if_none_match("*"),
@@ -885,6 +903,7 @@ impl Store for S3Store {
             .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
             .set_server_side_encryption(opts.sse.as_deref().map(ServerSideEncryption::from))
             .set_ssekms_key_id(opts.sse_kms_key_id.clone());
+        req = with_headers!(req, &opts.headers);
         if !self.when_required {
             req = req
                 .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
@@ -1159,7 +1178,10 @@ impl Store for S3Store {
                 req = req
                     .metadata_directive(MetadataDirective::Replace)
                     .set_content_type(p.content_type.clone())
-                    .set_metadata(user_metadata(p));
+                    .set_metadata(user_metadata(p))
+                    .set_server_side_encryption(p.sse.as_deref().map(ServerSideEncryption::from))
+                    .set_ssekms_key_id(p.sse_kms_key_id.clone());
+                req = with_headers!(req, &p.headers);
                 req = if p.tags.is_empty() {
                     req.tagging_directive(TaggingDirective::Copy)
                 } else {

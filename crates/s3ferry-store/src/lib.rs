@@ -86,6 +86,21 @@ pub struct PutOptions {
     pub sse: Option<String>,
     /// The KMS key for `aws:kms` encryption (`None` = the account's default key).
     pub sse_kms_key_id: Option<String>,
+    /// Standard HTTP headers stored with the object, and a canned ACL.
+    pub headers: ObjectHeaders,
+}
+
+/// Headers an object is stored with (as `aws s3 cp/sync` sets them), and a canned ACL.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectHeaders {
+    pub cache_control: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_language: Option<String>,
+    /// `Expires`, as an HTTP date or RFC 3339 (the store converts).
+    pub expires: Option<SystemTime>,
+    /// Canned ACL: private, public-read, bucket-owner-full-control, ...
+    pub acl: Option<String>,
 }
 
 impl PutOptions {
@@ -127,6 +142,10 @@ impl PutOptions {
     pub fn sse(mut self, sse: Option<String>, kms_key_id: Option<String>) -> Self {
         self.sse = sse;
         self.sse_kms_key_id = kms_key_id;
+        self
+    }
+    pub fn headers(mut self, h: ObjectHeaders) -> Self {
+        self.headers = h;
         self
     }
 }

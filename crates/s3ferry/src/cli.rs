@@ -849,9 +849,52 @@ pub struct SyncArgs {
     /// per GiB here.
     #[arg(long)]
     pub fsync: bool,
+    #[command(flatten)]
+    pub write: WriteArgs,
 }
 
 /// Parse sizes like `8MiB`, `64M`, `1GB`, `4096`.
+/// How written objects are stored, as `aws s3 cp/sync` takes it.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Objects written")]
+pub struct WriteArgs {
+    /// Canned ACL: private, public-read, public-read-write, authenticated-read,
+    /// bucket-owner-read, bucket-owner-full-control.
+    #[arg(long, value_name = "ACL", value_parser = ["private", "public-read", "public-read-write", "authenticated-read", "aws-exec-read", "bucket-owner-read", "bucket-owner-full-control"])]
+    pub acl: Option<String>,
+    /// Server-side encryption: AES256, aws:kms or aws:kms:dsse.
+    #[arg(long, value_name = "ALGORITHM", value_parser = ["AES256", "aws:kms", "aws:kms:dsse"])]
+    pub sse: Option<String>,
+    /// KMS key for --sse aws:kms.
+    #[arg(long, value_name = "KEY_ID", requires = "sse")]
+    pub sse_kms_key_id: Option<String>,
+    /// Cache-Control of written objects.
+    #[arg(long, value_name = "VALUE")]
+    pub cache_control: Option<String>,
+    /// Content-Type of written objects (instead of guessing it from the name, or the source's).
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    #[arg(long, value_name = "VALUE")]
+    pub content_disposition: Option<String>,
+    #[arg(long, value_name = "VALUE")]
+    pub content_encoding: Option<String>,
+    #[arg(long, value_name = "VALUE")]
+    pub content_language: Option<String>,
+    /// Expires of written objects: RFC 3339 (2027-01-01T00:00:00Z) or a date (2027-01-01).
+    #[arg(long, value_name = "TIME")]
+    pub expires: Option<String>,
+    /// User metadata of written objects (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub metadata: Vec<String>,
+    /// Upload without a guessed Content-Type.
+    #[arg(long)]
+    pub no_guess_mime_type: bool,
+    /// S3 to S3 server-side copies: COPY the source's metadata and headers (default), or REPLACE
+    /// them with the options above.
+    #[arg(long, value_name = "DIRECTIVE", value_parser = ["COPY", "REPLACE"])]
+    pub metadata_directive: Option<String>,
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let i = t

@@ -241,6 +241,17 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
     transfer.storage_class = args.storage_class.clone();
     transfer.server_side = !args.no_server_side_copy;
     transfer.max_single_copy = parse_size(&args.copy_threshold)?;
+    transfer.write = write_options(&args.write)?;
+    if args.write.metadata_directive.as_deref() == Some("REPLACE") {
+        let w = &transfer.write;
+        transfer.copy_replace = Some(
+            s3ferry_store::PutOptions::new()
+                .content_type(w.content_type.clone())
+                .metadata(w.metadata.clone())
+                .headers(w.headers.clone())
+                .sse(w.sse.clone(), w.sse_kms_key_id.clone()),
+        );
+    }
 
     let (src_store, src_stats) = stores::open(g, &src_loc, stores::Role::Source, args).await?;
     // Check the source before opening the destination, which creates a missing local directory:
@@ -288,6 +299,49 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
     }
     printer.summary(&summary);
     Ok(summary.exit_code() as u8)
+}
+
+/// `--content-type`, `--metadata`, `--cache-control`, ... as the transfers apply them.
+fn write_options(w: &cli::WriteArgs) -> Result<s3ferry_engine::transfer::WriteOptions, Fatal> {
+    let mut metadata = std::collections::BTreeMap::new();
+    for kv in &w.metadata {
+        let (k, v) = kv
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| Fatal(format!("--metadata {kv:?}: use KEY=VALUE")))?;
+        metadata.insert(k.to_string(), v.to_string());
+    }
+    let expires = match &w.expires {
+        None => None,
+        Some(t) => Some(parse_time(t).ok_or_else(|| {
+            Fatal(format!(
+                "--expires {t:?}: use RFC 3339 (2027-01-01T00:00:00Z) or a date (2027-01-01)"
+            ))
+        })?),
+    };
+    Ok(s3ferry_engine::transfer::WriteOptions {
+        content_type: w.content_type.clone(),
+        no_guess_content_type: w.no_guess_mime_type,
+        metadata,
+        headers: s3ferry_store::ObjectHeaders {
+            cache_control: w.cache_control.clone(),
+            content_disposition: w.content_disposition.clone(),
+            content_encoding: w.content_encoding.clone(),
+            content_language: w.content_language.clone(),
+            expires,
+            acl: w.acl.clone(),
+        },
+        sse: w.sse.clone(),
+        sse_kms_key_id: w.sse_kms_key_id.clone(),
+    })
+}
+
+fn parse_time(t: &str) -> Option<std::time::SystemTime> {
+    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Some(d.with_timezone(&chrono::Utc).into());
+    }
+    let d = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").ok()?;
+    Some(d.and_hms_opt(0, 0, 0)?.and_utc().into())
 }
 
 fn loc_prefix(l: &Location) -> String {

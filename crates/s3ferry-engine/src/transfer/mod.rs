@@ -71,6 +71,24 @@ pub struct TransferConfig {
     pub copy_replace: Option<PutOptions>,
     /// Checksum algorithm of server-side single copies (`--checksum-algorithm`).
     pub copy_checksum: Option<String>,
+    /// What every object written to a remote store carries on top of what it would anyway.
+    pub write: WriteOptions,
+}
+
+/// The user's settings for written objects (`--content-type`, `--metadata`, `--cache-control`,
+/// `--acl`, `--sse`, ...), applied to uploads and streamed copies into a remote store.
+/// Server-side copies copy the source's unless `copy_replace` is set.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    /// Overrides the source's or the guessed Content-Type.
+    pub content_type: Option<String>,
+    /// Do not guess Content-Type from the file name of an upload.
+    pub no_guess_content_type: bool,
+    /// Added to (and overriding) the source's user metadata.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub headers: s3ferry_store::ObjectHeaders,
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
 }
 
 impl TransferConfig {
@@ -89,6 +107,7 @@ impl TransferConfig {
             server_side: true,
             copy_replace: None,
             copy_checksum: None,
+            write: WriteOptions::default(),
         }
     }
 
@@ -116,22 +135,30 @@ fn put_options(
 ) -> PutOptions {
     let mut metadata = src_meta.metadata.clone().unwrap_or_default();
     metadata.remove(MTIME_META);
+    let w = &cfg.write;
     let content_type = match src_kind {
         SideKind::Remote => src_meta.content_type.clone(),
-        SideKind::Local if dst.kind == SideKind::Remote => {
+        SideKind::Local if dst.kind == SideKind::Remote && !w.no_guess_content_type => {
             mime_guess::from_path(rel).first().map(|m| m.to_string())
         }
         SideKind::Local => None,
     };
-    PutOptions::new()
+    let mut metadata = if src_kind == SideKind::Remote {
+        metadata
+    } else {
+        Default::default()
+    };
+    let mut opts = PutOptions::new()
         .mtime(src_meta.mtime)
-        .content_type(content_type)
-        .metadata(if src_kind == SideKind::Remote {
-            metadata
-        } else {
-            Default::default()
-        })
-        .storage_class(cfg.storage_class.clone())
+        .storage_class(cfg.storage_class.clone());
+    if dst.kind == SideKind::Remote {
+        metadata.extend(w.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+        opts = opts
+            .headers(w.headers.clone())
+            .sse(w.sse.clone(), w.sse_kms_key_id.clone());
+    }
+    opts.content_type(w.content_type.clone().or(content_type))
+        .metadata(metadata)
 }
 
 /// A local source read as `read` must still be the file that was listed. (The local store
