@@ -563,7 +563,9 @@ pub async fn round(
                     (None, Some(_)) if up => (Some(Step::DeleteRemote), ""),
                     (None, Some(_)) => (Some(Step::DeleteLocal), ""),
                     (None, None) => {
-                        journal.forget(JOB, &pair, &rel);
+                        if !opts.dry_run {
+                            journal.forget(JOB, &pair, &rel);
+                        }
                         (None, "")
                     }
                 }
@@ -796,11 +798,11 @@ pub async fn run(
                 ) {
                     return Err(e);
                 }
+                if lo.poll.is_none() {
+                    return Err(e); // reported once, by the caller
+                }
                 on_error(n, &e);
                 failures += 1;
-                if lo.poll.is_none() {
-                    return Err(e);
-                }
                 if lo.max_failures > 0 && failures >= lo.max_failures {
                     return Err(BisyncError::TooManyFailures {
                         failures,
