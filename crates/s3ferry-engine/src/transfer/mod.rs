@@ -22,8 +22,8 @@ use s3ferry_store::checksum::{
     crc64nvme, etag_shape, is_multipart, md5_hex, part_size_for, EtagShape,
 };
 use s3ferry_store::{
-    CopyOptions, CopySource, ErrorKind, FileRange, ObjectMeta, PartLayout, PutOptions, Result,
-    StoreError, MTIME_META,
+    CopyOptions, CopySource, ErrorKind, FileRange, ObjectMeta, PartLayout, PutMode, PutOptions,
+    Result, StoreError, MTIME_META,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -306,6 +306,21 @@ pub async fn copy_object(
     journal: &Arc<Journal>,
     reporter: &Arc<dyn Reporter>,
 ) -> Result<ObjectMeta> {
+    copy_object_as(src, dst, entry, cfg, journal, reporter, PutMode::Overwrite).await
+}
+
+/// [`copy_object`] with a conditional write: `Create` (only if the key is still absent) or
+/// `Update` (only if it still has the ETag seen) — `AlreadyExists` / `PreconditionFailed`
+/// otherwise, nothing written. Uploads and streamed copies only: a server-side copy overwrites.
+pub async fn copy_object_as(
+    src: &Side,
+    dst: &Side,
+    entry: &Entry,
+    cfg: &TransferConfig,
+    journal: &Arc<Journal>,
+    reporter: &Arc<dyn Reporter>,
+    mode: PutMode,
+) -> Result<ObjectMeta> {
     let skey = src.key(&entry.rel);
     let dkey = dst.key(&entry.rel);
     let size = entry.meta.size;
@@ -341,7 +356,9 @@ pub async fn copy_object(
         let crc = crc64nvme(&data);
         verify_body(&skey, &data, crc, &meta)?;
         check_same_file(src, &skey, &entry.meta, &meta)?;
-        let mut opts = put_options(src.kind, dst, &entry.rel, &meta, cfg).crc64nvme(Some(crc));
+        let mut opts = put_options(src.kind, dst, &entry.rel, &meta, cfg)
+            .crc64nvme(Some(crc))
+            .mode(mode.clone());
         if src.kind == SideKind::Remote && dst.kind == SideKind::Remote && both_tag(src, dst) {
             opts.tags = src.store.get_tags(&skey).await?;
         }
@@ -355,8 +372,9 @@ pub async fn copy_object(
         SideKind::Remote => RangedReader::open(src.store.clone(), &skey, cfg).await?,
         SideKind::Local => RangedReader::new(src.store.clone(), &skey, entry.meta.clone(), cfg),
     };
-    let mut opts =
-        put_options(src.kind, dst, &entry.rel, reader.meta(), cfg).size(Some(reader.size()));
+    let mut opts = put_options(src.kind, dst, &entry.rel, reader.meta(), cfg)
+        .size(Some(reader.size()))
+        .mode(mode);
     if src.kind == SideKind::Remote && dst.kind == SideKind::Remote && both_tag(src, dst) {
         opts.tags = src.store.get_tags(&skey).await?;
     }

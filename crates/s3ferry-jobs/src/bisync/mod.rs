@@ -27,9 +27,9 @@ use s3ferry_engine::ports::{
     invalidation_paths, Invalidator, MAX_INVALIDATION_PATHS, MAX_INVALIDATION_WILDCARDS,
 };
 use s3ferry_engine::spill::{Spill, SpillError};
-use s3ferry_engine::transfer::{cleanup_orphan_uploads, copy_object, TransferConfig};
+use s3ferry_engine::transfer::{cleanup_orphan_uploads, copy_object_as, TransferConfig};
 use s3ferry_engine::walk::{bases, entries, Entry, Join, Joined, Side, SideKind};
-use s3ferry_store::{ErrorKind, StoreError};
+use s3ferry_store::{ErrorKind, PutMode, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -123,6 +123,8 @@ pub enum BisyncError {
         side: String,
         sample: String,
     },
+    #[error("{side} lists empty, which would delete all {count} entries on the other side: not deleting, nothing changed this round (a missing mount or an emptied prefix?); --max-delete {count} allows it")]
+    EmptySide { side: String, count: u64 },
     #[error(transparent)]
     Lease(#[from] LeaseError),
     #[error("{failures} rounds in a row failed (--max-failures); last: {last}")]
@@ -215,8 +217,16 @@ impl Round {
         }
     }
 
-    /// Copy `e` one way and record the new base. `up`: local → remote.
-    async fn transfer(&self, e: &Entry, up: bool, why: &str) -> Result<(), StoreError> {
+    /// Copy `e` one way and record the new base. `up`: local → remote, written only if the
+    /// remote key is still as listed (`over`; absent = still absent): an object changed by
+    /// someone else meanwhile is never overwritten — the next round sees both changes.
+    async fn transfer(
+        &self,
+        e: &Entry,
+        up: bool,
+        why: &str,
+        over: Option<&Entry>,
+    ) -> Result<(), StoreError> {
         let size = e.meta.size;
         let (from, to, dir) = if up {
             (&self.local, &self.remote, "up")
@@ -233,15 +243,39 @@ impl Round {
             ));
             return Ok(());
         }
-        let written = copy_object(
+        let mode = match (up, over.and_then(|o| o.meta.etag.clone())) {
+            (false, _) => PutMode::Overwrite,
+            (true, Some(etag)) => PutMode::Update { etag },
+            (true, None) if over.is_some() => PutMode::Overwrite,
+            (true, None) => PutMode::Create,
+        };
+        let written = match copy_object_as(
             from,
             to,
             e,
             &self.opts.transfer,
             &self.journal,
             &self.reporter,
+            mode,
         )
-        .await?;
+        .await
+        {
+            Ok(w) => w,
+            Err(err)
+                if up
+                    && matches!(
+                        err.kind,
+                        ErrorKind::PreconditionFailed | ErrorKind::AlreadyExists
+                    ) =>
+            {
+                self.reporter.note(&format!(
+                    "{}: changed in S3 while this round ran; not overwritten (the next round settles it)",
+                    e.rel
+                ));
+                return Ok(());
+            }
+            Err(err) => return Err(err),
+        };
         if up {
             self.remember(&e.rel, &e.meta, &written);
         } else {
@@ -300,8 +334,8 @@ impl Round {
 
     async fn step(&self, p: &Planned) -> Result<(), StoreError> {
         match (p.step, &p.l, &p.r) {
-            (Step::Up, Some(l), _) => self.transfer(l, true, &p.why).await,
-            (Step::Down, _, Some(r)) => self.transfer(r, false, &p.why).await,
+            (Step::Up, Some(l), r) => self.transfer(l, true, &p.why, r.as_ref()).await,
+            (Step::Down, _, Some(r)) => self.transfer(r, false, &p.why, None).await,
             (Step::Check, Some(l), Some(r)) => {
                 if self.identical(l, r).await? {
                     if !self.opts.dry_run {
@@ -320,13 +354,17 @@ impl Round {
                     }
                     Ok(())
                 } else if up {
-                    self.transfer(l, true, "--init up").await
+                    self.transfer(l, true, "--init up", Some(r)).await
                 } else {
-                    self.transfer(r, false, "--init down").await
+                    self.transfer(r, false, "--init down", None).await
                 }
             }
-            (Step::Authority(true), Some(l), None) => self.transfer(l, true, "--init up").await,
-            (Step::Authority(false), None, Some(r)) => self.transfer(r, false, "--init down").await,
+            (Step::Authority(true), Some(l), None) => {
+                self.transfer(l, true, "--init up", None).await
+            }
+            (Step::Authority(false), None, Some(r)) => {
+                self.transfer(r, false, "--init down", None).await
+            }
             _ => Ok(()),
         }
     }
@@ -348,7 +386,11 @@ impl Round {
                 "conflict (changed on both sides): the {} version wins (--conflict)",
                 if up { "local" } else { "remote" }
             );
-            return self.transfer(if up { l } else { r }, up, &why).await;
+            return if up {
+                self.transfer(l, true, &why, Some(r)).await
+            } else {
+                self.transfer(r, false, &why, None).await
+            };
         }
         // Keep both: the remote version keeps the name (other nodes already have it); the local
         // one moves aside under a name no other node uses, and goes up as well.
@@ -381,9 +423,9 @@ impl Round {
             rel: aside.clone(),
             meta: store.head(&self.local.key(&aside)).await?,
         };
-        self.transfer(&moved, true, "conflict copy of the local version")
+        self.transfer(&moved, true, "conflict copy of the local version", None)
             .await?;
-        self.transfer(r, false, &why).await
+        self.transfer(r, false, &why, None).await
     }
 
     /// Delete planned keys on one side, each only if it is still as listed (an edit made since
@@ -620,6 +662,22 @@ pub async fn round(
             }
             _ => work.push(&p)?,
         }
+    }
+    // One side listing empty while the base says it had entries is far more often a missing
+    // mount or a transient listing than a wish to delete everything: only an explicit count
+    // allows it.
+    let explicit = |n: u64| matches!(opts.max_delete, MaxDelete::Count(m) if m >= n);
+    if c.local == 0 && c.del_remote > 0 && !explicit(c.del_remote) {
+        return Err(BisyncError::EmptySide {
+            side: local.describe(),
+            count: c.del_remote,
+        });
+    }
+    if c.remote == 0 && c.del_local > 0 && !explicit(c.del_local) {
+        return Err(BisyncError::EmptySide {
+            side: remote.describe(),
+            count: c.del_local,
+        });
     }
     check_limit(
         opts.max_delete,

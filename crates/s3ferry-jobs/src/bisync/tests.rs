@@ -354,3 +354,69 @@ async fn two_nodes_with_a_lease_converge_without_losing_edits() {
         .collect();
     assert_eq!(remote.len(), 12, "{remote:?}");
 }
+
+/// F21: the remote object changes between the listing and the upload of a local edit: the
+/// upload is conditional (If-Match on the listed ETag), so the other writer's version is not
+/// overwritten; the next round sees both edits and keeps both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_change_during_the_round_is_never_overwritten() {
+    use s3ferry_store::layer::FaultStore;
+    let m = MemoryStore::named("remote");
+    let faults = Arc::new(FaultStore::new(
+        Arc::new(m.clone()),
+        "put:latency=200ms".parse().unwrap(),
+    ));
+    let r = Side::new(faults.clone() as DynStore, "p/");
+    let n = Node::new();
+    let o = opts("n1");
+    n.write("f", "v1");
+    n.round(&r, &o).await.unwrap();
+    assert_eq!(faults.calls("put"), 1);
+    n.write("f", "v2 local");
+    let m2 = m.clone();
+    let f2 = faults.clone();
+    let other_writer = tokio::spawn(async move {
+        // The round's upload has been issued (it waits out its latency): write meanwhile.
+        while f2.calls("put") < 2 {
+            tokio::task::yield_now().await;
+        }
+        m2.put_bytes("p/f", "someone else").await.unwrap();
+    });
+    let s = n.round(&r, &o).await.unwrap();
+    other_writer.await.unwrap();
+    assert_eq!(s.up, 0, "the upload was refused: {s:?}");
+    assert_eq!(get(&m, "p/f").await.as_deref(), Some("someone else"));
+    // Next round: both sides changed since the base → a conflict, both versions kept.
+    let s = n.round(&r, &o).await.unwrap();
+    assert_eq!(s.conflicts, 1, "{s:?}");
+    assert_eq!(n.read("f").as_deref(), Some("someone else"));
+    let aside: Vec<_> = files(n.dir.path())
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("f.conflict-n1-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(aside[0].1, "v2 local");
+}
+
+/// F27: a side that lists empty (a missing mount) never deletes the other side, whatever the
+/// percentage limit; an explicit count allows it.
+#[tokio::test]
+async fn an_empty_side_never_deletes_everything() {
+    let (m, r) = remote();
+    let n = Node::new();
+    let mut o = opts("a");
+    for i in 0..3 {
+        n.write(&format!("f{i}"), "x");
+    }
+    n.round(&r, &o).await.unwrap();
+    for i in 0..3 {
+        std::fs::remove_file(n.path(&format!("f{i}"))).unwrap();
+    }
+    o.max_delete = MaxDelete::Percent(100.0);
+    let e = n.round(&r, &o).await.unwrap_err();
+    assert!(matches!(e, BisyncError::EmptySide { count: 3, .. }), "{e}");
+    assert_eq!(m.list_all("p/").await.unwrap().len(), 3);
+    o.max_delete = MaxDelete::Count(3);
+    let s = n.round(&r, &o).await.unwrap();
+    assert_eq!(s.deleted_remote, 3);
+}
