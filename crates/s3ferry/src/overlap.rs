@@ -22,25 +22,25 @@ pub fn check(
     match (src, dst) {
         (Location::Local(s), Location::Local(d)) => {
             let (cs, cd) = (resolve(s), resolve(d));
-            let describe = |inner: &str| {
-                format!(
-                    "source {} and destination {} overlap{inner}; a sync would copy into what it reads",
-                    s.display(),
-                    d.display()
-                )
-            };
+            let both = format!(
+                "source {} and destination {} overlap",
+                s.display(),
+                d.display()
+            );
             if cs == cd {
-                return Err(describe(" (the same directory)"));
+                return Err(format!("{both}: they are the same directory"));
             }
-            for (outer, inner, what) in [(&cs, &cd, "destination"), (&cd, &cs, "source")] {
+            for (outer, inner, what, other) in [
+                (&cs, &cd, "destination", "source"),
+                (&cd, &cs, "source", "destination"),
+            ] {
                 if let Ok(rel) = inner.strip_prefix(outer) {
                     let prefix = rel_key_prefix(rel);
                     if !prefix.is_empty() && all_excluded(&prefix, rules) {
                         continue;
                     }
                     return Err(format!(
-                        "{} (the {what} is inside the other, at {prefix}); exclude it with --exclude '{prefix}*' or pick another directory",
-                        describe("")
+                        "{both}: the {what} is inside the {other} (at {prefix}), so a sync would copy into what it reads; exclude it with --exclude '{prefix}*' or pick another directory"
                     ));
                 }
             }
@@ -60,19 +60,20 @@ pub fn check(
             if sb != db || norm(src_endpoint) != norm(dst_endpoint) {
                 return Ok(());
             }
-            let describe = format!("source s3://{sb}/{sp} and destination s3://{db}/{dp} overlap");
+            let both = format!("source s3://{sb}/{sp} and destination s3://{db}/{dp} overlap");
             if sp == dp {
-                return Err(format!(
-                    "{describe} (the same prefix); a sync would copy into what it reads"
-                ));
+                return Err(format!("{both}: they are the same prefix"));
             }
-            for (outer, inner, what) in [(sp, dp, "destination"), (dp, sp, "source")] {
+            for (outer, inner, what, other) in [
+                (sp, dp, "destination", "source"),
+                (dp, sp, "source", "destination"),
+            ] {
                 if let Some(rel) = inner.strip_prefix(outer.as_str()) {
                     if all_excluded(rel, rules) {
                         continue;
                     }
                     return Err(format!(
-                        "{describe} (the {what} is inside the other, at {rel}); a sync would copy into what it reads; exclude it with --exclude '{rel}*' or pick another prefix"
+                        "{both}: the {what} is inside the {other} (at {rel}), so a sync would copy into what it reads; exclude it with --exclude '{rel}*' or pick another prefix"
                     ));
                 }
             }
