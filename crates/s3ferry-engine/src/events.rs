@@ -60,6 +60,17 @@ pub struct Record {
     pub error: Option<String>,
 }
 
+/// The start of the reason of a skip record for an entry a listing left out (a symlink or a
+/// special file): such records are always shown, unlike routine "unchanged" skips.
+pub const NOT_SYNCED: &str = "not synced: ";
+
+impl Record {
+    /// A skip the user must hear about (see [`NOT_SYNCED`]).
+    pub fn is_reported_skip(&self) -> bool {
+        self.action == Outcome::Skip && self.reason.starts_with(NOT_SYNCED)
+    }
+}
+
 /// Totals of a job.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {

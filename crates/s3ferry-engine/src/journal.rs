@@ -49,6 +49,14 @@ pub struct JournalError {
     msg: String,
 }
 
+impl JournalError {
+    /// SQLite found the database file damaged ("malformed", "not a database").
+    pub fn is_corrupt(&self) -> bool {
+        self.msg.contains("database disk image is malformed")
+            || self.msg.contains("file is not a database")
+    }
+}
+
 pub type JResult<T> = Result<T, JournalError>;
 
 /// A cached content hash of a local file.
@@ -442,6 +450,53 @@ fn owner_thread(mut db: Db, rx: mpsc::Receiver<Cmd>) {
     db.bury(&db.run_id.clone());
 }
 
+/// Why the database file at `path` is corrupt, or `None` when it is absent, sound, or cannot
+/// be judged (locked, unreadable: those are not corruption and must not be moved aside).
+fn corruption(path: &Path) -> Option<String> {
+    use std::io::Read as _;
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    if len == 0 {
+        return None; // a new database SQLite has not written yet
+    }
+    let mut h = [0u8; 100];
+    if len < 100 || f.read_exact(&mut h).is_err() || &h[..16] != b"SQLite format 3\0" {
+        return Some("not an SQLite database".into());
+    }
+    let page_size = match u16::from_be_bytes([h[16], h[17]]) {
+        1 => 65536,
+        n => u64::from(n),
+    };
+    let pages = u64::from(u32::from_be_bytes([h[28], h[29], h[30], h[31]]));
+    let counter_valid = h[24..28] == h[92..96];
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    let wal_empty = fs_err::metadata(&wal).map(|m| m.len() == 0).unwrap_or(true);
+    if counter_valid && wal_empty && pages > 0 && len < pages.saturating_mul(page_size) {
+        return Some(format!(
+            "truncated: {len} bytes, its header says {pages} pages of {page_size}"
+        ));
+    }
+    // What SQLite itself says (only when the cheap checks passed).
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()?;
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
+    let corrupt_code = |e: &rusqlite::Error| {
+        matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+        )
+    };
+    match conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0)) {
+        Err(e) if corrupt_code(&e) => return Some(e.to_string()),
+        Err(_) => return None,
+        Ok(_) => {}
+    }
+    None
+}
+
 impl Journal {
     /// Open (or create, or migrate) the state database at `path`, and register this run.
     pub fn open(path: &Path) -> JResult<Self> {
@@ -463,6 +518,63 @@ impl Journal {
             .map_err(|e| err(format!("{}: {e}", lock_path.display())))?;
         let conn = Connection::open(path).map_err(|e| err(e.to_string()))?;
         Self::start(conn, p, Some(runs_dir), run_id, Some(lock))
+    }
+
+    /// [`Journal::open`], and when the database is corrupt or truncated (not an SQLite file,
+    /// a header that promises more pages than the file has, or SQLite calls it malformed):
+    /// move it (and its WAL) aside to `<path>.corrupt-<UTC time>`, start a new one, and return
+    /// the moved file's path with why, for the caller to report. Other errors (locked,
+    /// permission denied, newer schema) are returned as they are: only corruption is rebuilt.
+    pub fn open_or_rebuild(path: &Path) -> JResult<(Self, Option<(PathBuf, String)>)> {
+        if corruption(path).is_none() {
+            match Self::open(path) {
+                Ok(j) => return Ok((j, None)),
+                Err(e) if !e.is_corrupt() => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let p = path.display().to_string();
+        let err = |msg: String| JournalError {
+            path: p.clone(),
+            msg,
+        };
+        // One process rebuilds; others wait here and then find a sound database.
+        let lock_path = PathBuf::from(format!("{}.rebuild.lock", path.display()));
+        let lock =
+            File::create(&lock_path).map_err(|e| err(format!("{}: {e}", lock_path.display())))?;
+        lock.lock()
+            .map_err(|e| err(format!("{}: {e}", lock_path.display())))?;
+        let why = match corruption(path) {
+            Some(why) => why,
+            None => match Self::open(path) {
+                // Rebuilt by another run meanwhile.
+                Ok(j) => return Ok((j, None)),
+                Err(e) if !e.is_corrupt() => return Err(e),
+                Err(e) => e.msg,
+            },
+        };
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        let mut aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+        let mut n = 1;
+        while aside.exists() {
+            n += 1;
+            aside = PathBuf::from(format!("{}.corrupt-{stamp}-{n}", path.display()));
+        }
+        fs_err::rename(path, &aside).map_err(|e| err(e.to_string()))?;
+        for (ext, keep) in [("-wal", true), ("-shm", false), ("-journal", true)] {
+            let side = PathBuf::from(format!("{}{ext}", path.display()));
+            if side.exists() {
+                let r = if keep {
+                    fs_err::rename(&side, format!("{}{ext}", aside.display()))
+                } else {
+                    fs_err::remove_file(&side)
+                };
+                r.map_err(|e| err(e.to_string()))?;
+            }
+        }
+        let j = Self::open(path)?;
+        drop(lock);
+        Ok((j, Some((aside, why))))
     }
 
     /// A throwaway in-memory state (`--no-state`).

@@ -62,10 +62,21 @@ impl Side {
 
     /// The side's entries sorted by relative key, filtered by include/exclude.
     pub fn list(&self, filters: &Filters) -> BoxStream<'static, Result<Entry>> {
+        self.list_reporting(filters, false)
+    }
+
+    /// [`Side::list`], and with `report_skipped` also the entries the store leaves out
+    /// (symlinks, special files), each as a keyed `Unsupported` error from op `list` whose key
+    /// is relative to the prefix (see [`is_skipped_entry`]); excluded ones are not reported.
+    pub fn list_reporting(
+        &self,
+        filters: &Filters,
+        report_skipped: bool,
+    ) -> BoxStream<'static, Result<Entry>> {
         let plen = self.prefix.len();
         let filters = filters.clone();
         self.store
-            .list(ListOptions::prefix(self.prefix.clone()))
+            .list(ListOptions::prefix(self.prefix.clone()).report_skipped(report_skipped))
             .filter_map(move |r| {
                 let out = match r {
                     Ok(meta) => {
@@ -73,12 +84,28 @@ impl Side {
                         (!rel.is_empty() && filters.includes(&rel))
                             .then_some(Ok(Entry { rel, meta }))
                     }
+                    Err(mut e) if is_skipped_entry(&e) => {
+                        let rel = e
+                            .key
+                            .as_deref()
+                            .and_then(|k| k.get(plen..))
+                            .unwrap_or_default()
+                            .to_string();
+                        e.key = Some(rel.clone());
+                        (!rel.is_empty() && filters.includes(&rel)).then_some(Err(e))
+                    }
                     Err(e) => Some(Err(e)),
                 };
                 futures::future::ready(out)
             })
             .boxed()
     }
+}
+
+/// Is this listing error an entry the store skipped on purpose (a symlink or special file,
+/// reported because the listing asked for it) rather than a failure?
+pub fn is_skipped_entry(e: &StoreError) -> bool {
+    e.kind == ErrorKind::Unsupported && e.op == "list" && e.key.is_some()
 }
 
 /// A listed object with its key relative to the side's prefix.

@@ -16,14 +16,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::StreamExt;
-use s3ferry_engine::events::{Outcome, Record, Reporter, Summary};
+use s3ferry_engine::events::{Outcome, Record, Reporter, Summary, NOT_SYNCED};
 use s3ferry_engine::filter::Filters;
 use s3ferry_engine::identity::resolve_check;
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::plan::{plan, signature, Action, BaseRecord, Check, CopyReason, PlanOptions};
 use s3ferry_engine::spill::{Spill, SpillError};
 use s3ferry_engine::transfer::{cleanup_orphan_uploads, copy_object, TransferConfig};
-use s3ferry_engine::walk::{bases, entries, Entry, Join, JoinInput, Joined, Side, SideKind};
+use s3ferry_engine::walk::{
+    bases, entries, is_skipped_entry, Entry, Join, JoinInput, Joined, Side, SideKind,
+};
 use s3ferry_store::{ErrorKind, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -281,6 +283,9 @@ struct Planner {
     deletes: Spill<(String, u64)>,
     /// Keys of the state database's own files inside a synced directory.
     reserved: Vec<String>,
+    /// Keys the source listing skipped (symlinks, special files) whose rows have not come yet
+    /// (a skipped key comes before the row of the same key from the other inputs).
+    skipped_src: std::collections::BTreeSet<String>,
 }
 
 impl Planner {
@@ -290,6 +295,17 @@ impl Planner {
                 return Ok(None);
             }
             let mut row = match j {
+                Joined::EntryError(input, e) if is_skipped_entry(&e) => {
+                    // A symlink or special file: never opened, reported as skipped; its key
+                    // is not deleted at the destination either.
+                    let key = e.key.clone().unwrap_or_default();
+                    if input == 0 {
+                        let why = format!("{NOT_SYNCED}{}", e.message);
+                        sh.record(record(key.clone(), Outcome::Skip, why, 0));
+                    }
+                    self.skipped_src.insert(key);
+                    continue;
+                }
                 Joined::EntryError(input, e) => {
                     self.counts.src_errors += (input == 0) as u64;
                     let key = e.key.clone().unwrap_or_default();
@@ -320,6 +336,13 @@ impl Planner {
             self.counts.dst += d.is_some() as u64;
             if s.is_none() && d.is_none() {
                 continue; // only the base has it: gone from both sides
+            }
+            if !self.skipped_src.is_empty() {
+                // Skipped keys come before the rows of the same key; older ones are done with.
+                self.skipped_src = self.skipped_src.split_off(&rel);
+                if s.is_none() && self.skipped_src.remove(&rel) {
+                    continue; // the source has it as a symlink or special file: leave it alone
+                }
             }
             let base = base.filter(|_| s.is_some() && d.is_some() && !sh.opts.plan.checksum);
             let action = plan(s.as_ref(), d.as_ref(), base.as_ref(), &sh.opts.plan);
@@ -396,7 +419,7 @@ pub async fn run(
         bases(journal.base_stream(JOB, &pair))
     };
     let join = Join::new(vec![
-        entries(src.list(&opts.filters)),
+        entries(src.list_reporting(&opts.filters, true)),
         entries(dst.list(&opts.filters)),
         base_input,
     ]);
@@ -418,6 +441,7 @@ pub async fn run(
         counts: Counts::default(),
         deletes: Spill::new()?,
         reserved,
+        skipped_src: Default::default(),
     };
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut tasks = JoinSet::new();
@@ -666,7 +690,7 @@ pub fn reserved_keys(side: &Side, db_path: &str) -> Vec<String> {
             .unwrap_or(&s)
             .to_string()
     };
-    let mut out: Vec<String> = ["", "-wal", "-shm", "-journal"]
+    let mut out: Vec<String> = ["", "-wal", "-shm", "-journal", ".rebuild.lock"]
         .iter()
         .map(|sfx| key(rel.join(format!("{name}{sfx}"))))
         .collect();

@@ -112,6 +112,11 @@ impl Location {
                 prefix,
             });
         }
+        if let Some(hint) = scheme_hint(s) {
+            return Err(format!(
+                "{s:?} looks like a URI, not a local path: {hint} (a local path that really starts like this: ./{s})"
+            ));
+        }
         if s.contains("://") {
             return Err(format!(
                 "unsupported URI {s:?}: use s3://bucket/prefix or a local path"
@@ -135,6 +140,44 @@ impl fmt::Display for Location {
             Self::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
         }
     }
+}
+
+/// URI schemes a mistyped location starts with; a "local path" `s3:/bucket` would otherwise
+/// create a directory named `s3:` and sync into it.
+const S3_LIKE: &[&str] = &["s3", "s3a", "s3n"];
+const OTHER_SCHEMES: &[&str] = &[
+    "http", "https", "gs", "gcs", "az", "abfs", "abfss", "wasb", "wasbs", "file", "ftp", "sftp",
+];
+
+/// When `s` starts with a URI scheme (`s3:/b`, `s3:b`, `s3a://b`, `https:`, `gs:` ...) other than
+/// a well-formed `s3://`, what the user probably meant.
+fn scheme_hint(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once(':')?;
+    let lower = scheme.to_ascii_lowercase();
+    if S3_LIKE.contains(&lower.as_str()) {
+        if lower == "s3" && rest.starts_with("//") && scheme == "s3" {
+            return None; // a real s3:// URI
+        }
+        let path = rest.trim_start_matches('/');
+        return Some(format!("did you mean s3://{path}?"));
+    }
+    if OTHER_SCHEMES.contains(&lower.as_str()) {
+        return Some(match lower.as_str() {
+            "http" | "https" => {
+                "give the bucket as s3://bucket/prefix and the server with --endpoint-url URL"
+                    .to_string()
+            }
+            "file" => format!(
+                "did you mean the local path {}?",
+                rest.trim_start_matches("//")
+            ),
+            _ => format!(
+                "{scheme}: is not supported; did you mean s3://{}? (other S3-compatible services: --endpoint-url)",
+                rest.trim_start_matches('/')
+            ),
+        });
+    }
+    None
 }
 
 /// Bucket names per S3's rules (lenient on dots; strict on length and characters).
@@ -218,6 +261,26 @@ mod tests {
         assert!(Location::parse("s3://").is_err());
         assert!(Location::parse("s3://Bad_Bucket/x").is_err());
         assert!(Location::parse("gs://x/y").is_err());
+        for (bad, hint) in [
+            ("s3:/my-bucket/p", "s3://my-bucket/p"),
+            ("s3:my-bucket", "s3://my-bucket"),
+            ("s3a://my-bucket/x", "s3://my-bucket/x"),
+            ("S3://my-bucket", "s3://my-bucket"),
+            ("https://host/b", "--endpoint-url"),
+            ("http:x", "--endpoint-url"),
+            ("gs:b", "s3://b"),
+        ] {
+            let e = Location::parse(bad).unwrap_err();
+            assert!(e.contains(hint), "{bad}: {e}");
+        }
+        assert_eq!(
+            Location::parse("./s3:x").unwrap(),
+            Location::Local("./s3:x".into())
+        );
+        assert_eq!(
+            Location::parse("notes:2024").unwrap(),
+            Location::Local("notes:2024".into())
+        );
         assert_eq!(
             Location::parse("./dir").unwrap(),
             Location::Local("./dir".into())

@@ -334,6 +334,10 @@ impl CopyOptions {
 pub struct ListOptions {
     pub prefix: String,
     pub start_after: Option<String>,
+    /// Stores that leave entries out (a local store: symlinks, FIFOs, sockets, devices) send
+    /// each one as a keyed `Unsupported` error from op `list`, whose message names what it is,
+    /// instead of leaving it out silently.
+    pub report_skipped: bool,
 }
 
 impl ListOptions {
@@ -341,7 +345,12 @@ impl ListOptions {
         Self {
             prefix: p.into(),
             start_after: None,
+            report_skipped: false,
         }
+    }
+    pub fn report_skipped(mut self, yes: bool) -> Self {
+        self.report_skipped = yes;
+        self
     }
     pub fn start_after(mut self, k: Option<String>) -> Self {
         self.start_after = k;

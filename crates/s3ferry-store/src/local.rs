@@ -45,6 +45,19 @@ fn err(kind: ErrorKind, op: &'static str, key: &str, msg: impl Into<String>) -> 
     StoreError::new(kind, op, msg).with_key(key)
 }
 
+/// An I/O error reading one file or directory of the tree (list, get, head). Permission denied
+/// there is that entry's problem, not the job's: it is not the fatal `PermissionDenied` kind
+/// (which stops a job, as bad credentials do) but a per-object failure; the message says
+/// "permission denied". The root itself (empty key) stays fatal.
+fn read_io(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
+    let mut se = StoreError::io(op, key, e);
+    if se.kind == ErrorKind::PermissionDenied && !key.is_empty() {
+        se.kind = ErrorKind::Other;
+        se.message = format!("permission denied: {}", se.message);
+    }
+    se
+}
+
 fn unsafe_key(op: &'static str, key: &str, why: UnsafeKey) -> StoreError {
     err(
         ErrorKind::InvalidInput,
@@ -311,6 +324,7 @@ fn walk(
     root: &Path,
     prefix: &str,
     start_after: Option<&str>,
+    report_skipped: bool,
     tx: &tokio::sync::mpsc::Sender<Result<ObjectMeta>>,
 ) {
     struct Frame {
@@ -319,10 +333,10 @@ fn walk(
         entries: std::vec::IntoIter<(String, FileType)>,
     }
     let read = |dir: &Path, key_prefix: &str| -> Result<Vec<(String, FileType)>> {
-        let rd = std::fs::read_dir(dir).map_err(|e| StoreError::io("list", key_prefix, e))?;
+        let rd = std::fs::read_dir(dir).map_err(|e| read_io("list", key_prefix, e))?;
         let mut out = Vec::new();
         for ent in rd {
-            let ent = ent.map_err(|e| StoreError::io("list", key_prefix, e))?;
+            let ent = ent.map_err(|e| read_io("list", key_prefix, e))?;
             let Ok(ft) = ent.file_type() else { continue };
             let name = ent.file_name();
             let Some(name) = name.to_str() else {
@@ -346,13 +360,8 @@ fn walk(
                 }
                 continue;
             }
-            if ft.is_symlink() {
-                tracing::warn!("skipping symlink {}", dir.join(name).display());
-                continue;
-            }
-            if ft.is_dir() || ft.is_file() {
-                out.push((name.to_string(), ft));
-            }
+            // Symlinks and special files sort as files; the walk skips (and may report) them.
+            out.push((name.to_string(), ft));
         }
         let sort_key = |(n, ft): &(String, FileType)| {
             if ft.is_dir() {
@@ -422,12 +431,50 @@ fn walk(
         if !key.starts_with(prefix) || start_after.is_some_and(|s| key.as_str() <= s) {
             continue;
         }
+        if !ft.is_file() {
+            let what = special_kind(&ft);
+            tracing::debug!("skipping {what} {}", path.display());
+            if report_skipped {
+                let e = err(
+                    ErrorKind::Unsupported,
+                    "list",
+                    &key,
+                    if ft.is_symlink() {
+                        "symlink, not followed".to_string()
+                    } else {
+                        format!("{what}, never opened")
+                    },
+                );
+                if tx.blocking_send(Err(e)).is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
         let item = std::fs::symlink_metadata(&path)
             .map(|md| meta_of(key.clone(), &md))
-            .map_err(|e| StoreError::io("list", &key, e));
+            .map_err(|e| read_io("list", &key, e));
         if tx.blocking_send(item).is_err() {
             return; // the consumer went away
         }
+    }
+}
+
+/// What a directory entry that is neither a regular file nor a directory is.
+fn special_kind(ft: &FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_fifo() {
+        "FIFO (named pipe)"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else {
+        "special file"
     }
 }
 
@@ -461,7 +508,13 @@ impl Store for LocalStore {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || {
-            walk(&root, &opts.prefix, opts.start_after.as_deref(), &tx)
+            walk(
+                &root,
+                &opts.prefix,
+                opts.start_after.as_deref(),
+                opts.report_skipped,
+                &tx,
+            )
         });
         stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }).boxed()
     }
@@ -496,8 +549,7 @@ impl Store for LocalStore {
         let path = self.path_for("head", key)?;
         let key = key.to_string();
         blocking(move || {
-            let md =
-                std::fs::symlink_metadata(&path).map_err(|e| StoreError::io("head", &key, e))?;
+            let md = std::fs::symlink_metadata(&path).map_err(|e| read_io("head", &key, e))?;
             if !md.is_file() {
                 return Err(err(ErrorKind::NotFound, "head", &key, "not a regular file"));
             }
@@ -521,11 +573,11 @@ impl Store for LocalStore {
         // Small reads happen in the same blocking call as the open, and the file is checked
         // again after the read: the bytes returned are the file `meta` describes.
         let (file, meta, range, small) = blocking(move || {
-            let md = std::fs::symlink_metadata(&path).map_err(|e| StoreError::io("get", &k, e))?;
+            let md = std::fs::symlink_metadata(&path).map_err(|e| read_io("get", &k, e))?;
             if !md.is_file() {
                 return Err(err(ErrorKind::NotFound, "get", &k, "not a regular file"));
             }
-            let f = File::open(&path).map_err(|e| StoreError::io("get", &k, e))?;
+            let f = File::open(&path).map_err(|e| read_io("get", &k, e))?;
             let meta = meta_of(k.clone(), &md);
             let size = meta.size;
             let range = want.unwrap_or(0..size);
@@ -541,8 +593,8 @@ impl Store for LocalStore {
                 return Ok((f, meta, range, None));
             }
             let data = read_range(&f, range.start, range.end - range.start)
-                .map_err(|e| StoreError::io("get", &k, e))?;
-            let after = f.metadata().map_err(|e| StoreError::io("get", &k, e))?;
+                .map_err(|e| read_io("get", &k, e))?;
+            let after = f.metadata().map_err(|e| read_io("get", &k, e))?;
             if after.len() != md.len() || after.modified().ok() != meta.mtime {
                 return Err(err(
                     ErrorKind::Transient,
@@ -573,9 +625,7 @@ impl Store for LocalStore {
                 if pos >= end {
                     // Last step: the file must still be the one that was opened.
                     let r = blocking(move || {
-                        let md = file
-                            .metadata()
-                            .map_err(|e| StoreError::io("get", &key, e))?;
+                        let md = file.metadata().map_err(|e| read_io("get", &key, e))?;
                         if md.len() != size0 || md.modified().ok() != mtime0 {
                             return Err(err(
                                 ErrorKind::Transient,
@@ -591,7 +641,7 @@ impl Store for LocalStore {
                 }
                 let n = (end - pos).min(READ_CHUNK);
                 let r = blocking(move || {
-                    read_range(&file, pos, n).map_err(|e| StoreError::io("get", &key, e))
+                    read_range(&file, pos, n).map_err(|e| read_io("get", &key, e))
                 })
                 .await;
                 Some((r, Some(pos + n)))

@@ -769,6 +769,12 @@ Big objects go up as multipart uploads and come down as parallel ranged reads, e
 whole object verified; a partial object never appears under its final name. A killed sync resumes:
 finished objects are not transferred again and unfinished uploads are aborted.
 
+Source and destination must not overlap (the same directory or prefix, or one inside the other),
+unless filters exclude the inner one: `s3ferry sync dir dir/backup --exclude 'backup/*'`. Symlinks
+and special files (FIFOs, sockets, devices) in a local source are skipped, never opened, and
+listed as skipped. A file or directory that cannot be read fails alone (exit 1). A corrupt state
+database is moved aside (state.db.corrupt-<time>) and rebuilt.
+
 Deleting (--delete) is refused before any change when it would remove more than --max-delete
 (default 50% of the destination), or anything at all when the source is empty and --max-delete was
 not given; deletes are skipped for a run whose source listing had errors.
@@ -782,9 +788,10 @@ EXAMPLES
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// Source: a local directory or s3://bucket[/prefix].
+    /// Source: a local directory or s3://bucket[/prefix]. Anything else that starts with a URI
+    /// scheme (s3:/b, s3a://b, https:, gs:) is refused; write ./s3:x for such a local path.
     pub src: String,
-    /// Destination: a local directory or s3://bucket[/prefix].
+    /// Destination: a local directory or s3://bucket[/prefix] (not overlapping the source).
     pub dst: String,
     /// Delete destination objects that are not in the source (subject to --max-delete).
     #[arg(long)]
@@ -818,17 +825,17 @@ pub struct SyncArgs {
     /// Storage class for new objects (STANDARD, STANDARD_IA, INTELLIGENT_TIERING, GLACIER_IR, …).
     #[arg(long, value_name = "CLASS")]
     pub storage_class: Option<String>,
-    /// Objects transferred at once.
+    /// Objects transferred at once (1 to 4096).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub concurrency: usize,
-    /// Parts in flight per big object.
+    /// Parts in flight per big object (1 to 4096).
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub part_concurrency: usize,
-    /// Minimum multipart part size (the rule is max(SIZE, size/10000), never below 5 MiB);
+    /// Minimum multipart part size, 5 MiB to 5 GiB (the rule is max(SIZE, size/10000));
     /// objects up to this size go up in one PUT.
     #[arg(long, default_value = "8MiB", value_name = "SIZE")]
     pub part_size: String,
-    /// Memory budget for data in flight.
+    /// Memory budget for data in flight (at least one part).
     #[arg(long, default_value = "1GiB", value_name = "SIZE")]
     pub max_memory: String,
     /// Stream S3-to-S3 copies through this machine even when a server-side copy is possible.

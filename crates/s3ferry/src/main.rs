@@ -6,6 +6,7 @@ mod batch;
 mod bisync;
 mod cli;
 mod output;
+mod overlap;
 mod pipe;
 mod stores;
 
@@ -27,6 +28,11 @@ use output::Printer;
 // Many small allocations across worker threads: mimalloc is measurably cheaper than glibc here.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The largest part S3 accepts in a multipart upload.
+const MAX_PART_SIZE: u64 = 5 << 30;
+/// The most objects (or parts) in flight a sync accepts; more is a typo, not a plan.
+const MAX_CONCURRENCY: usize = 4096;
 
 /// A fatal error: one line, exit code 2.
 struct Fatal(String);
@@ -235,7 +241,42 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
             args.part_size
         )));
     }
-    let mut transfer = TransferConfig::new(parse_size(&args.max_memory)?);
+    if part_size > MAX_PART_SIZE {
+        return Err(Fatal(format!(
+            "--part-size {} is above the 5 GiB maximum S3 accepts for a part",
+            args.part_size
+        )));
+    }
+    for (flag, v) in [
+        ("--concurrency", args.concurrency),
+        ("--part-concurrency", args.part_concurrency),
+    ] {
+        if v == 0 || v > MAX_CONCURRENCY {
+            return Err(Fatal(format!(
+                "{flag} {v} is out of range: give 1 to {MAX_CONCURRENCY}"
+            )));
+        }
+    }
+    let max_memory = parse_size(&args.max_memory)?;
+    if max_memory < part_size {
+        return Err(Fatal(format!(
+            "--max-memory {} is less than one part (--part-size {}): nothing could be transferred",
+            args.max_memory, args.part_size
+        )));
+    }
+    let src_endpoint = g
+        .source_endpoint_url
+        .as_deref()
+        .or(g.endpoint_url.as_deref());
+    overlap::check(
+        &src_loc,
+        &dst_loc,
+        src_endpoint,
+        g.endpoint_url.as_deref(),
+        &rules,
+    )
+    .map_err(Fatal)?;
+    let mut transfer = TransferConfig::new(max_memory);
     transfer.part_size = part_size;
     transfer.part_concurrency = args.part_concurrency.max(1);
     transfer.storage_class = args.storage_class.clone();
@@ -265,7 +306,16 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
         Journal::in_memory()?
     } else {
         let p = state_path(args)?;
-        Journal::open(&p).map_err(|e| Fatal(format!("{e} (use --state-dir or --no-state)")))?
+        let (j, moved) = Journal::open_or_rebuild(&p)
+            .map_err(|e| Fatal(format!("{e} (use --state-dir or --no-state)")))?;
+        if let Some((aside, why)) = moved {
+            eprintln!(
+                "s3ferry: warning: state database {} was corrupt ({why}); moved it to {} and started a new one (this run compares content afresh)",
+                p.display(),
+                aside.display()
+            );
+        }
+        j
     };
     let opts = SyncOptions {
         plan: PlanOptions {

@@ -185,7 +185,7 @@ impl Reporter for Printer {
         if self.json {
             let mut v = serde_json::to_value(r).unwrap_or_default();
             v["type"] = "object".into();
-            if r.action != Outcome::Skip || self.verbose > 0 {
+            if r.action != Outcome::Skip || self.verbose > 0 || r.is_reported_skip() {
                 self.json(v);
             }
             return;
@@ -196,6 +196,9 @@ impl Reporter for Printer {
                 r.error.as_deref().unwrap_or(&r.reason)
             )),
             Outcome::Refuse => self.err_line(&format!("refused: {:?}: {}", r.key, r.reason)),
+            Outcome::Skip if r.is_reported_skip() && !self.quiet => {
+                self.err_line(&format!("skipped: {:?}: {}", r.key, r.reason))
+            }
             Outcome::Skip if self.verbose == 0 => {}
             _ if self.quiet => {}
             a => self.line(&format!("{:<12} {} ({})", a.as_str(), r.key, r.reason)),

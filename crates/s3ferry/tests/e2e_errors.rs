@@ -512,3 +512,361 @@ fn escaping_keys_from_a_listing_are_refused() {
     assert_eq!(outside_state, ["work", "work/dst", "work/dst/ok.txt"]);
     assert!(!std::path::Path::new("/abs-s3ferry-e2e").exists());
 }
+
+/// `s3ferry ARGS` run in `cwd` (so a location taken as a relative local path would be created
+/// there).
+fn run_in(cx: &Ctx, cwd: &std::path::Path, args: &[&str]) -> Run {
+    let mut c = cx.cmd();
+    c.current_dir(cwd).args(args);
+    run_cmd(c, RUN_TIMEOUT)
+}
+
+/// A location that starts with a URI scheme but is not a well-formed `s3://` URI is refused
+/// (exit 2, one line with a hint) instead of being taken as a local path; nothing is created,
+/// on either side. `./s3:x` is the way to name such a local path.
+#[test]
+fn uri_like_local_paths_are_refused() {
+    let Some(cx) = Ctx::new() else { return };
+    let cwd = cx.path("cwd");
+    std::fs::create_dir_all(&cwd).expect("mkdir");
+    let other = cx.path("other");
+    write_tree(&other, &tree(&[("a.txt", b"a")]));
+    for (loc, hint) in [
+        ("s3:/my-bucket/p", "did you mean s3://my-bucket/p"),
+        ("s3:my-bucket", "did you mean s3://my-bucket"),
+        ("s3a://my-bucket/x", "did you mean s3://my-bucket/x"),
+        ("S3://my-bucket", "did you mean s3://my-bucket"),
+        ("http://127.0.0.1:8333/b", "--endpoint-url"),
+        ("https:bucket", "--endpoint-url"),
+        ("gs:my-bucket", "s3://my-bucket"),
+        ("gs://my-bucket/x", "s3://my-bucket/x"),
+    ] {
+        for args in [
+            vec!["sync", s(&other), loc],
+            vec!["sync", loc, s(&other)],
+            vec!["sync", "--dry-run", s(&other), loc],
+        ] {
+            let r = run_in(&cx, &cwd, &args);
+            let line = r.assert_fatal();
+            assert!(line.contains(hint), "{args:?}: {line}");
+            assert!(
+                line.contains(loc),
+                "{args:?}: the line names the input: {line}"
+            );
+        }
+    }
+    assert_eq!(
+        all_entries(&cwd),
+        Vec::<String>::new(),
+        "something was created"
+    );
+    assert_eq!(all_entries(&other), ["a.txt"], "the other side changed");
+    // The escape hatch: an explicit relative path is a local path.
+    let r = run_in(&cx, &cwd, &["--json", "sync", s(&other), "./s3:x"]);
+    r.assert_ok();
+    assert_eq!(read_tree(&cwd.join("s3:x")), tree(&[("a.txt", b"a")]));
+}
+
+/// Source and destination that overlap — the same directory or prefix, or one inside the
+/// other, in either order, also through a symlink or a `..` — are refused before anything
+/// changes, unless the filters exclude every key of the inner one.
+#[test]
+fn overlapping_source_and_destination_are_refused() {
+    let Some(cx) = Ctx::new() else { return };
+    let t = cx.path("tree");
+    let files = tree(&[("a.txt", b"a"), ("sub/b.txt", b"b")]);
+    write_tree(&t, &files);
+    let link = cx.path("link");
+    std::os::unix::fs::symlink(&t, &link).expect("symlink");
+    let ts = |rel: &str| t.join(rel).to_string_lossy().into_owned();
+    let tree_s = s(&t).to_string();
+    let dotdot = format!("{}/sub/..", s(&t));
+    let link_backup = format!("{}/backup", s(&link));
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![tree_s.clone(), tree_s.clone()], "same directory"),
+        (vec![tree_s.clone(), dotdot.clone()], "same directory"),
+        (vec![tree_s.clone(), ts("backup")], "backup/"),
+        (vec![ts("sub"), tree_s.clone()], "sub/"),
+        (
+            vec![s(&link).to_string(), ts("sub/deeper/new")],
+            "sub/deeper/new/",
+        ),
+        (vec![tree_s.clone(), link_backup.clone()], "backup/"),
+        (
+            vec![
+                "--exclude".into(),
+                "backup/*.tmp".into(),
+                tree_s.clone(),
+                ts("backup"),
+            ],
+            "backup/",
+        ),
+        (
+            vec![
+                "--exclude".into(),
+                "backup/*".into(),
+                "--include".into(),
+                "backup/keep".into(),
+                tree_s.clone(),
+                ts("backup"),
+            ],
+            "backup/",
+        ),
+    ];
+    let before = all_entries(&t);
+    for (args, needle) in &cases {
+        for delete in [false, true] {
+            let mut a = vec!["sync"];
+            if delete {
+                a.extend(["--delete", "--max-delete", "100%"]);
+            }
+            a.extend(args.iter().map(String::as_str));
+            let r = cx.run(&a);
+            let line = r.assert_fatal();
+            assert!(line.contains("overlap"), "{a:?}: {line}");
+            assert!(line.contains(needle), "{a:?}: {line}");
+            assert_eq!(all_entries(&t), before, "{a:?} changed the tree");
+        }
+    }
+
+    // S3: the same bucket and endpoint, prefixes equal or nested, either order.
+    let b = cx.bucket("overlap");
+    b.put("p/q/x", b"x");
+    b.put("p/y", b"y");
+    let keys = b.keys("");
+    for (src, dst) in [
+        (b.uri("p"), b.uri("p/")),
+        (b.uri(""), b.uri("p")),
+        (b.uri("p/q"), b.uri("p")),
+        (b.uri("p"), b.uri("p/q")),
+    ] {
+        let r = cx.run(&["sync", "--delete", "--max-delete", "100%", &src, &dst]);
+        let line = r.assert_fatal();
+        assert!(line.contains("overlap"), "{src} {dst}: {line}");
+        assert_eq!(b.keys(""), keys, "{src} -> {dst} changed the bucket");
+    }
+    // Prefixes that only share a start do not overlap.
+    cx.sync(&[&b.uri("p/q"), &b.uri("p/qq")]).assert_ok();
+    assert_eq!(b.get("p/qq/x"), b"x");
+
+    // Excluding the inner side's keys makes it fine, in both orders.
+    let r = cx.sync(&["--exclude", "backup/*", &tree_s, &ts("backup")]);
+    r.assert_ok();
+    assert_eq!(read_tree(&t.join("backup")), files);
+    assert!(!t.join("backup/backup").exists(), "copied into itself");
+    let r = cx.sync(&["--exclude", "sub/*", &ts("sub"), &tree_s]);
+    r.assert_ok();
+    assert_eq!(std::fs::read(t.join("b.txt")).expect("b.txt"), b"b");
+    let r = cx.sync(&["--exclude", "z/*", &b.uri("p"), &b.uri("p/z")]);
+    r.assert_ok();
+    assert_eq!(b.get("p/z/y"), b"y");
+    assert!(b.keys("p/z/z/").is_empty(), "copied into itself");
+}
+
+/// Zero or absurd numbers: one clear line, exit 2, nothing written.
+#[test]
+fn absurd_numeric_options_are_refused() {
+    let Some(cx) = Ctx::new() else { return };
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[("a", b"1")]));
+    let b = cx.bucket("absurd");
+    let uri = b.uri("p");
+    for (opts, needle) in [
+        (vec!["--concurrency", "0"], "--concurrency 0"),
+        (vec!["--concurrency", "5000"], "--concurrency 5000"),
+        (vec!["--part-concurrency", "0"], "--part-concurrency 0"),
+        (vec!["--part-concurrency", "100000"], "--part-concurrency"),
+        (vec!["--max-memory", "4MiB"], "--max-memory 4MiB"),
+        (
+            vec!["--part-size", "64MiB", "--max-memory", "32MiB"],
+            "one part",
+        ),
+        (vec!["--part-size", "6GiB", "--max-memory", "8GiB"], "5 GiB"),
+    ] {
+        let mut args = vec!["sync"];
+        args.extend(opts.iter().copied());
+        args.extend([s(&src), uri.as_str()]);
+        let r = cx.run(&args);
+        let line = r.assert_fatal();
+        assert!(line.contains(needle), "{args:?}: {line}");
+    }
+    assert!(b.keys("").is_empty(), "a refused run wrote objects");
+    // The limits themselves are accepted.
+    let r = cx.sync(&[
+        "--concurrency",
+        "4096",
+        "--part-concurrency",
+        "1",
+        "--part-size",
+        "5GiB",
+        "--max-memory",
+        "5GiB",
+        s(&src),
+        &uri,
+    ]);
+    r.assert_ok();
+    assert_eq!(b.keys(""), ["p/a"]);
+}
+
+/// FIFOs, sockets, devices and symlinks in a local source are never opened (a FIFO would
+/// block the sync forever): each is a `skip` record naming its type, counted as skipped, and
+/// `--delete` leaves a destination object of the same name alone.
+#[test]
+#[allow(clippy::print_stderr)]
+fn special_files_and_symlinks_are_skipped_and_reported() {
+    let Some(cx) = Ctx::new() else { return };
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[("a.txt", b"a"), ("d/f.txt", b"f")]));
+    let mk = std::process::Command::new("mkfifo")
+        .arg(src.join("fifo"))
+        .status()
+        .expect("mkfifo");
+    assert!(mk.success(), "mkfifo failed");
+    let _sock = std::os::unix::net::UnixListener::bind(src.join("sock")).expect("bind socket");
+    std::os::unix::fs::symlink(src.join("a.txt"), src.join("link")).expect("symlink");
+    std::os::unix::fs::symlink(src.join("d"), src.join("dirlink")).expect("symlink");
+    std::os::unix::fs::symlink("/nowhere/at/all", src.join("d/dangling")).expect("symlink");
+    let mut want: Vec<(&str, &str)> = vec![
+        ("d/dangling", "symlink"),
+        ("dirlink", "symlink"),
+        ("fifo", "FIFO"),
+        ("link", "symlink"),
+        ("sock", "socket"),
+    ];
+    // A character device needs mknod (root); without it that case is left out, loudly.
+    let dev = std::process::Command::new("mknod")
+        .arg(src.join("null"))
+        .args(["c", "1", "3"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if dev {
+        want.push(("null", "character device"));
+    } else {
+        eprintln!("note: mknod not permitted here; the device case is not tested");
+    }
+    want.sort();
+    let b = cx.bucket("special");
+    b.put("p/fifo", b"an object where the source has a FIFO");
+    let r = cx.sync(&["--delete", "--max-delete", "100%", s(&src), &b.uri("p")]);
+    r.assert_ok();
+    let got: Vec<(String, String)> = r
+        .records("skip")
+        .iter()
+        .map(|v| {
+            (
+                v["key"].as_str().unwrap_or_default().to_string(),
+                v["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let mut got = got;
+    got.sort();
+    assert_eq!(got.len(), want.len(), "{r}");
+    for ((k, reason), (wk, wr)) in got.iter().zip(&want) {
+        assert_eq!(k, wk, "{r}");
+        assert!(reason.contains(wr), "{k}: {reason}");
+    }
+    assert_eq!(r.n("skipped"), want.len() as u64, "{r}");
+    assert_eq!(r.n("deleted"), 0, "{r}");
+    assert_eq!(b.keys(""), ["p/a.txt", "p/d/f.txt", "p/fifo"]);
+    // Excluded ones are not reported.
+    let r = cx.sync(&["--exclude", "fifo", s(&src), &b.uri("p")]);
+    r.assert_ok();
+    assert!(!r.keys("skip").contains(&"fifo".to_string()), "{r}");
+}
+
+/// The s3ferry binary, run so that permission bits bind it even as root: as root, without
+/// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (setpriv). `None` (with a printed reason) when
+/// that cannot be arranged.
+#[allow(clippy::print_stderr)]
+fn unprivileged_cmd(cx: &Ctx, probe: &std::path::Path) -> Option<Command> {
+    let base = cx.cmd();
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+    let drop_caps = ["--bounding-set=-dac_override,-dac_read_search"];
+    let mut c = if root {
+        let ok = Command::new("setpriv")
+            .args(drop_caps)
+            .arg("cat")
+            .arg(probe)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !matches!(ok, Ok(s) if !s.success()) {
+            eprintln!(
+                "SKIP: running as root and `setpriv {}` cannot make a mode-000 file unreadable here",
+                drop_caps[0]
+            );
+            return None;
+        }
+        let mut c = Command::new("setpriv");
+        c.args(drop_caps).arg(BIN);
+        c
+    } else {
+        Command::new(BIN)
+    };
+    for (k, v) in base.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.stdin(std::process::Stdio::null());
+    Some(c)
+}
+
+/// One unreadable file is that file's failure (exit 1, the others synced); an unreadable
+/// directory is reported and skipped, not fatal; deletes are held back for the run.
+#[test]
+fn unreadable_file_and_directory_fail_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(cx) = Ctx::new() else { return };
+    let src = cx.path("src");
+    write_tree(
+        &src,
+        &tree(&[
+            ("a.txt", b"a"),
+            ("secret.txt", b"s"),
+            ("locked/x.txt", b"x"),
+            ("z.txt", b"z"),
+        ]),
+    );
+    let mode = |p: &str, m: u32| {
+        std::fs::set_permissions(src.join(p), std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+    mode("secret.txt", 0o000);
+    mode("locked", 0o000);
+    let Some(mut c) = unprivileged_cmd(&cx, &src.join("secret.txt")) else {
+        mode("locked", 0o755);
+        return;
+    };
+    let b = cx.bucket("unreadable");
+    b.put("p/old.txt", b"only at the destination");
+    c.args([
+        "--json",
+        "--no-progress",
+        "sync",
+        "--delete",
+        "--max-delete",
+        "100%",
+        s(&src),
+        &b.uri("p"),
+    ]);
+    let r = run_cmd(c, RUN_TIMEOUT);
+    mode("locked", 0o755);
+    mode("secret.txt", 0o644);
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(r.keys("fail"), ["locked/", "secret.txt"], "{r}");
+    for rec in r.records("fail") {
+        let e = rec["error"].as_str().unwrap_or_default();
+        assert!(e.contains("permission denied"), "{rec}");
+    }
+    assert_eq!(r.keys("copy"), ["a.txt", "z.txt"], "{r}");
+    assert_eq!(r.n("failed"), 2, "{r}");
+    assert_eq!(
+        b.keys(""),
+        ["p/a.txt", "p/old.txt", "p/z.txt"],
+        "deletes must be held back after a listing error"
+    );
+}

@@ -91,3 +91,85 @@ fn no_home_means_no_state_database_in_the_current_directory() {
     );
     assert!(b.keys("p/").is_empty());
 }
+
+/// Files in the state dir whose name starts with `state.db.corrupt-`.
+fn corrupt_copies(state: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(state)
+        .expect("state dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("state.db.corrupt-") && !n.ends_with("-wal"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A state database full of garbage, or cut short, is moved aside to
+/// `state.db.corrupt-<UTC time>` with one line on stderr, a new one is started, and the sync
+/// goes on (exit 0); the next run says nothing.
+#[test]
+fn corrupt_state_database_is_moved_aside_and_rebuilt() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("corrupt-state");
+    let src = cx.path("src");
+    let files: std::collections::BTreeMap<String, Vec<u8>> = (0..400)
+        .map(|i| (format!("dir{}/file-{i:04}.txt", i % 7), vec![b'x'; i % 50]))
+        .collect();
+    write_tree(&src, &files);
+    let db = cx.state.join("state.db");
+    cx.sync(&[s(&src), &b.uri("p")]).assert_ok();
+
+    // 1. Garbage.
+    let garbage = b"this is not a database, it is a grocery list: eggs, milk\n".repeat(100);
+    std::fs::write(&db, &garbage).expect("write garbage");
+    let r = cx.sync(&[s(&src), &b.uri("p")]);
+    r.assert_ok();
+    let warn: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(warn.len(), 1, "one line on stderr: {r}");
+    assert!(
+        warn[0].contains("corrupt") && warn[0].contains("state.db.corrupt-"),
+        "{r}"
+    );
+    let moved = corrupt_copies(&cx.state);
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(std::fs::read(&moved[0]).expect("moved"), garbage);
+    let name = moved[0]
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let stamp = name.trim_start_matches("state.db.corrupt-");
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").is_ok(),
+        "not a UTC time: {name}"
+    );
+    assert_eq!(r.n("copied"), 0, "{r}");
+    assert_eq!(b.keys("p/").len(), files.len());
+    // The new database works: the next run is quiet.
+    let r = cx.sync(&[s(&src), &b.uri("p")]);
+    r.assert_ok();
+    assert_eq!(r.stderr.trim(), "", "{r}");
+    assert_eq!(corrupt_copies(&cx.state).len(), 1);
+
+    // 2. Truncated: a sound database cut to half its pages.
+    {
+        let c = rusqlite::Connection::open(&db).expect("open db");
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .expect("checkpoint");
+    }
+    let len = std::fs::metadata(&db).expect("db").len();
+    assert!(len >= 8 * 4096, "the database is too small to cut: {len}");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .expect("open db");
+    f.set_len(len / 2).expect("truncate");
+    drop(f);
+    let r = cx.sync(&[s(&src), &b.uri("p")]);
+    r.assert_ok();
+    assert_eq!(r.stderr.lines().count(), 1, "{r}");
+    assert!(r.stderr.contains("truncated"), "{r}");
+    assert_eq!(corrupt_copies(&cx.state).len(), 2);
+}
