@@ -2,6 +2,7 @@
 //! killed (SIGKILL) at random points and the fault layer throttles and resets requests; after
 //! the last rerun the two sides must be identical with nothing left behind. Short in the test
 //! suite; `scripts/soak` runs it long (S3FERRY_SOAK_KILLS, S3FERRY_SOAK_SEED).
+#![allow(clippy::print_stderr)]
 
 mod common;
 
