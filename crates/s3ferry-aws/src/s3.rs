@@ -77,7 +77,13 @@ pub struct S3Config {
     pub max_attempts_sdk: u32,
     /// How to list (flat, or a per-directory walk for servers that do not list in byte order).
     pub list_mode: ListMode,
+    /// How long to wait for the first byte of an answer (`None`: [`DEFAULT_READ_TIMEOUT`]); a
+    /// server that accepts a request and never answers is then a retryable timeout, not a hang.
+    pub read_timeout: Option<Duration>,
 }
+
+/// See [`S3Config::read_timeout`].
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl S3Config {
     pub fn new(bucket: impl Into<String>) -> Self {
@@ -146,6 +152,7 @@ impl S3Store {
         loader = loader.retry_config(retry).timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(cfg.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT))
                 .build(),
         );
         if cfg.checksum_when_required {

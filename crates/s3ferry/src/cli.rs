@@ -73,6 +73,16 @@ pub struct Global {
     /// Only errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Give up on an S3 request whose answer has not started after this long (retried like
+    /// any timeout).
+    #[arg(
+        long,
+        global = true,
+        env = "S3FERRY_READ_TIMEOUT",
+        default_value = "5m",
+        value_name = "DURATION"
+    )]
+    pub read_timeout: String,
     /// At most this many S3 requests per second, for the whole process (on top of the adaptive
     /// concurrency limit that backs off on 503 SlowDown).
     #[arg(long, global = true, env = "S3FERRY_MAX_RPS", value_parser = parse_rps, value_name = "N")]

@@ -54,6 +54,16 @@ fn main() -> ExitCode {
         cli.global.quiet,
         cli.global.log_level.as_deref(),
     );
+    match cli::parse_duration(&cli.global.read_timeout) {
+        Ok(d) if !d.is_zero() => {}
+        _ => {
+            eprintln!(
+                "s3ferry: error: --read-timeout {:?}: use a duration like 30s or 5m",
+                cli.global.read_timeout
+            );
+            return ExitCode::from(2);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

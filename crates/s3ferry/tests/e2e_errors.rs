@@ -870,3 +870,39 @@ fn unreadable_file_and_directory_fail_alone() {
         "deletes must be held back after a listing error"
     );
 }
+
+/// A server that accepts connections and never answers: s3ferry gives up after --read-timeout
+/// (retried like any timeout) with one line and status 2, instead of hanging.
+#[test]
+fn a_server_that_never_answers_times_out() {
+    let Some(cx) = Ctx::new() else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn); // read nothing, answer nothing, close nothing
+        }
+    });
+    let ep = format!("http://{addr}");
+    let mut c = cx.cmd();
+    c.args([
+        "--endpoint-url",
+        &ep,
+        "--read-timeout",
+        "1s",
+        "ls",
+        "s3://silent-bucket/",
+    ]);
+    let t0 = std::time::Instant::now();
+    let r = run_cmd(c, std::time::Duration::from_secs(120));
+    assert_eq!(r.code, 2, "{r}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(60), "{r}");
+    let line = assert_one_error_line(&r.stderr);
+    assert!(
+        line.to_lowercase().contains("timeout") || line.contains("timed out"),
+        "{line}"
+    );
+    let r = cx.run(&["--read-timeout", "0s", "ls", "s3://x/"]);
+    assert_eq!(r.code, 2, "{r}");
+}
