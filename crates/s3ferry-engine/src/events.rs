@@ -85,13 +85,18 @@ pub struct Summary {
     pub dry_run: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deletes_suppressed: Option<String>,
+    /// Stopped by SIGINT/SIGTERM before the end (exit status 130).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     pub elapsed_secs: f64,
 }
 
 impl Summary {
     /// Exit status scripts can trust: 0 all done, 1 some objects failed or were refused.
     pub fn exit_code(&self) -> i32 {
-        if self.failed > 0 || self.refused > 0 || self.deletes_suppressed.is_some() {
+        if self.interrupted {
+            130
+        } else if self.failed > 0 || self.refused > 0 || self.deletes_suppressed.is_some() {
             1
         } else {
             0

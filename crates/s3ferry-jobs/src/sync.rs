@@ -81,6 +81,9 @@ pub struct SyncOptions {
     pub transfer: TransferConfig,
     /// Retry failed transfers once at the end of the run.
     pub retry_failed: bool,
+    /// Set (by a signal handler) to stop cleanly: no new transfers, the ones in flight finish,
+    /// no deletes, and the run stays "unfinished" so the next one sweeps what it left.
+    pub interrupt: Arc<AtomicBool>,
 }
 
 /// Why a sync did not run or stopped (exit code 2).
@@ -151,6 +154,15 @@ fn record(key: String, action: Outcome, reason: impl Into<String>, size: u64) ->
 }
 
 impl Shared {
+    /// A fatal error or an interrupt: start no more work.
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || self.interrupted()
+    }
+
+    fn interrupted(&self) -> bool {
+        self.opts.interrupt.load(Ordering::SeqCst)
+    }
+
     fn record(&self, r: Record) {
         r.action.count(
             &mut self.summary.lock().unwrap_or_else(|p| p.into_inner()),
@@ -232,7 +244,7 @@ impl Shared {
     }
 
     async fn process(&self, s: Entry, d: Option<Entry>, work: Work) {
-        if self.stop.load(Ordering::SeqCst) {
+        if self.stopping() {
             return;
         }
         match work {
@@ -291,7 +303,7 @@ struct Planner {
 impl Planner {
     async fn next(&mut self, sh: &Shared) -> Result<Option<Planned>, SyncError> {
         while let Some(j) = self.join.next().await? {
-            if sh.stop.load(Ordering::SeqCst) {
+            if sh.stopping() {
                 return Ok(None);
             }
             let mut row = match j {
@@ -473,7 +485,7 @@ pub async fn run(
             }
             check_delete_limit(&sh, &planner.counts)?;
             for p in work.read_back()? {
-                if sh.stop.load(Ordering::SeqCst) {
+                if sh.stopping() {
                     break;
                 }
                 let permit = acquire(&permits).await?;
@@ -501,6 +513,16 @@ pub async fn run(
     if let Some(e) = fatal {
         let _ = sh.journal.flush().await;
         return Err(e.into());
+    }
+    if sh.interrupted() {
+        // Stopped on request: what was in flight finished; nothing is deleted, the run stays
+        // unfinished (the next one sweeps what it left), the summary says so.
+        sh.journal.flush().await.map_err(jerr)?;
+        let mut summary = sh.summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        summary.interrupted = true;
+        summary.dry_run = sh.opts.dry_run;
+        summary.elapsed_secs = started.elapsed().as_secs_f64();
+        return Ok(summary);
     }
     let Planner {
         counts, deletes, ..
@@ -531,7 +553,7 @@ pub async fn run(
     let job_retries = retry.len();
     for s in retry.read_back()? {
         let s = s?;
-        if sh.stop.load(Ordering::SeqCst) {
+        if sh.stopping() {
             break;
         }
         let permit = permits.clone().acquire_owned().await;
@@ -722,6 +744,7 @@ impl SyncOptions {
             concurrency: 64,
             transfer,
             retry_failed: true,
+            interrupt: Arc::default(),
         }
     }
 }

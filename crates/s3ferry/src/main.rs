@@ -342,7 +342,19 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
         concurrency: args.concurrency.max(1),
         transfer,
         retry_failed: true,
+        interrupt: Arc::default(),
     };
+    // SIGINT/SIGTERM: finish what is in flight, delete nothing, print the summary, exit 130; a
+    // second signal stops at once (the next run cleans up).
+    let interrupt = opts.interrupt.clone();
+    tokio::spawn(async move {
+        let sig = pipe::shutdown_signal().await;
+        interrupt.store(true, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("s3ferry: {sig}: stopping after the transfers in flight (again to stop at once)");
+        let sig = pipe::shutdown_signal().await;
+        eprintln!("s3ferry: {sig}: stopping now; the next run cleans up");
+        std::process::exit(130);
+    });
     let printer = Arc::new(Printer::new(g.json, g.verbose, g.quiet, !g.no_progress));
     printer.begin(
         "sync",

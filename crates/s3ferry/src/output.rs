@@ -113,6 +113,9 @@ impl Printer {
         if s.refused > 0 {
             msg += &format!(", refused {} (unsafe keys)", s.refused);
         }
+        if s.interrupted {
+            msg += ", interrupted (nothing deleted; run again to finish)";
+        }
         if s.retries > 0 {
             msg += &format!(", {} retries ({} throttled)", s.retries, s.throttled);
         }

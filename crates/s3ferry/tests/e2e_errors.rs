@@ -906,3 +906,73 @@ fn a_server_that_never_answers_times_out() {
     let r = cx.run(&["--read-timeout", "0s", "ls", "s3://x/"]);
     assert_eq!(r.code, 2, "{r}");
 }
+
+/// SIGINT mid-sync (uploads slowed by injected latency): the transfers in flight finish, no
+/// new ones start, nothing is deleted, the summary says "interrupted" and the exit status is
+/// 130; no multipart upload is left open; the next run finishes the job.
+#[cfg(feature = "fault")]
+#[test]
+fn sigint_stops_cleanly_with_a_summary() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("sigint");
+    let src = cx.path("src");
+    let files: std::collections::BTreeMap<String, Vec<u8>> = (0..200)
+        .map(|i| (format!("f{i:03}"), format!("{i}").into_bytes()))
+        .collect();
+    write_tree(&src, &files);
+    b.put("p/extra", b"only in the destination");
+    let mut c = cx.cmd();
+    c.args([
+        "--json",
+        "--no-progress",
+        "sync",
+        "--delete",
+        "--max-delete",
+        "1",
+        "--concurrency",
+        "4",
+        s(&src),
+        &b.uri("p"),
+    ])
+    .env("S3FERRY_FAULTS", "put:latency=100ms")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    let pid = child.id();
+    wait_until("some uploads", || {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("sync ended early: {st:?}");
+        }
+        b.keys("p/").len() >= 5
+    });
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    let summary: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["type"] == "summary")
+        .expect("a summary");
+    assert_eq!(summary["interrupted"], true, "{summary}");
+    let copied = summary["copied"].as_u64().unwrap();
+    assert!(copied < 200, "stopped early: {summary}");
+    assert_eq!(
+        b.keys("p/").len() as u64,
+        copied + 1,
+        "what was in flight finished, nothing more"
+    );
+    assert!(
+        b.keys("p/").contains(&"extra".to_string()),
+        "nothing deleted"
+    );
+    assert!(b.uploads().is_empty());
+    // The next run finishes the job.
+    cx.sync(&["--delete", "--max-delete", "1", s(&src), &b.uri("p")])
+        .assert_ok();
+    assert_eq!(b.objects("p/"), files);
+}
