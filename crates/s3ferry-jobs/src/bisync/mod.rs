@@ -808,15 +808,18 @@ pub async fn run(
     let mut n = 0u64;
     loop {
         n += 1;
-        let attempt = async {
+        let attempt: Result<Option<RoundSummary>, BisyncError> = async {
             let lease = match &lo.lock {
-                Some(cfg) if !opts.dry_run => {
-                    Some(Lease::acquire(remote.store.clone(), cfg.clone()).await?)
-                }
+                Some(cfg) if !opts.dry_run => tokio::select! {
+                    l = Lease::acquire(remote.store.clone(), cfg.clone()) => Some(l?),
+                    () = stop.as_mut() => return Ok(None),
+                },
                 _ => None,
             };
-            let r = with_lease(lease, round(local, remote, opts, init, journal, reporter)).await;
-            let mut s = r?;
+            let work = round(local, remote, opts, init, journal, reporter);
+            let Some(mut s) = with_lease(lease, work, &mut stop).await? else {
+                return Ok(None);
+            };
             s.round = n;
             if !opts.dry_run && !s.remote_changed.is_empty() {
                 if let Some(inv) = &lo.invalidator {
@@ -830,14 +833,18 @@ pub async fn run(
                     .await;
                 }
             }
-            Ok::<_, BisyncError>(s)
-        };
-        let r = tokio::select! {
-            r = attempt => r,
-            () = &mut stop => {
+            Ok(Some(s))
+        }
+        .await;
+        let r = match attempt {
+            Ok(None) => {
+                // Stopped on request: the round in flight was abandoned (no partial file
+                // appears; the next run sweeps), the lease released.
                 let _ = journal.flush().await;
                 return Ok(Ended::Stopped);
             }
+            Ok(Some(s)) => Ok(s),
+            Err(e) => Err(e),
         };
         let failed_objects = match r {
             Ok(s) => {
@@ -885,20 +892,26 @@ pub async fn run(
     }
 }
 
-/// Run `work` while holding `lease` (renewed in the background at a third of its timeout);
-/// release it afterwards. A lease lost to a takeover stops the work at once.
-async fn with_lease<T>(
+/// Run `work` while holding `lease` (renewed in the background at a third of its timeout),
+/// then release it — also when `stop` ends the work early (`Ok(None)`). A lease lost to a
+/// takeover stops the work at once.
+async fn with_lease<T, F: std::future::Future<Output = ()>>(
     lease: Option<Lease>,
     work: impl std::future::Future<Output = Result<T, BisyncError>>,
-) -> Result<T, BisyncError> {
-    let Some(mut lease) = lease else {
-        return work.await;
-    };
+    stop: &mut std::pin::Pin<&mut F>,
+) -> Result<Option<T>, BisyncError> {
     tokio::pin!(work);
+    let Some(mut lease) = lease else {
+        return tokio::select! {
+            r = &mut work => r.map(Some),
+            () = stop.as_mut() => Ok(None),
+        };
+    };
     let every = lease.renew_every().max(Duration::from_millis(100));
     let r = loop {
         tokio::select! {
-            r = &mut work => break r,
+            r = &mut work => break r.map(Some),
+            () = stop.as_mut() => break Ok(None),
             () = tokio::time::sleep(every) => {
                 if let Err(e) = lease.renew().await {
                     if matches!(e, LeaseError::Lost { .. }) {

@@ -420,3 +420,63 @@ async fn an_empty_side_never_deletes_everything() {
     let s = n.round(&r, &o).await.unwrap();
     assert_eq!(s.deleted_remote, 3);
 }
+
+/// A stop (SIGTERM) in the middle of a round under `--lock`: the round is abandoned and the
+/// lease is released, so another node can go on at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_round_releases_the_lease() {
+    use s3ferry_store::layer::FaultStore;
+    let m = MemoryStore::named("remote");
+    let faults = Arc::new(FaultStore::new(
+        Arc::new(m.clone()),
+        "put:latency=30s@2".parse().unwrap(),
+    ));
+    let r = Side::new(faults.clone() as DynStore, "p/");
+    let n = Node::new();
+    n.write("slow", "held up for 30 s");
+    let lo = LoopOptions {
+        poll: Some(Duration::from_secs(3600)),
+        init: Init::None,
+        max_failures: 0,
+        lock: Some(LeaseConfig {
+            key: format!("p/{LOCK_NAME}"),
+            node: "n1".into(),
+            timeout: Duration::from_secs(60),
+            wait: Duration::from_secs(5),
+            poll: Duration::from_millis(10),
+        }),
+        invalidator: None,
+        cf_paths: None,
+    };
+    let rep: Arc<dyn Reporter> = Arc::new(NullReporter);
+    let f2 = faults.clone();
+    // Stop once the round's upload is under way (put 1 is the lease, put 2 the file).
+    let stop = async move {
+        while f2.calls("put") < 2 {
+            tokio::task::yield_now().await;
+        }
+    };
+    let t0 = std::time::Instant::now();
+    let ended = run(
+        &n.local,
+        &r,
+        &opts("n1"),
+        &lo,
+        &n.journal,
+        &rep,
+        stop,
+        &|_| {},
+        &|_, e| panic!("{e}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ended, Ended::Stopped);
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "the held-up upload was abandoned"
+    );
+    let lease: serde_json::Value =
+        serde_json::from_slice(&m.get_bytes(&format!("p/{LOCK_NAME}")).await.unwrap()).unwrap();
+    assert_eq!(lease["held"], false, "{lease}");
+    assert!(m.get_bytes("p/slow").await.is_err(), "no partial object");
+}
