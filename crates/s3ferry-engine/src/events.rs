@@ -60,6 +60,24 @@ pub struct Record {
     pub error: Option<String>,
 }
 
+impl Record {
+    /// A record without an error.
+    pub fn new(
+        key: impl Into<String>,
+        action: Outcome,
+        reason: impl Into<String>,
+        size: u64,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            action,
+            reason: reason.into(),
+            size,
+            error: None,
+        }
+    }
+}
+
 /// The start of the reason of a skip record for an entry a listing left out (a symlink or a
 /// special file): such records are always shown, unlike routine "unchanged" skips.
 pub const NOT_SYNCED: &str = "not synced: ";

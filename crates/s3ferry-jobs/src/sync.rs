@@ -57,6 +57,14 @@ impl MaxDelete {
         }
     }
 
+    /// As the option is written: `100` or `25%`.
+    pub fn as_option(&self) -> String {
+        match *self {
+            Self::Count(n) => n.to_string(),
+            Self::Percent(p) => format!("{p}%"),
+        }
+    }
+
     pub fn allows(&self, deletes: u64, total: u64) -> bool {
         match *self {
             Self::Count(n) => deletes <= n,
@@ -143,16 +151,6 @@ impl From<SpillError> for SyncError {
     }
 }
 
-fn record(key: String, action: Outcome, reason: impl Into<String>, size: u64) -> Record {
-    Record {
-        key,
-        action,
-        reason: reason.into(),
-        size,
-        error: None,
-    }
-}
-
 impl Shared {
     /// A fatal error or an interrupt: start no more work.
     fn stopping(&self) -> bool {
@@ -184,7 +182,7 @@ impl Shared {
         }
         self.record(Record {
             error: Some(e.to_string()),
-            ..record(rel.to_string(), Outcome::Fail, e.kind.as_str(), size)
+            ..Record::new(rel, Outcome::Fail, e.kind.as_str(), size)
         });
     }
 
@@ -202,7 +200,7 @@ impl Shared {
     /// Copy `s` (planned for `reason`), record the outcome.
     async fn copy(&self, s: &Entry, reason: &str, retry_list: bool) {
         if self.opts.dry_run {
-            self.record(record(
+            self.record(Record::new(
                 s.rel.clone(),
                 Outcome::WouldCopy,
                 reason,
@@ -222,7 +220,12 @@ impl Shared {
         {
             Ok(dm) => {
                 self.remember(s, &dm);
-                self.record(record(s.rel.clone(), Outcome::Copy, reason, s.meta.size));
+                self.record(Record::new(
+                    s.rel.clone(),
+                    Outcome::Copy,
+                    reason,
+                    s.meta.size,
+                ));
             }
             Err(e)
                 if retry_list
@@ -266,7 +269,7 @@ impl Shared {
                         if !self.opts.dry_run {
                             self.remember(&s, &d.meta);
                         }
-                        self.record(record(s.rel, Outcome::Skip, r.as_str(), d.meta.size));
+                        self.record(Record::new(s.rel, Outcome::Skip, r.as_str(), d.meta.size));
                     }
                     Ok(Action::Copy(r)) => self.copy(&s, r.as_str(), true).await,
                     Ok(_) => {}
@@ -313,7 +316,7 @@ impl Planner {
                     let key = e.key.clone().unwrap_or_default();
                     if input == 0 {
                         let why = format!("{NOT_SYNCED}{}", e.message);
-                        sh.record(record(key.clone(), Outcome::Skip, why, 0));
+                        sh.record(Record::new(key.clone(), Outcome::Skip, why, 0));
                     }
                     self.skipped_src.insert(key);
                     continue;
@@ -323,7 +326,7 @@ impl Planner {
                     let key = e.key.clone().unwrap_or_default();
                     if e.kind == ErrorKind::InvalidInput {
                         // A name that cannot be synced (reserved, not UTF-8): refused, listed.
-                        sh.record(record(key, Outcome::Refuse, e.message.clone(), 0));
+                        sh.record(Record::new(key, Outcome::Refuse, e.message.clone(), 0));
                     } else {
                         sh.fail(&key, 0, &e);
                     }
@@ -335,7 +338,7 @@ impl Planner {
             let rel = row.key;
             if is_reserved(&self.reserved, &rel) {
                 if s.is_some() || d.is_some() {
-                    sh.record(record(
+                    sh.record(Record::new(
                         rel,
                         Outcome::Refuse,
                         "the state database of s3ferry itself; never synced",
@@ -368,8 +371,8 @@ impl Planner {
                     self.deletes.push(&(rel, size))?;
                 }
                 (Action::Extra, _) => {}
-                (Action::Skip(r), _) => sh.record(record(rel, Outcome::Skip, r.as_str(), 0)),
-                (Action::Refuse(w), s) => sh.record(record(
+                (Action::Skip(r), _) => sh.record(Record::new(rel, Outcome::Skip, r.as_str(), 0)),
+                (Action::Refuse(w), s) => sh.record(Record::new(
                     rel,
                     Outcome::Refuse,
                     format!("unsafe key: {w}"),
@@ -608,7 +611,7 @@ async fn run_deletes(sh: &Shared, deletes: Spill<(String, u64)>) -> Result<(), S
         }
         if sh.opts.dry_run {
             for (rel, size) in &chunk {
-                sh.record(record(
+                sh.record(Record::new(
                     rel.clone(),
                     Outcome::WouldDelete,
                     "not in source",
@@ -624,7 +627,12 @@ async fn run_deletes(sh: &Shared, deletes: Spill<(String, u64)>) -> Result<(), S
                     match r {
                         Ok(()) => {
                             sh.journal.forget(JOB, &sh.pair, rel);
-                            sh.record(record(rel.clone(), Outcome::Delete, "not in source", *size));
+                            sh.record(Record::new(
+                                rel.clone(),
+                                Outcome::Delete,
+                                "not in source",
+                                *size,
+                            ));
                         }
                         Err(e) => sh.fail(rel, *size, &e),
                     }
@@ -655,10 +663,7 @@ fn check_delete_limit(sh: &Shared, c: &Counts) -> Result<(), SyncError> {
         });
     }
     if !opts.max_delete.allows(c.deletes, c.dst) {
-        let limit = match opts.max_delete {
-            MaxDelete::Count(n) => format!("{n}"),
-            MaxDelete::Percent(p) => format!("{p}%"),
-        };
+        let limit = opts.max_delete.as_option();
         let more = if c.deletes as usize > c.sample.len() {
             ", …"
         } else {

@@ -354,18 +354,16 @@ fn changed_paths_are_invalidated_on_cloudfront() {
     let dir = cx.path("site");
     write(&dir.join("index.html"), "<h1>");
     write(&dir.join("css/a b.css"), "body{}");
-    let r = round(
-        &cx,
-        "st",
-        &[
-            "--cf-distribution-id",
-            &dist,
-            "--cf-endpoint-url",
-            &aws,
-            s(&dir),
-            &b.uri("www"),
-        ],
-    );
+    let www = b.uri("www");
+    let args = [
+        "--cf-distribution-id",
+        dist.as_str(),
+        "--cf-endpoint-url",
+        aws.as_str(),
+        s(&dir),
+        www.as_str(),
+    ];
+    let r = round(&cx, "st", &args);
     r.assert_ok();
     let note = r
         .notes()
@@ -383,18 +381,7 @@ fn changed_paths_are_invalidated_on_cloudfront() {
     paths.sort();
     assert_eq!(paths, vec!["/www/css/a%20b.css", "/www/index.html"]);
     // An idle round invalidates nothing.
-    let r = round(
-        &cx,
-        "st",
-        &[
-            "--cf-distribution-id",
-            &dist,
-            "--cf-endpoint-url",
-            &aws,
-            s(&dir),
-            &b.uri("www"),
-        ],
-    );
+    let r = round(&cx, "st", &args);
     r.assert_ok();
     assert!(
         !r.notes().iter().any(|n| n.contains("CDN invalidation")),

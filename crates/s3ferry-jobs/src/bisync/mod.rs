@@ -177,16 +177,6 @@ pub fn pair_id(local: &Side, remote: &Side) -> String {
     format!("{} <-> {}", local.state_id(), remote.state_id())
 }
 
-fn rec(key: &str, action: Outcome, reason: impl Into<String>, size: u64) -> Record {
-    Record {
-        key: key.to_string(),
-        action,
-        reason: reason.into(),
-        size,
-        error: None,
-    }
-}
-
 impl Round {
     fn sum(&self) -> std::sync::MutexGuard<'_, RoundSummary> {
         self.summary.lock().unwrap_or_else(|p| p.into_inner())
@@ -203,7 +193,7 @@ impl Round {
         self.sum().failed += 1;
         self.reporter.record(&Record {
             error: Some(e.to_string()),
-            ..rec(rel, Outcome::Fail, e.kind.as_str(), size)
+            ..Record::new(rel, Outcome::Fail, e.kind.as_str(), size)
         });
     }
 
@@ -235,7 +225,7 @@ impl Round {
         };
         if self.opts.dry_run {
             self.count_copy(up, size, &e.rel);
-            self.reporter.record(&rec(
+            self.reporter.record(&Record::new(
                 &e.rel,
                 Outcome::WouldCopy,
                 format!("{dir}: {why}"),
@@ -282,8 +272,12 @@ impl Round {
             self.remember(&e.rel, &written, &e.meta);
         }
         self.count_copy(up, size, &e.rel);
-        self.reporter
-            .record(&rec(&e.rel, Outcome::Copy, format!("{dir}: {why}"), size));
+        self.reporter.record(&Record::new(
+            &e.rel,
+            Outcome::Copy,
+            format!("{dir}: {why}"),
+            size,
+        ));
         Ok(())
     }
 
@@ -398,7 +392,7 @@ impl Round {
         let aside = format!("{}.conflict-{}-{stamp}", l.rel, self.opts.node);
         let why = format!("conflict (changed on both sides): local version kept as {aside}");
         if self.opts.dry_run {
-            self.reporter.record(&rec(
+            self.reporter.record(&Record::new(
                 &l.rel,
                 Outcome::WouldCopy,
                 format!("down: {why}"),
@@ -435,7 +429,7 @@ impl Round {
         let key = side.key(rel);
         let kind = side.kind;
         if self.opts.dry_run {
-            self.reporter.record(&rec(
+            self.reporter.record(&Record::new(
                 rel,
                 Outcome::WouldDelete,
                 if local {
@@ -472,7 +466,7 @@ impl Round {
                 s.remote_changed.push(side.key(rel));
             }
         }
-        self.reporter.record(&rec(
+        self.reporter.record(&Record::new(
             rel,
             Outcome::Delete,
             if local {
@@ -516,10 +510,7 @@ fn check_limit(
     Err(BisyncError::DeleteLimit {
         count,
         total,
-        limit: match limit {
-            MaxDelete::Count(n) => n.to_string(),
-            MaxDelete::Percent(p) => format!("{p}%"),
-        },
+        limit: limit.as_option(),
         side: side.describe(),
         sample: format!("{}{more}", sample.join(", ")),
     })
@@ -580,7 +571,7 @@ pub async fn round(
                 let key = e.key.clone().unwrap_or_default();
                 if e.kind == ErrorKind::InvalidInput {
                     // A name that cannot be synced (not UTF-8, reserved): listed, skipped.
-                    reporter.record(&rec(&key, Outcome::Refuse, e.message.clone(), 0));
+                    reporter.record(&Record::new(&key, Outcome::Refuse, e.message.clone(), 0));
                 } else {
                     c.listing_errors += 1;
                     rd.fail(&key, 0, &e);
