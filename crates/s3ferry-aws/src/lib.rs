@@ -10,6 +10,7 @@ mod cloudfront;
 mod error;
 mod list;
 mod s3;
+mod sqs;
 
 pub use batch_ops::{
     copy_role_policy, trust_policy, BatchOps, BatchOpsConfig, CopyJobSpec, JobStatus, ManifestSpec,
@@ -18,3 +19,4 @@ pub use batch_ops::{
 pub use cloudfront::{CloudFrontConfig, CloudFrontInvalidator};
 pub use list::ListMode;
 pub use s3::{S3Config, S3Store, MAX_SINGLE_PUT};
+pub use sqs::{SqsConfig, SqsQueue};

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};
 use s3ferry_engine::events::{Outcome, Record, Reporter};
 use s3ferry_engine::filter::Filters;
@@ -35,12 +34,7 @@ pub use report::{write_report, ReportSummary};
 pub const JOB: &str = "batch";
 const JOBS_SCOPE: &str = "jobs";
 
-/// Opens the store of one bucket (the CLI knows endpoints, profiles and layers).
-#[async_trait]
-pub trait Buckets: Send + Sync {
-    /// `source`: the bucket is read from (it may have its own endpoint and credentials).
-    async fn open(&self, bucket: &str, source: bool) -> Result<DynStore, StoreError>;
-}
+pub use crate::Buckets;
 
 /// Where entries come from.
 #[derive(Clone, Debug, Serialize, Deserialize)]
