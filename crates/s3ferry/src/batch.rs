@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use futures::StreamExt;
 use s3ferry_engine::events::Reporter;
 use s3ferry_engine::filter::{parse_since, Filters};
@@ -12,34 +11,16 @@ use s3ferry_engine::journal::Journal;
 use s3ferry_engine::transfer::TransferConfig;
 use s3ferry_engine::walk::Side;
 use s3ferry_jobs::batch::{self, Buckets, Input, JobSpec, JobState};
-use s3ferry_store::{DynStore, Location, StoreError};
+use s3ferry_store::Location;
 
 use crate::cli::{
     parse_duration, parse_size, BatchCommand, BatchManifestArgs, BatchRunArgs, BatchStateArgs,
     EngineArg, Global, ReportScope,
 };
 use crate::output::Printer;
-use crate::stores::{self, Role};
 use crate::Fatal;
 
-/// Buckets opened with the command line's endpoints and credentials (sources may have their
-/// own), wrapped in the retry and adaptive-limit layers.
-struct CliBuckets(Global);
-
-#[async_trait]
-impl Buckets for CliBuckets {
-    async fn open(&self, bucket: &str, source: bool) -> Result<DynStore, StoreError> {
-        let role = if source {
-            Role::Source
-        } else {
-            Role::Destination
-        };
-        stores::open_remote(&self.0, bucket, role)
-            .await
-            .map(|(s, _)| s)
-            .map_err(|Fatal(m)| StoreError::new(s3ferry_store::ErrorKind::Other, "open", m))
-    }
-}
+use crate::stores::CliBuckets;
 
 fn journal(st: &BatchStateArgs) -> Result<(Arc<Journal>, std::path::PathBuf), Fatal> {
     let p = crate::state_db_path(st.state_dir.as_deref())?;

@@ -132,6 +132,186 @@ pub enum Command {
     /// Server-side copies of listed objects or whole bucket pairs, as a resumable job.
     #[command(subcommand, long_about = BATCH_ABOUT)]
     Batch(BatchCommand),
+    /// Pack many small objects into indexed tar shards, on one machine or as SQS workers.
+    #[command(subcommand, long_about = BUNDLE_ABOUT)]
+    Bundle(BundleCommand),
+}
+
+const BUNDLE_ABOUT: &str = "\
+Pack buckets of many small objects into a few large tar shards, each with an index that finds
+any object again with one ranged GET. Big objects are copied directly. Scale out by running any
+number of workers that share one SQS queue.
+
+    s3ferry bundle group --source s3://photos --out s3://work/shards/ --queue $QUEUE_URL
+    s3ferry bundle worker --queue $QUEUE_URL --to s3://archive/photos/      # on each machine
+    s3ferry bundle run s3://work/shards/ --to s3://archive/photos/          # or here, all shards
+    s3ferry bundle get s3://archive/photos/shard-000001.index.csv 2024/img_0001.jpg -o img.jpg
+    s3ferry bundle extract s3://archive/photos/shard-000001.tar ./restored/
+
+`group` reads an S3 Inventory (--inventory manifest.json, CSV data files) or lists a bucket
+(--source) and writes shard manifests (shard-NNNNNN.csv) of at most --max-objects objects and
+--max-bytes bytes; objects above --big-object go to shards of their own that are copied
+server-side. Memory stays flat however large the inventory.
+
+`run` and `worker` pack a shard into <to>/shard-NNNNNN.tar: a PAX tar (any key length, user
+metadata, tags, checksums in each member's header) uploaded as one multipart object, one part
+in memory at a time. Next to it: shard-NNNNNN.index.csv (bucket, key, version id, size, last
+modified, ETag, MD5, CRC64NVME, content type, metadata, tags, storage class, header and data
+offsets, length, location), shard-NNNNNN.dead-letters.csv (objects that were missing, denied,
+changed since they were listed, or kept failing, with the reason) and shard-NNNNNN.json, the
+receipt, written last. Every packed object is read pinned to the listed ETag and checked against
+its MD5. Big objects land in <to>/bigobjects/<key>. A shard whose receipt and tar are in place
+is skipped; a rerun writes the same keys, never a second copy.
+
+`worker` long-polls the queue, keeps the message invisible while it packs (heartbeat), deletes
+it when the shard is done and releases it at once when the shard fails, so that the queue's
+redrive policy moves a shard that keeps failing to its dead-letter queue. SIGINT/SIGTERM abort
+the shard in hand and release its message; the next worker packs it from the start. Give the
+bucket a lifecycle rule that aborts incomplete multipart uploads (a worker killed with -9 leaves
+its upload for the next worker of that shard to abort).
+
+Exit status: 0 done; 1 some objects went to dead letters or a shard failed; 2 bad input or a
+fatal error (bad manifest, missing bucket or queue, no credentials).";
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Write shard manifests from an S3 Inventory or a listing (and enqueue them).
+    Group(BundleGroupArgs),
+    /// Pack one shard manifest (or every shard-*.csv under a folder ending in /).
+    Run(BundleRunArgs),
+    /// Pack the shards a queue hands out, until stopped.
+    Worker(BundleWorkerArgs),
+    /// One object back through a shard's index, with one ranged GET.
+    Get(BundleGetArgs),
+    /// Restore every member of a shard's tar into a directory or s3://bucket/prefix.
+    Extract(BundleExtractArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BundleGroupArgs {
+    /// An S3 Inventory manifest.json (CSV data files): a file or s3://bucket/key.
+    #[arg(long, value_name = "FILE|S3_URI", group = "input")]
+    pub inventory: Option<String>,
+    /// List this bucket (and prefix) live instead.
+    #[arg(long, value_name = "S3_URI", group = "input")]
+    pub source: Option<String>,
+    /// Where the shard manifests go: s3://bucket/prefix/ or a local directory.
+    #[arg(long, value_name = "S3_URI|DIR")]
+    pub out: String,
+    /// At most this many objects per shard.
+    #[arg(long, default_value_t = 65_000, value_name = "N")]
+    pub max_objects: u64,
+    /// At most this many bytes of packed objects per shard.
+    #[arg(long, default_value = "4GiB", value_name = "SIZE")]
+    pub max_bytes: String,
+    /// Objects larger than this are copied directly instead of packed.
+    #[arg(long, default_value = "16MiB", value_name = "SIZE")]
+    pub big_object: String,
+    /// Send each shard to this SQS queue as soon as it is written.
+    #[arg(long, env = "S3FERRY_QUEUE_URL", value_name = "URL")]
+    pub queue: Option<String>,
+    #[command(flatten)]
+    pub queue_endpoint: QueueEndpointArgs,
+    /// Only keys matching (repeatable; the last matching --include/--exclude wins).
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out keys matching (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Only objects modified at or after DATE (2026-01-31, RFC 3339, or an age like 7d).
+    #[arg(long, value_name = "DATE")]
+    pub since: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueEndpointArgs {
+    /// SQS endpoint (for emulators; default AWS, or AWS_ENDPOINT_URL_SQS).
+    #[arg(long, env = "AWS_ENDPOINT_URL_SQS", value_name = "URL")]
+    pub queue_endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BundlePackArgs {
+    /// Where the tars, indexes and big objects go: s3://bucket/prefix/ (or a local directory).
+    #[arg(long, env = "S3FERRY_BUNDLE_TO", value_name = "S3_URI|DIR")]
+    pub to: String,
+    /// Objects fetched at once.
+    #[arg(
+        long,
+        env = "S3FERRY_CONCURRENCY",
+        default_value_t = 32,
+        value_name = "N"
+    )]
+    pub concurrency: usize,
+    /// Part size of the tar's multipart upload.
+    #[arg(long, default_value = "16MiB", value_name = "SIZE")]
+    pub part_size: String,
+    /// Memory for objects being fetched (the tar's parts in flight come on top).
+    #[arg(long, default_value = "256MiB", value_name = "SIZE")]
+    pub max_memory: String,
+    /// Do not read object tags (saves one request per object).
+    #[arg(long)]
+    pub no_tags: bool,
+    /// Pack again even when the shard's receipt says it is done.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BundleRunArgs {
+    /// A shard manifest (s3://bucket/shards/shard-000001.csv or a file), or a folder ending in
+    /// `/` whose shard-*.csv are packed one after another.
+    pub shard: String,
+    #[command(flatten)]
+    pub pack: BundlePackArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BundleWorkerArgs {
+    /// The SQS queue URL the shards come from.
+    #[arg(long, env = "S3FERRY_QUEUE_URL", value_name = "URL")]
+    pub queue: String,
+    #[command(flatten)]
+    pub queue_endpoint: QueueEndpointArgs,
+    #[command(flatten)]
+    pub pack: BundlePackArgs,
+    /// Exit after handling this many messages (default: run until stopped).
+    #[arg(long, env = "S3FERRY_MAX_MESSAGES", value_name = "N")]
+    pub max_messages: Option<u64>,
+    /// How long a shard in hand stays invisible to other workers; renewed every third of it
+    /// while packing.
+    #[arg(
+        long,
+        env = "S3FERRY_VISIBILITY_TIMEOUT",
+        default_value = "5m",
+        value_name = "DURATION"
+    )]
+    pub visibility_timeout: String,
+    /// Exit once the queue has been empty this long (default: wait for more).
+    #[arg(long, env = "S3FERRY_IDLE_EXIT", value_name = "DURATION")]
+    pub idle_exit: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BundleGetArgs {
+    /// A shard's index, tar or receipt (s3://... or a local file).
+    pub at: String,
+    /// The object's key.
+    pub key: String,
+    /// Write here (atomically) instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BundleExtractArgs {
+    /// A shard's tar (s3://... or a local file).
+    pub archive: String,
+    /// A local directory or s3://bucket/prefix.
+    pub dest: String,
+    /// Objects written at once.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub concurrency: usize,
 }
 
 const BATCH_ABOUT: &str = "\

@@ -4,6 +4,7 @@
 
 mod batch;
 mod bisync;
+mod bundle;
 mod cli;
 mod output;
 mod overlap;
@@ -126,6 +127,7 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<u8, Fatal> {
         Command::Pipe(p) => pipe::run(&cli.global, p).await,
         Command::Bisync(a) => bisync::run(&cli.global, a).await,
         Command::Batch(b) => batch::run(&cli.global, b).await,
+        Command::Bundle(b) => bundle::run(&cli.global, b).await,
         Command::Mb { uri } => {
             let (bucket, _) = s3_uri(uri)?;
             let store = stores::s3_admin(&cli.global, &bucket).await?;

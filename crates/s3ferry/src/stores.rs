@@ -122,3 +122,28 @@ fn with_faults(backend: DynStore, role: Role) -> Result<DynStore, Fatal> {
 fn with_faults(backend: DynStore, _role: Role) -> Result<DynStore, Fatal> {
     Ok(backend)
 }
+
+/// Buckets opened with the command line's endpoints and credentials (sources may have their
+/// own), wrapped in the retry and adaptive-limit layers: for jobs whose inputs name buckets.
+pub struct CliBuckets(pub Global);
+
+#[async_trait::async_trait]
+impl s3ferry_jobs::Buckets for CliBuckets {
+    async fn open(
+        &self,
+        bucket: &str,
+        source: bool,
+    ) -> Result<DynStore, s3ferry_store::StoreError> {
+        let role = if source {
+            Role::Source
+        } else {
+            Role::Destination
+        };
+        open_remote(&self.0, bucket, role)
+            .await
+            .map(|(s, _)| s)
+            .map_err(|Fatal(m)| {
+                s3ferry_store::StoreError::new(s3ferry_store::ErrorKind::Other, "open", m)
+            })
+    }
+}

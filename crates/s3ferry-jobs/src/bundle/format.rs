@@ -9,6 +9,11 @@ use std::time::SystemTime;
 use s3ferry_engine::formats::csv::{decode_key, encode_key, field, split_line};
 use serde::{Deserialize, Serialize};
 
+/// The prefix of the PAX records a packed member carries (`<prefix>etag`, `<prefix>meta.<k>`,
+/// ...): GNU tar and bsdtar read them as extended attributes (`tar --xattrs` restores them as
+/// `user.s3ferry.*`) instead of warning about unknown keywords.
+pub const RECORD: &str = "SCHILY.xattr.user.s3ferry.";
+
 /// The header of a shard manifest.
 pub const SHARD_HEADER: &str = "bucket,key,version_id,size,last_modified,etag,storage_class,direct";
 /// The header of an index.

@@ -10,7 +10,7 @@ use md5::{Digest as _, Md5};
 use s3ferry_engine::events::{Outcome, Record, Reporter};
 use s3ferry_engine::formats::tar::{Member, TarWriter};
 use s3ferry_engine::journal::Journal;
-use s3ferry_engine::transfer::{copy_object, copy_unsized, MultipartWriter, TransferConfig};
+use s3ferry_engine::transfer::{copy_object, MultipartWriter, TransferConfig};
 use s3ferry_engine::walk::{Entry, Side};
 use s3ferry_store::checksum::{crc64_to_b64, crc64nvme, PartLayout};
 use s3ferry_store::{
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::format::{
     encode_pairs, DeadRow, IndexRow, Receipt, ShardRow, DEAD_HEADER, INDEX_HEADER, RECEIPT_FORMAT,
-    SHARD_HEADER,
+    RECORD, SHARD_HEADER,
 };
 use super::{csv_rows, put_file, BundleError, Dir, Place, BIG_DIR};
 use crate::Buckets;
@@ -212,78 +212,64 @@ impl Packer {
     }
 
     /// Copy one big object server-side (or streamed when the sides cannot copy) under
-    /// `bigobjects/`.
+    /// `bigobjects/`, pinned to the listed ETag. Returns the source's metadata, the copy's ETag
+    /// and the tags.
     async fn copy_direct(
         &self,
         row: &ShardRow,
         to: &Dir,
         journal: &Arc<Journal>,
         reporter: &Arc<dyn Reporter>,
-    ) -> Result<(ObjectMeta, Vec<(String, String)>), StoreError> {
+    ) -> Result<(ObjectMeta, Option<String>, Vec<(String, String)>), StoreError> {
         let src_store = self.store(&row.bucket).await?;
         let src = Side::new(src_store.clone(), "");
         let dst = Side::new(to.store.clone(), format!("{}{BIG_DIR}", to.prefix));
-        let meta = match copy_unsized(
-            &src,
-            &dst,
-            &row.key,
-            None,
-            &self.transfer,
-            journal,
-            reporter,
-        )
-        .await
-        {
-            Some(r) => r?,
-            None => {
-                let meta = src_store.head(&row.key).await?;
-                if row.etag.is_some() && meta.etag != row.etag {
-                    return Err(StoreError::new(
-                        ErrorKind::PreconditionFailed,
-                        "head",
-                        "ETag differs from the listed one",
-                    )
-                    .with_key(&row.key));
-                }
-                let entry = Entry {
-                    rel: row.key.clone(),
-                    meta,
-                };
-                copy_object(&src, &dst, &entry, &self.transfer, journal, reporter).await?
-            }
+        let meta = src_store.head(&row.key).await?;
+        if row.etag.is_some() && meta.etag != row.etag {
+            return Err(StoreError::new(
+                ErrorKind::PreconditionFailed,
+                "head",
+                "changed since it was listed (another ETag)",
+            )
+            .with_key(&row.key));
+        }
+        let entry = Entry {
+            rel: row.key.clone(),
+            meta: meta.clone(),
         };
+        let copied = copy_object(&src, &dst, &entry, &self.transfer, journal, reporter).await?;
         let tags = if self.opts.tags && src_store.capabilities().tags {
             src_store.get_tags(&row.key).await?
         } else {
             vec![]
         };
-        Ok((meta, tags))
+        Ok((meta, copied.etag, tags))
     }
 }
 
 /// The PAX records a packed member carries, so a tar alone restores keys, metadata and tags.
 fn member_records(row: &ShardRow, got: &Got) -> Vec<(String, String)> {
     let m = &got.meta;
-    let mut r: Vec<(String, String)> = vec![("S3FERRY.bucket".into(), row.bucket.clone())];
+    let mut r: Vec<(String, String)> = vec![(format!("{RECORD}bucket"), row.bucket.clone())];
     let mut opt = |k: &str, v: Option<String>| {
         if let Some(v) = v.filter(|v| !v.is_empty()) {
-            r.push((k.to_string(), v));
+            r.push((format!("{RECORD}{k}"), v));
         }
     };
     opt(
-        "S3FERRY.version-id",
+        "version-id",
         m.version_id.clone().or(row.version_id.clone()),
     );
-    opt("S3FERRY.etag", m.etag.clone());
-    opt("S3FERRY.md5", Some(got.md5.clone()));
-    opt("S3FERRY.crc64nvme", Some(crc64_to_b64(got.crc)));
-    opt("S3FERRY.content-type", m.content_type.clone());
+    opt("etag", m.etag.clone());
+    opt("md5", Some(got.md5.clone()));
+    opt("crc64nvme", Some(crc64_to_b64(got.crc)));
+    opt("content-type", m.content_type.clone());
     opt(
-        "S3FERRY.storage-class",
+        "storage-class",
         m.storage_class.clone().or(row.storage_class.clone()),
     );
     opt(
-        "S3FERRY.last-modified",
+        "last-modified",
         m.last_modified.or(row.last_modified).map(|t| {
             chrono::DateTime::<chrono::Utc>::from(t)
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -291,12 +277,12 @@ fn member_records(row: &ShardRow, got: &Got) -> Vec<(String, String)> {
     );
     if !got.tags.is_empty() {
         opt(
-            "S3FERRY.tags",
+            "tags",
             Some(encode_pairs(got.tags.iter().map(|(k, v)| (k, v)))),
         );
     }
     for (k, v) in m.metadata.iter().flatten() {
-        r.push((format!("S3FERRY.meta.{k}"), v.clone()));
+        r.push((format!("{RECORD}meta.{k}"), v.clone()));
     }
     r
 }
@@ -581,14 +567,15 @@ pub async fn run_shard(
         };
         let Some((row, r)) = next else { break };
         match r {
-            Ok((m, tags)) => {
+            Ok((m, copy_etag, tags)) => {
                 let irow = IndexRow {
                     bucket: row.bucket.clone(),
                     key: row.key.clone(),
                     version_id: m.version_id.clone().or(row.version_id.clone()),
                     size: m.size,
                     last_modified: m.last_modified.or(row.last_modified),
-                    etag: m.etag.clone(),
+                    // The copy's: `get` reads the copy pinned to it.
+                    etag: copy_etag.or(m.etag.clone()),
                     md5: None,
                     crc64nvme: None,
                     content_type: m.content_type.clone(),

@@ -12,7 +12,7 @@ use s3ferry_store::{ByteStream, ErrorKind, GetOptions, PutOptions, StoreError};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::format::{decode_pairs, IndexRow, INDEX_HEADER};
+use super::format::{decode_pairs, IndexRow, INDEX_HEADER, RECORD};
 use super::{csv_rows, BundleError, Dir, Place};
 
 /// One object found through an index.
@@ -147,20 +147,21 @@ fn restore_options(
     m: &s3ferry_engine::formats::tar::ReadMember,
     local: bool,
 ) -> Result<PutOptions, String> {
-    let rec = |k: &str| m.records.get(k).cloned();
+    let rec = |k: &str| m.records.get(&format!("{RECORD}{k}")).cloned();
+    let meta = format!("{RECORD}meta.");
     let metadata = m
         .records
         .iter()
         .filter_map(|(k, v)| {
-            k.strip_prefix("S3FERRY.meta.")
+            k.strip_prefix(meta.as_str())
                 .map(|k| (k.to_string(), v.clone()))
         })
         .collect();
-    let tags = match rec("S3FERRY.tags") {
+    let tags = match rec("tags") {
         Some(t) => decode_pairs(&t)?,
         None => vec![],
     };
-    let mtime = rec("S3FERRY.last-modified")
+    let mtime = rec("last-modified")
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.with_timezone(&chrono::Utc).into())
         .or_else(|| {
@@ -168,7 +169,7 @@ fn restore_options(
                 .then(|| std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.mtime as u64))
         });
     Ok(PutOptions::new()
-        .content_type(rec("S3FERRY.content-type"))
+        .content_type(rec("content-type"))
         .metadata(metadata)
         .tags(tags)
         .mtime(mtime.filter(|_| local)))
@@ -240,7 +241,7 @@ pub async fn extract(
         };
         let key = m.name.clone();
         let opts = restore_options(&m, dest.store.capabilities().local);
-        let want_md5 = m.records.get("S3FERRY.md5").cloned();
+        let want_md5 = m.records.get(&format!("{RECORD}md5")).cloned();
         let (store, dkey) = (dest.store.clone(), dest.key(&m.name));
         while puts.len() >= limit {
             if let Some(r) = puts.join_next().await {

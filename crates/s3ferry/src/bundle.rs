@@ -1,0 +1,495 @@
+//! `s3ferry bundle`: group, run, worker, get, extract.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use s3ferry_aws::{SqsConfig, SqsQueue};
+use s3ferry_engine::events::{Outcome, Record, Reporter};
+use s3ferry_engine::filter::{parse_since, Filters};
+use s3ferry_engine::formats::inventory::InventoryManifest;
+use s3ferry_engine::journal::Journal;
+use s3ferry_engine::ports::Queue;
+use s3ferry_engine::transfer::TransferConfig;
+use s3ferry_jobs::bundle::{
+    self, BundleError, Dir, GroupInput, GroupOptions, PackOptions, ShardSummary, WorkerOptions,
+};
+use s3ferry_jobs::Buckets;
+use s3ferry_store::{GetOptions, ListOptions, Location};
+use tokio::sync::watch;
+
+use crate::cli::{
+    parse_duration, parse_size, BundleCommand, BundleGroupArgs, BundlePackArgs, BundleRunArgs,
+    BundleWorkerArgs, Global, QueueEndpointArgs,
+};
+use crate::output::{human_bytes, Printer};
+use crate::stores::CliBuckets;
+use crate::Fatal;
+
+/// Object lines only with -v (a shard is tens of thousands of them); failures always.
+struct Lines {
+    printer: Arc<Printer>,
+    verbose: bool,
+}
+
+impl Reporter for Lines {
+    fn planned(&self, objects: u64, bytes: u64) {
+        self.printer.planned(objects, bytes)
+    }
+    fn bytes(&self, n: u64) {
+        self.printer.bytes(n)
+    }
+    fn record(&self, r: &Record) {
+        if self.verbose || !matches!(r.action, Outcome::Copy) {
+            self.printer.record(r)
+        }
+    }
+    fn note(&self, msg: &str) {
+        self.printer.note(msg)
+    }
+}
+
+fn printer(g: &Global) -> (Arc<Printer>, Arc<dyn Reporter>) {
+    let p = Arc::new(Printer::new(g.json, g.verbose, g.quiet, !g.no_progress));
+    let r: Arc<dyn Reporter> = Arc::new(Lines {
+        printer: p.clone(),
+        verbose: g.verbose > 0 || g.json,
+    });
+    (p, r)
+}
+
+fn buckets(g: &Global) -> Arc<dyn Buckets> {
+    Arc::new(CliBuckets(g.clone()))
+}
+
+async fn queue(g: &Global, url: &str, ep: &QueueEndpointArgs) -> Result<SqsQueue, Fatal> {
+    Ok(SqsQueue::connect(SqsConfig {
+        queue_url: url.to_string(),
+        endpoint_url: ep.queue_endpoint_url.clone(),
+        profile: g.profile.clone(),
+        region: g.region.clone(),
+    })
+    .await?)
+}
+
+pub async fn run(g: &Global, cmd: &BundleCommand) -> Result<u8, Fatal> {
+    match cmd {
+        BundleCommand::Group(a) => group(g, a).await,
+        BundleCommand::Run(a) => run_shards(g, a).await,
+        BundleCommand::Worker(a) => worker(g, a).await,
+        BundleCommand::Get(a) => {
+            let at = bundle::open_place(&a.at, buckets(g).as_ref(), true).await?;
+            let f = bundle::get(&at, &a.key).await?;
+            let mut body = f.body;
+            match &a.output {
+                Some(path) => {
+                    let dir = match path.parent() {
+                        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                        _ => std::path::PathBuf::from("."),
+                    };
+                    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+                        .map_err(|e| Fatal(format!("{}: {e}", dir.display())))?;
+                    while let Some(c) = body.next().await {
+                        tmp.write_all(&c?)
+                            .map_err(|e| Fatal(format!("{}: {e}", path.display())))?;
+                    }
+                    tmp.persist(path)
+                        .map_err(|e| Fatal(format!("{}: {e}", path.display())))?;
+                }
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    while let Some(c) = body.next().await {
+                        out.write_all(&c?)
+                            .map_err(|e| Fatal(format!("stdout: {e}")))?;
+                    }
+                    out.flush().map_err(|e| Fatal(format!("stdout: {e}")))?;
+                }
+            }
+            if g.verbose > 0 && !g.quiet {
+                eprintln!(
+                    "s3ferry: {} ({}) from {}",
+                    a.key,
+                    human_bytes(f.row.size),
+                    f.row.location
+                );
+            }
+            Ok(0)
+        }
+        BundleCommand::Extract(a) => {
+            if a.concurrency == 0 || a.concurrency > 4096 {
+                return Err(Fatal(format!(
+                    "--concurrency {} is not between 1 and 4096",
+                    a.concurrency
+                )));
+            }
+            let b = buckets(g);
+            let archive = bundle::open_place(&a.archive, b.as_ref(), true).await?;
+            let dest = bundle::open_dir(&a.dest, b.as_ref(), false, true).await?;
+            let (p, r) = printer(g);
+            let started = std::time::Instant::now();
+            let s = bundle::extract(&archive, &dest, a.concurrency, &r).await?;
+            p.finish_bar();
+            let code = u8::from(s.failed > 0);
+            summary(
+                g,
+                "bundle-extract",
+                serde_json::json!({"members": s.members, "bytes": s.bytes, "failed": s.failed, "elapsed_secs": started.elapsed().as_secs_f64()}),
+                format!(
+                    "extracted {} objects ({}) into {}, failed {}",
+                    s.members,
+                    human_bytes(s.bytes),
+                    dest.uri,
+                    s.failed
+                ),
+                code,
+            );
+            Ok(code)
+        }
+    }
+}
+
+/// The last record (`--json`) or line: what the command did, with the exit status it gives.
+fn summary(g: &Global, job: &str, mut v: serde_json::Value, text: String, code: u8) {
+    if g.json {
+        v["type"] = "summary".into();
+        v["exit_code"] = code.into();
+        v["job"] = job.into();
+        println!("{v}");
+    } else if !g.quiet {
+        eprintln!("{text}");
+    }
+}
+
+fn shard_line(g: &Global, s: &ShardSummary) {
+    if g.json {
+        let mut v = serde_json::to_value(s).unwrap_or_default();
+        v["type"] = "shard".into();
+        v["elapsed_secs"] = (s.elapsed_millis as f64 / 1000.0).into();
+        println!("{v}");
+    } else if !g.quiet {
+        if s.skipped {
+            eprintln!("{}: complete already, skipped", s.shard);
+        } else {
+            eprintln!(
+                "{}: packed {}, copied directly {}, dead letters {}, {} in {:.2}s -> {}",
+                s.shard,
+                s.packed,
+                s.direct,
+                s.failed,
+                human_bytes(s.bytes),
+                s.elapsed_millis as f64 / 1000.0,
+                if s.tar.is_empty() { &s.index } else { &s.tar }
+            );
+        }
+    }
+}
+
+async fn group(g: &Global, a: &BundleGroupArgs) -> Result<u8, Fatal> {
+    let b = buckets(g);
+    let max_bytes = parse_size(&a.max_bytes)?;
+    let big_object = parse_size(&a.big_object)?;
+    if a.max_objects == 0 || max_bytes == 0 {
+        return Err(Fatal(
+            "--max-objects and --max-bytes must be above zero".into(),
+        ));
+    }
+    let mut rules: Vec<(bool, String)> = a.include.iter().map(|p| (true, p.clone())).collect();
+    rules.extend(a.exclude.iter().map(|p| (false, p.clone())));
+    let since = a
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, std::time::SystemTime::now()))
+        .transpose()
+        .map_err(|e| Fatal(format!("--since: {e}")))?;
+    let filters = Filters::new(&rules, since).map_err(Fatal)?;
+    let input = match (&a.inventory, &a.source) {
+        (Some(inv), _) => {
+            let place = bundle::open_place(inv, b.as_ref(), true).await?;
+            let data = place
+                .store
+                .get(&place.key, GetOptions::new())
+                .await
+                .map_err(|e| Fatal(format!("{inv}: {e}")))?
+                .bytes()
+                .await
+                .map_err(|e| Fatal(format!("{inv}: {e}")))?;
+            let manifest = InventoryManifest::parse(&data, inv)?;
+            let data = b.open(manifest.data_bucket(), true).await?;
+            GroupInput::Inventory { manifest, data }
+        }
+        (None, Some(src)) => match Location::parse(src).map_err(Fatal)? {
+            Location::S3 { bucket, prefix } => {
+                let store = b.open(&bucket, true).await?;
+                // A missing bucket or bad credentials: one line before anything is written.
+                store
+                    .list(ListOptions::prefix(prefix.clone()))
+                    .next()
+                    .await
+                    .transpose()
+                    .map_err(|e| Fatal(format!("{src}: {e}")))?;
+                GroupInput::Listing {
+                    store,
+                    bucket,
+                    prefix,
+                }
+            }
+            Location::Local(_) => {
+                return Err(Fatal(format!(
+                    "--source {src:?} is not an s3://bucket[/prefix] URI"
+                )))
+            }
+        },
+        _ => {
+            return Err(Fatal(
+                "give --inventory MANIFEST_JSON or --source s3://bucket[/prefix]".into(),
+            ))
+        }
+    };
+    let out = bundle::open_dir(&a.out, b.as_ref(), false, true).await?;
+    let q = match &a.queue {
+        Some(url) => Some(queue(g, url, &a.queue_endpoint).await?),
+        None => None,
+    };
+    let (p, r) = printer(g);
+    let opts = GroupOptions {
+        max_objects: a.max_objects,
+        max_bytes,
+        big_object,
+        filters,
+    };
+    let s = bundle::group(input, &opts, &out, q.as_ref().map(|q| q as &dyn Queue), &r).await?;
+    p.finish_bar();
+    summary(
+        g,
+        "bundle-group",
+        serde_json::to_value(&s).unwrap_or_default(),
+        format!(
+            "grouped {} objects ({}) into {} shards under {} ({} of {} big objects, {}){}; skipped {}",
+            s.objects,
+            human_bytes(s.bytes),
+            s.shards,
+            out.uri,
+            s.direct_shards,
+            s.direct_objects,
+            human_bytes(s.direct_bytes),
+            if q.is_some() {
+                format!(", enqueued {}", s.enqueued)
+            } else {
+                String::new()
+            },
+            s.skipped
+        ),
+        0,
+    );
+    Ok(0)
+}
+
+struct Packing {
+    to: Dir,
+    opts: PackOptions,
+    transfer: TransferConfig,
+    journal: Arc<Journal>,
+}
+
+async fn packing(g: &Global, a: &BundlePackArgs) -> Result<Packing, Fatal> {
+    if a.concurrency == 0 || a.concurrency > 4096 {
+        return Err(Fatal(format!(
+            "--concurrency {} is not between 1 and 4096",
+            a.concurrency
+        )));
+    }
+    let part_size = parse_size(&a.part_size)?;
+    if !(s3ferry_store::checksum::MIN_PART_SIZE..=5 << 30).contains(&part_size) {
+        return Err(Fatal(format!(
+            "--part-size {} is not between 5 MiB and 5 GiB",
+            a.part_size
+        )));
+    }
+    let max_memory = parse_size(&a.max_memory)?;
+    if max_memory < 1 << 20 {
+        return Err(Fatal(format!(
+            "--max-memory {} is below 1 MiB",
+            a.max_memory
+        )));
+    }
+    let to = bundle::open_dir(&a.to, buckets(g).as_ref(), false, true).await?;
+    let mut transfer = TransferConfig::new(max_memory);
+    transfer.part_size = part_size;
+    // Uploads are journaled only for this process: a killed worker's upload is aborted by the
+    // next worker of that shard, on whatever machine.
+    let journal = Arc::new(Journal::in_memory().map_err(|e| Fatal(e.to_string()))?);
+    Ok(Packing {
+        to,
+        opts: PackOptions {
+            concurrency: a.concurrency,
+            part_size,
+            tags: !a.no_tags,
+            force: a.force,
+            stale_uploads_before: None,
+        },
+        transfer,
+        journal,
+    })
+}
+
+/// A watch that turns true on the first SIGINT/SIGTERM.
+fn stop_on_signal(g: &Global) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    let quiet = g.quiet;
+    tokio::spawn(async move {
+        let sig = crate::pipe::shutdown_signal().await;
+        if !quiet {
+            eprintln!("s3ferry: {sig}: releasing the shard in hand and stopping");
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn run_shards(g: &Global, a: &BundleRunArgs) -> Result<u8, Fatal> {
+    let b = buckets(g);
+    let pk = packing(g, &a.pack).await?;
+    let shards: Vec<String> = if a.shard.ends_with('/') {
+        let dir = bundle::open_dir(&a.shard, b.as_ref(), true, false).await?;
+        let mut names = Vec::new();
+        let mut list = dir.store.list(ListOptions::prefix(dir.prefix.clone()));
+        while let Some(m) = list.next().await {
+            let m = m.map_err(|e| Fatal(format!("{}: {e}", a.shard)))?;
+            let name = &m.key[dir.prefix.len()..];
+            if name.starts_with("shard-") && name.ends_with(".csv") && !name.contains('/') {
+                names.push(dir.uri_of(name));
+            }
+        }
+        if names.is_empty() {
+            return Err(Fatal(format!("{}: no shard-*.csv here", a.shard)));
+        }
+        names
+    } else {
+        vec![a.shard.clone()]
+    };
+    let (p, r) = printer(g);
+    let stop = stop_on_signal(g);
+    let started = std::time::Instant::now();
+    let mut total = ShardSummary::default();
+    let mut shards_done = 0u64;
+    for uri in &shards {
+        let shard = bundle::open_place(uri, b.as_ref(), true).await?;
+        let s = match bundle::run_shard(
+            &shard,
+            &pk.to,
+            &b,
+            &pk.opts,
+            &pk.transfer,
+            &pk.journal,
+            &r,
+            Some(stop.clone()),
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(BundleError::Interrupted) => {
+                p.finish_bar();
+                eprintln!("s3ferry: interrupted: {uri} was not completed (run again to finish)");
+                return Ok(130);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        shard_line(g, &s);
+        shards_done += 1;
+        total.objects += s.objects;
+        total.packed += s.packed;
+        total.direct += s.direct;
+        total.failed += s.failed;
+        total.bytes += s.bytes;
+    }
+    p.finish_bar();
+    let code = u8::from(total.failed > 0);
+    let secs = started.elapsed().as_secs_f64();
+    summary(
+        g,
+        "bundle-run",
+        serde_json::json!({"shards": shards_done, "objects": total.objects, "packed": total.packed, "direct": total.direct, "failed": total.failed, "bytes": total.bytes, "elapsed_secs": secs}),
+        format!(
+            "{} shards: packed {}, copied directly {}, dead letters {}, {} in {secs:.2}s ({:.0} objects/s)",
+            shards_done,
+            total.packed,
+            total.direct,
+            total.failed,
+            human_bytes(total.bytes),
+            (total.packed + total.direct) as f64 / secs.max(1e-9)
+        ),
+        code,
+    );
+    Ok(code)
+}
+
+async fn worker(g: &Global, a: &BundleWorkerArgs) -> Result<u8, Fatal> {
+    let visibility = parse_duration(&a.visibility_timeout)
+        .map_err(|e| Fatal(format!("--visibility-timeout: {e}")))?;
+    if visibility.as_secs() < 1 || visibility.as_secs() > 43_200 {
+        return Err(Fatal(format!(
+            "--visibility-timeout {} is not between 1s and 12h (SQS's limits)",
+            a.visibility_timeout
+        )));
+    }
+    let idle_exit = a
+        .idle_exit
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| Fatal(format!("--idle-exit: {e}")))?;
+    if a.max_messages == Some(0) {
+        return Err(Fatal("--max-messages must be above zero".into()));
+    }
+    let pk = packing(g, &a.pack).await?;
+    let q: Arc<dyn Queue> = Arc::new(queue(g, &a.queue, &a.queue_endpoint).await?);
+    let b = buckets(g);
+    let (p, r) = printer(g);
+    let stop = stop_on_signal(g);
+    let opts = WorkerOptions {
+        visibility,
+        wait: std::time::Duration::from_secs(20).min(
+            idle_exit
+                .unwrap_or(std::time::Duration::MAX)
+                .max(std::time::Duration::from_secs(1)),
+        ),
+        max_messages: a.max_messages,
+        idle_exit,
+        retry_delay: std::time::Duration::from_secs(5),
+        pack: pk.opts,
+    };
+    let gl = g.clone();
+    let on_shard = move |s: &ShardSummary| shard_line(&gl, s);
+    let s = bundle::work(
+        q,
+        &pk.to,
+        &b,
+        &opts,
+        &pk.transfer,
+        &pk.journal,
+        &r,
+        &on_shard,
+        stop,
+    )
+    .await?;
+    p.finish_bar();
+    let code = u8::from(s.failed > 0 || s.failed_shards > 0);
+    summary(
+        g,
+        "bundle-worker",
+        serde_json::to_value(&s).unwrap_or_default(),
+        format!(
+            "worker: {} shards ({} complete already), {} failed and released; packed {}, copied directly {}, dead letters {}, {}{}",
+            s.shards,
+            s.skipped_shards,
+            s.failed_shards,
+            s.packed,
+            s.direct,
+            s.failed,
+            human_bytes(s.bytes),
+            if s.interrupted { "; stopped by a signal" } else { "" }
+        ),
+        code,
+    );
+    Ok(code)
+}
