@@ -12,7 +12,8 @@ use s3ferry_engine::journal::Journal;
 use s3ferry_engine::ports::Queue;
 use s3ferry_engine::transfer::TransferConfig;
 use s3ferry_jobs::bundle::{
-    self, BundleError, Dir, GroupInput, GroupOptions, PackOptions, ShardSummary, WorkerOptions,
+    self, BundleError, GroupInput, GroupOptions, PackContext, PackOptions, ShardSummary,
+    WorkerOptions,
 };
 use s3ferry_jobs::Buckets;
 use s3ferry_store::{GetOptions, ListOptions, Location};
@@ -284,14 +285,11 @@ async fn group(g: &Global, a: &BundleGroupArgs) -> Result<u8, Fatal> {
     Ok(0)
 }
 
-struct Packing {
-    to: Dir,
-    opts: PackOptions,
-    transfer: TransferConfig,
-    journal: Arc<Journal>,
-}
-
-async fn packing(g: &Global, a: &BundlePackArgs) -> Result<Packing, Fatal> {
+async fn packing(
+    g: &Global,
+    a: &BundlePackArgs,
+    reporter: Arc<dyn Reporter>,
+) -> Result<(PackContext, PackOptions), Fatal> {
     if a.concurrency == 0 || a.concurrency > 4096 {
         return Err(Fatal(format!(
             "--concurrency {} is not between 1 and 4096",
@@ -318,18 +316,21 @@ async fn packing(g: &Global, a: &BundlePackArgs) -> Result<Packing, Fatal> {
     // Uploads are journaled only for this process: a killed worker's upload is aborted by the
     // next worker of that shard, on whatever machine.
     let journal = Arc::new(Journal::in_memory().map_err(|e| Fatal(e.to_string()))?);
-    Ok(Packing {
+    let cx = PackContext {
         to,
-        opts: PackOptions {
-            concurrency: a.concurrency,
-            part_size,
-            tags: !a.no_tags,
-            force: a.force,
-            stale_uploads_before: None,
-        },
+        buckets: buckets(g),
         transfer,
         journal,
-    })
+        reporter,
+    };
+    let opts = PackOptions {
+        concurrency: a.concurrency,
+        part_size,
+        tags: !a.no_tags,
+        force: a.force,
+        stale_uploads_before: None,
+    };
+    Ok((cx, opts))
 }
 
 /// A watch that turns true on the first SIGINT/SIGTERM.
@@ -348,7 +349,8 @@ fn stop_on_signal(g: &Global) -> watch::Receiver<bool> {
 
 async fn run_shards(g: &Global, a: &BundleRunArgs) -> Result<u8, Fatal> {
     let b = buckets(g);
-    let pk = packing(g, &a.pack).await?;
+    let (p, r) = printer(g);
+    let (cx, opts) = packing(g, &a.pack, r).await?;
     let shards: Vec<String> = if a.shard.ends_with('/') {
         let dir = bundle::open_dir(&a.shard, b.as_ref(), true, false).await?;
         let mut names = Vec::new();
@@ -367,25 +369,13 @@ async fn run_shards(g: &Global, a: &BundleRunArgs) -> Result<u8, Fatal> {
     } else {
         vec![a.shard.clone()]
     };
-    let (p, r) = printer(g);
     let stop = stop_on_signal(g);
     let started = std::time::Instant::now();
     let mut total = ShardSummary::default();
     let mut shards_done = 0u64;
     for uri in &shards {
         let shard = bundle::open_place(uri, b.as_ref(), true).await?;
-        let s = match bundle::run_shard(
-            &shard,
-            &pk.to,
-            &b,
-            &pk.opts,
-            &pk.transfer,
-            &pk.journal,
-            &r,
-            Some(stop.clone()),
-        )
-        .await
-        {
+        let s = match bundle::run_shard(&shard, &cx, &opts, Some(stop.clone())).await {
             Ok(s) => s,
             Err(BundleError::Interrupted) => {
                 p.finish_bar();
@@ -441,10 +431,9 @@ async fn worker(g: &Global, a: &BundleWorkerArgs) -> Result<u8, Fatal> {
     if a.max_messages == Some(0) {
         return Err(Fatal("--max-messages must be above zero".into()));
     }
-    let pk = packing(g, &a.pack).await?;
-    let q: Arc<dyn Queue> = Arc::new(queue(g, &a.queue, &a.queue_endpoint).await?);
-    let b = buckets(g);
     let (p, r) = printer(g);
+    let (cx, pack) = packing(g, &a.pack, r).await?;
+    let q: Arc<dyn Queue> = Arc::new(queue(g, &a.queue, &a.queue_endpoint).await?);
     let stop = stop_on_signal(g);
     let opts = WorkerOptions {
         visibility,
@@ -456,22 +445,11 @@ async fn worker(g: &Global, a: &BundleWorkerArgs) -> Result<u8, Fatal> {
         max_messages: a.max_messages,
         idle_exit,
         retry_delay: std::time::Duration::from_secs(5),
-        pack: pk.opts,
+        pack,
     };
     let gl = g.clone();
     let on_shard = move |s: &ShardSummary| shard_line(&gl, s);
-    let s = bundle::work(
-        q,
-        &pk.to,
-        &b,
-        &opts,
-        &pk.transfer,
-        &pk.journal,
-        &r,
-        &on_shard,
-        stop,
-    )
-    .await?;
+    let s = bundle::work(q, &cx, &opts, &on_shard, stop).await?;
     p.finish_bar();
     let code = u8::from(s.failed > 0 || s.failed_shards > 0);
     summary(

@@ -31,7 +31,7 @@ use s3ferry_store::local::LocalStore;
 use s3ferry_store::{ByteStream, DynStore, GetOptions, Location, PutOptions, StoreError};
 
 pub use group::{group, GroupInput, GroupOptions, GroupSummary};
-pub use pack::{run_shard, PackOptions, ShardSummary};
+pub use pack::{run_shard, PackContext, PackOptions, ShardSummary};
 pub use restore::{extract, get, ExtractSummary, Fetched};
 pub use worker::{work, ShardMessage, WorkerOptions, WorkerSummary};
 
@@ -215,6 +215,15 @@ pub async fn csv_rows(
             }
         })
         .boxed())
+}
+
+/// Resolves when `stop` turns true (never, if its sender is gone).
+async fn stop_requested(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// Write a small file whole.

@@ -23,7 +23,7 @@ use super::format::{
     encode_pairs, DeadRow, IndexRow, Receipt, ShardRow, DEAD_HEADER, INDEX_HEADER, RECEIPT_FORMAT,
     RECORD, SHARD_HEADER,
 };
-use super::{csv_rows, put_file, BundleError, Dir, Place, BIG_DIR};
+use super::{csv_rows, put_file, stop_requested, BundleError, Dir, Place, BIG_DIR};
 use crate::Buckets;
 
 #[derive(Clone, Debug)]
@@ -51,6 +51,17 @@ impl Default for PackOptions {
             stale_uploads_before: None,
         }
     }
+}
+
+/// What every shard run of a process shares: where the outputs go, how buckets are opened,
+/// the transfer settings and memory budget, the journal of open uploads, and the reporter.
+#[derive(Clone)]
+pub struct PackContext {
+    pub to: Dir,
+    pub buckets: Arc<dyn Buckets>,
+    pub transfer: TransferConfig,
+    pub journal: Arc<Journal>,
+    pub reporter: Arc<dyn Reporter>,
 }
 
 /// What one shard run did.
@@ -247,6 +258,38 @@ impl Packer {
     }
 }
 
+/// An object's index row from its metadata (offsets, MD5 and CRC64NVME are the caller's).
+fn index_row(
+    row: &ShardRow,
+    m: &ObjectMeta,
+    tags: Vec<(String, String)>,
+    location: String,
+) -> IndexRow {
+    IndexRow {
+        bucket: row.bucket.clone(),
+        key: row.key.clone(),
+        version_id: m.version_id.clone().or(row.version_id.clone()),
+        size: m.size,
+        last_modified: m.last_modified.or(row.last_modified),
+        etag: m.etag.clone(),
+        md5: None,
+        crc64nvme: None,
+        content_type: m.content_type.clone(),
+        metadata: m.metadata.clone().unwrap_or_default(),
+        tags,
+        storage_class: m.storage_class.clone().or(row.storage_class.clone()),
+        header_offset: None,
+        data_offset: None,
+        data_length: m.size,
+        location,
+    }
+}
+
+fn push_row(out: &mut Vec<u8>, row: &str) {
+    out.extend_from_slice(row.as_bytes());
+    out.push(b'\n');
+}
+
 /// The PAX records a packed member carries, so a tar alone restores keys, metadata and tags.
 fn member_records(row: &ShardRow, got: &Got) -> Vec<(String, String)> {
     let m = &got.meta;
@@ -295,13 +338,7 @@ fn unix_secs(t: Option<SystemTime>) -> i64 {
 
 async fn stopped(stop: &mut Option<watch::Receiver<bool>>) {
     match stop {
-        Some(rx) => {
-            while !*rx.borrow_and_update() {
-                if rx.changed().await.is_err() {
-                    return std::future::pending().await;
-                }
-            }
-        }
+        Some(rx) => stop_requested(rx).await,
         None => std::future::pending().await,
     }
 }
@@ -356,17 +393,14 @@ async fn abort_stale_uploads(store: &DynStore, key: &str, before: SystemTime) {
 /// completes; a failure to read the shard or write the outputs is the shard's error (nothing
 /// is visible under the final keys then but what a previous complete run left). `stop`
 /// (true) aborts the upload and returns [`BundleError::Interrupted`].
-#[allow(clippy::too_many_arguments)]
 pub async fn run_shard(
     shard: &Place,
-    to: &Dir,
-    buckets: &Arc<dyn Buckets>,
+    cx: &PackContext,
     opts: &PackOptions,
-    transfer: &TransferConfig,
-    journal: &Arc<Journal>,
-    reporter: &Arc<dyn Reporter>,
     mut stop: Option<watch::Receiver<bool>>,
 ) -> Result<ShardSummary, BundleError> {
+    let (to, buckets, transfer, journal, reporter) =
+        (&cx.to, &cx.buckets, &cx.transfer, &cx.journal, &cx.reporter);
     let started = Instant::now();
     let name = shard_name(&shard.key);
     let tar_name = format!("{name}.tar");
@@ -450,9 +484,9 @@ pub async fn run_shard(
         let fetches = stream::iter(small.into_iter().map(|row| {
             let p = packer.clone();
             async move {
-                let mem = p.transfer.reserve(row.size).await;
-                let got = match mem {
-                    Ok(_) => p.fetch(&row).await,
+                // The reservation travels with the bytes until they are in the tar.
+                let got = match p.transfer.reserve(row.size).await {
+                    Ok(mem) => p.fetch(&row).await.map(|g| (g, mem)),
                     Err(e) => Err(e),
                 };
                 (row, got)
@@ -473,7 +507,7 @@ pub async fn run_shard(
                 };
                 let Some((row, got)) = next else { break };
                 match got {
-                    Ok(got) => {
+                    Ok((got, _mem)) => {
                         let member = Member {
                             name: row.key.clone(),
                             size: got.data.len() as u64,
@@ -482,27 +516,16 @@ pub async fn run_shard(
                         };
                         let body = stream::once(std::future::ready(Ok(got.data.clone()))).boxed();
                         let placed = tar.append(&member, body).await?;
-                        let m = &got.meta;
                         let irow = IndexRow {
-                            bucket: row.bucket.clone(),
-                            key: row.key.clone(),
-                            version_id: m.version_id.clone().or(row.version_id.clone()),
                             size: member.size,
-                            last_modified: m.last_modified.or(row.last_modified),
-                            etag: m.etag.clone(),
                             md5: Some(got.md5.clone()),
                             crc64nvme: Some(crc64_to_b64(got.crc)),
-                            content_type: m.content_type.clone(),
-                            metadata: m.metadata.clone().unwrap_or_default(),
-                            tags: got.tags.clone(),
-                            storage_class: m.storage_class.clone().or(row.storage_class.clone()),
                             header_offset: Some(placed.header_offset),
                             data_offset: Some(placed.data_offset),
                             data_length: placed.data_len,
-                            location: tar_name.clone(),
+                            ..index_row(&row, &got.meta, got.tags.clone(), tar_name.clone())
                         };
-                        index.extend_from_slice(irow.to_row().as_bytes());
-                        index.push(b'\n');
+                        push_row(&mut index, &irow.to_row());
                         summary.packed += 1;
                         summary.bytes += member.size;
                         reporter.bytes(member.size);
@@ -569,26 +592,11 @@ pub async fn run_shard(
         match r {
             Ok((m, copy_etag, tags)) => {
                 let irow = IndexRow {
-                    bucket: row.bucket.clone(),
-                    key: row.key.clone(),
-                    version_id: m.version_id.clone().or(row.version_id.clone()),
-                    size: m.size,
-                    last_modified: m.last_modified.or(row.last_modified),
                     // The copy's: `get` reads the copy pinned to it.
                     etag: copy_etag.or(m.etag.clone()),
-                    md5: None,
-                    crc64nvme: None,
-                    content_type: m.content_type.clone(),
-                    metadata: m.metadata.clone().unwrap_or_default(),
-                    tags,
-                    storage_class: m.storage_class.clone().or(row.storage_class.clone()),
-                    header_offset: None,
-                    data_offset: None,
-                    data_length: m.size,
-                    location: format!("{BIG_DIR}{}", row.key),
+                    ..index_row(&row, &m, tags, format!("{BIG_DIR}{}", row.key))
                 };
-                index.extend_from_slice(irow.to_row().as_bytes());
-                index.push(b'\n');
+                push_row(&mut index, &irow.to_row());
                 summary.direct += 1;
                 summary.bytes += m.size;
                 reporter.record(&Record::new(
@@ -646,8 +654,7 @@ pub async fn run_shard(
 
 fn record_dead(out: &mut Vec<u8>, row: &ShardRow, e: &StoreError, reporter: &Arc<dyn Reporter>) {
     let d = dead(row, e);
-    out.extend_from_slice(d.to_row().as_bytes());
-    out.push(b'\n');
+    push_row(out, &d.to_row());
     reporter.record(&Record {
         key: format!("{}/{}", row.bucket, row.key),
         action: Outcome::Fail,

@@ -94,6 +94,16 @@ async fn world(n: usize, big: usize) -> World {
 }
 
 impl World {
+    fn cx(&self) -> PackContext {
+        PackContext {
+            to: self.dir("archive/"),
+            buckets: self.buckets.clone(),
+            transfer: self.transfer.clone(),
+            journal: self.journal.clone(),
+            reporter: self.reporter.clone(),
+        }
+    }
+
     fn dir(&self, prefix: &str) -> Dir {
         Dir {
             store: Arc::new(self.out.clone()),
@@ -130,18 +140,9 @@ impl World {
     }
 
     async fn run(&self, name: &str, opts: &PackOptions) -> ShardSummary {
-        run_shard(
-            &self.shard(name).await,
-            &self.dir("archive/"),
-            &self.buckets,
-            opts,
-            &self.transfer,
-            &self.journal,
-            &self.reporter,
-            None,
-        )
-        .await
-        .unwrap()
+        run_shard(&self.shard(name).await, &self.cx(), opts, None)
+            .await
+            .unwrap()
     }
 
     async fn text(&self, key: &str) -> String {
@@ -422,24 +423,11 @@ async fn two_workers_drain_one_queue_and_pack_each_shard_once() {
         ..Default::default()
     };
     let q: Arc<dyn Queue> = Arc::new(queue.clone());
-    let to = w.dir("archive/");
     let runs = (0..2).map(|_| {
-        let (q, to, done, rx, wopts) = (
-            q.clone(),
-            to.clone(),
-            done.clone(),
-            rx.clone(),
-            wopts.clone(),
-        );
-        let (b, t, j, r) = (
-            w.buckets.clone(),
-            w.transfer.clone(),
-            w.journal.clone(),
-            w.reporter.clone(),
-        );
+        let (q, cx, done, rx, wopts) = (q.clone(), w.cx(), done.clone(), rx.clone(), wopts.clone());
         async move {
             let on = move |s: &ShardSummary| done.lock().unwrap().push(s.shard.clone());
-            work(q, &to, &b, &wopts, &t, &j, &r, &on, rx).await.unwrap()
+            work(q, &cx, &wopts, &on, rx).await.unwrap()
         }
     });
     let sums = futures::future::join_all(runs).await;
@@ -479,19 +467,7 @@ async fn a_failing_shard_is_released_not_deleted_and_a_bad_message_is_not_lost()
         max_messages: Some(2),
         ..Default::default()
     };
-    let s = work(
-        q,
-        &w.dir("archive/"),
-        &w.buckets,
-        &wopts,
-        &w.transfer,
-        &w.journal,
-        &w.reporter,
-        &|_| {},
-        rx,
-    )
-    .await
-    .unwrap();
+    let s = work(q, &w.cx(), &wopts, &|_| {}, rx).await.unwrap();
     assert_eq!((s.shards, s.failed_shards), (0, 2));
     assert_eq!(
         queue.len(),
@@ -549,7 +525,7 @@ async fn a_stop_releases_the_shard_in_hand_and_aborts_its_upload() {
     let buckets: Arc<dyn Buckets> = Arc::new(Slow(slow, w.out.clone()));
     let (tx, rx) = watch::channel(false);
     let q: Arc<dyn Queue> = Arc::new(queue.clone());
-    let to = w.dir("archive/");
+    let cx = PackContext { buckets, ..w.cx() };
     let wopts = WorkerOptions {
         wait: Duration::from_millis(20),
         pack: PackOptions {
@@ -559,17 +535,7 @@ async fn a_stop_releases_the_shard_in_hand_and_aborts_its_upload() {
         ..Default::default()
     };
     let out = w.out.clone();
-    let worker = work(
-        q,
-        &to,
-        &buckets,
-        &wopts,
-        &w.transfer,
-        &w.journal,
-        &w.reporter,
-        &|_| {},
-        rx,
-    );
+    let worker = work(q, &cx, &wopts, &|_| {}, rx);
     let stopper = async {
         // Stop once the tar's upload is open.
         while out.pending_uploads() == 0 {

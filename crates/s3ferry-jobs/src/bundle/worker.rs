@@ -4,16 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use s3ferry_engine::events::{Outcome, Record, Reporter};
-use s3ferry_engine::journal::Journal;
+use s3ferry_engine::events::{Outcome, Record};
 use s3ferry_engine::ports::{Queue, QueueMessage};
-use s3ferry_engine::transfer::TransferConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::pack::{run_shard, PackOptions, ShardSummary};
-use super::{open_place, BundleError, Dir};
-use crate::Buckets;
+use super::pack::{run_shard, PackContext, PackOptions, ShardSummary};
+use super::{open_place, stop_requested, BundleError};
 
 /// The body of a queue message: the shard manifest to pack.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -80,15 +77,6 @@ pub struct WorkerSummary {
     pub interrupted: bool,
 }
 
-/// Resolves when `stop` turns true.
-async fn stop_requested(stop: &mut watch::Receiver<bool>) {
-    while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
-}
-
 /// Renew a message's visibility every third of it until dropped.
 fn heartbeat(
     queue: Arc<dyn Queue>,
@@ -108,15 +96,10 @@ fn heartbeat(
 
 /// Work until stopped, `max_messages` are handled, or the queue stays empty for
 /// `idle_exit`. `on_shard` hears of every shard finished.
-#[allow(clippy::too_many_arguments)]
 pub async fn work(
     queue: Arc<dyn Queue>,
-    to: &Dir,
-    buckets: &Arc<dyn Buckets>,
+    cx: &PackContext,
     opts: &WorkerOptions,
-    transfer: &TransferConfig,
-    journal: &Arc<Journal>,
-    reporter: &Arc<dyn Reporter>,
     on_shard: &(dyn Fn(&ShardSummary) + Send + Sync),
     mut stop: watch::Receiver<bool>,
 ) -> Result<WorkerSummary, BundleError> {
@@ -162,10 +145,7 @@ pub async fn work(
             continue;
         };
         handled += 1;
-        let r = one(
-            &queue, msg, to, buckets, opts, transfer, journal, reporter, &stop,
-        )
-        .await;
+        let r = one(&queue, msg, cx, opts, &stop).await;
         idle_since = Instant::now();
         match r {
             Ok(s) => {
@@ -190,37 +170,22 @@ pub async fn work(
 
 /// Handle one message: pack its shard under a heartbeat, delete it when done, release it when
 /// not (at once when stopped, after [`WorkerOptions::retry_delay`] when it failed).
-#[allow(clippy::too_many_arguments)]
 async fn one(
     queue: &Arc<dyn Queue>,
     msg: QueueMessage,
-    to: &Dir,
-    buckets: &Arc<dyn Buckets>,
+    cx: &PackContext,
     opts: &WorkerOptions,
-    transfer: &TransferConfig,
-    journal: &Arc<Journal>,
-    reporter: &Arc<dyn Reporter>,
     stop: &watch::Receiver<bool>,
 ) -> Result<ShardSummary, BundleError> {
     let received = SystemTime::now();
     let beat = heartbeat(queue.clone(), msg.receipt.clone(), opts.visibility);
     let r = async {
         let m = ShardMessage::parse(&msg.body).map_err(BundleError::Input)?;
-        let shard = open_place(&m.shard, buckets.as_ref(), true).await?;
+        let shard = open_place(&m.shard, cx.buckets.as_ref(), true).await?;
         let mut pack = opts.pack.clone();
         // Uploads of this shard's tar older than this delivery are a dead holder's.
         pack.stale_uploads_before = Some(received);
-        run_shard(
-            &shard,
-            to,
-            buckets,
-            &pack,
-            transfer,
-            journal,
-            reporter,
-            Some(stop.clone()),
-        )
-        .await
+        run_shard(&shard, cx, &pack, Some(stop.clone())).await
     }
     .await;
     beat.abort();
@@ -233,7 +198,7 @@ async fn one(
         }
         Err(e) => {
             if !matches!(e, BundleError::Interrupted) {
-                reporter.record(&Record {
+                cx.reporter.record(&Record {
                     key: msg.body.chars().take(200).collect(),
                     action: Outcome::Fail,
                     reason: "shard".into(),
