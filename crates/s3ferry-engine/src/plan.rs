@@ -107,6 +107,46 @@ impl SkipReason {
     }
 }
 
+/// How many deletions are allowed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MaxDelete {
+    Count(u64),
+    Percent(f64),
+}
+
+impl MaxDelete {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("bad --max-delete {s:?}: use a count like 100 or a percentage like 25%");
+        match s.trim().strip_suffix('%') {
+            Some(p) => {
+                let v: f64 = p.trim().parse().map_err(|_| bad())?;
+                if !(0.0..=100.0).contains(&v) {
+                    return Err(bad());
+                }
+                Ok(Self::Percent(v))
+            }
+            None => s.trim().parse().map(Self::Count).map_err(|_| bad()),
+        }
+    }
+
+    /// As the option is written: `100` or `25%`.
+    pub fn as_option(&self) -> String {
+        match *self {
+            Self::Count(n) => n.to_string(),
+            Self::Percent(p) => format!("{p}%"),
+        }
+    }
+
+    pub fn allows(&self, deletes: u64, total: u64) -> bool {
+        match *self {
+            Self::Count(n) => deletes <= n,
+            Self::Percent(p) => total == 0 || (deletes as f64) <= (total as f64) * p / 100.0,
+        }
+    }
+}
+
+/// The default limit: deletions may remove at most half of the destination.
 /// What the state DB remembers of a pair after the last successful sync of a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BaseRecord {

@@ -120,6 +120,9 @@ pub struct Entry {
 pub enum Item {
     Entry(Entry),
     Base(BaseRecord),
+    /// A record of a job's own sorted state input (opaque to the engine; e.g. a line of an
+    /// archive's state file).
+    Record(String),
 }
 
 /// A sorted input of a [`Join`]: `(key, item)` in strictly increasing byte order of keys.
@@ -141,6 +144,11 @@ pub fn bases(
             .map_err(|e| StoreError::new(ErrorKind::Other, "state", e.to_string()))
     })
     .boxed()
+}
+
+/// A job's own sorted `(key, record)` stream as a join input.
+pub fn records(s: BoxStream<'static, Result<(String, String)>>) -> JoinInput {
+    s.map(|r| r.map(|(k, v)| (k, Item::Record(v)))).boxed()
 }
 
 /// One step of a join: a key with what each input has for it, or a per-entry error of one
@@ -176,6 +184,20 @@ impl Row {
     pub fn base(&mut self, i: usize) -> Option<BaseRecord> {
         match self.items.get_mut(i).and_then(Option::take) {
             Some(Item::Base(b)) => Some(b),
+            Some(other) => {
+                self.items[i] = Some(other);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+impl Row {
+    /// Input `i`'s record, if it is a record input that has the key.
+    pub fn record(&mut self, i: usize) -> Option<String> {
+        match self.items.get_mut(i).and_then(Option::take) {
+            Some(Item::Record(r)) => Some(r),
             Some(other) => {
                 self.items[i] = Some(other);
                 None

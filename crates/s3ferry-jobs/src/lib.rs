@@ -1,10 +1,12 @@
 //! s3ferry jobs. Each job is a module with its options and a `run`; jobs compose the engine
 //! and never reach into one another: [`sync`], [`pipe`], [`bisync`], [`batch`], [`bundle`].
 
+pub mod archive;
 pub mod batch;
 pub mod bisync;
 pub mod bundle;
 pub mod pipe;
+pub mod places;
 pub mod sync;
 
 use async_trait::async_trait;

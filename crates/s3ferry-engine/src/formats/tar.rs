@@ -79,11 +79,65 @@ impl PartSink for VecSink {
     }
 }
 
-/// Writes a tar into a [`PartSink`], holding at most one part in memory.
-pub struct TarWriter<S: PartSink> {
+/// Cuts a byte stream into the parts a [`PartSink`] asks for, holding at most one part in
+/// memory: the tar writer's output, and any stream written into a multipart upload whose
+/// chunks do not fall on part boundaries.
+pub struct PartBuffer<S: PartSink> {
     sink: S,
     buf: BytesMut,
     pos: u64,
+}
+
+impl<S: PartSink> PartBuffer<S> {
+    pub fn new(sink: S) -> Self {
+        Self {
+            sink,
+            buf: BytesMut::new(),
+            pos: 0,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let want = self.sink.next_part_len() as usize;
+            if self.buf.capacity() < want {
+                self.buf.reserve(want - self.buf.len());
+            }
+            let n = (want - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            self.pos += n as u64;
+            if self.buf.len() == want {
+                let part = self.buf.split().freeze();
+                self.sink.push_part(part).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The sink, dropping what is buffered (to abandon the stream, e.g. abort an upload).
+    pub fn into_inner(self) -> S {
+        self.sink
+    }
+
+    /// Push what is buffered as the last part. Returns the sink and the bytes written.
+    pub async fn finish(mut self) -> Result<(S, u64)> {
+        if !self.buf.is_empty() {
+            let part = self.buf.split().freeze();
+            self.sink.push_part(part).await?;
+        }
+        Ok((self.sink, self.pos))
+    }
+}
+
+/// Writes a tar into a [`PartSink`], holding at most one part in memory.
+pub struct TarWriter<S: PartSink> {
+    out: PartBuffer<S>,
 }
 
 fn octal(field: &mut [u8], v: u64) -> bool {
@@ -131,37 +185,21 @@ fn header(name: &[u8], size: u64, mtime: i64, kind: u8) -> [u8; 512] {
 impl<S: PartSink> TarWriter<S> {
     pub fn new(sink: S) -> Self {
         Self {
-            sink,
-            buf: BytesMut::new(),
-            pos: 0,
+            out: PartBuffer::new(sink),
         }
     }
 
     /// Bytes written so far (the offset of the next member).
     pub fn position(&self) -> u64 {
-        self.pos
+        self.out.position()
     }
 
-    async fn write(&mut self, mut data: &[u8]) -> Result<()> {
-        while !data.is_empty() {
-            let want = self.sink.next_part_len() as usize;
-            if self.buf.capacity() < want {
-                self.buf.reserve(want - self.buf.len());
-            }
-            let n = (want - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            self.pos += n as u64;
-            if self.buf.len() == want {
-                let part = self.buf.split().freeze();
-                self.sink.push_part(part).await?;
-            }
-        }
-        Ok(())
+    async fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.out.write(data).await
     }
 
     async fn pad(&mut self) -> Result<()> {
-        let rem = (self.pos % BLOCK) as usize;
+        let rem = (self.position() % BLOCK) as usize;
         if rem != 0 {
             self.write(&[0u8; 512][..512 - rem]).await?;
         }
@@ -171,7 +209,7 @@ impl<S: PartSink> TarWriter<S> {
     /// Append one member whose data is `body` (exactly `m.size` bytes, else `Corrupt` and the
     /// archive must be abandoned).
     pub async fn append(&mut self, m: &Member, mut body: ByteStream) -> Result<Placed> {
-        let header_offset = self.pos;
+        let header_offset = self.position();
         let name = m.name.as_bytes();
         let needs_pax = name.len() > 100
             || !m.name.is_ascii()
@@ -192,7 +230,7 @@ impl<S: PartSink> TarWriter<S> {
         // The ustar name: the key's bytes (truncated; the PAX path is the real one).
         let h = header(name, m.size, m.mtime, b'0');
         self.write(&h).await?;
-        let data_offset = self.pos;
+        let data_offset = self.position();
         let mut n = 0u64;
         while let Some(c) = body.next().await {
             let c = c?;
@@ -226,11 +264,7 @@ impl<S: PartSink> TarWriter<S> {
     /// Write the end-of-archive blocks and the last part. Returns the sink and the total size.
     pub async fn finish(mut self) -> Result<(S, u64)> {
         self.write(&[0u8; 1024]).await?;
-        if !self.buf.is_empty() {
-            let part = self.buf.split().freeze();
-            self.sink.push_part(part).await?;
-        }
-        Ok((self.sink, self.pos))
+        self.out.finish().await
     }
 }
 
@@ -252,7 +286,13 @@ pub struct TarReader {
     ended: bool,
     /// Data of the current member not consumed yet (skipped by the next `next_member`).
     pending: u64,
+    /// The current member's padding after its data.
+    pad: u64,
 }
+
+/// The largest PAX extended header read (real ones are a few KiB; a huge one is an attack on
+/// memory, not an archive).
+const MAX_PAX_HEADER: u64 = 1 << 20;
 
 fn bad(msg: impl Into<String>) -> StoreError {
     StoreError::new(ErrorKind::InvalidInput, "tar", msg)
@@ -298,6 +338,7 @@ impl TarReader {
             pos: 0,
             ended: false,
             pending: 0,
+            pad: 0,
         }
     }
 
@@ -347,10 +388,9 @@ impl TarReader {
     /// The next member, or `None` at the end-of-archive marker. The member's data must be read
     /// with [`TarReader::read_data`] before the next call (else it is skipped).
     pub async fn next_member(&mut self) -> Result<Option<ReadMember>> {
-        if self.pending > 0 {
-            let p = self.pending;
-            self.pending = 0;
-            self.skip(p.next_multiple_of(BLOCK)).await?;
+        let rest = std::mem::take(&mut self.pending) + std::mem::take(&mut self.pad);
+        if rest > 0 {
+            self.skip(rest).await?;
         }
         let mut records: BTreeMap<String, String> = BTreeMap::new();
         loop {
@@ -382,6 +422,11 @@ impl TarReader {
             let mtime = parse_octal(&h[136..148]).unwrap_or(0) as i64;
             match h[156] {
                 b'x' => {
+                    if size > MAX_PAX_HEADER {
+                        return Err(bad(format!(
+                            "PAX header of {size} bytes (more than {MAX_PAX_HEADER})"
+                        )));
+                    }
                     let data = self.take(size as usize).await?;
                     self.skip(size.next_multiple_of(BLOCK) - size).await?;
                     parse_pax(&data, &mut records)?;
@@ -424,6 +469,7 @@ impl TarReader {
                     };
                     safe_member_name(&name).map_err(bad)?;
                     self.pending = size;
+                    self.pad = size.next_multiple_of(BLOCK) - size;
                     return Ok(Some(ReadMember {
                         name,
                         size,
@@ -444,11 +490,32 @@ impl TarReader {
 
     /// The current member's data (exactly its size, then the padding is skipped).
     pub async fn read_data(&mut self) -> Result<Bytes> {
-        let n = self.pending;
-        self.pending = 0;
+        let n = std::mem::take(&mut self.pending);
         let data = self.take(n as usize).await?;
-        self.skip(n.next_multiple_of(BLOCK) - n).await?;
+        let pad = std::mem::take(&mut self.pad);
+        self.skip(pad).await?;
         Ok(data)
+    }
+
+    /// The next piece (at most `max` bytes) of the current member's data, or `None` once all
+    /// of it was read: a member of any size streams with bounded memory.
+    pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>> {
+        if self.pending == 0 {
+            let pad = std::mem::take(&mut self.pad);
+            self.skip(pad).await?;
+            return Ok(None);
+        }
+        if !self.fill(1).await? {
+            return Err(StoreError::new(
+                ErrorKind::Corrupt,
+                "tar",
+                format!("archive truncated at byte {}", self.pos),
+            ));
+        }
+        let n = (self.pending as usize).min(max.max(1)).min(self.buf.len());
+        let chunk = self.take(n).await?;
+        self.pending -= n as u64;
+        Ok(Some(chunk))
     }
 }
 

@@ -1,0 +1,930 @@
+//! `archive verify` and `archive import`.
+//!
+//! Verification reads every volume whole: the manifest first (its header must agree with the
+//! other volumes, its line count with the header), then each put's member in manifest order
+//! (name and size as listed, SHA-256 of the piece and of the whole object, CRC64NVME), then
+//! the end of the archive. Import verifies everything it is going to apply before it changes
+//! anything, then reads the volumes again and applies them.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use s3ferry_engine::events::{Outcome, Record, Reporter};
+use s3ferry_engine::formats::tar::{safe_member_name, PartBuffer, TarReader};
+use s3ferry_engine::journal::Journal;
+use s3ferry_engine::plan::MaxDelete;
+use s3ferry_engine::spill::Spill;
+use s3ferry_engine::transfer::{copy_object, MultipartWriter, TransferConfig};
+use s3ferry_engine::walk::{Entry, Side};
+use s3ferry_store::checksum::{crc64_from_b64, crc64_to_b64, part_size_for, Crc64, PartLayout};
+use s3ferry_store::{ErrorKind, GetOptions, PutMode, PutOptions, StoreError, StoreExt};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tokio::task::JoinSet;
+
+use super::format::{
+    advance, order, Header, Line, Marker, Op, Order, FORMAT, MANIFEST, MARKER, VERSION,
+};
+use super::io::{read_file, CHUNK};
+use super::{now_rfc3339, spill_err, ArchiveError};
+use crate::places::Dir;
+
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    /// Apply archives out of order, of another source, or after a gap.
+    pub force: bool,
+    /// Verify and print the plan; change nothing.
+    pub dry_run: bool,
+    /// Deletions allowed per archive (a percentage is of the source's objects).
+    pub max_delete: MaxDelete,
+    /// Objects written at once.
+    pub concurrency: usize,
+    pub transfer: TransferConfig,
+}
+
+/// One archive checked whole (or, for `verify`, the volumes of it that were given).
+#[derive(Debug)]
+pub struct Verified {
+    /// The first given volume's header.
+    pub header: Header,
+    /// The given volumes, in order.
+    pub volumes: Vec<PathBuf>,
+    pub puts: u64,
+    pub put_bytes: u64,
+    pub moves: u64,
+    pub deletes: u64,
+    /// Volume numbers of the archive that were not given.
+    pub missing: Vec<u32>,
+}
+
+/// What happened to one archive of an import.
+#[derive(Clone, Debug, Serialize)]
+pub struct ArchiveOutcome {
+    pub archive: String,
+    pub source: String,
+    pub seq: u64,
+    pub kind: String,
+    /// applied | already-applied | would-apply | incomplete
+    pub outcome: String,
+    pub puts: u64,
+    pub put_bytes: u64,
+    pub moves: u64,
+    pub deletes: u64,
+    pub failed: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ImportSummary {
+    pub archives: Vec<ArchiveOutcome>,
+    pub failed: u64,
+    pub dry_run: bool,
+    /// The destination's sequence number afterwards (of its source).
+    pub seq: Option<u64>,
+    pub elapsed_secs: f64,
+}
+
+fn bad(path: &Path, msg: impl std::fmt::Display) -> ArchiveError {
+    ArchiveError::Input(format!("{}: {msg}", path.display()))
+}
+
+/// A volume opened for reading: its tar positioned after the manifest, its header, and the
+/// manifest's entry lines (from a temp copy: any number of them in flat memory).
+struct Volume {
+    tar: TarReader,
+    header: Header,
+    lines: std::io::Lines<BufReader<std::fs::File>>,
+    path: PathBuf,
+}
+
+impl Volume {
+    async fn open(path: &Path) -> Result<Self, ArchiveError> {
+        let mut tar = TarReader::new(read_file(path)?);
+        let first = tar
+            .next_member()
+            .await
+            .map_err(|e| bad(path, e))?
+            .ok_or_else(|| bad(path, "an empty tar, not an s3ferry archive"))?;
+        if first.name != MANIFEST {
+            return Err(bad(
+                path,
+                format!(
+                    "not an s3ferry archive: its first member is {:?}, not {MANIFEST}",
+                    first.name
+                ),
+            ));
+        }
+        let mut tmp = tempfile::tempfile().map_err(|e| bad(path, e))?;
+        {
+            let mut w = std::io::BufWriter::new(&mut tmp);
+            while let Some(c) = tar.read_chunk(CHUNK).await.map_err(|e| bad(path, e))? {
+                w.write_all(&c).map_err(|e| bad(path, e))?;
+            }
+            w.flush().map_err(|e| bad(path, e))?;
+        }
+        use std::io::Seek;
+        tmp.seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| bad(path, e))?;
+        let mut lines = BufReader::new(tmp).lines();
+        let h = lines
+            .next()
+            .ok_or_else(|| bad(path, "the manifest is empty"))?
+            .map_err(|e| bad(path, e))?;
+        let header: Header =
+            serde_json::from_str(&h).map_err(|e| bad(path, format!("bad manifest header: {e}")))?;
+        if header.format != FORMAT || header.version != VERSION {
+            return Err(bad(
+                path,
+                format!(
+                    "format {:?} version {} is not {FORMAT} version {VERSION}",
+                    header.format, header.version
+                ),
+            ));
+        }
+        if header.volume == 0 || header.volume > header.volumes {
+            return Err(bad(
+                path,
+                format!("volume {} of {}", header.volume, header.volumes),
+            ));
+        }
+        Ok(Self {
+            tar,
+            header,
+            lines,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The manifest's entries, each checked for a key that is safe anywhere.
+    fn next_line(&mut self, n: u64) -> Result<Option<Line>, ArchiveError> {
+        let Some(l) = self.lines.next() else {
+            return Ok(None);
+        };
+        let l = l.map_err(|e| bad(&self.path, e))?;
+        let line: Line = serde_json::from_str(&l)
+            .map_err(|e| bad(&self.path, format!("manifest line {}: {e}", n + 2)))?;
+        for k in std::iter::once(&line.key).chain(line.from.as_ref()) {
+            safe_member_name(k).map_err(|e| {
+                bad(
+                    &self.path,
+                    format!("manifest line {}: unsafe key: {e}", n + 2),
+                )
+            })?;
+            if k == MARKER {
+                return Err(bad(
+                    &self.path,
+                    format!("manifest line {}: the key {MARKER} is reserved", n + 2),
+                ));
+            }
+        }
+        Ok(Some(line))
+    }
+
+    /// The member of put `l`, checked to be the one the manifest lists.
+    async fn member_of(&mut self, l: &Line) -> Result<(), ArchiveError> {
+        let m = self
+            .tar
+            .next_member()
+            .await
+            .map_err(|e| bad(&self.path, e))?
+            .ok_or_else(|| bad(&self.path, format!("ends before the member of {:?}", l.key)))?;
+        if m.name != l.key || m.size != l.length {
+            return Err(bad(
+                &self.path,
+                format!(
+                    "member {:?} ({} bytes) where the manifest lists {:?} ({} bytes)",
+                    m.name, m.size, l.key, l.length
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn end(&mut self) -> Result<(), ArchiveError> {
+        match self
+            .tar
+            .next_member()
+            .await
+            .map_err(|e| bad(&self.path, e))?
+        {
+            None => Ok(()),
+            Some(m) => Err(bad(
+                &self.path,
+                format!("member {:?} is not in the manifest", m.name),
+            )),
+        }
+    }
+}
+
+/// The first line of a volume's manifest.
+async fn read_header(path: &Path) -> Result<Header, ArchiveError> {
+    Ok(Volume::open(path).await?.header)
+}
+
+/// The volumes given, grouped by archive and ordered by sequence number and volume.
+async fn group(paths: &[PathBuf]) -> Result<Vec<(Header, Vec<PathBuf>, Vec<u32>)>, ArchiveError> {
+    type Volumes = BTreeMap<u32, (Header, PathBuf)>;
+    let mut by: BTreeMap<(String, u64, String), Volumes> = BTreeMap::new();
+    for p in paths {
+        let h = read_header(p).await?;
+        let vols = by
+            .entry((h.source.clone(), h.seq, h.archive.clone()))
+            .or_default();
+        if let Some((first, _)) = vols.values().next() {
+            if first.volumes != h.volumes || first.created != h.created {
+                return Err(bad(
+                    p,
+                    format!("disagrees with the other volumes of archive {}", h.archive),
+                ));
+            }
+        }
+        if let Some((_, other)) = vols.get(&h.volume) {
+            return Err(bad(
+                p,
+                format!(
+                    "volume {} of archive {} is also given as {}",
+                    h.volume,
+                    h.archive,
+                    other.display()
+                ),
+            ));
+        }
+        vols.insert(h.volume, (h, p.clone()));
+    }
+    Ok(by
+        .into_values()
+        .map(|vols| {
+            let n = vols.values().next().map_or(0, |(h, _)| h.volumes);
+            let missing = (1..=n).filter(|v| !vols.contains_key(v)).collect();
+            let mut it = vols.into_values();
+            let (h, p) = it.next().expect("a group has a volume");
+            let mut paths = vec![p];
+            paths.extend(it.map(|(_, p)| p));
+            (h, paths, missing)
+        })
+        .collect())
+}
+
+/// A split object followed across volumes: its whole SHA-256.
+struct Whole {
+    key: String,
+    next: u64,
+    sha: Sha256,
+}
+
+/// Check every given volume of one archive. `ops` collects its moves and deletes, `listed`
+/// its puts (one line per object).
+async fn verify_group(
+    header: &Header,
+    volumes: &[PathBuf],
+    missing: Vec<u32>,
+    mut ops: Option<&mut Spill<Line>>,
+    mut listed: Option<&mut Spill<Line>>,
+) -> Result<Verified, ArchiveError> {
+    let mut v = Verified {
+        header: header.clone(),
+        volumes: volumes.to_vec(),
+        puts: 0,
+        put_bytes: 0,
+        moves: 0,
+        deletes: 0,
+        missing,
+    };
+    let mut whole: Option<Whole> = None;
+    for path in volumes {
+        let mut vol = Volume::open(path).await?;
+        let h = vol.header.clone();
+        if h.archive != header.archive {
+            return Err(bad(path, "belongs to another archive"));
+        }
+        let mut n = 0u64;
+        while let Some(l) = vol.next_line(n)? {
+            n += 1;
+            match l.op {
+                Op::Put => {
+                    if l.volume != h.volume || l.offset + l.length > l.size {
+                        return Err(bad(
+                            path,
+                            format!("manifest line {}: bad piece of {:?}", n + 1, l.key),
+                        ));
+                    }
+                    vol.member_of(&l).await?;
+                    let mut piece = Sha256::new();
+                    let mut crc = Crc64::default();
+                    // Follow the whole object when its first piece was seen.
+                    let follow = match &mut whole {
+                        Some(w) if w.key == l.key && w.next == l.offset => true,
+                        _ => {
+                            whole = (l.offset == 0).then(|| Whole {
+                                key: l.key.clone(),
+                                next: 0,
+                                sha: Sha256::new(),
+                            });
+                            whole.is_some()
+                        }
+                    };
+                    while let Some(c) = vol.tar.read_chunk(CHUNK).await.map_err(|e| bad(path, e))? {
+                        piece.update(&c);
+                        crc.update(&c);
+                        if follow {
+                            if let Some(w) = &mut whole {
+                                w.sha.update(&c);
+                            }
+                        }
+                    }
+                    let piece = hex::encode(piece.finalize());
+                    let want = if l.is_piece() {
+                        &l.piece_sha256
+                    } else {
+                        &l.sha256
+                    };
+                    if want.as_deref() != Some(piece.as_str()) {
+                        return Err(bad(
+                            path,
+                            format!(
+                                "{:?}: SHA-256 {piece} differs from the manifest's {}",
+                                l.key,
+                                want.as_deref().unwrap_or("(none)")
+                            ),
+                        ));
+                    }
+                    if !l.is_piece() {
+                        let c = crc64_to_b64(crc.finish());
+                        if l.crc64nvme.as_deref().is_some_and(|w| w != c) {
+                            return Err(bad(
+                                path,
+                                format!("{:?}: CRC64NVME {c} differs from the manifest's", l.key),
+                            ));
+                        }
+                    }
+                    if let Some(w) = &mut whole {
+                        w.next = l.offset + l.length;
+                    }
+                    if l.ends_object() {
+                        if let Some(w) = whole.take().filter(|w| w.key == l.key) {
+                            let got = hex::encode(w.sha.finalize());
+                            if l.sha256.as_deref() != Some(got.as_str()) {
+                                return Err(bad(path, format!("{:?}: the whole object's SHA-256 {got} differs from the manifest's", l.key)));
+                            }
+                        }
+                        v.puts += 1;
+                        v.put_bytes += l.size;
+                        if let Some(s) = listed.as_deref_mut() {
+                            s.push(&l).map_err(spill_err)?;
+                        }
+                    }
+                }
+                Op::Move | Op::Delete => {
+                    if h.volume != 1 {
+                        return Err(bad(
+                            path,
+                            format!("manifest line {}: a {:?} outside volume 1", n + 1, l.op),
+                        ));
+                    }
+                    if l.op == Op::Move {
+                        v.moves += 1;
+                    } else {
+                        v.deletes += 1;
+                    }
+                    if let Some(s) = ops.as_deref_mut() {
+                        s.push(&l).map_err(spill_err)?;
+                    }
+                }
+            }
+        }
+        if n != h.entries {
+            return Err(bad(
+                path,
+                format!(
+                    "the manifest has {n} entries, its header says {}",
+                    h.entries
+                ),
+            ));
+        }
+        vol.end().await?;
+    }
+    Ok(v)
+}
+
+/// Check the structure and every checksum of the given volumes, changing nothing. Volumes
+/// of one archive may be given alone (each verifies on its own); the missing ones are listed.
+pub async fn verify(paths: &[PathBuf]) -> Result<Vec<Verified>, ArchiveError> {
+    let mut out = Vec::new();
+    for (h, vols, missing) in group(paths).await? {
+        out.push(verify_group(&h, &vols, missing, None, None).await?);
+    }
+    Ok(out)
+}
+
+async fn read_marker(dest: &Dir) -> Result<(Option<Marker>, Option<String>), ArchiveError> {
+    let key = dest.key(MARKER);
+    match dest.store.get(&key, GetOptions::new()).await {
+        Ok(g) => {
+            let etag = g.meta.etag.clone();
+            let data = g.bytes().await?;
+            let m: Marker = serde_json::from_slice(&data).map_err(|e| {
+                ArchiveError::Input(format!(
+                    "{}: not an s3ferry archive marker ({e})",
+                    dest.uri_of(MARKER)
+                ))
+            })?;
+            Ok((Some(m), etag))
+        }
+        Err(e) if e.kind == ErrorKind::NotFound => Ok((None, None)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Apply archives to a destination: every archive to apply is verified first, checked
+/// against the destination's marker, then applied in sequence order.
+pub async fn import(
+    paths: &[PathBuf],
+    dest: &Dir,
+    opts: &ImportOptions,
+    journal: &Arc<Journal>,
+    reporter: &Arc<dyn Reporter>,
+) -> Result<ImportSummary, ArchiveError> {
+    let start = Instant::now();
+    let groups = group(paths).await?;
+    let (mut marker, mut marker_etag) = read_marker(dest).await?;
+    let mut summary = ImportSummary {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    // Decide the fate of every archive before anything is verified or applied.
+    let mut plan = Vec::new();
+    let mut sim = marker.clone();
+    for (h, vols, missing) in groups {
+        if !missing.is_empty() {
+            return Err(ArchiveError::Input(format!(
+                "archive {} (seq {}) has {} volumes; missing: {} — nothing was applied",
+                h.archive,
+                h.seq,
+                h.volumes,
+                missing
+                    .iter()
+                    .map(|v| format!("volume {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        match order(sim.as_ref(), &h) {
+            Order::AlreadyApplied => {
+                reporter.note(&format!(
+                    "archive {} (seq {}) was applied here already: nothing to do",
+                    h.archive, h.seq
+                ));
+                summary.archives.push(outcome(&h, "already-applied"));
+                continue;
+            }
+            Order::Refuse(why) if !opts.force => {
+                return Err(ArchiveError::Input(format!(
+                    "{why}; nothing was applied (--force applies it anyway)"
+                )))
+            }
+            Order::Refuse(why) => reporter.note(&format!("--force: {why}")),
+            Order::Apply => {}
+        }
+        sim = Some(advance(sim, &h, String::new()));
+        plan.push((h, vols));
+    }
+    // Verify every archive to apply, collecting its operations.
+    let mut checked = Vec::new();
+    for (h, vols) in plan {
+        let mut ops: Spill<Line> = Spill::new().map_err(spill_err)?;
+        let mut listed: Spill<Line> = Spill::new().map_err(spill_err)?;
+        let v = verify_group(&h, &vols, vec![], Some(&mut ops), Some(&mut listed)).await?;
+        if !opts
+            .max_delete
+            .allows(v.deletes, h.source_objects + v.deletes)
+        {
+            return Err(ArchiveError::Input(format!(
+                "refusing to delete {} objects of {} (archive {}, seq {}; limit {}): re-run with --max-delete {} to allow it, or --dry-run to see the plan; nothing was applied",
+                v.deletes,
+                dest.uri,
+                h.archive,
+                h.seq,
+                opts.max_delete.as_option(),
+                v.deletes
+            )));
+        }
+        checked.push((v, ops, listed));
+    }
+    for (v, ops, listed) in checked {
+        let h = v.header.clone();
+        let mut o = outcome(
+            &h,
+            if opts.dry_run {
+                "would-apply"
+            } else {
+                "applied"
+            },
+        );
+        if opts.dry_run {
+            for l in listed.read_back().map_err(spill_err)? {
+                let l = l.map_err(spill_err)?;
+                reporter.record(&Record::new(&l.key, Outcome::WouldCopy, "put", l.size));
+            }
+            for l in ops.read_back().map_err(spill_err)? {
+                let l = l.map_err(spill_err)?;
+                match l.op {
+                    Op::Move => reporter.record(&Record::new(
+                        &l.key,
+                        Outcome::WouldCopy,
+                        format!("move from {}", l.from.as_deref().unwrap_or("")),
+                        0,
+                    )),
+                    _ => reporter.record(&Record::new(
+                        &l.key,
+                        Outcome::WouldDelete,
+                        "deleted",
+                        l.size,
+                    )),
+                }
+            }
+            (o.puts, o.put_bytes, o.moves, o.deletes) = (v.puts, v.put_bytes, v.moves, v.deletes);
+            summary.archives.push(o);
+            continue;
+        }
+        apply(&v, ops, dest, opts, journal, reporter, &mut o).await?;
+        summary.failed += o.failed;
+        if o.failed > 0 {
+            o.outcome = "incomplete".into();
+            summary.archives.push(o);
+            reporter.note(&format!(
+                "archive {} (seq {}) was not applied completely: the marker stays at the previous archive; run the import again (it is idempotent)",
+                h.archive, h.seq
+            ));
+            break;
+        }
+        let next = advance(marker.take(), &h, now_rfc3339());
+        let body =
+            serde_json::to_vec_pretty(&next).map_err(|e| ArchiveError::Input(e.to_string()))?;
+        let mode = match (&marker_etag, dest.store.capabilities().conditional_writes) {
+            (_, false) => PutMode::Overwrite,
+            (Some(e), true) => PutMode::Update { etag: e.clone() },
+            (None, true) => PutMode::Create,
+        };
+        let put = dest
+            .store
+            .put(
+                &dest.key(MARKER),
+                Bytes::from(body),
+                PutOptions::new()
+                    .mode(mode)
+                    .content_type(Some("application/json".into())),
+            )
+            .await
+            .map_err(|e| match e.kind {
+                ErrorKind::PreconditionFailed | ErrorKind::AlreadyExists => ArchiveError::Input(format!(
+                    "{}: another import changed the marker while this one ran; the objects are in place, run the import again to record it",
+                    dest.uri_of(MARKER)
+                )),
+                _ => e.into(),
+            })?;
+        marker_etag = put.etag;
+        summary.seq = Some(next.seq);
+        marker = Some(next);
+        summary.archives.push(o);
+    }
+    if summary.seq.is_none() {
+        summary.seq = marker.map(|m| m.seq);
+    }
+    summary.elapsed_secs = start.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn outcome(h: &Header, what: &str) -> ArchiveOutcome {
+    ArchiveOutcome {
+        archive: h.archive.clone(),
+        source: h.source.clone(),
+        seq: h.seq,
+        kind: h.kind.as_str().into(),
+        outcome: what.into(),
+        puts: 0,
+        put_bytes: 0,
+        moves: 0,
+        deletes: 0,
+        failed: 0,
+    }
+}
+
+/// The put options a line asks for: Content-Type, user metadata, tags, and the modification
+/// time (an object gets it as metadata only if the source had one; a file always).
+fn put_options(l: &Line, local: bool) -> PutOptions {
+    let mtime = l
+        .mtime
+        .as_deref()
+        .and_then(s3ferry_store::parse_mtime)
+        .or_else(|| {
+            local
+                .then_some(l.last_modified.as_deref())
+                .flatten()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc).into())
+        });
+    PutOptions::new()
+        .content_type(l.content_type.clone())
+        .metadata(l.metadata.clone())
+        .tags(l.tags.clone())
+        .mtime(mtime)
+        .size(Some(l.size))
+}
+
+/// An object being written in parts (big, or split across volumes).
+struct Open {
+    line: Line,
+    out: PartBuffer<MultipartWriter>,
+    sha: Sha256,
+}
+
+fn fail_record(
+    o: &mut ArchiveOutcome,
+    reporter: &Arc<dyn Reporter>,
+    key: &str,
+    size: u64,
+    e: &StoreError,
+) {
+    o.failed += 1;
+    reporter.record(&Record {
+        key: key.to_string(),
+        action: Outcome::Fail,
+        reason: e.kind.as_str().into(),
+        size,
+        error: Some(e.to_string()),
+    });
+}
+
+async fn apply(
+    v: &Verified,
+    ops: Spill<Line>,
+    dest: &Dir,
+    opts: &ImportOptions,
+    journal: &Arc<Journal>,
+    reporter: &Arc<dyn Reporter>,
+    o: &mut ArchiveOutcome,
+) -> Result<(), ArchiveError> {
+    // Every move's source must be at the destination with its size (or the move was done
+    // already: the new key is there, the old one gone): checked before anything is written.
+    let mut checked: Spill<Line> = Spill::new().map_err(spill_err)?;
+    for l in ops.read_back().map_err(spill_err)? {
+        let l = l.map_err(spill_err)?;
+        if l.op == Op::Move {
+            move_source(dest, &l).await.map_err(|e| {
+                ArchiveError::Input(format!(
+                    "archive {} (seq {}): {e}; nothing was applied",
+                    v.header.archive, v.header.seq
+                ))
+            })?;
+        }
+        checked.push(&l).map_err(spill_err)?;
+    }
+    let ops = checked;
+    let local = dest.store.capabilities().local;
+    let cfg = &opts.transfer;
+    let small = cfg.part_size.max(1);
+    reporter.planned(v.puts + v.moves + v.deletes, v.put_bytes);
+    let mut puts: JoinSet<(String, u64, Result<(), StoreError>)> = JoinSet::new();
+    let limit = opts.concurrency.max(1);
+    let finish = |r: Result<(String, u64, Result<(), StoreError>), tokio::task::JoinError>,
+                  o: &mut ArchiveOutcome| match r {
+        Ok((key, n, Ok(()))) => {
+            o.puts += 1;
+            o.put_bytes += n;
+            reporter.record(&Record::new(key, Outcome::Copy, "put", n));
+        }
+        Ok((key, n, Err(e))) => fail_record(o, reporter, &key, n, &e),
+        Err(e) => {
+            o.failed += 1;
+            tracing::error!("import task: {e}");
+        }
+    };
+    let mut open: Option<Open> = None;
+    for path in &v.volumes {
+        let mut vol = Volume::open(path).await?;
+        let mut n = 0u64;
+        while let Some(l) = vol.next_line(n)? {
+            n += 1;
+            if l.op != Op::Put {
+                continue;
+            }
+            vol.member_of(&l).await?;
+            let key = dest.key(&l.key);
+            if !l.is_piece() && l.size <= small {
+                let data = vol.tar.read_data().await.map_err(|e| bad(path, e))?;
+                let sha = hex::encode(Sha256::digest(&data));
+                if l.sha256.as_deref() != Some(sha.as_str()) {
+                    return Err(bad(
+                        path,
+                        format!("{:?} changed since it was verified", l.key),
+                    ));
+                }
+                let opts = put_options(&l, local)
+                    .crc64nvme(l.crc64nvme.as_deref().and_then(crc64_from_b64));
+                let held = cfg.reserve(l.size).await?;
+                while puts.len() >= limit {
+                    if let Some(r) = puts.join_next().await {
+                        finish(r, o);
+                    }
+                }
+                let store = dest.store.clone();
+                let rel = l.key.clone();
+                puts.spawn(async move {
+                    let n = data.len() as u64;
+                    let r = store.put(&key, data, opts).await.map(|_| ());
+                    drop(held);
+                    (rel, n, r)
+                });
+                continue;
+            }
+            // In parts: start at the first piece, go on across volumes, finish at the last.
+            if l.offset == 0 {
+                if let Some(prev) = open.take() {
+                    let e =
+                        StoreError::new(ErrorKind::Corrupt, "import", "its last piece is missing")
+                            .with_key(&prev.line.key);
+                    prev.out.into_inner().abort().await;
+                    fail_record(o, reporter, &prev.line.key, prev.line.size, &e);
+                }
+                let layout = PartLayout::Uniform(part_size_for(l.size, cfg.part_size));
+                match MultipartWriter::create(
+                    dest.store.clone(),
+                    &key,
+                    put_options(&l, local),
+                    layout,
+                    cfg,
+                    journal.clone(),
+                )
+                .await
+                {
+                    Ok(w) => {
+                        open = Some(Open {
+                            line: l.clone(),
+                            out: PartBuffer::new(w),
+                            sha: Sha256::new(),
+                        })
+                    }
+                    Err(e) => fail_record(o, reporter, &l.key, l.size, &e),
+                }
+            }
+            let Some(mut w) = open.take() else {
+                continue; // its upload failed; the member is skipped
+            };
+            if w.line.key != l.key {
+                let e = StoreError::new(ErrorKind::Corrupt, "import", "its last piece is missing")
+                    .with_key(&w.line.key);
+                w.out.into_inner().abort().await;
+                fail_record(o, reporter, &w.line.key, w.line.size, &e);
+                continue;
+            }
+            let mut failed = None;
+            while let Some(c) = vol.tar.read_chunk(CHUNK).await.map_err(|e| bad(path, e))? {
+                w.sha.update(&c);
+                if failed.is_none() {
+                    if let Err(e) = w.out.write(&c).await {
+                        failed = Some(e);
+                    }
+                }
+                reporter.bytes(c.len() as u64);
+            }
+            if let Some(e) = failed {
+                w.out.into_inner().abort().await;
+                fail_record(o, reporter, &l.key, l.size, &e);
+                continue;
+            }
+            if !l.ends_object() {
+                open = Some(w);
+                continue;
+            }
+            let sha = hex::encode(std::mem::take(&mut w.sha).finalize());
+            let r = match w.out.finish().await {
+                Ok((mw, _)) if l.sha256.as_deref() == Some(sha.as_str()) => mw
+                    .finish(l.crc64nvme.as_deref().and_then(crc64_from_b64))
+                    .await
+                    .map(|_| ()),
+                Ok((mw, _)) => {
+                    mw.abort().await;
+                    Err(StoreError::new(
+                        ErrorKind::Corrupt,
+                        "import",
+                        format!("SHA-256 {sha} differs from the manifest's"),
+                    )
+                    .with_key(&l.key))
+                }
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => {
+                    o.puts += 1;
+                    o.put_bytes += l.size;
+                    reporter.record(&Record::new(&l.key, Outcome::Copy, "put", l.size));
+                }
+                Err(e) => fail_record(o, reporter, &l.key, l.size, &e),
+            }
+        }
+    }
+    if let Some(w) = open.take() {
+        w.out.into_inner().abort().await;
+        return Err(ArchiveError::Input(format!(
+            "{:?}: its last piece is missing",
+            w.line.key
+        )));
+    }
+    while let Some(r) = puts.join_next().await {
+        finish(r, o);
+    }
+
+    // Moves (copies at the destination, then the old key goes), then deletes.
+    let mut deletes = Vec::new();
+    for l in ops.read_back().map_err(spill_err)? {
+        let l = l.map_err(spill_err)?;
+        if l.op == Op::Delete {
+            deletes.push(l);
+            continue;
+        }
+        let from = l.from.clone().unwrap_or_default();
+        match apply_move(dest, &from, &l, cfg, journal, reporter).await {
+            Ok(()) => {
+                o.moves += 1;
+                reporter.record(&Record::new(
+                    &l.key,
+                    Outcome::Copy,
+                    format!("moved from {from}"),
+                    0,
+                ));
+            }
+            Err(e) => fail_record(o, reporter, &l.key, l.size, &e),
+        }
+    }
+    for batch in deletes.chunks(1000) {
+        let keys: Vec<String> = batch.iter().map(|l| dest.key(&l.key)).collect();
+        let results = dest.store.delete_many(&keys).await?;
+        for (l, r) in batch.iter().zip(results) {
+            match r {
+                Ok(()) => {
+                    o.deletes += 1;
+                    reporter.record(&Record::new(&l.key, Outcome::Delete, "deleted", l.size));
+                }
+                Err(e) if e.kind == ErrorKind::NotFound => o.deletes += 1,
+                Err(e) => fail_record(o, reporter, &l.key, l.size, &e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copy `from` to the line's key at the destination (server-side where the store can),
+/// then delete `from`. Done already (the new key there, the old gone) counts as done.
+async fn apply_move(
+    dest: &Dir,
+    from: &str,
+    l: &Line,
+    cfg: &TransferConfig,
+    journal: &Arc<Journal>,
+    reporter: &Arc<dyn Reporter>,
+) -> Result<(), StoreError> {
+    let (fk, tk) = (dest.key(from), dest.key(&l.key));
+    let Some(meta) = move_source(dest, l).await? else {
+        return Ok(()); // done already
+    };
+    // Sides whose prefixes are the whole keys: the copy's relative key is empty.
+    let src = Side::new(dest.store.clone(), fk.clone());
+    let dst = Side::new(dest.store.clone(), tk);
+    let entry = Entry {
+        rel: String::new(),
+        meta,
+    };
+    copy_object(&src, &dst, &entry, cfg, journal, reporter).await?;
+    dest.store.delete(&fk).await
+}
+
+/// A move's source at the destination (`None`: the move was done already), or why the move
+/// cannot be made there.
+async fn move_source(
+    dest: &Dir,
+    l: &Line,
+) -> Result<Option<s3ferry_store::ObjectMeta>, StoreError> {
+    let from = l.from.as_deref().unwrap_or_default();
+    match dest.store.head(&dest.key(from)).await {
+        Ok(m) if m.size == l.size => Ok(Some(m)),
+        Ok(m) => Err(StoreError::new(
+            ErrorKind::PreconditionFailed,
+            "move",
+            format!("its source {from:?} has {} bytes at the destination, not {}", m.size, l.size),
+        )
+        .with_key(&l.key)),
+        Err(e) if e.kind == ErrorKind::NotFound => match dest.store.head(&dest.key(&l.key)).await {
+            Ok(m) if m.size == l.size => Ok(None),
+            _ => Err(StoreError::new(
+                ErrorKind::NotFound,
+                "move",
+                format!("its source {from:?} is not at the destination (it diverged from the source's sequence)"),
+            )
+            .with_key(&l.key)),
+        },
+        Err(e) => Err(e),
+    }
+}

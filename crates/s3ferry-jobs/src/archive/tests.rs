@@ -1,0 +1,387 @@
+//! Archive export → import on local directories (the S3 side runs in the e2e tests).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use s3ferry_engine::events::{Outcome, Record, Reporter};
+use s3ferry_engine::filter::Filters;
+use s3ferry_engine::journal::Journal;
+use s3ferry_engine::plan::MaxDelete;
+use s3ferry_engine::transfer::TransferConfig;
+use s3ferry_engine::walk::Side;
+use s3ferry_store::local::LocalStore;
+
+use super::format::MARKER;
+use super::*;
+use crate::places::Dir;
+
+#[derive(Default)]
+struct Seen(Mutex<Vec<Record>>);
+
+impl Reporter for Seen {
+    fn record(&self, r: &Record) {
+        self.0.lock().unwrap().push(r.clone());
+    }
+}
+
+impl Seen {
+    fn keys(&self, action: Outcome) -> Vec<String> {
+        let mut k: Vec<String> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.action == action)
+            .map(|r| r.key.clone())
+            .collect();
+        k.sort();
+        k
+    }
+}
+
+fn write(root: &Path, rel: &str, data: &[u8]) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+/// Every file under `root` (but the import marker) with its bytes.
+fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                if rel != MARKER {
+                    out.insert(rel, std::fs::read(&p).unwrap());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if root.exists() {
+        walk(root, root, &mut out);
+    }
+    out
+}
+
+struct Fx {
+    _tmp: tempfile::TempDir,
+    src: PathBuf,
+    dst: PathBuf,
+    out: PathBuf,
+    journal: Arc<Journal>,
+}
+
+impl Fx {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dst, out) = (
+            tmp.path().join("src"),
+            tmp.path().join("dst"),
+            tmp.path().join("out"),
+        );
+        for d in [&src, &dst, &out] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        Self {
+            _tmp: tmp,
+            src,
+            dst,
+            out,
+            journal: Arc::new(Journal::in_memory().unwrap()),
+        }
+    }
+
+    fn side(&self) -> Side {
+        Side::new(Arc::new(LocalStore::new(self.src.clone())), "")
+    }
+
+    fn dest(&self) -> Dir {
+        Dir {
+            store: Arc::new(LocalStore::new(self.dst.clone())),
+            prefix: String::new(),
+            uri: format!("{}/", self.dst.display()),
+        }
+    }
+
+    fn opts(&self, base: Option<&str>) -> ExportOptions {
+        ExportOptions {
+            filters: Filters::default(),
+            since: None,
+            since_state: base.map(PathBuf::from),
+            compress: false,
+            volume_size: None,
+            concurrency: 4,
+            tags: false,
+            source_id: None,
+            transfer: TransferConfig::new(64 << 20),
+        }
+    }
+
+    fn import_opts(&self) -> ImportOptions {
+        ImportOptions {
+            force: false,
+            dry_run: false,
+            max_delete: MaxDelete::Percent(50.0),
+            concurrency: 4,
+            transfer: TransferConfig::new(64 << 20),
+        }
+    }
+
+    async fn export(&self, name: &str, opts: &ExportOptions) -> (ExportSummary, Arc<Seen>) {
+        let seen = Arc::new(Seen::default());
+        let r: Arc<dyn Reporter> = seen.clone();
+        let s = export(
+            &self.side(),
+            &Output::Path(self.out.join(name)),
+            None,
+            opts,
+            &r,
+        )
+        .await
+        .unwrap();
+        (s, seen)
+    }
+
+    async fn import(&self, files: &[String]) -> Result<ImportSummary, ArchiveError> {
+        let r: Arc<dyn Reporter> = Arc::new(Seen::default());
+        let paths: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+        import(&paths, &self.dest(), &self.import_opts(), &self.journal, &r).await
+    }
+}
+
+#[tokio::test]
+async fn full_then_deltas_with_changes_moves_and_deletes_keep_the_destination_equal() {
+    let fx = Fx::new();
+    write(&fx.src, "a.txt", b"alpha");
+    write(&fx.src, "keep/b.bin", &vec![7u8; 300_000]);
+    write(&fx.src, "modify.txt", b"11111");
+    write(&fx.src, "gone.txt", b"to be deleted");
+    write(&fx.src, "old/name.dat", b"moving content, unique");
+    write(&fx.src, "empty", b"");
+
+    let (full, _) = fx.export("one.tar", &fx.opts(None)).await;
+    assert_eq!((full.kind.as_str(), full.seq, full.puts), ("full", 1, 6));
+    let i1 = fx.import(&full.volumes).await.unwrap();
+    assert_eq!(i1.archives[0].outcome, "applied");
+    assert_eq!(tree(&fx.dst), tree(&fx.src));
+
+    // Add, same-size modify, delete, move.
+    write(&fx.src, "new/c.txt", b"brand new");
+    write(&fx.src, "modify.txt", b"22222");
+    std::fs::remove_file(fx.src.join("gone.txt")).unwrap();
+    std::fs::create_dir_all(fx.src.join("new")).unwrap();
+    std::fs::rename(fx.src.join("old/name.dat"), fx.src.join("new/name.dat")).unwrap();
+
+    let (delta, seen) = fx.export("two.tar", &fx.opts(Some(&full.state))).await;
+    assert_eq!((delta.kind.as_str(), delta.seq), ("delta", 2));
+    assert_eq!(delta.base.as_deref(), Some(full.archive.as_str()));
+    assert_eq!(
+        (delta.puts, delta.moves, delta.deletes, delta.unchanged),
+        (2, 1, 1, 3)
+    );
+    assert_eq!(seen.keys(Outcome::Delete), vec!["gone.txt"]);
+    let copies = seen.keys(Outcome::Copy);
+    assert_eq!(copies, vec!["modify.txt", "new/c.txt", "new/name.dat"]);
+
+    // The delta's manifest holds exactly those entries.
+    let v = verify(&[PathBuf::from(&delta.volumes[0])]).await.unwrap();
+    assert_eq!((v[0].puts, v[0].moves, v[0].deletes), (2, 1, 1));
+
+    let i2 = fx.import(&delta.volumes).await.unwrap();
+    assert_eq!(i2.archives[0].outcome, "applied");
+    assert_eq!(i2.seq, Some(2));
+    assert_eq!(tree(&fx.dst), tree(&fx.src));
+
+    // Importing again changes nothing.
+    let before = tree(&fx.dst);
+    let again = fx.import(&delta.volumes).await.unwrap();
+    assert_eq!(again.archives[0].outcome, "already-applied");
+    assert_eq!(tree(&fx.dst), before);
+
+    // No change: an empty delta.
+    let (empty, _) = fx.export("three.tar", &fx.opts(Some(&delta.state))).await;
+    assert_eq!(
+        (empty.puts, empty.moves, empty.deletes, empty.unchanged),
+        (0, 0, 0, 6)
+    );
+}
+
+#[tokio::test]
+async fn a_skipped_archive_is_refused_and_nothing_applied() {
+    let fx = Fx::new();
+    write(&fx.src, "a", b"1");
+    let (one, _) = fx.export("1.tar", &fx.opts(None)).await;
+    write(&fx.src, "b", b"2");
+    let (two, _) = fx.export("2.tar", &fx.opts(Some(&one.state))).await;
+    write(&fx.src, "c", b"3");
+    let (three, _) = fx.export("3.tar", &fx.opts(Some(&two.state))).await;
+    fx.import(&one.volumes).await.unwrap();
+    let err = fx.import(&three.volumes).await.unwrap_err().to_string();
+    assert!(err.contains("missing archive"), "{err}");
+    assert!(!fx.dst.join("c").exists());
+    // In one run, in any order given: applied in sequence.
+    let both = [three.volumes[0].clone(), two.volumes[0].clone()];
+    let s = fx.import(&both).await.unwrap();
+    assert_eq!(s.seq, Some(3));
+    assert_eq!(tree(&fx.dst), tree(&fx.src));
+}
+
+#[tokio::test]
+async fn volumes_split_objects_verify_alone_and_reassemble() {
+    let fx = Fx::new();
+    let big: Vec<u8> = (0..2_500_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    write(&fx.src, "big.bin", &big);
+    for i in 0..20 {
+        write(&fx.src, &format!("small/{i:02}"), &vec![i as u8; 50_000]);
+    }
+    let mut o = fx.opts(None);
+    o.volume_size = Some(1 << 20);
+    o.compress = true;
+    let (s, _) = fx.export("vols.tar", &o).await;
+    assert!(s.volumes.len() >= 3, "{:?}", s.volumes);
+    assert!(s.volumes.iter().all(|v| v.ends_with(".tar.zst")));
+    for v in &s.volumes {
+        let got = verify(&[PathBuf::from(v)]).await.unwrap();
+        assert_eq!(got[0].missing.len(), s.volumes.len() - 1);
+    }
+    // A missing volume: refused before anything is written.
+    let some: Vec<String> = s.volumes.iter().skip(1).cloned().collect();
+    let err = fx.import(&some).await.unwrap_err().to_string();
+    assert!(err.contains("missing: volume 1"), "{err}");
+    assert!(tree(&fx.dst).is_empty());
+    fx.import(&s.volumes).await.unwrap();
+    assert_eq!(tree(&fx.dst), tree(&fx.src));
+}
+
+#[tokio::test]
+async fn damaged_archives_are_refused_with_the_destination_untouched() {
+    let fx = Fx::new();
+    write(&fx.src, "a.txt", &vec![b'a'; 10_000]);
+    write(&fx.src, "b.txt", &vec![b'b'; 10_000]);
+    let (s, _) = fx.export("x.tar", &fx.opts(None)).await;
+    let good = std::fs::read(&s.volumes[0]).unwrap();
+
+    // One byte of b.txt's data changed.
+    let mut flipped = good.clone();
+    let at = good
+        .windows(100)
+        .rposition(|w| w.iter().all(|b| *b == b'b'))
+        .unwrap();
+    flipped[at] ^= 1;
+    let f = fx.out.join("flipped.tar");
+    std::fs::write(&f, &flipped).unwrap();
+    let err = fx
+        .import(&[f.display().to_string()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("SHA-256"), "{err}");
+    assert!(tree(&fx.dst).is_empty(), "nothing applied, not even a.txt");
+    assert!(verify(&[f]).await.is_err());
+
+    // Truncated.
+    let t = fx.out.join("truncated.tar");
+    std::fs::write(&t, &good[..good.len() - 3000]).unwrap();
+    let err = fx
+        .import(&[t.display().to_string()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("truncated"), "{err}");
+    assert!(tree(&fx.dst).is_empty());
+
+    // Not an archive at all.
+    let n = fx.out.join("not.tar");
+    std::fs::write(&n, b"hello").unwrap();
+    assert!(fx.import(&[n.display().to_string()]).await.is_err());
+    assert!(tree(&fx.dst).is_empty());
+}
+
+#[tokio::test]
+async fn an_archive_of_another_source_is_refused() {
+    let fx = Fx::new();
+    write(&fx.src, "a", b"1");
+    let (one, _) = fx.export("1.tar", &fx.opts(None)).await;
+    fx.import(&one.volumes).await.unwrap();
+    let mut o = fx.opts(None);
+    o.source_id = Some("s3://elsewhere/data/".into());
+    let (other, _) = fx.export("other.tar", &o).await;
+    let err = fx.import(&other.volumes).await.unwrap_err().to_string();
+    assert!(err.contains("s3://elsewhere/data/"), "{err}");
+    // A state of another source is refused at export too.
+    let mut o = fx.opts(Some(&one.state));
+    o.source_id = Some("s3://elsewhere/data/".into());
+    let r: Arc<dyn Reporter> = Arc::new(Seen::default());
+    let err = export(
+        &fx.side(),
+        &Output::Path(fx.out.join("z.tar")),
+        None,
+        &o,
+        &r,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not of s3://elsewhere/data/"), "{err}");
+}
+
+#[tokio::test]
+async fn deletes_beyond_the_limit_are_refused_before_any_change() {
+    let fx = Fx::new();
+    for i in 0..10 {
+        write(&fx.src, &format!("f{i}"), format!("{i}").as_bytes());
+    }
+    let (one, _) = fx.export("1.tar", &fx.opts(None)).await;
+    fx.import(&one.volumes).await.unwrap();
+    for i in 0..8 {
+        std::fs::remove_file(fx.src.join(format!("f{i}"))).unwrap();
+    }
+    write(&fx.src, "added", b"new");
+    let (two, _) = fx.export("2.tar", &fx.opts(Some(&one.state))).await;
+    assert_eq!(two.deletes, 8);
+    let err = fx.import(&two.volumes).await.unwrap_err().to_string();
+    assert!(err.contains("refusing to delete 8"), "{err}");
+    assert!(!fx.dst.join("added").exists() && fx.dst.join("f0").exists());
+}
+
+#[tokio::test]
+async fn unsafe_member_names_are_refused() {
+    use s3ferry_engine::formats::tar::{Member, TarWriter, VecSink};
+    let fx = Fx::new();
+    write(&fx.src, "x", b"1");
+    let (one, _) = fx.export("1.tar", &fx.opts(None)).await;
+    // Rewrite the manifest to name "../evil", with a matching member.
+    let v = std::fs::read(&one.volumes[0]).unwrap();
+    let text = String::from_utf8_lossy(&v);
+    let start = text.find("{\"format\"").unwrap();
+    let end = start + text[start..].find('\0').unwrap();
+    let manifest = text[start..end].replace("\"key\":\"x\"", "\"key\":\"../evil\"");
+    let mut w = TarWriter::new(VecSink::default());
+    let body = |b: Vec<u8>| futures::stream::iter([Ok(bytes::Bytes::from(b))]).boxed();
+    use futures::StreamExt;
+    w.append(
+        &Member {
+            name: super::format::MANIFEST.into(),
+            size: manifest.len() as u64,
+            ..Default::default()
+        },
+        body(manifest.clone().into_bytes()),
+    )
+    .await
+    .unwrap();
+    let (sink, _) = w.finish().await.unwrap();
+    let f = fx.out.join("evil.tar");
+    std::fs::write(&f, sink.data).unwrap();
+    let err = fx
+        .import(&[f.display().to_string()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unsafe key"), "{err}");
+    assert!(!fx.dst.parent().unwrap().join("evil").exists());
+}
