@@ -135,6 +135,158 @@ pub enum Command {
     /// Pack many small objects into indexed tar shards, on one machine or as SQS workers.
     #[command(subcommand, long_about = BUNDLE_ABOUT)]
     Bundle(BundleCommand),
+    /// Offline delta sync across an air gap: export what changed into a verifiable archive,
+    /// carry it, import it on the other side in order.
+    #[command(subcommand, long_about = ARCHIVE_ABOUT)]
+    Archive(ArchiveCommand),
+}
+
+const ARCHIVE_ABOUT: &str = "\
+Carry a bucket prefix or a directory across a boundary that only files cross. The first export is
+full; each later one holds only what changed since the state the previous one wrote: new and
+changed objects, deletions (tombstones) and moves (a deleted object whose content reappears under
+another key). Every archive says which source it is of and where it stands in that source's
+sequence; the destination remembers what it applied, so a missing or repeated archive is caught.
+
+    s3ferry archive export s3://data/reports --out /media/usb/                 # full: seq 1
+    s3ferry archive export s3://data/reports --out /media/usb/ \\
+            --since-state /media/usb/data-reports-000001.state                 # delta: seq 2
+    s3ferry archive verify /media/usb/data-reports-000002.tar
+    s3ferry archive import /media/usb/data-reports-00000*.tar s3://mirror/reports
+
+An archive is a tar (zstd-compressed with --compress) whose first member, s3ferry-archive.json,
+is JSON Lines: a header (format, version, archive id, source, sequence number, base archive,
+creation time, volume i of n) and one line per entry (op put|move|delete, key, size, SHA-256,
+CRC64NVME, last-modified, content type, metadata, tags); the data members follow in that order.
+--volume-size splits an export into volumes of that many object bytes (an object is split at a
+volume boundary); each volume verifies alone. Next to the archive the export writes
+<name>.state, the state the next export builds on (gzipped JSON Lines, one line per object).
+
+Import verifies every archive completely (structure, every SHA-256 and CRC64NVME, every volume
+present) before it changes anything; then writes the puts, makes the moves as copies at the
+destination, deletes (within --max-delete), and records the archive in the marker
+.s3ferry-archive.json at the destination. An archive applied before is skipped; one that does not
+follow the destination's last archive, or is of another source, is refused unless --force.
+
+Exit status: 0 done (or nothing to do); 1 some objects failed (the marker is not advanced: run the
+import again); 2 bad input (damaged, incomplete, out-of-order archive; bad state file; missing
+bucket) and nothing was applied.";
+
+#[derive(Debug, Subcommand)]
+pub enum ArchiveCommand {
+    /// Write the changes since --since-state (or everything) as an archive, and the new state.
+    Export(ArchiveExportArgs),
+    /// Count what an export would hold (from listings and the state; nothing read or written).
+    Plan(ArchivePlanArgs),
+    /// Check archives' structure and every checksum; apply nothing.
+    Verify(ArchiveVerifyArgs),
+    /// Verify archives, then apply them to a directory or s3://bucket/prefix, in order.
+    Import(ArchiveImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveSourceArgs {
+    /// The source: s3://bucket[/prefix] or a local directory.
+    pub src: String,
+    /// The state written by the previous export (or carried back): export only what changed
+    /// since.
+    #[arg(long, value_name = "STATE", conflicts_with = "since")]
+    pub since_state: Option<PathBuf>,
+    /// Only objects modified at or after DATE (2026-01-31, RFC 3339, or an age like 7d); no
+    /// deletions. Starts a sequence like a full export.
+    #[arg(long, value_name = "DATE")]
+    pub since: Option<String>,
+    /// Only keys matching (repeatable; the last matching --include/--exclude wins).
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out keys matching (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// The source's name in the archive (default: its s3:// URI or absolute path); keep it
+    /// when the source moves.
+    #[arg(long, value_name = "ID")]
+    pub source_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveExportArgs {
+    #[command(flatten)]
+    pub source: ArchiveSourceArgs,
+    /// The archive file (x.tar; volumes become x.001.tar, x.002.tar, ...), an existing
+    /// directory (names from the source and sequence number), or - for stdout.
+    #[arg(long, value_name = "FILE|DIR|-")]
+    pub out: String,
+    /// Where the new state goes (default: next to the archive, <name>.state; required with
+    /// --out -).
+    #[arg(long, value_name = "FILE")]
+    pub state_out: Option<PathBuf>,
+    /// zstd-compress the archive (.tar.zst).
+    #[arg(long)]
+    pub compress: bool,
+    /// Split into volumes of at most this many object bytes (tar headers and the manifest add
+    /// about 1 KiB per object).
+    #[arg(long, value_name = "SIZE")]
+    pub volume_size: Option<String>,
+    /// Objects read at once.
+    #[arg(
+        long,
+        env = "S3FERRY_CONCURRENCY",
+        default_value_t = 16,
+        value_name = "N"
+    )]
+    pub concurrency: usize,
+    /// Memory for objects read ahead.
+    #[arg(long, default_value = "256MiB", value_name = "SIZE")]
+    pub max_memory: String,
+    /// Do not read object tags (saves one request per object).
+    #[arg(long)]
+    pub no_tags: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchivePlanArgs {
+    #[command(flatten)]
+    pub source: ArchiveSourceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveVerifyArgs {
+    /// Archive files (all volumes of an archive, or any one of them alone).
+    #[arg(required = true, value_name = "ARCHIVE")]
+    pub archives: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveImportArgs {
+    /// Archive files (every volume), then the destination: a directory or s3://bucket/prefix.
+    #[arg(required = true, num_args = 2.., value_name = "ARCHIVE... DEST")]
+    pub paths: Vec<String>,
+    /// Apply archives out of order, after a gap, or of another source.
+    #[arg(long)]
+    pub force: bool,
+    /// Verify and print what would be done; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Deletions allowed per archive: a count, or a percentage of the source's objects.
+    #[arg(long, default_value = "50%", value_name = "N|N%")]
+    pub max_delete: String,
+    /// Objects written at once.
+    #[arg(
+        long,
+        env = "S3FERRY_CONCURRENCY",
+        default_value_t = 16,
+        value_name = "N"
+    )]
+    pub concurrency: usize,
+    /// Part size of multipart uploads (objects above it are written in parts).
+    #[arg(long, default_value = "8MiB", value_name = "SIZE")]
+    pub part_size: String,
+    /// Memory for objects being written.
+    #[arg(long, default_value = "256MiB", value_name = "SIZE")]
+    pub max_memory: String,
+    /// Where the state database lives (it journals open uploads; default ~/.local/state/s3ferry).
+    #[arg(long, env = "S3FERRY_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 const BUNDLE_ABOUT: &str = "\

@@ -2,6 +2,7 @@
 //! can trust (0 done, 1 some objects failed, 2 usage/fatal).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod archive;
 mod batch;
 mod bisync;
 mod bundle;
@@ -128,6 +129,7 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<u8, Fatal> {
         Command::Bisync(a) => bisync::run(&cli.global, a).await,
         Command::Batch(b) => batch::run(&cli.global, b).await,
         Command::Bundle(b) => bundle::run(&cli.global, b).await,
+        Command::Archive(a) => archive::run(&cli.global, a).await,
         Command::Mb { uri } => {
             let (bucket, _) = s3_uri(uri)?;
             let store = stores::s3_admin(&cli.global, &bucket).await?;

@@ -18,7 +18,9 @@ use s3ferry_engine::formats::tar::{safe_member_name, PartBuffer, TarReader};
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::plan::MaxDelete;
 use s3ferry_engine::spill::Spill;
-use s3ferry_engine::transfer::{copy_object, MultipartWriter, TransferConfig};
+use s3ferry_engine::transfer::{
+    cleanup_orphan_uploads, copy_object, MultipartWriter, TransferConfig,
+};
 use s3ferry_engine::walk::{Entry, Side};
 use s3ferry_store::checksum::{crc64_from_b64, crc64_to_b64, part_size_for, Crc64, PartLayout};
 use s3ferry_store::{ErrorKind, GetOptions, PutMode, PutOptions, StoreError, StoreExt};
@@ -512,6 +514,17 @@ pub async fn import(
             )));
         }
         checked.push((v, ops, listed));
+    }
+    if !opts.dry_run && !checked.is_empty() {
+        let walk = dest
+            .store
+            .capabilities()
+            .local
+            .then_some(dest.prefix.as_str());
+        let n = cleanup_orphan_uploads(&dest.store, journal, walk).await;
+        if n > 0 {
+            reporter.note(&format!("aborted {n} upload(s) a killed import left"));
+        }
     }
     for (v, ops, listed) in checked {
         let h = v.header.clone();

@@ -1,0 +1,328 @@
+//! `s3ferry archive`: export, plan, verify, import.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use s3ferry_engine::events::{Outcome, Record, Reporter};
+use s3ferry_engine::filter::{parse_since, Filters};
+use s3ferry_engine::journal::Journal;
+use s3ferry_engine::plan::MaxDelete;
+use s3ferry_engine::transfer::TransferConfig;
+use s3ferry_engine::walk::Side;
+use s3ferry_jobs::archive::{self, ExportOptions, ExportSummary, ImportOptions, Output};
+use s3ferry_jobs::places::open_dir;
+use s3ferry_jobs::Buckets;
+
+use crate::cli::{parse_size, ArchiveCommand, ArchiveSourceArgs, Global};
+use crate::output::{human_bytes, Printer};
+use crate::stores::CliBuckets;
+use crate::Fatal;
+
+/// Object lines only with -v (an archive is any number of them); failures and moves/deletes
+/// always.
+struct Lines {
+    printer: Arc<Printer>,
+    verbose: bool,
+}
+
+impl Reporter for Lines {
+    fn planned(&self, objects: u64, bytes: u64) {
+        self.printer.planned(objects, bytes)
+    }
+    fn bytes(&self, n: u64) {
+        self.printer.bytes(n)
+    }
+    fn record(&self, r: &Record) {
+        if self.verbose || !matches!(r.action, Outcome::Copy | Outcome::WouldCopy) {
+            self.printer.record(r)
+        }
+    }
+    fn note(&self, msg: &str) {
+        self.printer.note(msg)
+    }
+}
+
+fn printer(g: &Global, on_stderr: bool) -> (Arc<Printer>, Arc<dyn Reporter>) {
+    let mut p = Printer::new(g.json, g.verbose, g.quiet, !g.no_progress);
+    if on_stderr {
+        p = p.on_stderr();
+    }
+    let p = Arc::new(p);
+    let r: Arc<dyn Reporter> = Arc::new(Lines {
+        printer: p.clone(),
+        verbose: g.verbose > 0 || g.json,
+    });
+    (p, r)
+}
+
+fn summary(g: &Global, p: &Printer, job: &str, mut v: serde_json::Value, text: String, code: u8) {
+    p.finish_bar();
+    if g.json {
+        v["type"] = "summary".into();
+        v["exit_code"] = code.into();
+        v["job"] = job.into();
+        p.json(v);
+    } else if !g.quiet {
+        eprintln!("{text}");
+    }
+}
+
+fn concurrency(n: usize) -> Result<usize, Fatal> {
+    if n == 0 || n > 4096 {
+        return Err(Fatal(format!(
+            "--concurrency {n} is not between 1 and 4096"
+        )));
+    }
+    Ok(n)
+}
+
+fn memory(s: &str) -> Result<u64, Fatal> {
+    let m = parse_size(s)?;
+    if m < 1 << 20 {
+        return Err(Fatal(format!("--max-memory {s} is below 1 MiB")));
+    }
+    Ok(m)
+}
+
+async fn source(g: &Global, a: &ArchiveSourceArgs) -> Result<(Side, ExportOptions), Fatal> {
+    let b = CliBuckets(g.clone());
+    let dir = open_dir(&a.src, &b as &dyn Buckets, true, false).await?;
+    dir.store
+        .check()
+        .await
+        .map_err(|e| Fatal(format!("{}: {e}", a.src)))?;
+    let mut rules: Vec<(bool, String)> = a.include.iter().map(|p| (true, p.clone())).collect();
+    rules.extend(a.exclude.iter().map(|p| (false, p.clone())));
+    let since = a
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, std::time::SystemTime::now()))
+        .transpose()
+        .map_err(|e| Fatal(format!("--since: {e}")))?;
+    let filters = Filters::new(&rules, None).map_err(Fatal)?;
+    if let Some(p) = &a.since_state {
+        if !p.is_file() {
+            return Err(Fatal(format!(
+                "--since-state {}: no such file",
+                p.display()
+            )));
+        }
+    }
+    let opts = ExportOptions {
+        filters,
+        since,
+        since_state: a.since_state.clone(),
+        compress: false,
+        volume_size: None,
+        concurrency: 16,
+        tags: true,
+        source_id: a.source_id.clone(),
+        transfer: TransferConfig::new(256 << 20),
+    };
+    Ok((Side::new(dir.store, dir.prefix), opts))
+}
+
+fn export_json(s: &ExportSummary) -> serde_json::Value {
+    serde_json::to_value(s).unwrap_or_default()
+}
+
+pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
+    match cmd {
+        ArchiveCommand::Export(a) => {
+            let (src, mut opts) = source(g, &a.source).await?;
+            opts.compress = a.compress;
+            opts.concurrency = concurrency(a.concurrency)?;
+            opts.tags = !a.no_tags;
+            opts.transfer = TransferConfig::new(memory(&a.max_memory)?);
+            opts.volume_size = match &a.volume_size {
+                Some(v) => match parse_size(v)? {
+                    0 => return Err(Fatal(format!("--volume-size {v} must be above zero"))),
+                    n => Some(n),
+                },
+                None => None,
+            };
+            let out = if a.out == "-" {
+                Output::Stdout
+            } else {
+                let p = PathBuf::from(&a.out);
+                if a.out.ends_with('/') && !p.is_dir() {
+                    return Err(Fatal(format!("--out {}: no such directory", a.out)));
+                }
+                if let (Some(root), Ok(out)) =
+                    (src.store.local_path(&src.prefix), std::path::absolute(&p))
+                {
+                    let root = root.canonicalize().unwrap_or(root);
+                    let out = out
+                        .parent()
+                        .map(|d| d.canonicalize().unwrap_or(d.to_path_buf()))
+                        .unwrap_or(out.clone());
+                    if out.starts_with(&root) {
+                        return Err(Fatal(format!(
+                            "--out {} is inside the source {}: the archive would archive itself",
+                            a.out,
+                            root.display()
+                        )));
+                    }
+                }
+                Output::Path(p)
+            };
+            let (p, r) = printer(g, matches!(out, Output::Stdout));
+            let s = archive::export(&src, &out, a.state_out.clone(), &opts, &r).await?;
+            let code = u8::from(s.failed > 0);
+            summary(
+                g,
+                &p,
+                "archive-export",
+                export_json(&s),
+                format!(
+                    "archive {} ({} export, seq {}) of {}: {} put ({}), {} moved, {} deleted, {} unchanged, {} failed, in {:.2}s\n  volumes: {}\n  state: {}",
+                    s.archive,
+                    s.kind,
+                    s.seq,
+                    s.source,
+                    s.puts,
+                    human_bytes(s.put_bytes),
+                    s.moves,
+                    s.deletes,
+                    s.unchanged,
+                    s.failed,
+                    s.elapsed_secs,
+                    s.volumes.join(" "),
+                    s.state
+                ),
+                code,
+            );
+            Ok(code)
+        }
+        ArchiveCommand::Plan(a) => {
+            let (src, opts) = source(g, &a.source).await?;
+            let (p, r) = printer(g, false);
+            let s = archive::plan(&src, &opts, &r).await?;
+            summary(
+                g,
+                &p,
+                "archive-plan",
+                export_json(&s),
+                format!(
+                    "a {} export (seq {}) of {} would hold {} new or changed ({}) and {} deleted; {} unchanged (moves are found by content at export)",
+                    s.kind,
+                    s.seq,
+                    s.source,
+                    s.puts,
+                    human_bytes(s.put_bytes),
+                    s.deletes,
+                    s.unchanged
+                ),
+                0,
+            );
+            Ok(0)
+        }
+        ArchiveCommand::Verify(a) => {
+            let (p, _) = printer(g, false);
+            let got = archive::verify(&a.archives).await?;
+            for v in &got {
+                let h = &v.header;
+                let line = serde_json::json!({
+                    "type": "archive", "archive": h.archive, "source": h.source, "seq": h.seq,
+                    "kind": h.kind.as_str(), "volumes": h.volumes,
+                    "verified": v.volumes.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                    "missing": v.missing, "puts": v.puts, "put_bytes": v.put_bytes,
+                    "moves": v.moves, "deletes": v.deletes,
+                });
+                if g.json {
+                    p.json(line);
+                } else if !g.quiet {
+                    let missing = if v.missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (volumes not given: {:?})", v.missing)
+                    };
+                    eprintln!(
+                        "archive {} ({} export, seq {}) of {}: {} of {} volume(s) verified{missing}: {} put ({}), {} moves, {} deletes",
+                        h.archive,
+                        h.kind.as_str(),
+                        h.seq,
+                        h.source,
+                        v.volumes.len(),
+                        h.volumes,
+                        v.puts,
+                        human_bytes(v.put_bytes),
+                        v.moves,
+                        v.deletes
+                    );
+                }
+            }
+            Ok(0)
+        }
+        ArchiveCommand::Import(a) => {
+            let (dest, files) = a
+                .paths
+                .split_last()
+                .ok_or_else(|| Fatal("give the archives, then the destination".into()))?;
+            let files: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+            for f in &files {
+                if !f.is_file() {
+                    return Err(Fatal(format!("{}: no such archive file", f.display())));
+                }
+            }
+            let max_delete = MaxDelete::parse(&a.max_delete).map_err(Fatal)?;
+            let part_size = parse_size(&a.part_size)?;
+            if !(s3ferry_store::checksum::MIN_PART_SIZE..=5 << 30).contains(&part_size) {
+                return Err(Fatal(format!(
+                    "--part-size {} is not between 5 MiB and 5 GiB",
+                    a.part_size
+                )));
+            }
+            let mut transfer = TransferConfig::new(memory(&a.max_memory)?);
+            transfer.part_size = part_size;
+            let opts = ImportOptions {
+                force: a.force,
+                dry_run: a.dry_run,
+                max_delete,
+                concurrency: concurrency(a.concurrency)?,
+                transfer,
+            };
+            let b = CliBuckets(g.clone());
+            let dir = open_dir(dest, &b as &dyn Buckets, false, !a.dry_run).await?;
+            dir.store
+                .check()
+                .await
+                .map_err(|e| Fatal(format!("{dest}: {e}")))?;
+            let db = crate::state_db_path(a.state_dir.as_deref())?;
+            let journal =
+                Arc::new(Journal::open(&db).map_err(|e| Fatal(format!("{e} (use --state-dir)")))?);
+            let (p, r) = printer(g, false);
+            let s = archive::import(&files, &dir, &opts, &journal, &r).await?;
+            let code = u8::from(s.failed > 0);
+            let mut text = Vec::new();
+            for o in &s.archives {
+                text.push(format!(
+                    "archive {} ({} export, seq {}) of {}: {}: {} put ({}), {} moved, {} deleted, {} failed",
+                    o.archive,
+                    o.kind,
+                    o.seq,
+                    o.source,
+                    o.outcome,
+                    o.puts,
+                    human_bytes(o.put_bytes),
+                    o.moves,
+                    o.deletes,
+                    o.failed
+                ));
+            }
+            text.push(match s.seq {
+                Some(n) => format!("{} is at seq {n}", dir.uri),
+                None => format!("{}: no archive applied", dir.uri),
+            });
+            summary(
+                g,
+                &p,
+                "archive-import",
+                serde_json::to_value(&s).unwrap_or_default(),
+                text.join("\n"),
+                code,
+            );
+            Ok(code)
+        }
+    }
+}
