@@ -252,7 +252,7 @@ fn bad_archives_are_refused_and_the_destination_stays_untouched() {
     let dest = dst.uri("x/");
 
     // A missing volume.
-    let e = import(&cx, &v1[1..].to_vec(), &dest, &[]).assert_fatal();
+    let e = import(&cx, &v1[1..], &dest, &[]).assert_fatal();
     assert!(e.contains("missing: volume 1"), "{e}");
     // Truncated.
     let cut = out.join("cut.tar");

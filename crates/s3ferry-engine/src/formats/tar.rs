@@ -632,9 +632,16 @@ mod tests {
             let e = TarReader::new(body(&t)).next_member().await.unwrap_err();
             assert_eq!(e.kind, ErrorKind::InvalidInput, "{name}: {e}");
         }
-        // A symlink member.
-        let t = one_member_tar("link", b'2', None).await;
-        assert!(TarReader::new(body(&t)).next_member().await.is_err());
+        // Symlink, hard link, character device, FIFO members.
+        for kind in [b'2', b'1', b'3', b'6'] {
+            let t = one_member_tar("link", kind, None).await;
+            let e = TarReader::new(body(&t)).next_member().await.unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
+        // A PAX header too big to be real (an attack on memory).
+        let t = one_member_tar("ok", b'0', Some(pax_record("comment", &"x".repeat(1 << 21)))).await;
+        let e = TarReader::new(body(&t)).next_member().await.unwrap_err();
+        assert!(e.to_string().contains("PAX header of"), "{e}");
         // A PAX path that escapes, behind a harmless ustar name.
         let t = one_member_tar("ok", b'0', Some(pax_record("path", "../../x"))).await;
         assert!(TarReader::new(body(&t)).next_member().await.is_err());
@@ -656,6 +663,28 @@ mod tests {
         r.next_member().await.unwrap().unwrap();
         let e = r.read_data().await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Corrupt);
+    }
+
+    #[tokio::test]
+    async fn members_stream_in_chunks_with_their_padding_skipped() {
+        let mut w = TarWriter::new(VecSink::default());
+        let a: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        w.append(&member("a", 5000), body(&a)).await.unwrap();
+        w.append(&member("b", 3), body(b"xyz")).await.unwrap();
+        let (sink, _) = w.finish().await.unwrap();
+        let mut r = TarReader::new(body(&sink.data));
+        assert_eq!(r.next_member().await.unwrap().unwrap().name, "a");
+        let mut got = Vec::new();
+        while let Some(c) = r.read_chunk(777).await.unwrap() {
+            assert!(c.len() <= 777);
+            got.extend_from_slice(&c);
+        }
+        assert_eq!(got, a);
+        // Half-read members are skipped whole by the next call.
+        let m = r.next_member().await.unwrap().unwrap();
+        assert_eq!((m.name.as_str(), m.size), ("b", 3));
+        assert_eq!(r.read_chunk(2).await.unwrap().as_deref(), Some(&b"xy"[..]));
+        assert!(r.next_member().await.unwrap().is_none());
     }
 
     #[test]
