@@ -333,3 +333,57 @@ fn bad_archives_are_refused_and_the_destination_stays_untouched() {
     let e = archive(&cx, &["export", &s, "--out", "-"]).assert_fatal();
     assert!(e.contains("--state-out"), "{e}");
 }
+
+/// An import killed with -9 in the middle of a multipart upload, then run again: the rerun
+/// aborts the dead run's upload, applies everything, and records the archive once.
+#[test]
+fn a_killed_import_is_finished_by_the_next_run() {
+    let Some(cx) = Ctx::new() else { return };
+    let dst = cx.bucket("arch-kill");
+    let src = cx.path("src");
+    let mut files = BTreeMap::new();
+    for i in 0..20 {
+        files.insert(format!("a/f{i:02}"), random_bytes(1000 + i, i as u64));
+    }
+    files.insert("m/big.bin".to_string(), random_bytes(20 << 20, 99));
+    write_tree(&src, &files);
+    let out = format!("{}/k.tar", cx.path("").display());
+    archive(&cx, &["export", s(&src), "--out", &out]).assert_ok();
+
+    // Parts crawl (each takes 30 s), so the kill lands inside the big object's upload.
+    let mut c = cx.cmd();
+    c.args([
+        "--json",
+        "--no-progress",
+        "archive",
+        "import",
+        &out,
+        &dst.uri("k/"),
+    ])
+    .env("S3FERRY_FAULTS", "upload_part:latency=30s")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().expect("spawn");
+    wait_until("the big object's multipart upload to open", || {
+        dst.uploads().iter().any(|u| u.key == "k/m/big.bin")
+    });
+    kill9(&mut child);
+    assert!(!dst.keys("k/").contains(&"m/big.bin".to_string()));
+    assert!(
+        !dst.keys("k/")
+            .contains(&".s3ferry-archive.json".to_string()),
+        "not recorded"
+    );
+
+    let again = archive(&cx, &["import", &out, &dst.uri("k/")]);
+    assert_eq!(again.code, 0, "{again}");
+    assert_eq!(again.summary()["archives"][0]["outcome"], "applied");
+    assert_eq!(objects(&dst, "k/"), files);
+    assert!(dst.uploads().is_empty(), "left open: {:?}", dst.uploads());
+    let third = archive(&cx, &["import", &out, &dst.uri("k/")]);
+    assert_eq!(
+        third.summary()["archives"][0]["outcome"],
+        "already-applied",
+        "{third}"
+    );
+}

@@ -639,7 +639,12 @@ mod tests {
             assert!(e.to_string().contains("not a regular file"), "{e}");
         }
         // A PAX header too big to be real (an attack on memory).
-        let t = one_member_tar("ok", b'0', Some(pax_record("comment", &"x".repeat(1 << 21)))).await;
+        let t = one_member_tar(
+            "ok",
+            b'0',
+            Some(pax_record("comment", &"x".repeat(1 << 21))),
+        )
+        .await;
         let e = TarReader::new(body(&t)).next_member().await.unwrap_err();
         assert!(e.to_string().contains("PAX header of"), "{e}");
         // A PAX path that escapes, behind a harmless ustar name.

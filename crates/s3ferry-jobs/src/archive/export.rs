@@ -39,7 +39,7 @@ use sha2::{Digest as _, Sha256};
 use super::format::{
     Header, Kind, Line, Op, StateHeader, StateRec, FORMAT, MANIFEST, MARKER, STATE_FORMAT, VERSION,
 };
-use super::io::{read_file, read_state, StateWriter, VolumeSink};
+use super::io::{read_file, read_state, sweep_dead_temps, StateWriter, VolumeSink};
 use super::{now_rfc3339, rfc3339, spill_err, ArchiveError};
 
 /// Objects up to this size are read ahead of the tar writer (within the memory budget).
@@ -693,6 +693,35 @@ pub async fn export(
         ));
     }
     let start = Instant::now();
+    let dirs: Vec<PathBuf> = [
+        match out {
+            Output::Path(p) if p.is_dir() => Some(p.clone()),
+            Output::Path(p) => p.parent().map(Path::to_path_buf),
+            Output::Stdout => None,
+        },
+        state_out
+            .as_ref()
+            .and_then(|p| p.parent().map(Path::to_path_buf)),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|d| {
+        if d.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            d
+        }
+    })
+    .collect();
+    for d in dirs {
+        let n = sweep_dead_temps(&d);
+        if n > 0 {
+            reporter.note(&format!(
+                "removed {n} temp file(s) a killed export left in {}",
+                d.display()
+            ));
+        }
+    }
     let scanned = scan_source(src, opts, true, reporter).await?;
     let Scanned {
         mut header,

@@ -26,6 +26,37 @@ fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> StoreError {
     StoreError::new(kind, op, format!("{}: {e}", path.display()))
 }
 
+/// Temp files of an export start with this, then the exporting process's id.
+const TEMP: &str = ".s3ferry-tmp.archive-";
+
+fn temp_prefix() -> String {
+    format!("{TEMP}{}-", std::process::id())
+}
+
+/// Remove the temp files a killed export left in `dir`: those whose process is gone (a live
+/// export's are never touched). Returns how many were removed.
+pub(super) fn sweep_dead_temps(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP))
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() && std::fs::remove_file(e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Where the bytes of a volume go.
 enum Out {
     Plain(Box<dyn Write + Send>),
@@ -63,7 +94,7 @@ impl VolumeSink {
             _ => PathBuf::from("."),
         };
         let tmp = tempfile::Builder::new()
-            .prefix(".s3ferry-tmp.")
+            .prefix(&temp_prefix())
             .tempfile_in(&dir)
             .map_err(|e| io_err("create", path, e))?;
         let file = tmp
@@ -217,7 +248,7 @@ impl StateWriter {
         };
         let bad = |e: std::io::Error| ArchiveError::Input(format!("{}: {e}", path.display()));
         let tmp = tempfile::Builder::new()
-            .prefix(".s3ferry-tmp.")
+            .prefix(&temp_prefix())
             .tempfile_in(&dir)
             .map_err(bad)?;
         let (file, tmp) = tmp.into_parts();

@@ -385,3 +385,18 @@ async fn unsafe_member_names_are_refused() {
     assert!(err.contains("unsafe key"), "{err}");
     assert!(!fx.dst.parent().unwrap().join("evil").exists());
 }
+
+#[tokio::test]
+async fn temp_files_of_dead_exports_are_swept_and_live_ones_kept() {
+    let fx = Fx::new();
+    write(&fx.src, "a", b"1");
+    let dead = fx.out.join(".s3ferry-tmp.archive-4000000000-x1");
+    let live = fx
+        .out
+        .join(format!(".s3ferry-tmp.archive-{}-x2", std::process::id()));
+    std::fs::write(&dead, b"partial").unwrap();
+    std::fs::write(&live, b"in progress").unwrap();
+    fx.export("one.tar", &fx.opts(None)).await;
+    assert!(!dead.exists(), "a dead export's temp file is removed");
+    assert!(live.exists(), "a live export's temp file is kept");
+}
