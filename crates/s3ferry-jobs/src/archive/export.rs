@@ -26,7 +26,7 @@ use futures::future::{self, BoxFuture};
 use futures::stream::{self, StreamExt};
 use s3ferry_engine::events::{Outcome, Record, Reporter};
 use s3ferry_engine::filter::Filters;
-use s3ferry_engine::formats::tar::{Member, TarWriter};
+use s3ferry_engine::formats::tar::{safe_member_name, Member, TarWriter};
 use s3ferry_engine::plan::signature;
 use s3ferry_engine::spill::Spill;
 use s3ferry_engine::transfer::{RangedReader, TransferConfig};
@@ -429,6 +429,20 @@ async fn scan_source(
                     }],
                     rec: StateRec::default(),
                     new: old.is_none(),
+                },
+                Class::Put(e, old) if safe_member_name(&e.rel).is_err() => Step::Failed {
+                    error: StoreError::new(
+                        ErrorKind::InvalidInput,
+                        "archive",
+                        format!(
+                            "cannot be archived: {}",
+                            safe_member_name(&e.rel).err().unwrap_or_default()
+                        ),
+                    )
+                    .with_key(&e.rel),
+                    key: e.rel,
+                    size: e.meta.size,
+                    old,
                 },
                 Class::Put(e, old) => {
                     let pieces = volumes.assign(e.meta.size);

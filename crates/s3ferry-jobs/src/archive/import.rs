@@ -23,7 +23,9 @@ use s3ferry_engine::transfer::{
 };
 use s3ferry_engine::walk::{Entry, Side};
 use s3ferry_store::checksum::{crc64_from_b64, crc64_to_b64, part_size_for, Crc64, PartLayout};
-use s3ferry_store::{ErrorKind, GetOptions, PutMode, PutOptions, StoreError, StoreExt};
+use s3ferry_store::{
+    key_to_relpath, ErrorKind, GetOptions, PutMode, PutOptions, StoreError, StoreExt,
+};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinSet;
@@ -285,6 +287,7 @@ async fn verify_group(
     missing: Vec<u32>,
     mut ops: Option<&mut Spill<Line>>,
     mut listed: Option<&mut Spill<Line>>,
+    local: bool,
 ) -> Result<Verified, ArchiveError> {
     let mut v = Verified {
         header: header.clone(),
@@ -305,6 +308,14 @@ async fn verify_group(
         let mut n = 0u64;
         while let Some(l) = vol.next_line(n)? {
             n += 1;
+            if local && l.op != Op::Delete && !is_dir_marker(&l) {
+                if let Err(e) = key_to_relpath(&l.key) {
+                    return Err(bad(
+                        path,
+                        format!("{:?} cannot be a file in a directory ({e}): import into s3://... instead", l.key),
+                    ));
+                }
+            }
             match l.op {
                 Op::Put => {
                     if l.volume != h.volume || l.offset + l.length > l.size {
@@ -416,7 +427,7 @@ async fn verify_group(
 pub async fn verify(paths: &[PathBuf]) -> Result<Vec<Verified>, ArchiveError> {
     let mut out = Vec::new();
     for (h, vols, missing) in group(paths).await? {
-        out.push(verify_group(&h, &vols, missing, None, None).await?);
+        out.push(verify_group(&h, &vols, missing, None, None, false).await?);
     }
     Ok(out)
 }
@@ -498,7 +509,15 @@ pub async fn import(
     for (h, vols) in plan {
         let mut ops: Spill<Line> = Spill::new().map_err(spill_err)?;
         let mut listed: Spill<Line> = Spill::new().map_err(spill_err)?;
-        let v = verify_group(&h, &vols, vec![], Some(&mut ops), Some(&mut listed)).await?;
+        let v = verify_group(
+            &h,
+            &vols,
+            vec![],
+            Some(&mut ops),
+            Some(&mut listed),
+            dest.store.capabilities().local,
+        )
+        .await?;
         if !opts
             .max_delete
             .allows(v.deletes, h.source_objects + v.deletes)
@@ -625,6 +644,11 @@ fn outcome(h: &Header, what: &str) -> ArchiveOutcome {
     }
 }
 
+/// An empty `dir/` object: a folder marker, which a directory holds as a directory.
+fn is_dir_marker(l: &Line) -> bool {
+    l.key.ends_with('/') && l.size == 0
+}
+
 /// The put options a line asks for: Content-Type, user metadata, tags, and the modification
 /// time (an object gets it as metadata only if the source had one; a file always).
 fn put_options(l: &Line, local: bool) -> PutOptions {
@@ -726,6 +750,21 @@ async fn apply(
             }
             vol.member_of(&l).await?;
             let key = dest.key(&l.key);
+            if local && is_dir_marker(&l) {
+                // A folder marker is a directory here.
+                let made = match dest.store.local_path(key.trim_end_matches('/')) {
+                    Some(p) => std::fs::create_dir_all(&p).map_err(|e| {
+                        StoreError::new(ErrorKind::Other, "mkdir", format!("{}: {e}", p.display()))
+                            .with_key(&l.key)
+                    }),
+                    None => Ok(()),
+                };
+                match made {
+                    Ok(()) => reporter.record(&Record::new(&l.key, Outcome::Copy, "directory", 0)),
+                    Err(e) => fail_record(o, reporter, &l.key, 0, &e),
+                }
+                continue;
+            }
             if !l.is_piece() && l.size <= small {
                 let data = vol.tar.read_data().await.map_err(|e| bad(path, e))?;
                 let sha = hex::encode(Sha256::digest(&data));
@@ -854,6 +893,11 @@ async fn apply(
     let mut deletes = Vec::new();
     for l in ops.read_back().map_err(spill_err)? {
         let l = l.map_err(spill_err)?;
+        // A key that cannot be a file was never written to a directory: nothing to delete.
+        if l.op == Op::Delete && local && key_to_relpath(&l.key).is_err() {
+            o.deletes += 1;
+            continue;
+        }
         if l.op == Op::Delete {
             deletes.push(l);
             continue;

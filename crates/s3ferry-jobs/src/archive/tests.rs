@@ -400,3 +400,38 @@ async fn temp_files_of_dead_exports_are_swept_and_live_ones_kept() {
     assert!(!dead.exists(), "a dead export's temp file is removed");
     assert!(live.exists(), "a live export's temp file is kept");
 }
+
+#[tokio::test]
+async fn keys_a_tar_cannot_hold_fail_alone_and_folder_markers_become_directories() {
+    use s3ferry_store::memory::MemoryStore;
+    use s3ferry_store::StoreExt;
+    let fx = Fx::new();
+    let mem = MemoryStore::new();
+    mem.put_bytes("p/ok.txt", "fine").await.unwrap();
+    mem.put_bytes("p/a//b", "empty segment").await.unwrap();
+    mem.put_bytes("p/folder/", "").await.unwrap();
+    let side = Side::new(Arc::new(mem), "p/");
+    let seen = Arc::new(Seen::default());
+    let r: Arc<dyn Reporter> = seen.clone();
+    let s = export(
+        &side,
+        &Output::Path(fx.out.join("m.tar")),
+        None,
+        &fx.opts(None),
+        &r,
+    )
+    .await
+    .unwrap();
+    assert_eq!((s.puts, s.failed), (2, 1));
+    assert_eq!(seen.keys(Outcome::Fail), vec!["a//b"]);
+    fx.import(&s.volumes).await.unwrap();
+    assert_eq!(tree(&fx.dst).keys().collect::<Vec<_>>(), vec!["ok.txt"]);
+    assert!(fx.dst.join("folder").is_dir());
+
+    // A delta still fails the key (it was never exported), and carries nothing else.
+    let delta = fx.opts(Some(&s.state));
+    let d = export(&side, &Output::Path(fx.out.join("n.tar")), None, &delta, &r)
+        .await
+        .unwrap();
+    assert_eq!((d.puts, d.failed, d.unchanged), (0, 1, 2));
+}
