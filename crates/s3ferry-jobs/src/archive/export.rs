@@ -32,7 +32,7 @@ use s3ferry_engine::spill::Spill;
 use s3ferry_engine::transfer::{RangedReader, TransferConfig};
 use s3ferry_engine::walk::{entries, records, Entry, Join, Joined, Side, SideKind};
 use s3ferry_store::checksum::{crc64_to_b64, Crc64};
-use s3ferry_store::{ByteStream, ErrorKind, ObjectMeta, StoreError};
+use s3ferry_store::{ByteStream, ErrorKind, GetOptions, ObjectMeta, StoreError};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
@@ -217,12 +217,42 @@ async fn scan(
 ) -> Step {
     let key = src.key(&e.rel);
     let r = async {
-        let reader = if src.kind == SideKind::Local {
-            RangedReader::new(src.store.clone(), &key, e.meta.clone(), &cfg)
+        // A small object is one GET (its answer has the metadata); a big one is discovered
+        // with a HEAD and read in ranges pinned to its ETag (resumed after a reset). A small
+        // one whose body breaks off is read the second way.
+        let small = src.kind == SideKind::Remote && e.meta.size <= READ_AHEAD_MAX;
+        let first = if small {
+            match src.store.get(&key, GetOptions::new()).await {
+                Ok(g) => {
+                    let meta = g.meta;
+                    match hash_body(g.body, &pieces, meta.size).await {
+                        Err(e) if e.kind.retryable() => None,
+                        r => Some(r.map(|h| (meta, h))),
+                    }
+                }
+                Err(e) => Some(Err(e)),
+            }
         } else {
-            RangedReader::open(src.store.clone(), &key, &cfg).await?
+            None
         };
-        let meta = reader.meta().clone();
+        let (meta, (sha, crc, piece_sums)) = match first {
+            Some(r) => r?,
+            None => {
+                let reader = if src.kind == SideKind::Local {
+                    RangedReader::new(src.store.clone(), &key, e.meta.clone(), &cfg)
+                } else {
+                    RangedReader::open(src.store.clone(), &key, &cfg).await?
+                };
+                let meta = reader.meta().clone();
+                let body = if meta.size == 0 {
+                    stream::empty().boxed()
+                } else {
+                    reader.stream(0..meta.size)
+                };
+                let h = hash_body(body, &pieces, meta.size).await?;
+                (meta, h)
+            }
+        };
         if meta.size != e.meta.size {
             return Err(StoreError::new(
                 ErrorKind::PreconditionFailed,
@@ -231,45 +261,12 @@ async fn scan(
             )
             .with_key(&key));
         }
-        let mut whole = Sha256::new();
-        let mut crc = Crc64::default();
-        let mut piece_sums = Vec::new();
-        if meta.size > 0 {
-            let split = pieces.len() > 1;
-            let mut piece = Sha256::new();
-            let ends: Vec<u64> = pieces.iter().map(|p| p.1 + p.2).collect();
-            let mut next_end = 0usize;
-            let mut pos = 0u64;
-            let mut body = reader.stream(0..meta.size);
-            while let Some(c) = body.next().await {
-                let mut c = c?;
-                whole.update(&c);
-                crc.update(&c);
-                while split && !c.is_empty() {
-                    let end = ends.get(next_end).copied().unwrap_or(u64::MAX);
-                    let n = ((end - pos) as usize).min(c.len());
-                    piece.update(&c[..n]);
-                    pos += n as u64;
-                    c = c.slice(n..);
-                    if pos == end {
-                        piece_sums.push(hex::encode(std::mem::take(&mut piece).finalize()));
-                        next_end += 1;
-                    }
-                }
-            }
-        }
         let tags = if tags && src.store.capabilities().tags {
             src.store.get_tags(&key).await?
         } else {
             vec![]
         };
-        Ok((
-            meta,
-            hex::encode(whole.finalize()),
-            crc64_to_b64(crc.finish()),
-            piece_sums,
-            tags,
-        ))
+        Ok((meta, sha, crc, piece_sums, tags))
     }
     .await;
     match r {
@@ -320,6 +317,53 @@ async fn scan(
             old,
         },
     }
+}
+
+/// SHA-256 (hex), CRC64NVME (base64) and, for an object split into `pieces`, each piece's
+/// SHA-256, of a body of `size` bytes.
+async fn hash_body(
+    mut body: ByteStream,
+    pieces: &[(u32, u64, u64)],
+    size: u64,
+) -> Result<(String, String, Vec<String>), StoreError> {
+    let mut whole = Sha256::new();
+    let mut crc = Crc64::default();
+    let mut piece_sums = Vec::new();
+    let split = pieces.len() > 1;
+    let mut piece = Sha256::new();
+    let ends: Vec<u64> = pieces.iter().map(|p| p.1 + p.2).collect();
+    let mut next_end = 0usize;
+    let mut pos = 0u64;
+    let mut seen = 0u64;
+    while let Some(c) = body.next().await {
+        let mut c = c?;
+        seen += c.len() as u64;
+        whole.update(&c);
+        crc.update(&c);
+        while split && !c.is_empty() {
+            let end = ends.get(next_end).copied().unwrap_or(u64::MAX);
+            let n = ((end - pos) as usize).min(c.len());
+            piece.update(&c[..n]);
+            pos += n as u64;
+            c = c.slice(n..);
+            if pos == end {
+                piece_sums.push(hex::encode(std::mem::take(&mut piece).finalize()));
+                next_end += 1;
+            }
+        }
+    }
+    if seen != size {
+        return Err(StoreError::new(
+            ErrorKind::Transient,
+            "get",
+            format!("body ended at {seen} of {size} bytes"),
+        ));
+    }
+    Ok((
+        hex::encode(whole.finalize()),
+        crc64_to_b64(crc.finish()),
+        piece_sums,
+    ))
 }
 
 /// The source's name in archives: its URI, or a directory's absolute path, ending in `/`.
