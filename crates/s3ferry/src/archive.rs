@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use s3ferry_engine::events::{Outcome, Record, Reporter};
 use s3ferry_engine::filter::{parse_since, Filters};
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::plan::MaxDelete;
@@ -14,58 +13,9 @@ use s3ferry_jobs::places::open_dir;
 use s3ferry_jobs::Buckets;
 
 use crate::cli::{parse_size, ArchiveCommand, ArchiveSourceArgs, Global};
-use crate::output::{human_bytes, Printer};
+use crate::output::{human_bytes, job_printer};
 use crate::stores::CliBuckets;
 use crate::Fatal;
-
-/// Object lines only with -v (an archive is any number of them); failures and moves/deletes
-/// always.
-struct Lines {
-    printer: Arc<Printer>,
-    verbose: bool,
-}
-
-impl Reporter for Lines {
-    fn planned(&self, objects: u64, bytes: u64) {
-        self.printer.planned(objects, bytes)
-    }
-    fn bytes(&self, n: u64) {
-        self.printer.bytes(n)
-    }
-    fn record(&self, r: &Record) {
-        if self.verbose || !matches!(r.action, Outcome::Copy | Outcome::WouldCopy) {
-            self.printer.record(r)
-        }
-    }
-    fn note(&self, msg: &str) {
-        self.printer.note(msg)
-    }
-}
-
-fn printer(g: &Global, on_stderr: bool) -> (Arc<Printer>, Arc<dyn Reporter>) {
-    let mut p = Printer::new(g.json, g.verbose, g.quiet, !g.no_progress);
-    if on_stderr {
-        p = p.on_stderr();
-    }
-    let p = Arc::new(p);
-    let r: Arc<dyn Reporter> = Arc::new(Lines {
-        printer: p.clone(),
-        verbose: g.verbose > 0 || g.json,
-    });
-    (p, r)
-}
-
-fn summary(g: &Global, p: &Printer, job: &str, mut v: serde_json::Value, text: String, code: u8) {
-    p.finish_bar();
-    if g.json {
-        v["type"] = "summary".into();
-        v["exit_code"] = code.into();
-        v["job"] = job.into();
-        p.json(v);
-    } else if !g.quiet {
-        eprintln!("{text}");
-    }
-}
 
 fn concurrency(n: usize) -> Result<usize, Fatal> {
     if n == 0 || n > 4096 {
@@ -166,12 +116,10 @@ pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
                 }
                 Output::Path(p)
             };
-            let (p, r) = printer(g, matches!(out, Output::Stdout));
+            let (p, r) = job_printer(g, matches!(out, Output::Stdout));
             let s = archive::export(&src, &out, a.state_out.clone(), &opts, &r).await?;
             let code = u8::from(s.failed > 0);
-            summary(
-                g,
-                &p,
+            p.job_summary(
                 "archive-export",
                 export_json(&s),
                 format!(
@@ -196,11 +144,9 @@ pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
         }
         ArchiveCommand::Plan(a) => {
             let (src, opts) = source(g, &a.source).await?;
-            let (p, r) = printer(g, false);
+            let (p, r) = job_printer(g, false);
             let s = archive::plan(&src, &opts, &r).await?;
-            summary(
-                g,
-                &p,
+            p.job_summary(
                 "archive-plan",
                 export_json(&s),
                 format!(
@@ -218,7 +164,7 @@ pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
             Ok(0)
         }
         ArchiveCommand::Verify(a) => {
-            let (p, _) = printer(g, false);
+            let (p, _) = job_printer(g, false);
             let got = archive::verify(&a.archives).await?;
             for v in &got {
                 let h = &v.header;
@@ -291,7 +237,7 @@ pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
             let db = crate::state_db_path(a.state_dir.as_deref())?;
             let journal =
                 Arc::new(Journal::open(&db).map_err(|e| Fatal(format!("{e} (use --state-dir)")))?);
-            let (p, r) = printer(g, false);
+            let (p, r) = job_printer(g, false);
             let s = archive::import(&files, &dir, &opts, &journal, &r).await?;
             let code = u8::from(s.failed > 0);
             let mut text = Vec::new();
@@ -314,9 +260,7 @@ pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
                 Some(n) => format!("{} is at seq {n}", dir.uri),
                 None => format!("{}: no archive applied", dir.uri),
             });
-            summary(
-                g,
-                &p,
+            p.job_summary(
                 "archive-import",
                 serde_json::to_value(&s).unwrap_or_default(),
                 text.join("\n"),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use s3ferry_aws::{SqsConfig, SqsQueue};
-use s3ferry_engine::events::{Outcome, Record, Reporter};
+use s3ferry_engine::events::Reporter;
 use s3ferry_engine::filter::{parse_since, Filters};
 use s3ferry_engine::formats::inventory::InventoryManifest;
 use s3ferry_engine::journal::Journal;
@@ -23,41 +23,9 @@ use crate::cli::{
     parse_duration, parse_size, BundleCommand, BundleGroupArgs, BundlePackArgs, BundleRunArgs,
     BundleWorkerArgs, Global, QueueEndpointArgs,
 };
-use crate::output::{human_bytes, Printer};
+use crate::output::{human_bytes, job_printer};
 use crate::stores::CliBuckets;
 use crate::Fatal;
-
-/// Object lines only with -v (a shard is tens of thousands of them); failures always.
-struct Lines {
-    printer: Arc<Printer>,
-    verbose: bool,
-}
-
-impl Reporter for Lines {
-    fn planned(&self, objects: u64, bytes: u64) {
-        self.printer.planned(objects, bytes)
-    }
-    fn bytes(&self, n: u64) {
-        self.printer.bytes(n)
-    }
-    fn record(&self, r: &Record) {
-        if self.verbose || !matches!(r.action, Outcome::Copy) {
-            self.printer.record(r)
-        }
-    }
-    fn note(&self, msg: &str) {
-        self.printer.note(msg)
-    }
-}
-
-fn printer(g: &Global) -> (Arc<Printer>, Arc<dyn Reporter>) {
-    let p = Arc::new(Printer::new(g.json, g.verbose, g.quiet, !g.no_progress));
-    let r: Arc<dyn Reporter> = Arc::new(Lines {
-        printer: p.clone(),
-        verbose: g.verbose > 0 || g.json,
-    });
-    (p, r)
-}
 
 fn buckets(g: &Global) -> Arc<dyn Buckets> {
     Arc::new(CliBuckets(g.clone()))
@@ -126,13 +94,12 @@ pub async fn run(g: &Global, cmd: &BundleCommand) -> Result<u8, Fatal> {
             let b = buckets(g);
             let archive = bundle::open_place(&a.archive, b.as_ref(), true).await?;
             let dest = bundle::open_dir(&a.dest, b.as_ref(), false, true).await?;
-            let (p, r) = printer(g);
+            let (p, r) = job_printer(g, false);
             let started = std::time::Instant::now();
             let s = bundle::extract(&archive, &dest, a.concurrency, &r).await?;
             p.finish_bar();
             let code = u8::from(s.failed > 0);
-            summary(
-                g,
+            p.job_summary(
                 "bundle-extract",
                 serde_json::json!({"members": s.members, "bytes": s.bytes, "failed": s.failed, "elapsed_secs": started.elapsed().as_secs_f64()}),
                 format!(
@@ -146,18 +113,6 @@ pub async fn run(g: &Global, cmd: &BundleCommand) -> Result<u8, Fatal> {
             );
             Ok(code)
         }
-    }
-}
-
-/// The last record (`--json`) or line: what the command did, with the exit status it gives.
-fn summary(g: &Global, job: &str, mut v: serde_json::Value, text: String, code: u8) {
-    if g.json {
-        v["type"] = "summary".into();
-        v["exit_code"] = code.into();
-        v["job"] = job.into();
-        println!("{v}");
-    } else if !g.quiet {
-        eprintln!("{text}");
     }
 }
 
@@ -251,7 +206,7 @@ async fn group(g: &Global, a: &BundleGroupArgs) -> Result<u8, Fatal> {
         Some(url) => Some(queue(g, url, &a.queue_endpoint).await?),
         None => None,
     };
-    let (p, r) = printer(g);
+    let (p, r) = job_printer(g, false);
     let opts = GroupOptions {
         max_objects: a.max_objects,
         max_bytes,
@@ -260,8 +215,7 @@ async fn group(g: &Global, a: &BundleGroupArgs) -> Result<u8, Fatal> {
     };
     let s = bundle::group(input, &opts, &out, q.as_ref().map(|q| q as &dyn Queue), &r).await?;
     p.finish_bar();
-    summary(
-        g,
+    p.job_summary(
         "bundle-group",
         serde_json::to_value(&s).unwrap_or_default(),
         format!(
@@ -349,7 +303,7 @@ fn stop_on_signal(g: &Global) -> watch::Receiver<bool> {
 
 async fn run_shards(g: &Global, a: &BundleRunArgs) -> Result<u8, Fatal> {
     let b = buckets(g);
-    let (p, r) = printer(g);
+    let (p, r) = job_printer(g, false);
     let (cx, opts) = packing(g, &a.pack, r).await?;
     let shards: Vec<String> = if a.shard.ends_with('/') {
         let dir = bundle::open_dir(&a.shard, b.as_ref(), true, false).await?;
@@ -395,8 +349,7 @@ async fn run_shards(g: &Global, a: &BundleRunArgs) -> Result<u8, Fatal> {
     p.finish_bar();
     let code = u8::from(total.failed > 0);
     let secs = started.elapsed().as_secs_f64();
-    summary(
-        g,
+    p.job_summary(
         "bundle-run",
         serde_json::json!({"shards": shards_done, "objects": total.objects, "packed": total.packed, "direct": total.direct, "failed": total.failed, "bytes": total.bytes, "elapsed_secs": secs}),
         format!(
@@ -431,7 +384,7 @@ async fn worker(g: &Global, a: &BundleWorkerArgs) -> Result<u8, Fatal> {
     if a.max_messages == Some(0) {
         return Err(Fatal("--max-messages must be above zero".into()));
     }
-    let (p, r) = printer(g);
+    let (p, r) = job_printer(g, false);
     let (cx, pack) = packing(g, &a.pack, r).await?;
     let q: Arc<dyn Queue> = Arc::new(queue(g, &a.queue, &a.queue_endpoint).await?);
     let stop = stop_on_signal(g);
@@ -452,8 +405,7 @@ async fn worker(g: &Global, a: &BundleWorkerArgs) -> Result<u8, Fatal> {
     let s = bundle::work(q, &cx, &opts, &on_shard, stop).await?;
     p.finish_bar();
     let code = u8::from(s.failed > 0 || s.failed_shards > 0);
-    summary(
-        g,
+    p.job_summary(
         "bundle-worker",
         serde_json::to_value(&s).unwrap_or_default(),
         format!(

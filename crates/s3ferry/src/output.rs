@@ -10,7 +10,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use s3ferry_engine::events::{Outcome, Record, Reporter, Summary};
@@ -213,6 +213,61 @@ impl Reporter for Printer {
             self.json(serde_json::json!({"type": "note", "message": msg}));
         } else if !self.quiet {
             self.err_line(&format!("note: {msg}"));
+        }
+    }
+}
+
+/// The reporter of jobs of many objects (bundle, archive): copies are routine and listed only
+/// with -v (or --json); failures, deletes, refusals and notes always.
+pub struct JobLines {
+    printer: Arc<Printer>,
+    verbose: bool,
+}
+
+impl Reporter for JobLines {
+    fn planned(&self, objects: u64, bytes: u64) {
+        self.printer.planned(objects, bytes)
+    }
+    fn bytes(&self, n: u64) {
+        self.printer.bytes(n)
+    }
+    fn record(&self, r: &Record) {
+        if self.verbose || !matches!(r.action, Outcome::Copy | Outcome::WouldCopy) {
+            self.printer.record(r)
+        }
+    }
+    fn note(&self, msg: &str) {
+        self.printer.note(msg)
+    }
+}
+
+/// A printer for the command line's settings (records on stderr with `on_stderr`, when stdout
+/// carries data) and its [`JobLines`] reporter.
+pub fn job_printer(g: &crate::cli::Global, on_stderr: bool) -> (Arc<Printer>, Arc<dyn Reporter>) {
+    let mut p = Printer::new(g.json, g.verbose, g.quiet, !g.no_progress);
+    if on_stderr {
+        p = p.on_stderr();
+    }
+    let p = Arc::new(p);
+    let r: Arc<dyn Reporter> = Arc::new(JobLines {
+        printer: p.clone(),
+        verbose: g.verbose > 0 || g.json,
+    });
+    (p, r)
+}
+
+impl Printer {
+    /// The last record (`--json`: `summary` with the job and exit status) or the text lines of
+    /// what a command did.
+    pub fn job_summary(&self, job: &str, mut v: serde_json::Value, text: String, code: u8) {
+        self.finish_bar();
+        if self.json {
+            v["type"] = "summary".into();
+            v["exit_code"] = code.into();
+            v["job"] = job.into();
+            self.json(v);
+        } else if !self.quiet {
+            eprintln!("{text}");
         }
     }
 }
