@@ -200,6 +200,27 @@ pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
             }
             Ok(0)
         }
+        ArchiveCommand::State(a) => {
+            let b = CliBuckets(g.clone());
+            let dir = open_dir(&a.dest, &b as &dyn Buckets, true, false).await?;
+            let h = archive::carry_back(&dir, &a.out).await?;
+            let (p, _) = job_printer(g, false);
+            p.job_summary(
+                "archive-state",
+                serde_json::to_value(&h).unwrap_or_default(),
+                format!(
+                    "{}: the state of {} after archive {} (seq {}), {} objects; export with --since-state {}",
+                    a.out.display(),
+                    h.source,
+                    h.archive,
+                    h.seq,
+                    h.objects,
+                    a.out.display()
+                ),
+                0,
+            );
+            Ok(0)
+        }
         ArchiveCommand::Import(a) => {
             let (dest, files) = a
                 .paths

@@ -165,7 +165,8 @@ volume boundary); each volume verifies alone. Next to the archive the export wri
 Import verifies every archive completely (structure, every SHA-256 and CRC64NVME, every volume
 present) before it changes anything; then writes the puts, makes the moves as copies at the
 destination, deletes (within --max-delete), and records the archive in the marker
-.s3ferry-archive.json at the destination. An archive applied before is skipped; one that does not
+.s3ferry-archive.json at the destination, next to the state its export wrote
+(.s3ferry-archive.state; `archive state DEST --out FILE` writes it out to carry back). An archive applied before is skipped; one that does not
 follow the destination's last archive, or is of another source, is refused unless --force.
 
 Exit status: 0 done (or nothing to do); 1 some objects failed (the marker is not advanced: run the
@@ -182,6 +183,18 @@ pub enum ArchiveCommand {
     Verify(ArchiveVerifyArgs),
     /// Verify archives, then apply them to a directory or s3://bucket/prefix, in order.
     Import(ArchiveImportArgs),
+    /// Write the state the destination's last imported archive carried, for the export side's
+    /// next --since-state (carry it back when the export side lost its own).
+    State(ArchiveStateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveStateArgs {
+    /// The destination archives were imported into: a directory or s3://bucket/prefix.
+    pub dest: String,
+    /// The state file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

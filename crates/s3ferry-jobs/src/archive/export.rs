@@ -37,9 +37,10 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::format::{
-    Header, Kind, Line, Op, StateHeader, StateRec, FORMAT, MANIFEST, MARKER, STATE_FORMAT, VERSION,
+    is_reserved, Header, Kind, Line, Op, StateHeader, StateRec, FORMAT, MANIFEST, STATE_FORMAT,
+    STATE_MEMBER, VERSION,
 };
-use super::io::{read_file, read_state, sweep_dead_temps, StateWriter, VolumeSink};
+use super::io::{read_file, read_file_raw, read_state, sweep_dead_temps, StateWriter, VolumeSink};
 use super::{now_rfc3339, rfc3339, spill_err, ArchiveError};
 
 /// Objects up to this size are read ahead of the tar writer (within the memory budget).
@@ -121,7 +122,7 @@ fn classify(
         Joined::EntryError(_, e) => return Ok(Class::ListError(e)),
         Joined::Row(r) => r,
     };
-    if row.key == MARKER {
+    if is_reserved(&row.key) {
         return Ok(Class::Ignore);
     }
     let rec = match row.record(1) {
@@ -435,6 +436,7 @@ async fn scan_source(
         volumes: 1,
         entries: 0,
         source_objects: 0,
+        state_sha256: None,
     };
     let join = Join::new(vec![entries(src.list(&opts.filters)), base_input]);
     let rows = stream::unfold(Some(join), |j| async move {
@@ -801,6 +803,45 @@ pub async fn export(
     header.volumes = volumes;
     header.source_objects = summary.source_objects;
 
+    // The new state: kept and new records, and held-back deletes, merged in key order.
+    let mut w = StateWriter::create(
+        &state_path,
+        &StateHeader {
+            format: STATE_FORMAT.into(),
+            version: VERSION,
+            source: header.source.clone(),
+            archive: header.archive.clone(),
+            seq: header.seq,
+            created: header.created.clone(),
+            objects: summary.source_objects,
+        },
+    )?;
+    let mut kept = keep.read_back().map_err(spill_err)?.peekable();
+    let mut held = match deletes_held.then(|| deletes.take()).flatten() {
+        Some(d) => Some(d.read_back().map_err(spill_err)?.peekable()),
+        None => None,
+    };
+    loop {
+        let take_held = match (kept.peek(), held.as_mut().and_then(|h| h.peek())) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some(Ok(a)), Some(Ok(b))) => b.key.as_bytes() < a.key.as_bytes(),
+            (Some(Err(_)), _) => false,
+            (_, Some(Err(_))) => true,
+        };
+        let r = if take_held {
+            held.as_mut().and_then(|h| h.next())
+        } else {
+            kept.next()
+        };
+        if let Some(r) = r {
+            w.line(&r.map_err(spill_err)?)?;
+        }
+    }
+    let state = w.finish_temp()?;
+    header.state_sha256 = Some(file_sha256(&state.tmp)?);
+
     let mut data = puts.read_back().map_err(spill_err)?.peekable();
     for (i, file) in files.iter().enumerate() {
         let v = i as u32 + 1;
@@ -824,7 +865,7 @@ pub async fn export(
                 for m in &moves {
                     line(m)?;
                 }
-                if let Some(d) = deletes.take().filter(|_| !deletes_held) {
+                if let Some(d) = (!deletes_held).then(|| deletes.take()).flatten() {
                     for r in d.read_back().map_err(spill_err)? {
                         let r = r.map_err(spill_err)?;
                         if moved_from.contains(&r.key) {
@@ -844,7 +885,8 @@ pub async fn export(
             w.flush()
                 .map_err(|e| ArchiveError::Input(format!("temp file: {e}")))?;
         }
-        write_volume(src, file, mf.path(), &header, opts, reporter).await?;
+        let last = (v == volumes).then_some(&*state.tmp);
+        write_volume(src, file, mf.path(), last, &header, opts, reporter).await?;
         summary.volumes.push(file.display().to_string());
     }
     for m in &moves {
@@ -856,43 +898,7 @@ pub async fn export(
         ));
     }
 
-    // The new state: kept and new records, and held-back deletes, merged in key order.
-    let mut w = StateWriter::create(
-        &state_path,
-        &StateHeader {
-            format: STATE_FORMAT.into(),
-            version: VERSION,
-            source: header.source.clone(),
-            archive: header.archive.clone(),
-            seq: header.seq,
-            created: header.created.clone(),
-            objects: summary.source_objects,
-        },
-    )?;
-    let mut kept = keep.read_back().map_err(spill_err)?.peekable();
-    let mut held = match deletes.take().filter(|_| deletes_held) {
-        Some(d) => Some(d.read_back().map_err(spill_err)?.peekable()),
-        None => None,
-    };
-    loop {
-        let take_held = match (kept.peek(), held.as_mut().and_then(|h| h.peek())) {
-            (None, None) => break,
-            (Some(_), None) => false,
-            (None, Some(_)) => true,
-            (Some(Ok(a)), Some(Ok(b))) => b.key.as_bytes() < a.key.as_bytes(),
-            (Some(Err(_)), _) => false,
-            (_, Some(Err(_))) => true,
-        };
-        let r = if take_held {
-            held.as_mut().and_then(|h| h.next())
-        } else {
-            kept.next()
-        };
-        if let Some(r) = r {
-            w.line(&r.map_err(spill_err)?)?;
-        }
-    }
-    w.finish()?;
+    state.persist()?;
     summary.state = state_path.display().to_string();
     summary.elapsed_secs = start.elapsed().as_secs_f64();
     Ok(summary)
@@ -904,6 +910,7 @@ async fn write_volume(
     src: &Side,
     file: &Path,
     manifest: &Path,
+    state: Option<&Path>,
     header: &Header,
     opts: &ExportOptions,
     reporter: &Arc<dyn Reporter>,
@@ -993,9 +1000,37 @@ async fn write_volume(
         }
         reporter.bytes(l.length);
     }
+    if let Some(state) = state {
+        let len = std::fs::metadata(state)
+            .map_err(|e| ArchiveError::Input(format!("{}: {e}", state.display())))?
+            .len();
+        let m = Member {
+            name: STATE_MEMBER.into(),
+            size: len,
+            mtime,
+            records: vec![],
+        };
+        tar.append(&m, read_file_raw(state)?).await?;
+    }
     let (sink, _) = tar.finish().await?;
     sink.close().await?;
     Ok(())
+}
+
+/// SHA-256 (hex) of a file's bytes.
+fn file_sha256(path: &Path) -> Result<String, ArchiveError> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| ArchiveError::Input(format!("{}: {e}", path.display())))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf)
+            .map_err(|e| ArchiveError::Input(format!("{}: {e}", path.display())))?;
+        if n == 0 {
+            return Ok(hex::encode(h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 fn changed(key: &str, e: StoreError) -> ArchiveError {

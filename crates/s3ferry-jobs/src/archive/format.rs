@@ -17,6 +17,16 @@ use serde::{Deserialize, Serialize};
 pub const MANIFEST: &str = "s3ferry-archive.json";
 /// The marker's name at the destination (never exported, never deleted by an import).
 pub const MARKER: &str = ".s3ferry-archive.json";
+/// The state the last applied archive's export wrote, kept at the destination next to the
+/// marker (`archive state` fetches it, to carry back to the export side).
+pub const STATE_OBJECT: &str = ".s3ferry-archive.state";
+/// The last member of an archive's last volume: the export's new state (gzipped JSON Lines).
+pub const STATE_MEMBER: &str = "s3ferry-archive.state";
+
+/// Keys of the destination that belong to the archive machinery, not to the data.
+pub fn is_reserved(key: &str) -> bool {
+    key == MARKER || key == STATE_OBJECT
+}
 pub const FORMAT: &str = "s3ferry-archive";
 pub const STATE_FORMAT: &str = "s3ferry-archive-state";
 pub const MARKER_FORMAT: &str = "s3ferry-archive-marker";
@@ -69,6 +79,9 @@ pub struct Header {
     pub entries: u64,
     /// Objects the source held at export (the base of percentage delete limits).
     pub source_objects: u64,
+    /// SHA-256 of the state member at the end of the last volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_sha256: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,6 +327,7 @@ mod tests {
             volumes: 1,
             entries: 0,
             source_objects: 0,
+            state_sha256: None,
         }
     }
 

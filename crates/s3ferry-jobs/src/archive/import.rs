@@ -31,7 +31,8 @@ use sha2::{Digest as _, Sha256};
 use tokio::task::JoinSet;
 
 use super::format::{
-    advance, order, Header, Line, Marker, Op, Order, FORMAT, MANIFEST, MARKER, VERSION,
+    advance, is_reserved, order, Header, Line, Marker, Op, Order, FORMAT, MANIFEST, MARKER,
+    STATE_MEMBER, STATE_OBJECT, VERSION,
 };
 use super::io::{read_file, CHUNK};
 use super::{now_rfc3339, spill_err, ArchiveError};
@@ -177,10 +178,10 @@ impl Volume {
                     format!("manifest line {}: unsafe key: {e}", n + 2),
                 )
             })?;
-            if k == MARKER {
+            if is_reserved(k) {
                 return Err(bad(
                     &self.path,
-                    format!("manifest line {}: the key {MARKER} is reserved", n + 2),
+                    format!("manifest line {}: the key {k} is reserved", n + 2),
                 ));
             }
         }
@@ -202,6 +203,48 @@ impl Volume {
                     "member {:?} ({} bytes) where the manifest lists {:?} ({} bytes)",
                     m.name, m.size, l.key, l.length
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The export's state, the last member of the last volume: checked against the header's
+    /// SHA-256 (and copied to `save`). Nothing when this volume has none.
+    async fn state_member(&mut self, save: Option<&mut std::fs::File>) -> Result<(), ArchiveError> {
+        let h = &self.header;
+        let Some(want) = h.state_sha256.clone().filter(|_| h.volume == h.volumes) else {
+            return Ok(());
+        };
+        let m = self
+            .tar
+            .next_member()
+            .await
+            .map_err(|e| bad(&self.path, e))?
+            .ok_or_else(|| bad(&self.path, format!("ends before its {STATE_MEMBER}")))?;
+        if m.name != STATE_MEMBER {
+            return Err(bad(
+                &self.path,
+                format!("member {:?} where {STATE_MEMBER} belongs", m.name),
+            ));
+        }
+        let mut sha = Sha256::new();
+        let mut save = save;
+        while let Some(c) = self
+            .tar
+            .read_chunk(CHUNK)
+            .await
+            .map_err(|e| bad(&self.path, e))?
+        {
+            sha.update(&c);
+            if let Some(f) = save.as_deref_mut() {
+                f.write_all(&c).map_err(|e| bad(&self.path, e))?;
+            }
+        }
+        let got = hex::encode(sha.finalize());
+        if got != want {
+            return Err(bad(
+                &self.path,
+                format!("{STATE_MEMBER}: SHA-256 {got} differs from the header's {want}"),
             ));
         }
         Ok(())
@@ -417,6 +460,7 @@ async fn verify_group(
                 ),
             ));
         }
+        vol.state_member(None).await?;
         vol.end().await?;
     }
     Ok(v)
@@ -740,6 +784,8 @@ async fn apply(
         }
     };
     let mut open: Option<Open> = None;
+    let mut state =
+        tempfile::tempfile().map_err(|e| ArchiveError::Input(format!("temp file: {e}")))?;
     for path in &v.volumes {
         let mut vol = Volume::open(path).await?;
         let mut n = 0u64;
@@ -877,6 +923,7 @@ async fn apply(
                 Err(e) => fail_record(o, reporter, &l.key, l.size, &e),
             }
         }
+        vol.state_member(Some(&mut state)).await?;
     }
     if let Some(w) = open.take() {
         w.out.into_inner().abort().await;
@@ -929,6 +976,22 @@ async fn apply(
                 Err(e) => fail_record(o, reporter, &l.key, l.size, &e),
             }
         }
+    }
+    // The export's state, for the way back (`archive state`): only once everything is in.
+    if o.failed == 0 && v.header.state_sha256.is_some() {
+        use std::io::{Read, Seek};
+        let mut data = Vec::new();
+        state
+            .seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| state.read_to_end(&mut data))
+            .map_err(|e| ArchiveError::Input(format!("temp file: {e}")))?;
+        dest.store
+            .put(
+                &dest.key(STATE_OBJECT),
+                Bytes::from(data),
+                PutOptions::new().content_type(Some("application/gzip".into())),
+            )
+            .await?;
     }
     Ok(())
 }
@@ -984,4 +1047,36 @@ async fn move_source(
         },
         Err(e) => Err(e),
     }
+}
+
+/// Write the state the destination's last applied archive carried to `out`, for the export
+/// side's next `--since-state` (when its own copy is lost, or exports run elsewhere).
+pub async fn carry_back(
+    dest: &Dir,
+    out: &Path,
+) -> Result<super::format::StateHeader, ArchiveError> {
+    let got = match dest
+        .store
+        .get(&dest.key(STATE_OBJECT), GetOptions::new())
+        .await
+    {
+        Ok(g) => g.bytes().await?,
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            return Err(ArchiveError::Input(format!(
+                "{}: no archive with a state was imported here",
+                dest.uri_of(STATE_OBJECT)
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| bad(&dir, e))?;
+    tmp.write_all(&got).map_err(|e| bad(out, e))?;
+    tmp.as_file().sync_all().map_err(|e| bad(out, e))?;
+    let (header, _) = super::io::read_state(tmp.path())?;
+    tmp.persist(out).map_err(|e| bad(out, e.error))?;
+    Ok(header)
 }

@@ -175,6 +175,15 @@ impl PartSink for VolumeSink {
 /// A file's bytes as a stream, decompressed when it starts with zstd's or gzip's magic bytes.
 /// Read on a thread of its own, a chunk ahead.
 pub(super) fn read_file(path: &Path) -> std::result::Result<ByteStream, ArchiveError> {
+    read_file_as(path, true)
+}
+
+/// A file's bytes exactly as they are on disk.
+pub(super) fn read_file_raw(path: &Path) -> std::result::Result<ByteStream, ArchiveError> {
+    read_file_as(path, false)
+}
+
+fn read_file_as(path: &Path, decompress: bool) -> std::result::Result<ByteStream, ArchiveError> {
     let mut f = std::fs::File::open(path)
         .map_err(|e| ArchiveError::Input(format!("{}: {e}", path.display())))?;
     let mut magic = [0u8; 4];
@@ -182,7 +191,9 @@ pub(super) fn read_file(path: &Path) -> std::result::Result<ByteStream, ArchiveE
         .map_err(|e| ArchiveError::Input(format!("{}: {e}", path.display())))?;
     let head = std::io::Cursor::new(magic[..n].to_vec());
     let raw = BufReader::with_capacity(CHUNK, head.chain(f));
-    let mut reader: Box<dyn Read + Send> = if magic[..n] == ZSTD_MAGIC {
+    let mut reader: Box<dyn Read + Send> = if !decompress {
+        Box::new(raw)
+    } else if magic[..n] == ZSTD_MAGIC {
         Box::new(
             zstd::stream::read::Decoder::with_buffer(raw)
                 .map_err(|e| ArchiveError::Input(format!("{}: {e}", path.display())))?,
@@ -272,7 +283,9 @@ impl StateWriter {
             .map_err(|e| ArchiveError::Input(format!("{}: {e}", self.path.display())))
     }
 
-    pub(super) fn finish(self) -> std::result::Result<(), ArchiveError> {
+    /// Complete the file (synced to disk) but leave it under its temp name: `persist` gives it
+    /// its name later.
+    pub(super) fn finish_temp(self) -> std::result::Result<FinishedState, ArchiveError> {
         let bad = |e: std::io::Error| ArchiveError::Input(format!("{}: {e}", self.path.display()));
         let file = self
             .out
@@ -281,7 +294,25 @@ impl StateWriter {
             .into_inner()
             .map_err(|e| bad(e.into_error()))?;
         file.sync_all().map_err(bad)?;
-        self.tmp.persist(&self.path).map_err(|e| bad(e.error))?;
+        Ok(FinishedState {
+            tmp: self.tmp,
+            path: self.path,
+        })
+    }
+}
+
+/// A state file written in full, not yet under its name.
+pub(super) struct FinishedState {
+    pub(super) tmp: tempfile::TempPath,
+    pub(super) path: PathBuf,
+}
+
+impl FinishedState {
+    pub(super) fn persist(self) -> std::result::Result<(), ArchiveError> {
+        let path = self.path;
+        self.tmp
+            .persist(&path)
+            .map_err(|e| ArchiveError::Input(format!("{}: {}", path.display(), e.error)))?;
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ use s3ferry_engine::spill::SpillError;
 use s3ferry_store::StoreError;
 
 pub use export::{export, plan, source_id, ExportOptions, ExportSummary, Output};
-pub use import::{import, verify, ImportOptions, ImportSummary, Verified};
+pub use import::{carry_back, import, verify, ImportOptions, ImportSummary, Verified};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {

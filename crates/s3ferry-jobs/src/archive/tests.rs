@@ -12,7 +12,7 @@ use s3ferry_engine::transfer::TransferConfig;
 use s3ferry_engine::walk::Side;
 use s3ferry_store::local::LocalStore;
 
-use super::format::MARKER;
+use super::format::is_reserved;
 use super::*;
 use crate::places::Dir;
 
@@ -55,7 +55,7 @@ fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
                 walk(root, &p, out);
             } else {
                 let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                if rel != MARKER {
+                if !is_reserved(&rel) {
                     out.insert(rel, std::fs::read(&p).unwrap());
                 }
             }
@@ -434,4 +434,41 @@ async fn keys_a_tar_cannot_hold_fail_alone_and_folder_markers_become_directories
         .await
         .unwrap();
     assert_eq!((d.puts, d.failed, d.unchanged), (0, 1, 2));
+}
+
+#[tokio::test]
+async fn the_state_carried_back_from_the_destination_continues_the_sequence() {
+    let fx = Fx::new();
+    write(&fx.src, "a", b"1");
+    write(&fx.src, "b", b"2");
+    let (one, _) = fx.export("1.tar", &fx.opts(None)).await;
+    fx.import(&one.volumes).await.unwrap();
+    // The export side lost its state: the destination has it.
+    std::fs::remove_file(&one.state).unwrap();
+    let back = fx.out.join("back.state");
+    let h = carry_back(&fx.dest(), &back).await.unwrap();
+    assert_eq!((h.seq, h.archive.as_str()), (1, one.archive.as_str()));
+    std::fs::remove_file(fx.src.join("a")).unwrap();
+    write(&fx.src, "c", b"3");
+    let (two, _) = fx
+        .export("2.tar", &fx.opts(Some(back.to_str().unwrap())))
+        .await;
+    assert_eq!(
+        (two.seq, two.puts, two.deletes, two.unchanged),
+        (2, 1, 1, 1)
+    );
+    fx.import(&two.volumes).await.unwrap();
+    assert_eq!(tree(&fx.dst), tree(&fx.src));
+    // A damaged state member is caught by verification.
+    let mut bytes = std::fs::read(&two.volumes[0]).unwrap();
+    // The state member is the only gzip stream in the tar.
+    let at = bytes
+        .windows(3)
+        .rposition(|w| w == [0x1f, 0x8b, 0x08])
+        .unwrap();
+    bytes[at + 20] ^= 0xff;
+    let f = fx.out.join("bad-state.tar");
+    std::fs::write(&f, &bytes).unwrap();
+    let err = verify(&[f]).await.unwrap_err().to_string();
+    assert!(err.contains("s3ferry-archive.state: SHA-256"), "{err}");
 }
