@@ -1073,7 +1073,11 @@ pub async fn carry_back(
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| bad(&dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".s3ferry-tmp.")
+        .permissions(super::io::readable())
+        .tempfile_in(&dir)
+        .map_err(|e| bad(&dir, e))?;
     tmp.write_all(&got).map_err(|e| bad(out, e))?;
     tmp.as_file().sync_all().map_err(|e| bad(out, e))?;
     let (header, _) = super::io::read_state(tmp.path())?;

@@ -29,6 +29,13 @@ fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> StoreError {
 /// Temp files of an export start with this, then the exporting process's id.
 const TEMP: &str = ".s3ferry-tmp.archive-";
 
+/// Files made as `open(2)` makes them (0666 less the umask), not a temp file's 0600: an
+/// archive is a file to hand on.
+pub(super) fn readable() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(0o666)
+}
+
 fn temp_prefix() -> String {
     format!("{TEMP}{}-", std::process::id())
 }
@@ -95,6 +102,7 @@ impl VolumeSink {
         };
         let tmp = tempfile::Builder::new()
             .prefix(&temp_prefix())
+            .permissions(readable())
             .tempfile_in(&dir)
             .map_err(|e| io_err("create", path, e))?;
         let file = tmp
@@ -260,6 +268,7 @@ impl StateWriter {
         let bad = |e: std::io::Error| ArchiveError::Input(format!("{}: {e}", path.display()));
         let tmp = tempfile::Builder::new()
             .prefix(&temp_prefix())
+            .permissions(readable())
             .tempfile_in(&dir)
             .map_err(bad)?;
         let (file, tmp) = tmp.into_parts();
