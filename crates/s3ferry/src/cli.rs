@@ -166,8 +166,9 @@ Import verifies every archive completely (structure, every SHA-256 and CRC64NVME
 present) before it changes anything; then writes the puts, makes the moves as copies at the
 destination, deletes (within --max-delete), and records the archive in the marker
 .s3ferry-archive.json at the destination, next to the state its export wrote
-(.s3ferry-archive.state; `archive state DEST --out FILE` writes it out to carry back). An archive applied before is skipped; one that does not
-follow the destination's last archive, or is of another source, is refused unless --force.
+(.s3ferry-archive.state, which `archive state DEST --out FILE` writes out to carry back). An
+archive applied before is skipped; one that does not follow the destination's last archive, or
+is of another source, is refused unless --force.
 
 Exit status: 0 done (or nothing to do); 1 some objects failed (the marker is not advanced: run the
 import again); 2 bad input (damaged, incomplete, out-of-order archive; bad state file; missing
