@@ -301,16 +301,17 @@ async fn group(paths: &[PathBuf]) -> Result<Vec<(Header, Vec<PathBuf>, Vec<u32>)
         }
         vols.insert(h.volume, (h, p.clone()));
     }
+    // Every group has at least the volume that made it.
     Ok(by
         .into_values()
-        .map(|vols| {
+        .filter_map(|vols| {
             let n = vols.values().next().map_or(0, |(h, _)| h.volumes);
             let missing = (1..=n).filter(|v| !vols.contains_key(v)).collect();
             let mut it = vols.into_values();
-            let (h, p) = it.next().expect("a group has a volume");
+            let (h, p) = it.next()?;
             let mut paths = vec![p];
             paths.extend(it.map(|(_, p)| p));
-            (h, paths, missing)
+            Some((h, paths, missing))
         })
         .collect())
 }
