@@ -472,3 +472,80 @@ async fn the_state_carried_back_from_the_destination_continues_the_sequence() {
     let err = verify(&[f]).await.unwrap_err().to_string();
     assert!(err.contains("s3ferry-archive.state: SHA-256"), "{err}");
 }
+
+/// Rounds of random adds, same-size changes, deletes and moves, each carried by a delta (in
+/// volumes, compressed or not): after every import the destination equals the source.
+#[tokio::test]
+async fn random_rounds_of_changes_keep_the_destination_equal() {
+    let fx = Fx::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n.max(1)
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut next = 0u32;
+    let mut state: Option<String> = None;
+    let mut seen = (0, 0, 0, 0); // puts, moves, deletes, split volumes
+    for round in 0..8 {
+        let changes = 1 + rnd(12);
+        for _ in 0..changes {
+            match (rnd(4), names.is_empty()) {
+                (0, _) | (_, true) => {
+                    let name = format!("d{}/n{next}", rnd(3));
+                    next += 1;
+                    let size = rnd(40_000) as usize;
+                    write(&fx.src, &name, &vec![(next % 251) as u8; size]);
+                    names.push(name);
+                }
+                (1, false) => {
+                    let name = &names[rnd(names.len() as u64) as usize];
+                    let mut data = std::fs::read(fx.src.join(name)).unwrap();
+                    if let Some(b) = data.first_mut() {
+                        *b = b.wrapping_add(1);
+                    }
+                    write(&fx.src, name, &data);
+                }
+                (2, false) => {
+                    let name = names.swap_remove(rnd(names.len() as u64) as usize);
+                    std::fs::remove_file(fx.src.join(name)).unwrap();
+                }
+                _ => {
+                    let i = rnd(names.len() as u64) as usize;
+                    let to = format!("moved/m{next}");
+                    next += 1;
+                    std::fs::create_dir_all(fx.src.join("moved")).unwrap();
+                    std::fs::rename(fx.src.join(&names[i]), fx.src.join(&to)).unwrap();
+                    names[i] = to;
+                }
+            }
+        }
+        let mut o = fx.opts(state.as_deref());
+        o.volume_size = (rnd(2) == 0).then(|| 16_384 + rnd(60_000));
+        o.compress = rnd(2) == 0;
+        o.concurrency = 1 + rnd(6) as usize;
+        let (s, _) = fx.export(&format!("r{round}.tar"), &o).await;
+        let opts = ImportOptions {
+            max_delete: MaxDelete::Percent(100.0),
+            ..fx.import_opts()
+        };
+        let paths: Vec<PathBuf> = s.volumes.iter().map(PathBuf::from).collect();
+        let r: Arc<dyn Reporter> = Arc::new(Seen::default());
+        let got = import(&paths, &fx.dest(), &opts, &fx.journal, &r)
+            .await
+            .unwrap();
+        assert_eq!(got.failed, 0, "round {round}");
+        assert_eq!(tree(&fx.dst), tree(&fx.src), "round {round}: {s:?}");
+        seen.0 += s.puts;
+        seen.1 += s.moves;
+        seen.2 += s.deletes;
+        seen.3 += u64::from(s.volumes.len() > 1);
+        state = Some(s.state);
+    }
+    assert!(
+        seen.0 > 0 && seen.1 > 0 && seen.2 > 0 && seen.3 > 0,
+        "{seen:?}"
+    );
+}
