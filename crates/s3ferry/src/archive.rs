@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use s3ferry_engine::filter::{parse_since, Filters};
+use s3ferry_engine::filter::Filters;
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::plan::MaxDelete;
 use s3ferry_engine::transfer::TransferConfig;
@@ -41,14 +41,8 @@ async fn source(g: &Global, a: &ArchiveSourceArgs) -> Result<(Side, ExportOption
         .check()
         .await
         .map_err(|e| Fatal(format!("{}: {e}", a.src)))?;
-    let mut rules: Vec<(bool, String)> = a.include.iter().map(|p| (true, p.clone())).collect();
-    rules.extend(a.exclude.iter().map(|p| (false, p.clone())));
-    let since = a
-        .since
-        .as_deref()
-        .map(|s| parse_since(s, std::time::SystemTime::now()))
-        .transpose()
-        .map_err(|e| Fatal(format!("--since: {e}")))?;
+    let (rules, since) =
+        crate::cli::rules_and_since(&a.include, &a.exclude, a.since.as_deref()).map_err(Fatal)?;
     let filters = Filters::new(&rules, None).map_err(Fatal)?;
     if let Some(p) = &a.since_state {
         if !p.is_file() {

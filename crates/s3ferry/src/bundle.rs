@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use s3ferry_aws::{SqsConfig, SqsQueue};
 use s3ferry_engine::events::Reporter;
-use s3ferry_engine::filter::{parse_since, Filters};
+use s3ferry_engine::filter::Filters;
 use s3ferry_engine::formats::inventory::InventoryManifest;
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::ports::Queue;
@@ -149,14 +149,8 @@ async fn group(g: &Global, a: &BundleGroupArgs) -> Result<u8, Fatal> {
             "--max-objects and --max-bytes must be above zero".into(),
         ));
     }
-    let mut rules: Vec<(bool, String)> = a.include.iter().map(|p| (true, p.clone())).collect();
-    rules.extend(a.exclude.iter().map(|p| (false, p.clone())));
-    let since = a
-        .since
-        .as_deref()
-        .map(|s| parse_since(s, std::time::SystemTime::now()))
-        .transpose()
-        .map_err(|e| Fatal(format!("--since: {e}")))?;
+    let (rules, since) =
+        crate::cli::rules_and_since(&a.include, &a.exclude, a.since.as_deref()).map_err(Fatal)?;
     let filters = Filters::new(&rules, since).map_err(Fatal)?;
     let input = match (&a.inventory, &a.source) {
         (Some(inv), _) => {

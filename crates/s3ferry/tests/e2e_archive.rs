@@ -18,6 +18,13 @@ fn archive(cx: &Ctx, args: &[&str]) -> Run {
     cx.run(&all)
 }
 
+/// `archive export SRC --out OUT EXTRA...`.
+fn export(cx: &Ctx, src: &str, out: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["export", src, "--out", out];
+    args.extend_from_slice(extra);
+    archive(cx, &args)
+}
+
 fn volumes(r: &Run) -> Vec<String> {
     r.summary()["volumes"]
         .as_array()
@@ -74,10 +81,7 @@ fn a_bucket_prefix_crosses_the_gap_full_then_delta() {
     );
     src.put("elsewhere/not-exported", b"outside the prefix");
 
-    let full = archive(
-        &cx,
-        &["export", &src.uri("data"), "--out", &media_s, "--compress"],
-    );
+    let full = export(&cx, &src.uri("data"), &media_s, &["--compress"]);
     full.assert_ok();
     assert_eq!(full.n("puts"), 7, "{full}");
     assert_eq!(full.summary()["kind"], "full");
@@ -124,17 +128,7 @@ fn a_bucket_prefix_crosses_the_gap_full_then_delta() {
     assert_eq!(plan.code, 0, "{plan}");
     assert_eq!((plan.n("puts"), plan.n("deletes")), (3, 2), "{plan}");
 
-    let delta = archive(
-        &cx,
-        &[
-            "export",
-            &src.uri("data"),
-            "--out",
-            &media_s,
-            "--since-state",
-            &back,
-        ],
-    );
+    let delta = export(&cx, &src.uri("data"), &media_s, &["--since-state", &back]);
     delta.assert_ok();
     assert_eq!(
         (
@@ -214,44 +208,25 @@ fn bad_archives_are_refused_and_the_destination_stays_untouched() {
         write(&src, &format!("d{}/f{i}", i % 3), &random_bytes(40_000, i));
     }
     let s = src.display().to_string();
-    let one = archive(
-        &cx,
-        &[
-            "export",
-            &s,
-            "--out",
-            &format!("{}/one.tar", out.display()),
-            "--volume-size",
-            "400KiB",
-        ],
-    );
+    let out_at = |name: &str| format!("{}/{name}", out.display());
+    let one = export(&cx, &s, &out_at("one.tar"), &["--volume-size", "400KiB"]);
     one.assert_ok();
     let v1 = volumes(&one);
     assert!(v1.len() >= 3, "{v1:?}");
     write(&src, "d0/more", b"more");
-    let two = archive(
+    let two = export(
         &cx,
-        &[
-            "export",
-            &s,
-            "--out",
-            &format!("{}/two.tar", out.display()),
-            "--since-state",
-            &state(&one),
-        ],
+        &s,
+        &out_at("two.tar"),
+        &["--since-state", &state(&one)],
     );
     two.assert_ok();
     write(&src, "d0/even-more", b"even more");
-    let three = archive(
+    let three = export(
         &cx,
-        &[
-            "export",
-            &s,
-            "--out",
-            &format!("{}/three.tar", out.display()),
-            "--since-state",
-            &state(&two),
-        ],
+        &s,
+        &out_at("three.tar"),
+        &["--since-state", &state(&two)],
     );
     three.assert_ok();
     let dest = dst.uri("x/");
@@ -304,33 +279,15 @@ fn bad_archives_are_refused_and_the_destination_stays_untouched() {
     assert!(e.contains("/no/such/archive.tar"), "{e}");
     let not_state = out.join("not.state");
     std::fs::write(&not_state, b"garbage").unwrap();
-    let e = archive(
-        &cx,
-        &[
-            "export",
-            &s,
-            "--out",
-            &format!("{}/", out.display()),
-            "--since-state",
-            &not_state.display().to_string(),
-        ],
-    )
-    .assert_fatal();
+    let not_state = not_state.display().to_string();
+    let e = export(&cx, &s, &out_at(""), &["--since-state", &not_state]).assert_fatal();
     assert!(e.contains("not.state"), "{e}");
     let e = import(&cx, &v1, "s3://s3ferry-no-such-bucket-archive/x/", &[]).assert_fatal();
     assert!(e.contains("s3ferry-no-such-bucket-archive"), "{e}");
-    let e = archive(
-        &cx,
-        &[
-            "export",
-            &s,
-            "--out",
-            &format!("{}/inside.tar", src.display()),
-        ],
-    )
-    .assert_fatal();
+    let inside = format!("{}/inside.tar", src.display());
+    let e = export(&cx, &s, &inside, &[]).assert_fatal();
     assert!(e.contains("inside the source"), "{e}");
-    let e = archive(&cx, &["export", &s, "--out", "-"]).assert_fatal();
+    let e = export(&cx, &s, "-", &[]).assert_fatal();
     assert!(e.contains("--state-out"), "{e}");
 }
 
@@ -348,7 +305,7 @@ fn a_killed_import_is_finished_by_the_next_run() {
     files.insert("m/big.bin".to_string(), random_bytes(20 << 20, 99));
     write_tree(&src, &files);
     let out = format!("{}/k.tar", cx.path("").display());
-    archive(&cx, &["export", s(&src), "--out", &out]).assert_ok();
+    export(&cx, s(&src), &out, &[]).assert_ok();
 
     // Parts crawl (each takes 30 s), so the kill lands inside the big object's upload.
     let mut c = cx.cmd();
