@@ -558,3 +558,43 @@ async fn a_stop_releases_the_shard_in_hand_and_aborts_its_upload() {
         .unwrap();
     assert_eq!(back.len(), 1, "the message was released at once");
 }
+
+/// F43: an index row pointing at the wrong bytes (shifted) or past the end of the tar fails
+/// that one restore on its checksum or its range; the other rows still come back.
+#[tokio::test]
+async fn a_bad_index_offset_fails_that_restore_only() {
+    let w = world(10, 0).await;
+    w.group(1000, 1 << 30, 4096).await;
+    w.run("shard-000001.csv", &PackOptions::default()).await;
+    let mut rows = w.index("shard-000001").await;
+    let tar_len = w.out.head("archive/shard-000001.tar").await.unwrap().size;
+    rows[2].data_offset = rows[2].data_offset.map(|o| o + 1);
+    rows[5].data_offset = Some(tar_len + 512);
+    let mut csv = format!("{INDEX_HEADER}\n");
+    for r in &rows {
+        csv.push_str(&r.to_row());
+        csv.push('\n');
+    }
+    w.out
+        .put_bytes("archive/shard-000001.index.csv", csv)
+        .await
+        .unwrap();
+    let at = open_place(
+        "s3://out/archive/shard-000001.index.csv",
+        w.buckets.as_ref(),
+        true,
+    )
+    .await
+    .unwrap();
+    let shifted = get(&at, &rows[2].key)
+        .await
+        .err()
+        .expect("a shifted offset fails");
+    assert!(shifted.to_string().contains("MD5"), "{shifted}");
+    assert!(get(&at, &rows[5].key).await.is_err(), "past the end fails");
+    for i in [0, 1, 3, 4, 6, 9] {
+        let f = get(&at, &rows[i].key).await.unwrap();
+        let got: Vec<u8> = f.body.map(|c| c.unwrap().to_vec()).concat().await;
+        assert_eq!(got, w.src.get_bytes(&rows[i].key).await.unwrap().to_vec());
+    }
+}
