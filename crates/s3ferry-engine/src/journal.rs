@@ -36,7 +36,7 @@ const FLUSH_EVERY: usize = 512;
 /// Records fetched per page of a range scan.
 const PAGE: usize = 1000;
 /// The schema this code writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// How long one transaction waits for another process's.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Record kind of a pair's base record (both sides' signatures after the last sync of a key).
@@ -207,7 +207,11 @@ impl Db {
                  CREATE TABLE IF NOT EXISTS hashes (
                     path TEXT NOT NULL, algo TEXT NOT NULL, size INTEGER NOT NULL,
                     mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
-                    value TEXT NOT NULL, PRIMARY KEY (path, algo)) WITHOUT ROWID;
+                    value TEXT NOT NULL, seen INTEGER NOT NULL DEFAULT 0,
+                    PRIMARY KEY (path, algo)) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS scope_seen (
+                    job TEXT NOT NULL, scope TEXT NOT NULL, seen INTEGER NOT NULL,
+                    PRIMARY KEY (job, scope)) WITHOUT ROWID;
                  CREATE TABLE IF NOT EXISTS run_scopes (
                     job TEXT NOT NULL, scope TEXT NOT NULL, run_id TEXT NOT NULL,
                     started INTEGER NOT NULL, PRIMARY KEY (job, scope, run_id)) WITHOUT ROWID;",
@@ -248,6 +252,21 @@ impl Db {
                 )?;
                 tx.execute_batch("DROP TABLE uploads_v0; DROP TABLE runs;")?;
             }
+            // Schema 2: when each cached hash and each scope was last used, for pruning. What
+            // an older schema holds counts as used now.
+            let has_seen = tx
+                .prepare("SELECT 1 FROM pragma_table_info('hashes') WHERE name = 'seen'")?
+                .exists([])?;
+            if !has_seen {
+                tx.execute_batch("ALTER TABLE hashes ADD COLUMN seen INTEGER NOT NULL DEFAULT 0")?;
+            }
+            let now = secs(SystemTime::now());
+            tx.execute("UPDATE hashes SET seen = ?1 WHERE seen = 0", params![now])?;
+            tx.execute(
+                "INSERT OR IGNORE INTO scope_seen (job, scope, seen)
+                 SELECT DISTINCT job, scope, ?1 FROM records",
+                params![now],
+            )?;
             tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
             Ok(())
         })();
@@ -287,7 +306,7 @@ impl Db {
                 )
                 .map_err(err)?;
             let mut hash = tx
-                .prepare_cached("INSERT OR REPLACE INTO hashes (path, algo, size, mtime_ns, inode, ctime_ns, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+                .prepare_cached("INSERT OR REPLACE INTO hashes (path, algo, size, mtime_ns, inode, ctime_ns, value, seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
                 .map_err(err)?;
             let mut upload = tx
                 .prepare_cached("INSERT OR REPLACE INTO uploads (store, key, upload_id, run_id, started) VALUES (?1, ?2, ?3, ?4, ?5)")
@@ -314,7 +333,8 @@ impl Db {
                         id.mtime_ns,
                         id.inode as i64,
                         id.ctime_ns,
-                        value
+                        value,
+                        secs(SystemTime::now())
                     ]),
                     Pending::Upload {
                         store,
@@ -877,13 +897,64 @@ impl Journal {
                     db.bury(&r);
                 }
             }
+            let now = secs(SystemTime::now());
             db.conn
                 .execute(
                     "INSERT OR REPLACE INTO run_scopes (job, scope, run_id, started) VALUES (?1, ?2, ?3, ?4)",
-                    params![job, scope, db.run_id, secs(SystemTime::now())],
+                    params![job, scope, db.run_id, now],
+                )
+                .map_err(|e| db.err(e))?;
+            db.conn
+                .execute(
+                    "INSERT OR REPLACE INTO scope_seen (job, scope, seen) VALUES (?1, ?2, ?3)",
+                    params![job, scope, now],
                 )
                 .map_err(|e| db.err(e))?;
             Ok(unfinished)
+        })
+        .await
+    }
+
+    /// Forget what is older than `max_age`: the records of every scope of `job` that no run has
+    /// used since (a sync pair not synced for that long), and cached hashes stored before then
+    /// (recomputed when next needed). Scopes with a run in progress are kept. Returns (records,
+    /// hashes) removed.
+    pub async fn prune(&self, job: &str, max_age: Duration) -> JResult<(u64, u64)> {
+        let job = job.to_string();
+        self.call(move |db| {
+            db.flush()?;
+            let cutoff = secs(SystemTime::now()) - max_age.as_secs().min(i64::MAX as u64) as i64;
+            let tx = db
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| JournalError {
+                    path: db.path.clone(),
+                    msg: e.to_string(),
+                })?;
+            let r = (|| -> rusqlite::Result<(u64, u64)> {
+                let stale = "SELECT scope FROM scope_seen WHERE job = ?1 AND seen < ?2
+                             AND scope NOT IN (SELECT scope FROM run_scopes WHERE job = ?1)";
+                let records = tx.execute(
+                    &format!("DELETE FROM records WHERE job = ?1 AND scope IN ({stale})"),
+                    params![job, cutoff],
+                )?;
+                tx.execute(
+                    &format!("DELETE FROM scope_seen WHERE job = ?1 AND scope IN ({stale})"),
+                    params![job, cutoff],
+                )?;
+                let hashes = tx.execute("DELETE FROM hashes WHERE seen < ?1", params![cutoff])?;
+                Ok((records as u64, hashes as u64))
+            })();
+            match r {
+                Ok(n) => tx.commit().map(|_| n).map_err(|e| JournalError {
+                    path: db.path.clone(),
+                    msg: e.to_string(),
+                }),
+                Err(e) => Err(JournalError {
+                    path: db.path.clone(),
+                    msg: format!("pruning: {e}"),
+                }),
+            }
         })
         .await
     }
@@ -1108,6 +1179,91 @@ mod tests {
             j.base_stream("sync", "p").try_collect().await.unwrap();
         assert_eq!(got.len(), 2500);
         assert!(got.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[tokio::test]
+    async fn pairs_and_hashes_unused_for_the_max_age_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.db");
+        // A schema-1 database: hashes without a `seen` column, no scope_seen table.
+        {
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(
+                "CREATE TABLE records (job TEXT NOT NULL, scope TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (job, scope, kind, key)) WITHOUT ROWID;
+                 CREATE TABLE hashes (path TEXT NOT NULL, algo TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, value TEXT NOT NULL, PRIMARY KEY (path, algo)) WITHOUT ROWID;
+                 CREATE TABLE run_scopes (job TEXT NOT NULL, scope TEXT NOT NULL, run_id TEXT NOT NULL, started INTEGER NOT NULL, PRIMARY KEY (job, scope, run_id)) WITHOUT ROWID;
+                 CREATE TABLE uploads (store TEXT NOT NULL, key TEXT NOT NULL, upload_id TEXT NOT NULL, run_id TEXT NOT NULL, started INTEGER NOT NULL, PRIMARY KEY (store, key, upload_id)) WITHOUT ROWID;
+                 INSERT INTO records VALUES ('sync', 'old', 'base', 'k', 'a
+b');
+                 INSERT INTO hashes VALUES ('/x', 'md5', 1, 2, 3, 4, 'h');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let j = Journal::open(&p).unwrap();
+        let id = FileId {
+            path: "/x".into(),
+            size: 1,
+            mtime_ns: 2,
+            inode: 3,
+            ctime_ns: 4,
+        };
+        assert_eq!(
+            j.cached_hash(&id, "md5").await.unwrap().as_deref(),
+            Some("h")
+        );
+        for scope in ["fresh", "busy"] {
+            j.begin_run("sync", scope).await.unwrap();
+            j.record_synced("sync", scope, "k", &rec("a", "b"));
+        }
+        j.end_run("sync", "fresh").await.unwrap();
+        j.record_synced("bisync", "pair", "k", &rec("a", "b"));
+        j.flush().await.unwrap();
+        // Nothing is older than 90 days yet: the migrated rows count as used now.
+        assert_eq!(
+            j.prune("sync", Duration::from_secs(90 * 86400))
+                .await
+                .unwrap(),
+            (0, 0)
+        );
+        // Age everything by 100 days.
+        {
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(
+                "UPDATE scope_seen SET seen = seen - 8640000; UPDATE hashes SET seen = seen - 8640000;",
+            )
+            .unwrap();
+        }
+        let (records, hashes) = j
+            .prune("sync", Duration::from_secs(90 * 86400))
+            .await
+            .unwrap();
+        assert_eq!(
+            (records, hashes),
+            (2, 1),
+            "old and fresh pairs, and the hash"
+        );
+        assert_eq!(j.base("sync", "old", "k").await.unwrap(), None);
+        assert_eq!(j.base("sync", "fresh", "k").await.unwrap(), None);
+        assert!(
+            j.base("sync", "busy", "k").await.unwrap().is_some(),
+            "a run is using it"
+        );
+        assert!(
+            j.base("bisync", "pair", "k").await.unwrap().is_some(),
+            "another job's"
+        );
+        assert_eq!(j.cached_hash(&id, "md5").await.unwrap(), None);
+        // A pair synced again is young again.
+        j.begin_run("sync", "fresh").await.unwrap();
+        j.record_synced("sync", "fresh", "k", &rec("a", "b"));
+        j.end_run("sync", "fresh").await.unwrap();
+        assert_eq!(
+            j.prune("sync", Duration::from_secs(90 * 86400))
+                .await
+                .unwrap(),
+            (0, 0)
+        );
     }
 
     #[tokio::test]

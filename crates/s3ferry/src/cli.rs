@@ -1104,6 +1104,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "" | "s" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86400.0,
         u => return Err(format!("bad duration {s:?}: unknown unit {u:?}")),
     };
     std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s:?}: {e}"))
@@ -1206,6 +1207,15 @@ pub struct SyncArgs {
     /// Keep no state: every run compares content afresh.
     #[arg(long)]
     pub no_state: bool,
+    /// Forget the state of sync pairs not synced for this long, and cached hashes older than
+    /// that (they are recomputed when needed); 0 keeps everything.
+    #[arg(
+        long,
+        env = "S3FERRY_STATE_MAX_AGE",
+        default_value = "90d",
+        value_name = "DURATION"
+    )]
+    pub state_max_age: String,
     /// fsync each downloaded file (and its directory) before it is renamed into place, so it
     /// survives a power loss too. Without it a crash of s3ferry still never leaves a partial file
     /// under the final name (renames are atomic), as with other sync tools; it costs about 1.7 s

@@ -316,6 +316,8 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
     let src = Side::new(src_store, loc_prefix(&src_loc));
     let dst = Side::new(dst_store, loc_prefix(&dst_loc));
 
+    let state_max_age = cli::parse_duration(&args.state_max_age)
+        .map_err(|e| Fatal(format!("--state-max-age: {e}")))?;
     let journal = if args.no_state {
         Journal::in_memory()?
     } else {
@@ -366,9 +368,20 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
         &dst_loc.to_string(),
         args.dry_run,
     );
-    let result = sync::run(src, dst, opts, Arc::new(journal), printer.clone()).await;
+    let journal = Arc::new(journal);
+    let result = sync::run(src, dst, opts, journal.clone(), printer.clone()).await;
     printer.finish_bar();
     let mut summary = result?;
+    if !args.no_state && !args.dry_run && !summary.interrupted && !state_max_age.is_zero() {
+        match journal.prune(sync::JOB, state_max_age).await {
+            Ok((0, 0)) => {}
+            Ok((records, hashes)) => tracing::info!(
+                "state: forgot {records} record(s) of pairs and {hashes} cached hash(es) unused for {}",
+                args.state_max_age
+            ),
+            Err(e) => tracing::warn!("state: pruning: {e}"),
+        }
+    }
     for s in [src_stats, dst_stats].into_iter().flatten() {
         summary.retries += s.retries();
         summary.throttled += s.throttles();

@@ -173,3 +173,48 @@ fn corrupt_state_database_is_moved_aside_and_rebuilt() {
     assert!(r.stderr.contains("truncated"), "{r}");
     assert_eq!(corrupt_copies(&cx.state).len(), 2);
 }
+
+/// Pairs not synced for --state-max-age lose their state (the next sync of such a pair
+/// compares content afresh); pairs in use keep theirs; 0 keeps everything.
+#[test]
+fn state_of_pairs_unused_for_the_max_age_is_forgotten() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("prune-state");
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[("a.txt", b"a"), ("d/b.txt", b"bb")]));
+    let db = cx.state.join("state.db");
+    cx.sync(&[s(&src), &b.uri("old")]).assert_ok();
+    cx.sync(&[s(&src), &b.uri("new")]).assert_ok();
+    let count = |scope_like: &str| -> i64 {
+        let c = rusqlite::Connection::open(&db).expect("open db");
+        c.query_row(
+            "SELECT count(*) FROM records WHERE job = 'sync' AND scope LIKE ?1",
+            [scope_like],
+            |r| r.get(0),
+        )
+        .expect("count")
+    };
+    assert!(count("%/old/") > 0 && count("%/new/") > 0);
+    // The "old" pair was last synced 100 days ago.
+    {
+        let c = rusqlite::Connection::open(&db).expect("open db");
+        c.execute(
+            "UPDATE scope_seen SET seen = seen - 8640000 WHERE scope LIKE '%/old/'",
+            [],
+        )
+        .expect("age");
+    }
+    cx.sync(&[s(&src), &b.uri("new"), "--state-max-age", "0"])
+        .assert_ok();
+    assert!(count("%/old/") > 0, "0 keeps everything");
+    cx.sync(&[s(&src), &b.uri("new")]).assert_ok();
+    assert_eq!(count("%/old/"), 0, "90 days by default: forgotten");
+    assert!(count("%/new/") > 0);
+    // The forgotten pair syncs again by content: nothing copied, state rebuilt.
+    let r = cx.sync(&[s(&src), &b.uri("old")]);
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 0, "{r}");
+    assert!(count("%/old/") > 0);
+    let e = cx.sync(&[s(&src), &b.uri("new"), "--state-max-age", "soon"]);
+    assert!(e.assert_fatal().contains("--state-max-age"));
+}
