@@ -55,7 +55,12 @@ pub(crate) fn kind_for(status: Option<u16>, code: Option<&str>) -> ErrorKind {
             | "RequestTimeoutException"
             | "BadGateway"
             | "GatewayTimeout"
-            | "IncompleteBody" => Some(ErrorKind::Transient),
+            | "IncompleteBody"
+            // The client's clock is off: the SDK measured the skew from the answer's Date, so
+            // the retry is signed with the corrected time.
+            | "RequestTimeTooSkewed"
+            | "RequestExpired"
+            | "RequestInTheFuture" => Some(ErrorKind::Transient),
             "BadDigest"
             | "InvalidDigest"
             | "XAmzContentChecksumMismatch"
@@ -142,6 +147,42 @@ fn chain_contains(err: &(dyn StdError + 'static), needle: &str) -> bool {
     false
 }
 
+/// How far (seconds, positive = ahead) this machine's signing clock is from the server's, when
+/// a request was refused the way a skewed signature is (403, or a skew error code) and the
+/// answer's `Date` shows a gap of more than 4 minutes (the SDK's own threshold). The SDK then
+/// has measured the skew, so a retry is signed right: such a refusal is transient, not a
+/// credentials problem. (A HEAD refused for skew carries no error code, only the 403 and the
+/// `Date`.)
+fn skewed(resp: Option<&HttpResponse>, code: Option<&str>) -> Option<i64> {
+    let resp = resp?;
+    let skew_code = matches!(
+        code,
+        Some(
+            "RequestTimeTooSkewed"
+                | "RequestExpired"
+                | "RequestInTheFuture"
+                | "SignatureDoesNotMatch"
+        )
+    );
+    if resp.status().as_u16() != 403 && !skew_code {
+        return None;
+    }
+    if code.is_some() && !skew_code {
+        return None; // AccessDenied and friends are what they say
+    }
+    let date = resp.headers().get("date")?;
+    let server =
+        aws_smithy_types::DateTime::from_str(date, aws_smithy_types::date_time::Format::HttpDate)
+            .ok()?;
+    let server = std::time::SystemTime::try_from(server).ok()?;
+    let ours = crate::s3::signing_now();
+    let secs = match ours.duration_since(server) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    (secs.abs() > 4 * 60).then_some(secs)
+}
+
 /// SdkError -> StoreError. Every SDK call goes through here.
 pub(crate) fn map_sdk_error<E>(
     ctx: &ErrCtx,
@@ -156,6 +197,18 @@ where
     let code = err.code().map(str::to_string);
     let request_id = err.request_id().map(str::to_string);
     let (kind, message) = match &err {
+        SdkError::ServiceError(_) if skewed(err.raw_response(), code.as_deref()).is_some() => {
+            let secs = skewed(err.raw_response(), code.as_deref()).unwrap_or_default();
+            (
+                ErrorKind::Transient,
+                format!(
+                    "{} ({}): this machine's clock is {secs} s {} the server's; retried, signed with the server's time",
+                    code.as_deref().unwrap_or("refused"),
+                    status.map_or("?".into(), |s| format!("HTTP {s}")),
+                    if secs < 0 { "behind" } else { "ahead of" }
+                ),
+            )
+        }
         SdkError::ServiceError(_) => {
             let kind = kind_for(status, code.as_deref());
             let message = match (kind, err.message()) {
@@ -283,6 +336,10 @@ mod tests {
         assert_eq!(
             kind_for(Some(403), Some("SignatureDoesNotMatch")),
             ErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            kind_for(Some(403), Some("RequestTimeTooSkewed")),
+            ErrorKind::Transient
         );
         assert_eq!(kind_for(Some(412), None), ErrorKind::PreconditionFailed);
         assert_eq!(

@@ -80,6 +80,34 @@ pub struct S3Config {
     /// How long to wait for the first byte of an answer (`None`: [`DEFAULT_READ_TIMEOUT`]); a
     /// server that accepts a request and never answers is then a retryable timeout, not a hang.
     pub read_timeout: Option<Duration>,
+    /// Seconds added to the clock the SDK signs with (0: the system clock). For tests of a
+    /// skewed client clock only.
+    pub clock_offset_secs: i64,
+}
+
+/// The offset of the clock requests are signed with (see [`S3Config::clock_offset_secs`]).
+static SIGNING_OFFSET: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// The time requests are signed with (the system clock, unless a test shifted it).
+pub(crate) fn signing_now() -> std::time::SystemTime {
+    use aws_smithy_async::time::TimeSource;
+    OffsetClock(SIGNING_OFFSET.load(std::sync::atomic::Ordering::Relaxed)).now()
+}
+
+/// The system clock shifted by a fixed offset (a client whose clock is off).
+#[derive(Debug)]
+struct OffsetClock(i64);
+
+impl aws_smithy_async::time::TimeSource for OffsetClock {
+    fn now(&self) -> std::time::SystemTime {
+        let now = std::time::SystemTime::now();
+        let d = Duration::from_secs(self.0.unsigned_abs());
+        if self.0 >= 0 {
+            now + d
+        } else {
+            now - d
+        }
+    }
 }
 
 /// See [`S3Config::read_timeout`].
@@ -159,6 +187,10 @@ impl S3Store {
             loader = loader
                 .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
                 .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        }
+        if cfg.clock_offset_secs != 0 {
+            SIGNING_OFFSET.store(cfg.clock_offset_secs, std::sync::atomic::Ordering::Relaxed);
+            loader = loader.time_source(OffsetClock(cfg.clock_offset_secs));
         }
         let sdk = loader.load().await;
 

@@ -38,7 +38,23 @@ fn s3_config(g: &Global, bucket: &str, role: Role) -> S3Config {
     cfg.checksum_when_required = g.checksum_mode == ChecksumMode::WhenRequired;
     // Checked when the command line is read (main), so a bad value never gets here.
     cfg.read_timeout = crate::cli::parse_duration(&g.read_timeout).ok();
+    cfg.clock_offset_secs = test_clock_offset();
     cfg
+}
+
+/// Test builds (feature "fault") sign with a clock shifted by S3FERRY_TEST_CLOCK_OFFSET seconds,
+/// to test a client whose clock is off.
+#[cfg(feature = "fault")]
+fn test_clock_offset() -> i64 {
+    std::env::var("S3FERRY_TEST_CLOCK_OFFSET")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(not(feature = "fault"))]
+fn test_clock_offset() -> i64 {
+    0
 }
 
 /// The process's request pacer (`--max-rps`), shared by every store it opens.
