@@ -183,6 +183,28 @@ fn skewed(resp: Option<&HttpResponse>, code: Option<&str>) -> Option<i64> {
     (secs.abs() > 4 * 60).then_some(secs)
 }
 
+/// A write refused over its checksum headers (servers that do not implement the SDK's
+/// `x-amz-checksum-*` headers or aws-chunked trailers answer 400/501 naming them) gets the
+/// way out appended: `--checksum-mode when-required`.
+fn checksum_hint(op: &str, status: Option<u16>, code: Option<&str>, message: String) -> String {
+    let write = matches!(
+        op,
+        "put" | "upload_part" | "create_multipart" | "complete_multipart"
+    );
+    let lower = format!("{} {}", code.unwrap_or(""), message).to_ascii_lowercase();
+    let about_checksums = ["checksum", "trailer", "chunked", "x-amz-sdk"]
+        .iter()
+        .any(|w| lower.contains(w));
+    if write
+        && matches!(status, Some(400 | 501))
+        && (about_checksums || code == Some("NotImplemented"))
+    {
+        format!("{message} (if this server does not support the request checksums S3 has, run with --checksum-mode when-required: s3ferry then sends Content-MD5 and still checks what it reads)")
+    } else {
+        message
+    }
+}
+
 /// SdkError -> StoreError. Every SDK call goes through here.
 pub(crate) fn map_sdk_error<E>(
     ctx: &ErrCtx,
@@ -217,7 +239,7 @@ where
                 (_, Some(m)) if !m.trim().is_empty() => one_line(m),
                 _ => default_message(kind, ctx),
             };
-            (kind, message)
+            (kind, checksum_hint(op, status, code.as_deref(), message))
         }
         SdkError::TimeoutError(_) => (
             ErrorKind::Transient,

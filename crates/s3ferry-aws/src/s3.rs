@@ -3,7 +3,8 @@
 //! The SDK's own retries are off (our retry layer does that, with its budget and adaptive
 //! limit); a 10 s connect timeout stays. Bodies are in-memory `Bytes`, so request checksums go
 //! in plain headers (never aws-chunked trailers): we send CRC64NVME ourselves on PUT, UploadPart
-//! and CompleteMultipartUpload unless `checksum_when_required` is set.
+//! and CompleteMultipartUpload unless `checksum_when_required` is set; then in-memory bodies
+//! carry Content-MD5 instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -438,6 +439,7 @@ impl S3Store {
         len: u64,
         body: SdkByteStream,
         crc: Option<u64>,
+        md5: Option<String>,
     ) -> Result<PartInfo> {
         let crc = if self.when_required { None } else { crc };
         let out = self
@@ -449,6 +451,7 @@ impl S3Store {
             .part_number(part_number as i32)
             .content_length(len as i64)
             .set_checksum_crc64_nvme(crc.map(crc64_to_b64))
+            .set_content_md5(md5)
             .body(body)
             .send()
             .await
@@ -469,12 +472,21 @@ impl S3Store {
         })
     }
 
+    /// The CRC64NVME a request carries: none with `when_required` (the server may reject
+    /// checksum headers; such requests carry Content-MD5 instead, see [`Self::md5_to_send`]).
     fn crc_to_send(&self, given: Option<u64>, body: &[u8]) -> Option<u64> {
         match given {
+            _ if self.when_required => None,
             Some(c) => Some(c),
-            None if !self.when_required => Some(crc64nvme(body)),
-            None => None,
+            None => Some(crc64nvme(body)),
         }
+    }
+
+    /// With `when_required`, an in-memory body carries Content-MD5, which every S3-compatible
+    /// server checks: the bytes are still verified on the way in.
+    fn md5_to_send(&self, body: &[u8]) -> Option<String> {
+        self.when_required
+            .then(|| s3ferry_store::checksum::md5_b64(body))
     }
 }
 
@@ -891,6 +903,7 @@ impl Store for S3Store {
             .set_server_side_encryption(opts.sse.as_deref().map(ServerSideEncryption::from))
             .set_ssekms_key_id(opts.sse_kms_key_id.clone())
             .set_checksum_crc64_nvme(crc.map(crc64_to_b64))
+            .set_content_md5(self.md5_to_send(&body))
             .body(SdkByteStream::from(body));
         req = with_headers!(req, &opts.headers);
         match &opts.mode {
@@ -973,6 +986,7 @@ impl Store for S3Store {
         crc: Option<u64>,
     ) -> Result<PartInfo> {
         let crc = self.crc_to_send(crc, &body);
+        let md5 = self.md5_to_send(&body);
         let len = body.len() as u64;
         self.send_part(
             key,
@@ -981,6 +995,7 @@ impl Store for S3Store {
             len,
             SdkByteStream::from(body),
             crc,
+            md5,
         )
         .await
     }
@@ -1009,7 +1024,7 @@ impl Store for S3Store {
                 )
                 .with_key(key)
             })?;
-        self.send_part(key, upload_id, part_number, file.len, body, crc)
+        self.send_part(key, upload_id, part_number, file.len, body, crc, None)
             .await
     }
 

@@ -1,0 +1,314 @@
+//! Behaviour of S3 that neither local server has, on small stand-in servers: S3's refusal of
+//! requests signed with a clock more than 15 minutes off (F13; SeaweedFS `weed mini` runs
+//! without auth and moto accepts any signature), and an S3-compatible server that rejects the
+//! SDK's checksum headers (F25).
+#![cfg(feature = "fault")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+/// One request as a stand-in sees it (header names lower-case).
+struct Req {
+    method: String,
+    target: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+type Reply = (&'static str, Vec<(String, String)>, Vec<u8>);
+
+/// A stand-in S3 on a free loopback port answering each request with `handle`; its endpoint.
+fn standin(handle: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().expect("clone"));
+                let mut w = conn;
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("").to_string();
+                let target = parts.next().unwrap_or("").to_string();
+                let mut headers = HashMap::new();
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                    }
+                }
+                let len = headers
+                    .get("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0usize);
+                let mut body = vec![0; len];
+                let _ = r.read_exact(&mut body);
+                let req = Req {
+                    method,
+                    target,
+                    headers,
+                    body,
+                };
+                let (status, headers, payload) = handle(&req);
+                let mut resp = format!(
+                    "HTTP/1.1 {status}\r\nConnection: close\r\nDate: {}\r\nx-amz-bucket-region: us-east-1\r\nContent-Length: {}\r\n",
+                    chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT"),
+                    payload.len()
+                );
+                for (k, v) in headers {
+                    resp += &format!("{k}: {v}\r\n");
+                }
+                resp += "\r\n";
+                let _ = w.write_all(resp.as_bytes());
+                if req.method != "HEAD" {
+                    let _ = w.write_all(&payload);
+                }
+                let _ = w.flush();
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn xml_error(status: &'static str, code: &str, msg: &str) -> Reply {
+    (
+        status,
+        vec![("Content-Type".into(), "application/xml".into())],
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{msg}</Message></Error>").into_bytes(),
+    )
+}
+
+fn list_xml(bucket: &str, objects: &[(String, Vec<u8>)]) -> Reply {
+    let mut xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>{bucket}</Name><Prefix></Prefix><KeyCount>{}</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>", objects.len());
+    for (k, d) in objects {
+        xml += &format!("<Contents><Key>{k}</Key><LastModified>2024-01-01T00:00:00.000Z</LastModified><ETag>&quot;{}&quot;</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>", s3ferry_store::checksum::md5_hex(d), d.len());
+    }
+    xml += "</ListBucketResult>";
+    (
+        "200 OK",
+        vec![("Content-Type".into(), "application/xml".into())],
+        xml.into_bytes(),
+    )
+}
+
+fn object_reply(d: &[u8]) -> Reply {
+    (
+        "200 OK",
+        vec![
+            (
+                "ETag".into(),
+                format!("\"{}\"", s3ferry_store::checksum::md5_hex(d)),
+            ),
+            (
+                "Last-Modified".into(),
+                "Mon, 01 Jan 2024 00:00:00 GMT".into(),
+            ),
+            ("Content-Type".into(), "application/octet-stream".into()),
+        ],
+        d.to_vec(),
+    )
+}
+
+/// `s3ferry --json --endpoint-url EP ARGS` with fake credentials and a fresh HOME and state.
+fn run_at(endpoint: &str, env: &[(&str, &str)], args: &[&str]) -> (Run, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("AWS_ACCESS_KEY_ID", "fake")
+        .env("AWS_SECRET_ACCESS_KEY", "fake-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("S3FERRY_STATE_DIR", dir.path().join("state"));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.args(["--json", "--endpoint-url", endpoint]).args(args);
+    (run_cmd(c, Duration::from_secs(60)), dir)
+}
+
+/// F13: S3 refuses a request whose `X-Amz-Date` is more than 15 minutes from its clock (a
+/// HEAD with a bare 403). s3ferry signing 20 minutes ahead or behind must still get the
+/// object, and a correct clock is never refused.
+#[test]
+fn a_client_clock_twenty_minutes_off_is_corrected() {
+    let refused = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let (r2, s2) = (refused.clone(), served.clone());
+    let hello = vec![("hello.txt".to_string(), b"hello".to_vec())];
+    let endpoint = standin(move |req| {
+        let signed = req.headers.get("x-amz-date").and_then(|v| {
+            chrono::NaiveDateTime::parse_from_str(v, "%Y%m%dT%H%M%SZ")
+                .ok()
+                .map(|t| t.and_utc())
+        });
+        if signed.is_none_or(|t| (t - chrono::Utc::now()).num_seconds().abs() > 15 * 60) {
+            r2.fetch_add(1, Ordering::SeqCst);
+            return xml_error(
+                "403 Forbidden",
+                "RequestTimeTooSkewed",
+                "The difference between the request time and the current time is too large.",
+            );
+        }
+        s2.fetch_add(1, Ordering::SeqCst);
+        if req.target.contains("list-type=2") {
+            list_xml("clock-bucket", &hello)
+        } else if req
+            .target
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .ends_with("/hello.txt")
+        {
+            object_reply(b"hello")
+        } else {
+            ("200 OK", vec![], vec![])
+        }
+    });
+    let sync_down = |offset: i64| {
+        let off = offset.to_string();
+        let dst = tempfile::tempdir().expect("tempdir");
+        let (r, _home) = run_at(
+            &endpoint,
+            &[("S3FERRY_TEST_CLOCK_OFFSET", &off)],
+            &["sync", "s3://clock-bucket/", s(dst.path())],
+        );
+        assert_eq!(r.code, 0, "offset {offset}: {r}");
+        assert_eq!(r.n("copied"), 1, "{r}");
+        assert_eq!(
+            std::fs::read(dst.path().join("hello.txt")).expect("hello"),
+            b"hello"
+        );
+    };
+    sync_down(20 * 60);
+    let after_ahead = refused.load(Ordering::SeqCst);
+    assert!(
+        after_ahead >= 1,
+        "the first request was signed 20 minutes ahead and refused"
+    );
+    assert!(
+        served.load(Ordering::SeqCst) >= 2,
+        "then the bucket check, listing and GET went through"
+    );
+    sync_down(-20 * 60);
+    assert!(
+        refused.load(Ordering::SeqCst) > after_ahead,
+        "a clock behind is refused too, then corrected"
+    );
+    let before = refused.load(Ordering::SeqCst);
+    sync_down(0);
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        before,
+        "a correct clock is never refused"
+    );
+}
+
+/// F25: a server that rejects the SDK's checksum headers (as some S3-compatible stores do) and
+/// checks Content-MD5. By default the upload fails with the way out in its message; with
+/// `--checksum-mode when-required` it succeeds, each body carrying a Content-MD5 the server
+/// verified.
+#[test]
+fn a_server_rejecting_checksum_headers_gets_a_hint_and_when_required_works() {
+    let stored: Arc<Mutex<Vec<(String, Vec<u8>, bool)>>> = Arc::default();
+    let st = stored.clone();
+    let endpoint = standin(move |req| {
+        let path = req.target.split('?').next().unwrap_or("").to_string();
+        let key = path
+            .trim_start_matches("/ck-bucket")
+            .trim_start_matches('/')
+            .to_string();
+        if req.method == "PUT" {
+            if let Some(h) = req.headers.keys().find(|h| {
+                h.starts_with("x-amz-checksum-")
+                    || h.starts_with("x-amz-sdk-checksum")
+                    || *h == "x-amz-trailer"
+            }) {
+                return xml_error(
+                    "400 Bad Request",
+                    "InvalidArgument",
+                    &format!("header {h} is not supported"),
+                );
+            }
+            let md5 = req.headers.get("content-md5").cloned();
+            if md5
+                .as_deref()
+                .is_some_and(|m| m != s3ferry_store::checksum::md5_b64(&req.body))
+            {
+                return xml_error(
+                    "400 Bad Request",
+                    "BadDigest",
+                    "The Content-MD5 you specified did not match what we received.",
+                );
+            }
+            st.lock()
+                .unwrap()
+                .push((key, req.body.clone(), md5.is_some()));
+            return (
+                "200 OK",
+                vec![(
+                    "ETag".into(),
+                    format!("\"{}\"", s3ferry_store::checksum::md5_hex(&req.body)),
+                )],
+                vec![],
+            );
+        }
+        let objects: Vec<(String, Vec<u8>)> = st
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, d, _)| (k.clone(), d.clone()))
+            .collect();
+        if req.target.contains("list-type=2") {
+            return list_xml("ck-bucket", &objects);
+        }
+        match objects.iter().find(|(k, _)| *k == key) {
+            Some((_, d)) => object_reply(d),
+            None if key.is_empty() => ("200 OK", vec![], vec![]),
+            None => xml_error("404 Not Found", "NoSuchKey", "no such key"),
+        }
+    });
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::write(src.path().join("a.txt"), b"checked on the way in").expect("write");
+    let (r, _h) = run_at(&endpoint, &[], &["sync", s(src.path()), "s3://ck-bucket/"]);
+    assert_ne!(r.code, 0, "{r}");
+    assert!(
+        r.to_string().contains("--checksum-mode when-required"),
+        "{r}"
+    );
+    assert!(stored.lock().unwrap().is_empty());
+    let (r, _h) = run_at(
+        &endpoint,
+        &[],
+        &[
+            "--checksum-mode",
+            "when-required",
+            "sync",
+            s(src.path()),
+            "s3://ck-bucket/",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let got = stored.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "a.txt");
+    assert_eq!(got[0].1, b"checked on the way in");
+    assert!(got[0].2, "the body carried a Content-MD5");
+}
