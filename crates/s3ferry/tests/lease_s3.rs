@@ -57,3 +57,36 @@ fn lease_on_a_real_server() {
         c.release().await.expect("release c");
     });
 }
+
+/// F22: many nodes start at the same instant on a free lease: exactly one holds it (fence 1);
+/// the others wait and give up naming the holder; none gets a fence of its own meanwhile.
+#[test]
+fn nodes_starting_together_get_exactly_one_lease() {
+    let Some(ctx) = Ctx::new() else { return };
+    let b = ctx.bucket("lease-race");
+    let store: DynStore = Arc::new(b.store.clone());
+    b.block_on(async {
+        let tries = (0..8).map(|i| {
+            let store = store.clone();
+            tokio::spawn(
+                async move { Lease::acquire(store, cfg(&format!("n{i}"), 60_000, 500)).await },
+            )
+        });
+        let results = futures::future::join_all(tries).await;
+        let mut holders = Vec::new();
+        for r in results {
+            match r.expect("task") {
+                Ok(l) => holders.push(l),
+                Err(e @ LeaseError::WaitExpired { .. }) => {
+                    assert!(e.to_string().contains("held by n"), "{e}")
+                }
+                Err(e) => panic!("unexpected: {e}"),
+            }
+        }
+        assert_eq!(holders.len(), 1, "exactly one node holds the lease");
+        assert_eq!(holders[0].fence(), 1);
+        if let Some(l) = holders.pop() {
+            l.release().await.expect("release");
+        }
+    });
+}
