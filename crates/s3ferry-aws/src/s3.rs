@@ -1324,6 +1324,7 @@ impl Store for S3Store {
                             status: None,
                             code: code.map(str::to_string),
                             request_id: None,
+                            retry_after: None,
                         });
                         results.push(Err(e));
                     }

@@ -75,6 +75,9 @@ pub struct HttpInfo {
     pub status: Option<u16>,
     pub code: Option<String>,
     pub request_id: Option<String>,
+    /// The server's `Retry-After` (delta-seconds, or an HTTP date turned into the wait from
+    /// now), when it sent one. The retry layer waits at least this long before the next try.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 #[derive(Debug)]
