@@ -389,6 +389,11 @@ fn walk(
     let first = match read(&start_dir, start_key) {
         Ok(v) => v,
         Err(e) if e.kind == ErrorKind::NotFound => return,
+        Err(mut e) if e.retryable() => {
+            e.key = None; // retried by the retry layer, like any failed listing (see below)
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
         Err(e) => {
             let _ = tx.blocking_send(Err(e));
             return;
@@ -420,6 +425,14 @@ fn walk(
                     key_prefix: dkey,
                     entries: v.into_iter(),
                 }),
+                Err(mut e) if e.retryable() => {
+                    // Out of file descriptors: not this directory's fault. End the listing with
+                    // an error that names no key, so the retry layer lists again after the last
+                    // key it passed on, after a backoff.
+                    e.key = None;
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
                 Err(e) => {
                     if tx.blocking_send(Err(e.with_key(dkey))).is_err() {
                         return;

@@ -6,6 +6,7 @@ mod batch;
 mod bisync;
 mod bundle;
 mod cli;
+mod limits;
 mod output;
 mod overlap;
 mod pipe;
@@ -259,8 +260,9 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
             args.part_size
         )));
     }
+    let concurrency = args.concurrency.unwrap_or_else(limits::default_concurrency);
     for (flag, v) in [
-        ("--concurrency", args.concurrency),
+        ("--concurrency", concurrency),
         ("--part-concurrency", args.part_concurrency),
     ] {
         if v == 0 || v > MAX_CONCURRENCY {
@@ -275,6 +277,9 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
             "--max-memory {} is less than one part (--part-size {}): nothing could be transferred",
             args.max_memory, args.part_size
         )));
+    }
+    if let Some(w) = args.concurrency.and_then(limits::concurrency_warning) {
+        eprintln!("s3ferry: warning: {w}");
     }
     let src_endpoint = g
         .source_endpoint_url
@@ -341,7 +346,7 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
         dry_run: args.dry_run,
         max_delete: max_delete.unwrap_or(DEFAULT_MAX_DELETE),
         max_delete_explicit: max_delete.is_some(),
-        concurrency: args.concurrency.max(1),
+        concurrency,
         transfer,
         retry_failed: true,
         interrupt: Arc::default(),

@@ -976,3 +976,81 @@ fn sigint_stops_cleanly_with_a_summary() {
         .assert_ok();
     assert_eq!(b.objects("p/"), files);
 }
+
+/// `s3ferry ARGS` under an open-files limit of `nofile` (soft and hard), through util-linux
+/// `prlimit`, with the environment of [`Ctx::cmd`]. `None` (and a loud skip) without prlimit.
+#[allow(clippy::print_stderr)]
+fn with_nofile(cx: &Ctx, nofile: u32, args: &[&str]) -> Option<Run> {
+    let probe = Command::new("prlimit")
+        .args([&format!("--nofile={nofile}:{nofile}"), "--", "true"])
+        .status();
+    if !matches!(probe, Ok(s) if s.success()) {
+        eprintln!("SKIP: `prlimit --nofile` is not available here");
+        return None;
+    }
+    let mut c = Command::new("prlimit");
+    c.args([&format!("--nofile={nofile}:{nofile}"), "--", BIN]);
+    c.args(args);
+    for (k, v) in cx.cmd().get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.stdin(std::process::Stdio::null());
+    Some(run_cmd(c, RUN_TIMEOUT))
+}
+
+/// Under `ulimit -n 64` the default --concurrency (64 elsewhere) is lowered to what fits, so a
+/// few hundred files go up and come back down without one "Too many open files"; an explicit
+/// --concurrency that cannot fit is warned about in one line.
+#[test]
+fn a_low_open_files_limit_lowers_the_default_concurrency() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("nofile");
+    let src = cx.path("src");
+    let files: std::collections::BTreeMap<String, Vec<u8>> = (0..300)
+        .map(|i| {
+            (
+                format!("d{}/f{i:03}.txt", i % 10),
+                format!("file {i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    write_tree(&src, &files);
+    let uri = b.uri("p");
+    let sync = |args: &[&str]| {
+        let mut all = vec!["--json", "--no-progress", "sync"];
+        all.extend_from_slice(args);
+        with_nofile(&cx, 64, &all)
+    };
+    let Some(up) = sync(&[s(&src), &uri]) else {
+        return;
+    };
+    up.assert_ok();
+    assert_eq!(up.n("copied"), 300, "{up}");
+    assert!(!up.stderr.contains("open files"), "{up}");
+    assert_eq!(b.objects("p/"), files);
+
+    let down = cx.path("down");
+    let Some(r) = sync(&[&uri, s(&down)]) else {
+        return;
+    };
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 300, "{r}");
+    assert!(!r.stderr.contains("open files"), "{r}");
+    assert_eq!(read_tree(&down), files);
+
+    // An explicit value is the user's: kept, with one warning line naming the limit.
+    let Some(r) = sync(&["--concurrency", "64", "--dry-run", s(&src), &b.uri("q")]) else {
+        return;
+    };
+    assert_eq!(r.code, 0, "{r}");
+    let warnings: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("s3ferry: warning: --concurrency 64"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{r}");
+    assert!(warnings[0].contains("open-files limit of 64"), "{r}");
+}
