@@ -752,13 +752,8 @@ impl Store for S3Store {
                         .with_key(key));
                     }
                 }
-                if r.start > meta.size {
-                    return Err(StoreError::new(
-                        ErrorKind::InvalidInput,
-                        "get",
-                        format!("range {r:?} outside 0..{}", meta.size),
-                    )
-                    .with_key(key));
+                if let Err(m) = s3ferry_store::covered_range(Some(r.clone()), meta.size) {
+                    return Err(StoreError::new(ErrorKind::InvalidInput, "get", m).with_key(key));
                 }
                 return Ok(GetResult {
                     meta,
@@ -774,6 +769,9 @@ impl Store for S3Store {
             .key(key)
             .set_if_match(opts.if_match.clone());
         match &opts.range {
+            // An end beyond any real size (past i64, which servers parse into) is sent
+            // open-ended: the answer is clamped to the object either way.
+            Some(r) if r.end > i64::MAX as u64 => req = req.range(format!("bytes={}-", r.start)),
             Some(r) => req = req.range(format!("bytes={}-{}", r.start, r.end - 1)),
             None => req = req.checksum_mode(ChecksumMode::Enabled),
         }

@@ -593,15 +593,8 @@ impl Store for LocalStore {
             let f = File::open(&path).map_err(|e| read_io("get", &k, e))?;
             let meta = meta_of(k.clone(), &md);
             let size = meta.size;
-            let range = want.unwrap_or(0..size);
-            if range.start > range.end || range.end > size {
-                return Err(err(
-                    ErrorKind::InvalidInput,
-                    "get",
-                    &k,
-                    format!("range {range:?} outside 0..{size}"),
-                ));
-            }
+            let range = crate::covered_range(want, size)
+                .map_err(|m| err(ErrorKind::InvalidInput, "get", &k, m))?;
             if range.end - range.start > READ_CHUNK {
                 return Ok((f, meta, range, None));
             }
