@@ -58,6 +58,22 @@ fn read_io(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
     se
 }
 
+/// An I/O error while writing `key` through its temp file `tmp`. A full disk names the file
+/// being written (the final path), since that error stops the job: `writing /dst/a.bin: No space
+/// left on device (os error 28)`.
+fn write_io(op: &'static str, key: &str, tmp: &Path, e: std::io::Error) -> StoreError {
+    let mut se = StoreError::io(op, key, e);
+    if se.kind == ErrorKind::StorageFull {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        se.message = format!(
+            "writing {}: {}",
+            tmp.with_file_name(name).display(),
+            se.message
+        );
+    }
+    se
+}
+
 fn unsafe_key(op: &'static str, key: &str, why: UnsafeKey) -> StoreError {
     err(
         ErrorKind::InvalidInput,
@@ -214,7 +230,7 @@ impl LocalStore {
         dst: &Path,
         opts: &PutOptions,
     ) -> Result<()> {
-        let io = |e| StoreError::io(op, key, e);
+        let io = |e| write_io(op, key, tmp, e);
         if let Some(t) = opts.mtime {
             filetime::set_file_handle_times(
                 file,
@@ -675,9 +691,9 @@ impl Store for LocalStore {
             let (dir, dst) = Self::prepare_write(&this.root, op, &key)?;
             let tmp = Self::temp_path(&dir, &temp_id());
             let res = (|| {
-                let mut f = File::create(&tmp).map_err(|e| StoreError::io(op, &key, e))?;
+                let mut f = File::create(&tmp).map_err(|e| write_io(op, &key, &tmp, e))?;
                 f.write_all(&body)
-                    .map_err(|e| StoreError::io(op, &key, e))?;
+                    .map_err(|e| write_io(op, &key, &tmp, e))?;
                 this.finish_staged(op, &key, &f, &tmp, &dst, &opts)
             })();
             if res.is_err() {
@@ -759,9 +775,9 @@ impl Store for LocalStore {
             let f = OpenOptions::new()
                 .write(true)
                 .open(&tmp)
-                .map_err(|e| StoreError::io(op, &key, e))?;
+                .map_err(|e| write_io(op, &key, &tmp, e))?;
             f.write_all_at(&body, layout.offset(part_number))
-                .map_err(|e| StoreError::io(op, &key, e))?;
+                .map_err(|e| write_io(op, &key, &tmp, e))?;
             Ok(PartInfo {
                 part_number,
                 etag: format!("{part_crc:016x}-{}", body.len()),
@@ -919,8 +935,8 @@ impl Store for LocalStore {
                 .read(true)
                 .write(true)
                 .open(&tmp)
-                .map_err(|e| StoreError::io(op, &key, e))?;
-            f.set_len(total).map_err(|e| StoreError::io(op, &key, e))?;
+                .map_err(|e| write_io(op, &key, &tmp, e))?;
+            f.set_len(total).map_err(|e| write_io(op, &key, &tmp, e))?;
             let got = whole;
             if crc.is_some_and(|c| c != got) {
                 return Err(err(
@@ -1017,11 +1033,11 @@ impl Store for LocalStore {
             let (dir, dst) = Self::prepare_write(&this.root, op, &dst_key)?;
             let tmp = Self::temp_path(&dir, &temp_id());
             let res = (|| {
-                std::fs::copy(&from, &tmp).map_err(|e| StoreError::io(op, &dst_key, e))?;
+                std::fs::copy(&from, &tmp).map_err(|e| write_io(op, &dst_key, &tmp, e))?;
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&tmp)
-                    .map_err(|e| StoreError::io(op, &dst_key, e))?;
+                    .map_err(|e| write_io(op, &dst_key, &tmp, e))?;
                 let put = opts
                     .replace
                     .clone()

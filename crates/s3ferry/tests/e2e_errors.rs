@@ -1054,3 +1054,61 @@ fn a_low_open_files_limit_lowers_the_default_concurrency() {
     assert_eq!(warnings.len(), 1, "{r}");
     assert!(warnings[0].contains("open-files limit of 64"), "{r}");
 }
+
+/// A 2 MiB tmpfs mounted for one test, unmounted on drop.
+struct TinyFs(std::path::PathBuf);
+
+impl TinyFs {
+    #[allow(clippy::print_stderr)]
+    fn mount(dir: &std::path::Path) -> Option<TinyFs> {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !matches!(ok, Ok(s) if s.success()) {
+            eprintln!("SKIP: cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): F14 untested");
+            return None;
+        }
+        Some(TinyFs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// F14: the disk fills up while a download is written. Exit 2 with one line naming the file
+/// being written; no temp file left; no truncated file under the final name; the files that
+/// fit are complete.
+#[test]
+fn disk_full_during_a_download_is_fatal_and_leaves_nothing_partial() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("enospc");
+    let big = random_bytes(3 << 20, 14);
+    b.put("p/a.txt", b"small\n");
+    b.put("p/big.bin", &big);
+    let Some(fs) = TinyFs::mount(&cx.path("tiny")) else {
+        return;
+    };
+    let dest = fs.0.join("dest");
+    let r = cx.sync(&[&b.uri("p"), s(&dest)]);
+    let line = r.assert_fatal();
+    let path = dest.join("big.bin");
+    assert!(
+        line.contains(&format!("writing {}", path.display())) && line.contains("No space left"),
+        "{line}"
+    );
+    assert!(!path.exists(), "a truncated big.bin under its final name");
+    let left = all_entries(&fs.0);
+    assert!(
+        left.iter().all(|e| !e.contains(".s3ferry-tmp.")),
+        "temp files left: {left:?}"
+    );
+    if dest.join("a.txt").exists() {
+        assert_eq!(std::fs::read(dest.join("a.txt")).unwrap(), b"small\n");
+    }
+}
