@@ -1112,3 +1112,93 @@ fn disk_full_during_a_download_is_fatal_and_leaves_nothing_partial() {
         assert_eq!(std::fs::read(dest.join("a.txt")).unwrap(), b"small\n");
     }
 }
+
+/// F39: a destination directory that is a symlink to a directory outside (`a -> outside/`) is
+/// never written through: key `a/passwd` fails alone (exit 1) and the outside directory stays
+/// empty; a symlink to a file outside, where an object of the same key arrives, is not replaced
+/// (fails alone) and the outside file is untouched; the rest is synced.
+#[test]
+fn symlinks_in_the_destination_are_never_written_through() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("dstlink");
+    b.put("p/a/passwd", b"root:x:0:0\n");
+    b.put("p/b", b"new b\n");
+    b.put("p/c.txt", b"c\n");
+    let outside = cx.path("outside");
+    std::fs::create_dir_all(outside.join("dir")).unwrap();
+    std::fs::write(outside.join("file"), b"outside file\n").unwrap();
+    let dest = cx.path("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::os::unix::fs::symlink(outside.join("dir"), dest.join("a")).unwrap();
+    std::os::unix::fs::symlink(outside.join("file"), dest.join("b")).unwrap();
+
+    let r = cx.sync(&[&b.uri("p"), s(&dest)]);
+    assert_eq!(r.code, 1, "{r}");
+    let mut failed = r.keys("fail");
+    failed.sort();
+    assert_eq!(failed, ["a/passwd", "b"], "{r}");
+    for fail in r.records("fail") {
+        assert!(
+            fail["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("is a symlink; not"),
+            "{r}"
+        );
+    }
+    assert_eq!(all_entries(&outside.join("dir")), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read(outside.join("file")).unwrap(),
+        b"outside file\n"
+    );
+    assert!(
+        dest.join("a").is_symlink(),
+        "the user's links are left alone"
+    );
+    assert!(
+        dest.join("b").is_symlink(),
+        "the user's links are left alone"
+    );
+    assert_eq!(std::fs::read(dest.join("c.txt")).unwrap(), b"c\n");
+}
+
+/// F35: a file whose name is in NFD (decomposed) form goes up as exactly those bytes, comes
+/// back down under the same name, and re-syncs in both directions copy nothing: one identity,
+/// no NFC/NFD flip-flop.
+#[test]
+fn nfd_names_round_trip_and_resync_is_a_no_op() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("nfd");
+    let nfd = "cafe\u{301}/re\u{301}sume\u{301}.txt"; // café/résumé.txt, decomposed
+    let nfc = "caf\u{e9}/r\u{e9}sum\u{e9}.txt";
+    assert_ne!(nfd.as_bytes(), nfc.as_bytes());
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[(nfd, b"decomposed\n")]));
+
+    let up = cx.sync(&[s(&src), &b.uri("p")]);
+    up.assert_ok();
+    assert_eq!(b.keys("p/"), [nfd], "the key is the name's bytes");
+    let down = cx.path("down");
+    let r = cx.sync(&[&b.uri("p"), s(&down)]);
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 1, "{r}");
+    assert_eq!(
+        walk_files(&down)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>(),
+        [nfd.to_string()]
+    );
+    for (from, to) in [
+        (s(&src).to_string(), b.uri("p")),
+        (b.uri("p"), s(&down).to_string()),
+    ] {
+        let r = cx.sync(&[&from, &to]);
+        r.assert_ok();
+        assert_eq!(r.n("copied"), 0, "re-sync {from} -> {to}: {r}");
+    }
+    // With --no-state too (content compared afresh).
+    let r = cx.sync(&["--no-state", &b.uri("p"), s(&down)]);
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 0, "{r}");
+}
