@@ -1202,3 +1202,79 @@ fn nfd_names_round_trip_and_resync_is_a_no_op() {
     r.assert_ok();
     assert_eq!(r.n("copied"), 0, "{r}");
 }
+
+/// `s` contains `Signature=` followed by a hex digit (a SigV4 signature in an Authorization
+/// header or a presigned URL's `X-Amz-Signature=`).
+fn has_signature(s: &str) -> bool {
+    s.match_indices("Signature=").any(|(i, m)| {
+        s[i + m.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_hexdigit())
+    })
+}
+
+/// F48: the most verbose logs of a sync up and down (`-vv`, `--log-level debug`, and
+/// S3FERRY_LOG=trace, which lets the SDK's own tracing through) never print the secret access
+/// key, a session token or a request signature. (No option takes a secret on the command line:
+/// credentials come only from the environment, profiles and the SDK's chain.)
+#[test]
+fn verbose_logs_never_print_secrets_or_signatures() {
+    let Some(cx) = Ctx::new() else { return };
+    let secret = secret_key();
+    assert!(
+        secret.len() >= 8,
+        "a secret too short to search for: {secret:?}"
+    );
+    let token = "s3ferry-test-session-token-0123456789";
+    let b = cx.bucket("secrets");
+    let src = cx.path("src");
+    write_tree(
+        &src,
+        &tree(&[("a.txt", b"a"), ("d/b.bin", &random_bytes(70_000, 48))]),
+    );
+    let cases: [(&[&str], &[(&str, &str)]); 3] = [
+        (&["-vv"], &[]),
+        (&["--log-level", "debug"], &[]),
+        (&[], &[("S3FERRY_LOG", "trace")]),
+    ];
+    for (i, (flags, env)) in cases.iter().enumerate() {
+        let down = cx.path(&format!("down{i}"));
+        let prefix = format!("p{i}");
+        for (from, to) in [
+            (s(&src).to_string(), b.uri(&prefix)),
+            (b.uri(&prefix), s(&down).to_string()),
+        ] {
+            let mut args: Vec<&str> = flags.to_vec();
+            args.extend(["--no-progress", "sync", &from, &to]);
+            let mut env = env.to_vec();
+            env.push(("AWS_SESSION_TOKEN", token));
+            let r = cx.run_env(&args, &env);
+            assert_eq!(r.code, 0, "{flags:?} {env:?}: {r}");
+            let all = format!("{}{}", r.stdout, r.stderr);
+            assert!(
+                !all.contains(&secret),
+                "{flags:?} {env:?}: secret key printed"
+            );
+            assert!(
+                !all.contains(token),
+                "{flags:?} {env:?}: session token printed"
+            );
+            assert!(
+                !has_signature(&all),
+                "{flags:?} {env:?}: a signature printed"
+            );
+        }
+    }
+    // The trace run did log the SDK's signing step (so the check above looked at it).
+    let r = cx.run_env(
+        &["--no-progress", "sync", s(&src), &b.uri("q")],
+        &[("S3FERRY_LOG", "trace")],
+    );
+    assert!(
+        r.stderr.contains("signing"),
+        "{}",
+        &r.stderr[..r.stderr.len().min(2000)]
+    );
+    assert!(!r.stderr.contains(&secret) && !has_signature(&r.stderr));
+}
