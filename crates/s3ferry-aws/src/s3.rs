@@ -80,6 +80,32 @@ pub struct S3Config {
     /// How long to wait for the first byte of an answer (`None`: [`DEFAULT_READ_TIMEOUT`]); a
     /// server that accepts a request and never answers is then a retryable timeout, not a hang.
     pub read_timeout: Option<Duration>,
+    /// Send `x-amz-request-payer: requester` on every request (Requester Pays buckets).
+    pub request_payer: bool,
+}
+
+/// Adds `x-amz-request-payer: requester` to every request of a client, before it is signed:
+/// one place for every operation, including the ones added later.
+#[derive(Debug)]
+struct RequesterPays;
+
+impl aws_sdk_s3::config::Intercept for RequesterPays {
+    fn name(&self) -> &'static str {
+        "s3ferry::RequesterPays"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut<'_>,
+        _rc: &aws_sdk_s3::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> std::result::Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        context
+            .request_mut()
+            .headers_mut()
+            .insert("x-amz-request-payer", "requester");
+        Ok(())
+    }
 }
 
 /// See [`S3Config::read_timeout`].
@@ -184,6 +210,9 @@ impl S3Store {
         s3 = s3.force_path_style(cfg.force_path_style.unwrap_or(endpoint.is_some()));
         let server = Arc::new(std::sync::OnceLock::new());
         s3 = s3.interceptor(ServerHeader(server.clone()));
+        if cfg.request_payer {
+            s3 = s3.interceptor(RequesterPays);
+        }
 
         let endpoint_desc = endpoint
             .clone()

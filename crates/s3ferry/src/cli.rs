@@ -64,6 +64,10 @@ pub struct Global {
         value_name = "MODE"
     )]
     pub checksum_mode: ChecksumMode,
+    /// Requester Pays buckets: `requester` sends `x-amz-request-payer: requester` on every S3
+    /// request (both sides), so this account is charged for the requests and the data sent.
+    #[arg(long, global = true, value_parser = ["requester"], value_name = "PAYER")]
+    pub request_payer: Option<String>,
     /// Print one JSON object per line (begin, one per object, summary) instead of text.
     #[arg(long, global = true)]
     pub json: bool,

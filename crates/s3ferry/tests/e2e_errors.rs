@@ -1233,7 +1233,9 @@ fn verbose_logs_never_print_secrets_or_signatures() {
         &src,
         &tree(&[("a.txt", b"a"), ("d/b.bin", &random_bytes(70_000, 48))]),
     );
-    let cases: [(&[&str], &[(&str, &str)]); 3] = [
+    type Flags<'a> = &'a [&'a str];
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Flags, Env); 3] = [
         (&["-vv"], &[]),
         (&["--log-level", "debug"], &[]),
         (&[], &[("S3FERRY_LOG", "trace")]),
@@ -1277,4 +1279,147 @@ fn verbose_logs_never_print_secrets_or_signatures() {
         &r.stderr[..r.stderr.len().min(2000)]
     );
     assert!(!r.stderr.contains(&secret) && !has_signature(&r.stderr));
+}
+
+/// A TCP forwarder to `upstream` (`http://host:port`) that keeps every byte the client sent,
+/// per connection: to see the requests s3ferry puts on the wire to the real server.
+fn recording_forwarder(upstream: &str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use std::io::{Read, Write};
+    let up = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(client) = conn else { continue };
+            let Ok(server) = std::net::TcpStream::connect(&up) else {
+                continue;
+            };
+            let slot = {
+                let mut s = seen2.lock().unwrap();
+                s.push(Vec::new());
+                s.len() - 1
+            };
+            let (mut c_in, mut s_out) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            let seen3 = seen2.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64 * 1024];
+                while let Ok(n) = c_in.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    // Recorded before it is forwarded, so before any answer to it.
+                    seen3.lock().unwrap()[slot].extend_from_slice(&buf[..n]);
+                    if s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_out.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+                let _ = c_out.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+/// The request lines in the recorded client bytes, each with whether its head carries
+/// `x-amz-request-payer: requester`.
+fn requests_seen(seen: &std::sync::Mutex<Vec<Vec<u8>>>) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = Vec::new();
+    for conn in seen.lock().unwrap().iter() {
+        let text = String::from_utf8_lossy(conn);
+        for line in text.split("\r\n") {
+            let is_request = ["GET /", "PUT /", "POST /", "HEAD /", "DELETE /"]
+                .iter()
+                .any(|m| line.starts_with(m))
+                && line.ends_with(" HTTP/1.1");
+            if is_request {
+                out.push((line.to_string(), false));
+            } else if line.eq_ignore_ascii_case("x-amz-request-payer: requester") {
+                if let Some(last) = out.last_mut() {
+                    last.1 = true;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (requests, of which carry the header, the request lines of those that do not).
+fn count_request_payer(seen: &std::sync::Mutex<Vec<Vec<u8>>>) -> (usize, usize, Vec<String>) {
+    let r = requests_seen(seen);
+    let missing: Vec<String> = r
+        .iter()
+        .filter(|(_, p)| !p)
+        .map(|(l, _)| l.clone())
+        .collect();
+    (r.len(), r.len() - missing.len(), missing)
+}
+
+/// `--request-payer requester` puts `x-amz-request-payer: requester` on every S3 request of a
+/// sync, up and down (list, head, put, get, delete, multipart), as seen on the wire to the real
+/// server; without the flag, on none.
+#[test]
+fn request_payer_is_sent_on_every_request() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("payer");
+    let src = cx.path("src");
+    write_tree(
+        &src,
+        &tree(&[
+            ("a.txt", b"a"),
+            ("d/b.txt", b"b"),
+            ("big.bin", &random_bytes(9 << 20, 7)),
+        ]),
+    );
+    b.put("p/stale", b"to delete");
+    let (endpoint, seen) = recording_forwarder(&cx.endpoint);
+    let down = cx.path("down");
+    for (from, to) in [
+        (s(&src).to_string(), b.uri("p")),
+        (b.uri("p"), s(&down).to_string()),
+    ] {
+        let r = cx.sync(&[
+            "--endpoint-url",
+            &endpoint,
+            "--request-payer",
+            "requester",
+            "--delete",
+            "--max-delete",
+            "1",
+            &from,
+            &to,
+        ]);
+        r.assert_ok();
+    }
+    assert_eq!(read_tree(&down).len(), 3);
+    let (requests, payer, missing) = count_request_payer(&seen);
+    assert!(requests >= 10, "{requests} requests seen");
+    assert_eq!(payer, requests, "requests without the header: {missing:?}");
+
+    seen.lock().unwrap().clear();
+    let r = cx.sync(&[
+        "--endpoint-url",
+        &endpoint,
+        "--checksum",
+        &b.uri("p"),
+        s(&down),
+    ]);
+    r.assert_ok();
+    let (requests, payer, _) = count_request_payer(&seen);
+    assert!(
+        requests > 0 && payer == 0,
+        "{requests} requests, {payer} with the header"
+    );
 }
