@@ -708,6 +708,114 @@ fn absurd_numeric_options_are_refused() {
     assert_eq!(b.keys(""), ["p/a"]);
 }
 
+/// pipe, bisync and batch refuse the same numbers as sync, with the same words (one shared
+/// check): exit 2, one line.
+#[test]
+fn absurd_numeric_options_are_refused_by_every_job() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("absurd-jobs");
+    let dir = cx.path("local");
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = cx.path("m.csv");
+    std::fs::write(&m, format!("{},a\n", b.name)).unwrap();
+    let (obj, pre) = (b.uri("k"), b.uri("p"));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["pipe", "up", "--part-concurrency", "0", &obj],
+            "--part-concurrency 0 is out of range: give 1 to 4096",
+        ),
+        (
+            vec!["pipe", "down", "--part-concurrency", "5000", &obj],
+            "--part-concurrency 5000 is out of range: give 1 to 4096",
+        ),
+        (
+            vec![
+                "pipe",
+                "up",
+                "--part-size",
+                "6GiB",
+                "--max-memory",
+                "8GiB",
+                &obj,
+            ],
+            "5 GiB maximum",
+        ),
+        (
+            vec![
+                "pipe",
+                "up",
+                "--part-size",
+                "64MiB",
+                "--max-memory",
+                "32MiB",
+                &obj,
+            ],
+            "less than one part",
+        ),
+        (
+            vec!["bisync", "--poll", "0", "--concurrency", "0", s(&dir), &pre],
+            "--concurrency 0 is out of range: give 1 to 4096",
+        ),
+        (
+            vec![
+                "bisync",
+                "--poll",
+                "0",
+                "--concurrency",
+                "5000",
+                s(&dir),
+                &pre,
+            ],
+            "--concurrency 5000 is out of range: give 1 to 4096",
+        ),
+        (
+            vec![
+                "batch",
+                "run",
+                "--manifest",
+                s(&m),
+                "--to",
+                &pre,
+                "--concurrency",
+                "0",
+            ],
+            "--concurrency 0 is out of range: give 1 to 4096",
+        ),
+        (
+            vec![
+                "batch",
+                "run",
+                "--manifest",
+                s(&m),
+                "--to",
+                &pre,
+                "--part-size",
+                "4MiB",
+            ],
+            "5 MiB minimum",
+        ),
+        (
+            vec![
+                "batch",
+                "run",
+                "--manifest",
+                s(&m),
+                "--to",
+                &pre,
+                "--part-size",
+                "6GiB",
+            ],
+            "5 GiB maximum",
+        ),
+    ];
+    for (args, needle) in cases {
+        let r = cx.run(&args);
+        let line = r.assert_fatal();
+        assert!(line.contains(needle), "{args:?}: {line}");
+    }
+    assert!(b.keys("").is_empty(), "a refused run wrote objects");
+}
+
 /// FIFOs, sockets, devices and symlinks in a local source are never opened (a FIFO would
 /// block the sync forever): each is a `skip` record naming its type, counted as skipped, and
 /// `--delete` leaves a destination object of the same name alone.
