@@ -799,11 +799,13 @@ impl Store for LocalStore {
         let (tmp, layout) = self.upload_paths(op, key, upload_id)?;
         Self::check_part(op, key, &layout, part_number, len)?;
         let k = key.to_string();
+        let tmp = Arc::new(tmp);
+        let t = tmp.clone();
         let file = blocking(move || {
             OpenOptions::new()
                 .write(true)
-                .open(&tmp)
-                .map_err(|e| StoreError::io(op, &k, e))
+                .open(&*t)
+                .map_err(|e| write_io(op, &k, &t, e))
         })
         .await?;
         let file = Arc::new(file);
@@ -834,13 +836,14 @@ impl Store for LocalStore {
                     ));
                 }
                 let (f, k, chunks) = (file.clone(), key.to_string(), std::mem::take(&mut batch));
+                let t = tmp.clone();
                 let at = start + pos;
                 crc = blocking(move || {
                     let mut off = at;
                     let mut crc = crc;
                     for c in &chunks {
                         f.write_all_at(c, off)
-                            .map_err(|e| StoreError::io(op, &k, e))?;
+                            .map_err(|e| write_io(op, &k, &t, e))?;
                         crc = crc64nvme_combine(crc, crc64nvme(c), c.len() as u64);
                         off += c.len() as u64;
                     }

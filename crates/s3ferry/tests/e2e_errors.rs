@@ -1163,15 +1163,15 @@ fn a_low_open_files_limit_lowers_the_default_concurrency() {
     assert!(warnings[0].contains("open-files limit of 64"), "{r}");
 }
 
-/// A 2 MiB tmpfs mounted for one test, unmounted on drop.
+/// A small tmpfs (`size` as mount takes it: `2m`) mounted for one test, unmounted on drop.
 struct TinyFs(std::path::PathBuf);
 
 impl TinyFs {
     #[allow(clippy::print_stderr)]
-    fn mount(dir: &std::path::Path) -> Option<TinyFs> {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<TinyFs> {
         std::fs::create_dir_all(dir).expect("mount point");
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
             .stderr(std::process::Stdio::null())
             .status();
@@ -1199,7 +1199,7 @@ fn disk_full_during_a_download_is_fatal_and_leaves_nothing_partial() {
     let big = random_bytes(3 << 20, 14);
     b.put("p/a.txt", b"small\n");
     b.put("p/big.bin", &big);
-    let Some(fs) = TinyFs::mount(&cx.path("tiny")) else {
+    let Some(fs) = TinyFs::mount(&cx.path("tiny"), "2m") else {
         return;
     };
     let dest = fs.0.join("dest");
@@ -1219,6 +1219,26 @@ fn disk_full_during_a_download_is_fatal_and_leaves_nothing_partial() {
     if dest.join("a.txt").exists() {
         assert_eq!(std::fs::read(dest.join("a.txt")).unwrap(), b"small\n");
     }
+
+    // A multipart download (parts streamed into one temp file) that outgrows a 12 MiB disk.
+    b.put("m/huge.bin", &random_bytes(20 << 20, 15));
+    let Some(fs) = TinyFs::mount(&cx.path("tiny2"), "12m") else {
+        return;
+    };
+    let dest = fs.0.join("dest");
+    let r = cx.sync(&[&b.uri("m"), s(&dest)]);
+    let line = r.assert_fatal();
+    let path = dest.join("huge.bin");
+    assert!(
+        line.contains(&format!("writing {}", path.display())) && line.contains("No space left"),
+        "{line}"
+    );
+    assert!(!path.exists(), "a truncated huge.bin under its final name");
+    let left = all_entries(&fs.0);
+    assert!(
+        left.iter().all(|e| !e.contains(".s3ferry-tmp.")),
+        "temp files left: {left:?}"
+    );
 }
 
 /// F39: a destination directory that is a symlink to a directory outside (`a -> outside/`) is
