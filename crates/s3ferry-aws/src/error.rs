@@ -8,6 +8,7 @@
 //! (`InternalError` -> Transient, `SlowDown` -> Throttled), with HTTP status 200.
 
 use std::error::Error as StdError;
+use std::time::Duration;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::RequestId;
@@ -205,6 +206,20 @@ fn checksum_hint(op: &str, status: Option<u16>, code: Option<&str>, message: Str
     }
 }
 
+/// A `Retry-After` header value as a wait from `now`: delta-seconds (`120`) or an HTTP date
+/// (`Wed, 21 Oct 2015 07:28:00 GMT`; a date in the past is no wait). Garbage is ignored.
+pub(crate) fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at =
+        aws_smithy_types::DateTime::from_str(value, aws_smithy_types::date_time::Format::HttpDate)
+            .ok()?;
+    let at = std::time::SystemTime::try_from(at).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 /// SdkError -> StoreError. Every SDK call goes through here.
 pub(crate) fn map_sdk_error<E>(
     ctx: &ErrCtx,
@@ -216,6 +231,10 @@ where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
+    let retry_after = err
+        .raw_response()
+        .and_then(|r| r.headers().get("retry-after"))
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
     let code = err.code().map(str::to_string);
     let request_id = err.request_id().map(str::to_string);
     let (kind, message) = match &err {
@@ -300,6 +319,7 @@ where
             status,
             code,
             request_id,
+            retry_after,
         })
         .with_source(err);
     if let Some(k) = key {
@@ -386,6 +406,29 @@ mod tests {
             kind_for(Some(416), Some("InvalidRange")),
             ErrorKind::InvalidInput
         );
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        use std::time::UNIX_EPOCH;
+        // 2015-10-21T07:28:00Z
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past is no wait"
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
     }
 
     #[test]

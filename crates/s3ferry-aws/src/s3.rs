@@ -84,6 +84,8 @@ pub struct S3Config {
     /// Seconds added to the clock the SDK signs with (0: the system clock). For tests of a
     /// skewed client clock only.
     pub clock_offset_secs: i64,
+    /// Send `x-amz-request-payer: requester` on every request (Requester Pays buckets).
+    pub request_payer: bool,
 }
 
 /// The offset of the clock requests are signed with (see [`S3Config::clock_offset_secs`]).
@@ -108,6 +110,30 @@ impl aws_smithy_async::time::TimeSource for OffsetClock {
         } else {
             now - d
         }
+    }
+}
+
+/// Adds `x-amz-request-payer: requester` to every request of a client, before it is signed:
+/// one place for every operation, including the ones added later.
+#[derive(Debug)]
+struct RequesterPays;
+
+impl aws_sdk_s3::config::Intercept for RequesterPays {
+    fn name(&self) -> &'static str {
+        "s3ferry::RequesterPays"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut<'_>,
+        _rc: &aws_sdk_s3::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> std::result::Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        context
+            .request_mut()
+            .headers_mut()
+            .insert("x-amz-request-payer", "requester");
+        Ok(())
     }
 }
 
@@ -217,6 +243,9 @@ impl S3Store {
         s3 = s3.force_path_style(cfg.force_path_style.unwrap_or(endpoint.is_some()));
         let server = Arc::new(std::sync::OnceLock::new());
         s3 = s3.interceptor(ServerHeader(server.clone()));
+        if cfg.request_payer {
+            s3 = s3.interceptor(RequesterPays);
+        }
 
         let endpoint_desc = endpoint
             .clone()
@@ -796,13 +825,8 @@ impl Store for S3Store {
                         .with_key(key));
                     }
                 }
-                if r.start > meta.size {
-                    return Err(StoreError::new(
-                        ErrorKind::InvalidInput,
-                        "get",
-                        format!("range {r:?} outside 0..{}", meta.size),
-                    )
-                    .with_key(key));
+                if let Err(m) = s3ferry_store::covered_range(Some(r.clone()), meta.size) {
+                    return Err(StoreError::new(ErrorKind::InvalidInput, "get", m).with_key(key));
                 }
                 return Ok(GetResult {
                     meta,
@@ -818,6 +842,9 @@ impl Store for S3Store {
             .key(key)
             .set_if_match(opts.if_match.clone());
         match &opts.range {
+            // An end beyond any real size (past i64, which servers parse into) is sent
+            // open-ended: the answer is clamped to the object either way.
+            Some(r) if r.end > i64::MAX as u64 => req = req.range(format!("bytes={}-", r.start)),
             Some(r) => req = req.range(format!("bytes={}-{}", r.start, r.end - 1)),
             None => req = req.checksum_mode(ChecksumMode::Enabled),
         }
@@ -1371,6 +1398,7 @@ impl Store for S3Store {
                             status: None,
                             code: code.map(str::to_string),
                             request_id: None,
+                            retry_after: None,
                         });
                         results.push(Err(e));
                     }

@@ -184,6 +184,11 @@ async fn copy_domain_is_endpoint_and_access_key() {
 
 /// A one-shot HTTP responder: answers every request with `status` and `body`.
 async fn canned_server(status: u16, body: &'static str) -> String {
+    canned_server_with(status, "", body).await
+}
+
+/// As [`canned_server`], with extra header lines (each ending in `\r\n`).
+async fn canned_server_with(status: u16, headers: &'static str, body: &'static str) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -219,7 +224,7 @@ async fn canned_server(status: u16, body: &'static str) -> String {
                     }
                 }
                 let resp = format!(
-                    "HTTP/1.1 {status} OK\r\nContent-Type: application/xml\r\nx-amz-request-id: REQ123\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status} OK\r\nContent-Type: application/xml\r\nx-amz-request-id: REQ123\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = sock.write_all(resp.as_bytes()).await;
@@ -280,6 +285,45 @@ async fn ok_status_with_error_body_is_an_error() {
         .err();
     let e = e.unwrap_or_else(|| panic!("upload_part_copy with a 200 SlowDown body succeeded"));
     assert_eq!(e.kind, ErrorKind::Throttled, "{e}");
+}
+
+#[tokio::test]
+async fn retry_after_is_captured_from_the_response() {
+    let ep = canned_server_with(503, "Retry-After: 3\r\n", SLOW_DOWN).await;
+    let store = connect(&ep, "bucket").await;
+    let e = store
+        .put("k", Bytes::from_static(b"x"), PutOptions::new())
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("put succeeded"));
+    assert_eq!(e.kind, ErrorKind::Throttled, "{e}");
+    let http = e.http.clone().unwrap_or_default();
+    assert_eq!(
+        http.retry_after,
+        Some(std::time::Duration::from_secs(3)),
+        "{e}"
+    );
+    let e = store
+        .head("k")
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("head succeeded"));
+    let http = e.http.clone().unwrap_or_default();
+    assert_eq!(
+        http.retry_after,
+        Some(std::time::Duration::from_secs(3)),
+        "{e}"
+    );
+
+    // Without the header there is none.
+    let ep = canned_server(503, SLOW_DOWN).await;
+    let store = connect(&ep, "bucket").await;
+    let e = store
+        .head("k")
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("head succeeded"));
+    assert_eq!(e.http.and_then(|h| h.retry_after), None);
 }
 
 #[tokio::test]

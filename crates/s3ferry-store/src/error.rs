@@ -18,7 +18,8 @@ pub enum ErrorKind {
     Conflict,
     /// Credentials missing, wrong or not allowed: fatal for a job.
     PermissionDenied,
-    /// 503 SlowDown and friends: retry with backoff and lower concurrency.
+    /// 503 SlowDown and friends, and a local "too many open files" (EMFILE/ENFILE): retry with
+    /// backoff and lower concurrency.
     Throttled,
     /// 500s, resets, timeouts, truncated bodies: retry.
     Transient,
@@ -75,6 +76,9 @@ pub struct HttpInfo {
     pub status: Option<u16>,
     pub code: Option<String>,
     pub request_id: Option<String>,
+    /// The server's `Retry-After` (delta-seconds, or an HTTP date turned into the wait from
+    /// now), when it sent one. The retry layer waits at least this long before the next try.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 #[derive(Debug)]
@@ -123,6 +127,16 @@ impl StoreError {
     /// Map an I/O error of a local operation to a store error.
     pub fn io(op: &'static str, key: &str, err: std::io::Error) -> Self {
         use std::io::ErrorKind as K;
+        // Out of file descriptors (this process's `ulimit -n`, or the system's table): nothing
+        // is wrong with the file; fewer opens at once will succeed. Throttled, so the retry
+        // layer backs off and the adaptive limit lowers the number of operations in flight.
+        if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+            let message =
+                format!("{err} (the open-files limit, ulimit -n; retried with fewer at once)");
+            return Self::new(ErrorKind::Throttled, op, message)
+                .with_key(key)
+                .with_source(err);
+        }
         let kind = match err.kind() {
             K::NotFound => ErrorKind::NotFound,
             K::PermissionDenied => ErrorKind::PermissionDenied,
@@ -165,5 +179,23 @@ impl std::error::Error for StoreError {
         self.source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_file_descriptors_is_throttled_not_final() {
+        for errno in [libc::EMFILE, libc::ENFILE] {
+            let e = StoreError::io("get", "a/b", std::io::Error::from_raw_os_error(errno));
+            assert_eq!(e.kind, ErrorKind::Throttled, "{e}");
+            assert!(e.retryable() && !e.kind.fatal(), "{e}");
+            assert_eq!(e.key.as_deref(), Some("a/b"));
+            assert!(e.to_string().contains("ulimit -n"), "{e}");
+        }
+        let e = StoreError::io("get", "k", std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(e.kind, ErrorKind::StorageFull);
     }
 }

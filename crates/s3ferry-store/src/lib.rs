@@ -150,10 +150,39 @@ impl PutOptions {
     }
 }
 
+/// The bytes a GET of `want` covers in an object of `size` bytes — the one contract every store
+/// keeps (HTTP's, as S3 answers it; the conformance suite holds each store to it):
+///
+/// * `None`: the whole object.
+/// * A range that *starts* at or past the end (`start >= size`), or a reversed one: an error
+///   (S3 answers 416 InvalidRange; stores return `InvalidInput`). So does any non-empty range of
+///   an empty object.
+/// * A range that starts inside and *extends* past the end: clamped to `start..size`;
+///   [`GetResult::range`] says what was covered.
+/// * An empty range `n..n` with `n <= size`: an empty body (HTTP cannot ask for it; S3 answers
+///   it from a HEAD).
+///
+/// `Err` carries the message for an `InvalidInput` error.
+pub fn covered_range(
+    want: Option<Range<u64>>,
+    size: u64,
+) -> std::result::Result<Range<u64>, String> {
+    match want {
+        None => Ok(0..size),
+        Some(r) if r.start > r.end => Err(format!("bad range {r:?}")),
+        Some(r) if r.start == r.end && r.start <= size => Ok(r),
+        Some(r) if r.start >= size => Err(format!(
+            "range {r:?} starts past the end of the object ({size} bytes)"
+        )),
+        Some(r) => Ok(r.start..r.end.min(size)),
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct GetOptions {
-    /// Byte range to read; `None` = whole object.
+    /// Byte range to read; `None` = whole object. See [`covered_range`] for ranges that reach
+    /// past the end.
     pub range: Option<Range<u64>>,
     /// Fail with `PreconditionFailed` unless the object still has this ETag.
     pub if_match: Option<String>,

@@ -58,6 +58,22 @@ fn read_io(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
     se
 }
 
+/// An I/O error while writing `key` through its temp file `tmp`. A full disk names the file
+/// being written (the final path), since that error stops the job: `writing /dst/a.bin: No space
+/// left on device (os error 28)`.
+fn write_io(op: &'static str, key: &str, tmp: &Path, e: std::io::Error) -> StoreError {
+    let mut se = StoreError::io(op, key, e);
+    if se.kind == ErrorKind::StorageFull {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        se.message = format!(
+            "writing {}: {}",
+            tmp.with_file_name(name).display(),
+            se.message
+        );
+    }
+    se
+}
+
 fn unsafe_key(op: &'static str, key: &str, why: UnsafeKey) -> StoreError {
     err(
         ErrorKind::InvalidInput,
@@ -214,7 +230,7 @@ impl LocalStore {
         dst: &Path,
         opts: &PutOptions,
     ) -> Result<()> {
-        let io = |e| StoreError::io(op, key, e);
+        let io = |e| write_io(op, key, tmp, e);
         if let Some(t) = opts.mtime {
             filetime::set_file_handle_times(
                 file,
@@ -389,6 +405,11 @@ fn walk(
     let first = match read(&start_dir, start_key) {
         Ok(v) => v,
         Err(e) if e.kind == ErrorKind::NotFound => return,
+        Err(mut e) if e.retryable() => {
+            e.key = None; // retried by the retry layer, like any failed listing (see below)
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
         Err(e) => {
             let _ = tx.blocking_send(Err(e));
             return;
@@ -420,6 +441,14 @@ fn walk(
                     key_prefix: dkey,
                     entries: v.into_iter(),
                 }),
+                Err(mut e) if e.retryable() => {
+                    // Out of file descriptors: not this directory's fault. End the listing with
+                    // an error that names no key, so the retry layer lists again after the last
+                    // key it passed on, after a backoff.
+                    e.key = None;
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
                 Err(e) => {
                     if tx.blocking_send(Err(e.with_key(dkey))).is_err() {
                         return;
@@ -580,15 +609,8 @@ impl Store for LocalStore {
             let f = File::open(&path).map_err(|e| read_io("get", &k, e))?;
             let meta = meta_of(k.clone(), &md);
             let size = meta.size;
-            let range = want.unwrap_or(0..size);
-            if range.start > range.end || range.end > size {
-                return Err(err(
-                    ErrorKind::InvalidInput,
-                    "get",
-                    &k,
-                    format!("range {range:?} outside 0..{size}"),
-                ));
-            }
+            let range = crate::covered_range(want, size)
+                .map_err(|m| err(ErrorKind::InvalidInput, "get", &k, m))?;
             if range.end - range.start > READ_CHUNK {
                 return Ok((f, meta, range, None));
             }
@@ -669,9 +691,9 @@ impl Store for LocalStore {
             let (dir, dst) = Self::prepare_write(&this.root, op, &key)?;
             let tmp = Self::temp_path(&dir, &temp_id());
             let res = (|| {
-                let mut f = File::create(&tmp).map_err(|e| StoreError::io(op, &key, e))?;
+                let mut f = File::create(&tmp).map_err(|e| write_io(op, &key, &tmp, e))?;
                 f.write_all(&body)
-                    .map_err(|e| StoreError::io(op, &key, e))?;
+                    .map_err(|e| write_io(op, &key, &tmp, e))?;
                 this.finish_staged(op, &key, &f, &tmp, &dst, &opts)
             })();
             if res.is_err() {
@@ -753,9 +775,9 @@ impl Store for LocalStore {
             let f = OpenOptions::new()
                 .write(true)
                 .open(&tmp)
-                .map_err(|e| StoreError::io(op, &key, e))?;
+                .map_err(|e| write_io(op, &key, &tmp, e))?;
             f.write_all_at(&body, layout.offset(part_number))
-                .map_err(|e| StoreError::io(op, &key, e))?;
+                .map_err(|e| write_io(op, &key, &tmp, e))?;
             Ok(PartInfo {
                 part_number,
                 etag: format!("{part_crc:016x}-{}", body.len()),
@@ -777,11 +799,13 @@ impl Store for LocalStore {
         let (tmp, layout) = self.upload_paths(op, key, upload_id)?;
         Self::check_part(op, key, &layout, part_number, len)?;
         let k = key.to_string();
+        let tmp = Arc::new(tmp);
+        let t = tmp.clone();
         let file = blocking(move || {
             OpenOptions::new()
                 .write(true)
-                .open(&tmp)
-                .map_err(|e| StoreError::io(op, &k, e))
+                .open(&*t)
+                .map_err(|e| write_io(op, &k, &t, e))
         })
         .await?;
         let file = Arc::new(file);
@@ -812,13 +836,14 @@ impl Store for LocalStore {
                     ));
                 }
                 let (f, k, chunks) = (file.clone(), key.to_string(), std::mem::take(&mut batch));
+                let t = tmp.clone();
                 let at = start + pos;
                 crc = blocking(move || {
                     let mut off = at;
                     let mut crc = crc;
                     for c in &chunks {
                         f.write_all_at(c, off)
-                            .map_err(|e| StoreError::io(op, &k, e))?;
+                            .map_err(|e| write_io(op, &k, &t, e))?;
                         crc = crc64nvme_combine(crc, crc64nvme(c), c.len() as u64);
                         off += c.len() as u64;
                     }
@@ -913,8 +938,8 @@ impl Store for LocalStore {
                 .read(true)
                 .write(true)
                 .open(&tmp)
-                .map_err(|e| StoreError::io(op, &key, e))?;
-            f.set_len(total).map_err(|e| StoreError::io(op, &key, e))?;
+                .map_err(|e| write_io(op, &key, &tmp, e))?;
+            f.set_len(total).map_err(|e| write_io(op, &key, &tmp, e))?;
             let got = whole;
             if crc.is_some_and(|c| c != got) {
                 return Err(err(
@@ -1011,11 +1036,11 @@ impl Store for LocalStore {
             let (dir, dst) = Self::prepare_write(&this.root, op, &dst_key)?;
             let tmp = Self::temp_path(&dir, &temp_id());
             let res = (|| {
-                std::fs::copy(&from, &tmp).map_err(|e| StoreError::io(op, &dst_key, e))?;
+                std::fs::copy(&from, &tmp).map_err(|e| write_io(op, &dst_key, &tmp, e))?;
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&tmp)
-                    .map_err(|e| StoreError::io(op, &dst_key, e))?;
+                    .map_err(|e| write_io(op, &dst_key, &tmp, e))?;
                 let put = opts
                     .replace
                     .clone()

@@ -290,15 +290,8 @@ impl Store for MemoryStore {
             }
         }
         let size = o.data.len() as u64;
-        let range = opts.range.unwrap_or(0..size);
-        if range.start > range.end || range.end > size || (range.start == size && size > 0) {
-            return Err(StoreError::new(
-                ErrorKind::InvalidInput,
-                "get",
-                format!("range {range:?} outside 0..{size}"),
-            )
-            .with_key(key));
-        }
+        let range = crate::covered_range(opts.range, size)
+            .map_err(|m| StoreError::new(ErrorKind::InvalidInput, "get", m).with_key(key))?;
         let body = o.data.slice(range.start as usize..range.end as usize);
         Ok(GetResult {
             meta: o.meta,

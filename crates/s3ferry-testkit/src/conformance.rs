@@ -397,12 +397,58 @@ pub async fn ranged_get(store: &dyn Store, prefix: &str) {
             "bytes of range {r:?}"
         );
     }
-    // Starting beyond the end is an error, not an empty body.
-    expect_kind(
-        store.get(&k, GetOptions::new().range(1001..1010)).await,
-        &[ErrorKind::InvalidInput],
-        "range past end",
+    // The contract of `covered_range`: a range extending past the end is clamped, and the
+    // answer says what it covers.
+    for (r, covered) in [
+        (990..1010u64, 990..1000u64),
+        (0..5000, 0..1000),
+        (999..u64::MAX, 999..1000),
+    ] {
+        let g = ok(
+            store.get(&k, GetOptions::new().range(r.clone())).await,
+            &format!("get {r:?} (past the end)"),
+        );
+        assert_eq!(g.range, covered, "range covered by a get of {r:?}");
+        assert_eq!(g.meta.size, 1000, "size in a get of {r:?}");
+        let b = ok(g.bytes().await, "clamped body");
+        assert!(
+            b == data.slice(covered.start as usize..covered.end as usize),
+            "bytes of range {r:?}"
+        );
+    }
+    // An empty range inside (or at the end of) the object is an empty body.
+    for r in [500..500u64, 1000..1000] {
+        let g = ok(
+            store.get(&k, GetOptions::new().range(r.clone())).await,
+            &format!("get empty {r:?}"),
+        );
+        assert_eq!(g.range, r);
+        assert!(ok(g.bytes().await, "empty body").is_empty());
+    }
+    // Starting at or beyond the end is an error (S3: 416 InvalidRange), not an empty body.
+    for r in [1000..1010u64, 1001..1010, 5000..6000, 1001..1001] {
+        expect_kind(
+            store.get(&k, GetOptions::new().range(r.clone())).await,
+            &[ErrorKind::InvalidInput],
+            &format!("range {r:?} starting past the end"),
+        );
+    }
+    // An empty object has no byte to start at.
+    let empty = format!("{prefix}empty");
+    ok(
+        store.put(&empty, Bytes::new(), PutOptions::new()).await,
+        "put empty",
     );
+    expect_kind(
+        store.get(&empty, GetOptions::new().range(0..10)).await,
+        &[ErrorKind::InvalidInput],
+        "range of an empty object",
+    );
+    let g = ok(
+        store.get(&empty, GetOptions::new()).await,
+        "get empty object",
+    );
+    assert_eq!(g.range, 0..0);
 }
 
 /// GET pinned with If-Match: the right ETag reads, a wrong one is PreconditionFailed.

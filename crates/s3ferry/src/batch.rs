@@ -24,7 +24,7 @@ use crate::stores::CliBuckets;
 
 fn journal(st: &BatchStateArgs) -> Result<(Arc<Journal>, std::path::PathBuf), Fatal> {
     let p = crate::state_db_path(st.state_dir.as_deref())?;
-    let j = Journal::open(&p).map_err(|e| Fatal(format!("{e} (use --state-dir)")))?;
+    let j = crate::checks::open_state(&p, "use --state-dir")?;
     Ok((Arc::new(j), p))
 }
 
@@ -321,19 +321,13 @@ async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
             }
         }
     }
-    if a.concurrency == 0 || a.concurrency > 4096 {
-        return Err(Fatal(format!(
-            "--concurrency {} is not between 1 and 4096",
-            a.concurrency
-        )));
-    }
-    let part_size = parse_size(&a.part_size)?;
-    if part_size < s3ferry_store::checksum::MIN_PART_SIZE {
-        return Err(Fatal(format!(
-            "--part-size {} is below the 5 MiB minimum S3 accepts",
-            a.part_size
-        )));
-    }
+    let sizes = crate::checks::numbers(&crate::checks::Numbers {
+        concurrency: &[("--concurrency", a.concurrency)],
+        part_size: Some((&a.part_size, crate::checks::MIN_PART_SIZE)),
+        ..Default::default()
+    })?;
+    // Given, so there.
+    let part_size = sizes.part_size.unwrap_or(crate::checks::MIN_PART_SIZE);
     let input = match (&a.manifest, &a.inventory, &a.pairs) {
         (Some(m), _, _) => Input::Manifest(m.clone()),
         (_, Some(i), _) => Input::Inventory(i.clone()),

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use s3ferry_engine::events::Reporter;
 use s3ferry_engine::filter::Filters;
-use s3ferry_engine::journal::Journal;
 use s3ferry_engine::lease::LeaseConfig;
 use s3ferry_engine::ports::Invalidator;
 use s3ferry_engine::transfer::TransferConfig;
@@ -71,12 +70,10 @@ pub async fn run(g: &Global, a: &BisyncArgs) -> Result<u8, Fatal> {
             dir.display()
         )));
     }
-    if a.concurrency == 0 || a.concurrency > 1024 {
-        return Err(Fatal(format!(
-            "--concurrency {} is not between 1 and 1024",
-            a.concurrency
-        )));
-    }
+    crate::checks::numbers(&crate::checks::Numbers {
+        concurrency: &[("--concurrency", a.concurrency)],
+        ..Default::default()
+    })?;
     let max_delete = MaxDelete::parse(&a.max_delete)?;
     let node = a.node_id.clone().unwrap_or_else(default_node);
     if node.is_empty() || node.contains('/') {
@@ -145,8 +142,7 @@ pub async fn run(g: &Global, a: &BisyncArgs) -> Result<u8, Fatal> {
         cf_paths: (!a.cf_paths.is_empty()).then(|| a.cf_paths.clone()),
     };
     let db = crate::state_db_path(a.state_dir.as_deref())?;
-    let journal =
-        Arc::new(Journal::open(&db).map_err(|e| Fatal(format!("{e} (use --state-dir)")))?);
+    let journal = Arc::new(crate::checks::open_state(&db, "use --state-dir")?);
     let printer = Arc::new(Printer::new(g.json, g.verbose, g.quiet, false));
     printer.begin(
         "bisync",

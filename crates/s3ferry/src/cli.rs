@@ -64,6 +64,10 @@ pub struct Global {
         value_name = "MODE"
     )]
     pub checksum_mode: ChecksumMode,
+    /// Requester Pays buckets: `requester` sends `x-amz-request-payer: requester` on every S3
+    /// request (both sides), so this account is charged for the requests and the data sent.
+    #[arg(long, global = true, value_parser = ["requester"], value_name = "PAYER")]
+    pub request_payer: Option<String>,
     /// Print one JSON object per line (begin, one per object, summary) instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -1182,9 +1186,12 @@ pub struct SyncArgs {
     /// Storage class for new objects (STANDARD, STANDARD_IA, INTELLIGENT_TIERING, GLACIER_IR, …).
     #[arg(long, value_name = "CLASS")]
     pub storage_class: Option<String>,
-    /// Objects transferred at once (1 to 4096).
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    pub concurrency: usize,
+    /// Objects transferred at once (1 to 4096). Default 64, lowered so that 4 file descriptors
+    /// per transfer stay within half the open-files limit (`ulimit -n`): 8 at a limit of 64.
+    /// A local file open that still hits the limit (EMFILE) is retried with backoff and fewer
+    /// at once.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
     /// Parts in flight per big object (1 to 4096).
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub part_concurrency: usize,

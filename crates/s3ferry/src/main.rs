@@ -6,7 +6,9 @@ mod archive;
 mod batch;
 mod bisync;
 mod bundle;
+mod checks;
 mod cli;
+mod limits;
 mod output;
 mod overlap;
 mod pipe;
@@ -30,11 +32,6 @@ use output::Printer;
 // Many small allocations across worker threads: mimalloc is measurably cheaper than glibc here.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The largest part S3 accepts in a multipart upload.
-const MAX_PART_SIZE: u64 = 5 << 30;
-/// The most objects (or parts) in flight a sync accepts; more is a typo, not a plan.
-const MAX_CONCURRENCY: usize = 4096;
 
 /// A fatal error: one line, exit code 2.
 struct Fatal(String);
@@ -248,35 +245,20 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
         .as_deref()
         .map(MaxDelete::parse)
         .transpose()?;
-    let part_size = parse_size(&args.part_size)?;
-    if part_size < s3ferry_store::checksum::MIN_PART_SIZE {
-        return Err(Fatal(format!(
-            "--part-size {} is below the 5 MiB minimum S3 accepts",
-            args.part_size
-        )));
-    }
-    if part_size > MAX_PART_SIZE {
-        return Err(Fatal(format!(
-            "--part-size {} is above the 5 GiB maximum S3 accepts for a part",
-            args.part_size
-        )));
-    }
-    for (flag, v) in [
-        ("--concurrency", args.concurrency),
-        ("--part-concurrency", args.part_concurrency),
-    ] {
-        if v == 0 || v > MAX_CONCURRENCY {
-            return Err(Fatal(format!(
-                "{flag} {v} is out of range: give 1 to {MAX_CONCURRENCY}"
-            )));
-        }
-    }
-    let max_memory = parse_size(&args.max_memory)?;
-    if max_memory < part_size {
-        return Err(Fatal(format!(
-            "--max-memory {} is less than one part (--part-size {}): nothing could be transferred",
-            args.max_memory, args.part_size
-        )));
+    let concurrency = args.concurrency.unwrap_or_else(limits::default_concurrency);
+    let sizes = checks::numbers(&checks::Numbers {
+        concurrency: &[
+            ("--concurrency", concurrency),
+            ("--part-concurrency", args.part_concurrency),
+        ],
+        part_size: Some((&args.part_size, checks::MIN_PART_SIZE)),
+        max_memory: Some(&args.max_memory),
+    })?;
+    // Both are given, so both are there.
+    let part_size = sizes.part_size.unwrap_or(checks::MIN_PART_SIZE);
+    let max_memory = sizes.max_memory.unwrap_or(part_size);
+    if let Some(w) = args.concurrency.and_then(limits::concurrency_warning) {
+        eprintln!("s3ferry: warning: {w}");
     }
     let src_endpoint = g
         .source_endpoint_url
@@ -321,17 +303,7 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
     let journal = if args.no_state {
         Journal::in_memory()?
     } else {
-        let p = state_path(args)?;
-        let (j, moved) = Journal::open_or_rebuild(&p)
-            .map_err(|e| Fatal(format!("{e} (use --state-dir or --no-state)")))?;
-        if let Some((aside, why)) = moved {
-            eprintln!(
-                "s3ferry: warning: state database {} was corrupt ({why}); moved it to {} and started a new one (this run compares content afresh)",
-                p.display(),
-                aside.display()
-            );
-        }
-        j
+        checks::open_state(&state_path(args)?, "use --state-dir or --no-state")?
     };
     let opts = SyncOptions {
         plan: PlanOptions {
@@ -345,7 +317,7 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
         dry_run: args.dry_run,
         max_delete: max_delete.unwrap_or(DEFAULT_MAX_DELETE),
         max_delete_explicit: max_delete.is_some(),
-        concurrency: args.concurrency.max(1),
+        concurrency,
         transfer,
         retry_failed: true,
         interrupt: Arc::default(),

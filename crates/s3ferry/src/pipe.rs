@@ -51,16 +51,16 @@ fn object_uri(uri: &str) -> Result<(String, String), Fatal> {
 }
 
 fn transfer(c: &PipeCommon, min_part: u64) -> Result<TransferConfig, Fatal> {
-    let part_size = parse_size(&c.part_size)?;
-    if part_size < min_part {
-        return Err(Fatal(format!(
-            "--part-size {} is below the 5 MiB minimum S3 accepts for parts",
-            c.part_size
-        )));
-    }
-    let mut t = TransferConfig::new(parse_size(&c.max_memory)?);
-    t.part_size = part_size.max(1);
-    t.part_concurrency = c.part_concurrency.max(1);
+    let sizes = crate::checks::numbers(&crate::checks::Numbers {
+        concurrency: &[("--part-concurrency", c.part_concurrency)],
+        part_size: Some((&c.part_size, min_part)),
+        max_memory: Some(&c.max_memory),
+    })?;
+    // Both are given, so both are there.
+    let part_size = sizes.part_size.unwrap_or(min_part).max(1);
+    let mut t = TransferConfig::new(sizes.max_memory.unwrap_or(part_size));
+    t.part_size = part_size;
+    t.part_concurrency = c.part_concurrency;
     Ok(t)
 }
 
@@ -69,7 +69,7 @@ fn journal(c: &PipeCommon) -> Result<Arc<Journal>, Fatal> {
         return Ok(Arc::new(Journal::in_memory()?));
     }
     let p = crate::state_db_path(c.state_dir.as_deref())?;
-    let j = Journal::open(&p).map_err(|e| Fatal(format!("{e} (use --state-dir or --no-state)")))?;
+    let j = crate::checks::open_state(&p, "use --state-dir or --no-state")?;
     Ok(Arc::new(j))
 }
 

@@ -708,6 +708,114 @@ fn absurd_numeric_options_are_refused() {
     assert_eq!(b.keys(""), ["p/a"]);
 }
 
+/// pipe, bisync and batch refuse the same numbers as sync, with the same words (one shared
+/// check): exit 2, one line.
+#[test]
+fn absurd_numeric_options_are_refused_by_every_job() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("absurd-jobs");
+    let dir = cx.path("local");
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = cx.path("m.csv");
+    std::fs::write(&m, format!("{},a\n", b.name)).unwrap();
+    let (obj, pre) = (b.uri("k"), b.uri("p"));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["pipe", "up", "--part-concurrency", "0", &obj],
+            "--part-concurrency 0 is out of range: give 1 to 4096",
+        ),
+        (
+            vec!["pipe", "down", "--part-concurrency", "5000", &obj],
+            "--part-concurrency 5000 is out of range: give 1 to 4096",
+        ),
+        (
+            vec![
+                "pipe",
+                "up",
+                "--part-size",
+                "6GiB",
+                "--max-memory",
+                "8GiB",
+                &obj,
+            ],
+            "5 GiB maximum",
+        ),
+        (
+            vec![
+                "pipe",
+                "up",
+                "--part-size",
+                "64MiB",
+                "--max-memory",
+                "32MiB",
+                &obj,
+            ],
+            "less than one part",
+        ),
+        (
+            vec!["bisync", "--poll", "0", "--concurrency", "0", s(&dir), &pre],
+            "--concurrency 0 is out of range: give 1 to 4096",
+        ),
+        (
+            vec![
+                "bisync",
+                "--poll",
+                "0",
+                "--concurrency",
+                "5000",
+                s(&dir),
+                &pre,
+            ],
+            "--concurrency 5000 is out of range: give 1 to 4096",
+        ),
+        (
+            vec![
+                "batch",
+                "run",
+                "--manifest",
+                s(&m),
+                "--to",
+                &pre,
+                "--concurrency",
+                "0",
+            ],
+            "--concurrency 0 is out of range: give 1 to 4096",
+        ),
+        (
+            vec![
+                "batch",
+                "run",
+                "--manifest",
+                s(&m),
+                "--to",
+                &pre,
+                "--part-size",
+                "4MiB",
+            ],
+            "5 MiB minimum",
+        ),
+        (
+            vec![
+                "batch",
+                "run",
+                "--manifest",
+                s(&m),
+                "--to",
+                &pre,
+                "--part-size",
+                "6GiB",
+            ],
+            "5 GiB maximum",
+        ),
+    ];
+    for (args, needle) in cases {
+        let r = cx.run(&args);
+        let line = r.assert_fatal();
+        assert!(line.contains(needle), "{args:?}: {line}");
+    }
+    assert!(b.keys("").is_empty(), "a refused run wrote objects");
+}
+
 /// FIFOs, sockets, devices and symlinks in a local source are never opened (a FIFO would
 /// block the sync forever): each is a `skip` record naming its type, counted as skipped, and
 /// `--delete` leaves a destination object of the same name alone.
@@ -975,4 +1083,471 @@ fn sigint_stops_cleanly_with_a_summary() {
     cx.sync(&["--delete", "--max-delete", "1", s(&src), &b.uri("p")])
         .assert_ok();
     assert_eq!(b.objects("p/"), files);
+}
+
+/// `s3ferry ARGS` under an open-files limit of `nofile` (soft and hard), through util-linux
+/// `prlimit`, with the environment of [`Ctx::cmd`]. `None` (and a loud skip) without prlimit.
+#[allow(clippy::print_stderr)]
+fn with_nofile(cx: &Ctx, nofile: u32, args: &[&str]) -> Option<Run> {
+    let probe = Command::new("prlimit")
+        .args([&format!("--nofile={nofile}:{nofile}"), "--", "true"])
+        .status();
+    if !matches!(probe, Ok(s) if s.success()) {
+        eprintln!("SKIP: `prlimit --nofile` is not available here");
+        return None;
+    }
+    let mut c = Command::new("prlimit");
+    c.args([&format!("--nofile={nofile}:{nofile}"), "--", BIN]);
+    c.args(args);
+    for (k, v) in cx.cmd().get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.stdin(std::process::Stdio::null());
+    Some(run_cmd(c, RUN_TIMEOUT))
+}
+
+/// Under `ulimit -n 64` the default --concurrency (64 elsewhere) is lowered to what fits, so a
+/// few hundred files go up and come back down without one "Too many open files"; an explicit
+/// --concurrency that cannot fit is warned about in one line.
+#[test]
+fn a_low_open_files_limit_lowers_the_default_concurrency() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("nofile");
+    let src = cx.path("src");
+    let files: std::collections::BTreeMap<String, Vec<u8>> = (0..300)
+        .map(|i| {
+            (
+                format!("d{}/f{i:03}.txt", i % 10),
+                format!("file {i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    write_tree(&src, &files);
+    let uri = b.uri("p");
+    let sync = |args: &[&str]| {
+        let mut all = vec!["--json", "--no-progress", "sync"];
+        all.extend_from_slice(args);
+        with_nofile(&cx, 64, &all)
+    };
+    let Some(up) = sync(&[s(&src), &uri]) else {
+        return;
+    };
+    up.assert_ok();
+    assert_eq!(up.n("copied"), 300, "{up}");
+    assert!(!up.stderr.contains("open files"), "{up}");
+    assert_eq!(b.objects("p/"), files);
+
+    let down = cx.path("down");
+    let Some(r) = sync(&[&uri, s(&down)]) else {
+        return;
+    };
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 300, "{r}");
+    assert!(!r.stderr.contains("open files"), "{r}");
+    assert_eq!(read_tree(&down), files);
+
+    // An explicit value is the user's: kept, with one warning line naming the limit.
+    let Some(r) = sync(&["--concurrency", "64", "--dry-run", s(&src), &b.uri("q")]) else {
+        return;
+    };
+    assert_eq!(r.code, 0, "{r}");
+    let warnings: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("s3ferry: warning: --concurrency 64"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{r}");
+    assert!(warnings[0].contains("open-files limit of 64"), "{r}");
+}
+
+/// A small tmpfs (`size` as mount takes it: `2m`) mounted for one test, unmounted on drop.
+struct TinyFs(std::path::PathBuf);
+
+impl TinyFs {
+    #[allow(clippy::print_stderr)]
+    fn mount(dir: &std::path::Path, size: &str) -> Option<TinyFs> {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !matches!(ok, Ok(s) if s.success()) {
+            eprintln!("SKIP: cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): F14 untested");
+            return None;
+        }
+        Some(TinyFs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// F14: the disk fills up while a download is written. Exit 2 with one line naming the file
+/// being written; no temp file left; no truncated file under the final name; the files that
+/// fit are complete.
+#[test]
+fn disk_full_during_a_download_is_fatal_and_leaves_nothing_partial() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("enospc");
+    let big = random_bytes(3 << 20, 14);
+    b.put("p/a.txt", b"small\n");
+    b.put("p/big.bin", &big);
+    let Some(fs) = TinyFs::mount(&cx.path("tiny"), "2m") else {
+        return;
+    };
+    let dest = fs.0.join("dest");
+    let r = cx.sync(&[&b.uri("p"), s(&dest)]);
+    let line = r.assert_fatal();
+    let path = dest.join("big.bin");
+    assert!(
+        line.contains(&format!("writing {}", path.display())) && line.contains("No space left"),
+        "{line}"
+    );
+    assert!(!path.exists(), "a truncated big.bin under its final name");
+    let left = all_entries(&fs.0);
+    assert!(
+        left.iter().all(|e| !e.contains(".s3ferry-tmp.")),
+        "temp files left: {left:?}"
+    );
+    if dest.join("a.txt").exists() {
+        assert_eq!(std::fs::read(dest.join("a.txt")).unwrap(), b"small\n");
+    }
+
+    // A multipart download (parts streamed into one temp file) that outgrows a 12 MiB disk.
+    b.put("m/huge.bin", &random_bytes(20 << 20, 15));
+    let Some(fs) = TinyFs::mount(&cx.path("tiny2"), "12m") else {
+        return;
+    };
+    let dest = fs.0.join("dest");
+    let r = cx.sync(&[&b.uri("m"), s(&dest)]);
+    let line = r.assert_fatal();
+    let path = dest.join("huge.bin");
+    assert!(
+        line.contains(&format!("writing {}", path.display())) && line.contains("No space left"),
+        "{line}"
+    );
+    assert!(!path.exists(), "a truncated huge.bin under its final name");
+    let left = all_entries(&fs.0);
+    assert!(
+        left.iter().all(|e| !e.contains(".s3ferry-tmp.")),
+        "temp files left: {left:?}"
+    );
+}
+
+/// F39: a destination directory that is a symlink to a directory outside (`a -> outside/`) is
+/// never written through: key `a/passwd` fails alone (exit 1) and the outside directory stays
+/// empty; a symlink to a file outside, where an object of the same key arrives, is not replaced
+/// (fails alone) and the outside file is untouched; the rest is synced.
+#[test]
+fn symlinks_in_the_destination_are_never_written_through() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("dstlink");
+    b.put("p/a/passwd", b"root:x:0:0\n");
+    b.put("p/b", b"new b\n");
+    b.put("p/c.txt", b"c\n");
+    let outside = cx.path("outside");
+    std::fs::create_dir_all(outside.join("dir")).unwrap();
+    std::fs::write(outside.join("file"), b"outside file\n").unwrap();
+    let dest = cx.path("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::os::unix::fs::symlink(outside.join("dir"), dest.join("a")).unwrap();
+    std::os::unix::fs::symlink(outside.join("file"), dest.join("b")).unwrap();
+
+    let r = cx.sync(&[&b.uri("p"), s(&dest)]);
+    assert_eq!(r.code, 1, "{r}");
+    let mut failed = r.keys("fail");
+    failed.sort();
+    assert_eq!(failed, ["a/passwd", "b"], "{r}");
+    for fail in r.records("fail") {
+        assert!(
+            fail["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("is a symlink; not"),
+            "{r}"
+        );
+    }
+    assert_eq!(all_entries(&outside.join("dir")), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read(outside.join("file")).unwrap(),
+        b"outside file\n"
+    );
+    assert!(
+        dest.join("a").is_symlink(),
+        "the user's links are left alone"
+    );
+    assert!(
+        dest.join("b").is_symlink(),
+        "the user's links are left alone"
+    );
+    assert_eq!(std::fs::read(dest.join("c.txt")).unwrap(), b"c\n");
+}
+
+/// F35: a file whose name is in NFD (decomposed) form goes up as exactly those bytes, comes
+/// back down under the same name, and re-syncs in both directions copy nothing: one identity,
+/// no NFC/NFD flip-flop.
+#[test]
+fn nfd_names_round_trip_and_resync_is_a_no_op() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("nfd");
+    let nfd = "cafe\u{301}/re\u{301}sume\u{301}.txt"; // café/résumé.txt, decomposed
+    let nfc = "caf\u{e9}/r\u{e9}sum\u{e9}.txt";
+    assert_ne!(nfd.as_bytes(), nfc.as_bytes());
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[(nfd, b"decomposed\n")]));
+
+    let up = cx.sync(&[s(&src), &b.uri("p")]);
+    up.assert_ok();
+    assert_eq!(b.keys("p/"), [nfd], "the key is the name's bytes");
+    let down = cx.path("down");
+    let r = cx.sync(&[&b.uri("p"), s(&down)]);
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 1, "{r}");
+    assert_eq!(
+        walk_files(&down)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>(),
+        [nfd.to_string()]
+    );
+    for (from, to) in [
+        (s(&src).to_string(), b.uri("p")),
+        (b.uri("p"), s(&down).to_string()),
+    ] {
+        let r = cx.sync(&[&from, &to]);
+        r.assert_ok();
+        assert_eq!(r.n("copied"), 0, "re-sync {from} -> {to}: {r}");
+    }
+    // With --no-state too (content compared afresh).
+    let r = cx.sync(&["--no-state", &b.uri("p"), s(&down)]);
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 0, "{r}");
+}
+
+/// `s` contains `Signature=` followed by a hex digit (a SigV4 signature in an Authorization
+/// header or a presigned URL's `X-Amz-Signature=`).
+fn has_signature(s: &str) -> bool {
+    s.match_indices("Signature=").any(|(i, m)| {
+        s[i + m.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_hexdigit())
+    })
+}
+
+/// F48: the most verbose logs of a sync up and down (`-vv`, `--log-level debug`, and
+/// S3FERRY_LOG=trace, which lets the SDK's own tracing through) never print the secret access
+/// key, a session token or a request signature. (No option takes a secret on the command line:
+/// credentials come only from the environment, profiles and the SDK's chain.)
+#[test]
+fn verbose_logs_never_print_secrets_or_signatures() {
+    let Some(cx) = Ctx::new() else { return };
+    let secret = secret_key();
+    assert!(
+        secret.len() >= 8,
+        "a secret too short to search for: {secret:?}"
+    );
+    let token = "s3ferry-test-session-token-0123456789";
+    let b = cx.bucket("secrets");
+    let src = cx.path("src");
+    write_tree(
+        &src,
+        &tree(&[("a.txt", b"a"), ("d/b.bin", &random_bytes(70_000, 48))]),
+    );
+    type Flags<'a> = &'a [&'a str];
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Flags, Env); 3] = [
+        (&["-vv"], &[]),
+        (&["--log-level", "debug"], &[]),
+        (&[], &[("S3FERRY_LOG", "trace")]),
+    ];
+    for (i, (flags, env)) in cases.iter().enumerate() {
+        let down = cx.path(&format!("down{i}"));
+        let prefix = format!("p{i}");
+        for (from, to) in [
+            (s(&src).to_string(), b.uri(&prefix)),
+            (b.uri(&prefix), s(&down).to_string()),
+        ] {
+            let mut args: Vec<&str> = flags.to_vec();
+            args.extend(["--no-progress", "sync", &from, &to]);
+            let mut env = env.to_vec();
+            env.push(("AWS_SESSION_TOKEN", token));
+            let r = cx.run_env(&args, &env);
+            assert_eq!(r.code, 0, "{flags:?} {env:?}: {r}");
+            let all = format!("{}{}", r.stdout, r.stderr);
+            assert!(
+                !all.contains(&secret),
+                "{flags:?} {env:?}: secret key printed"
+            );
+            assert!(
+                !all.contains(token),
+                "{flags:?} {env:?}: session token printed"
+            );
+            assert!(
+                !has_signature(&all),
+                "{flags:?} {env:?}: a signature printed"
+            );
+        }
+    }
+    // The trace run did log the SDK's signing step (so the check above looked at it).
+    let r = cx.run_env(
+        &["--no-progress", "sync", s(&src), &b.uri("q")],
+        &[("S3FERRY_LOG", "trace")],
+    );
+    assert!(
+        r.stderr.contains("signing"),
+        "{}",
+        &r.stderr[..r.stderr.len().min(2000)]
+    );
+    assert!(!r.stderr.contains(&secret) && !has_signature(&r.stderr));
+}
+
+/// A TCP forwarder to `upstream` (`http://host:port`) that keeps every byte the client sent,
+/// per connection: to see the requests s3ferry puts on the wire to the real server.
+fn recording_forwarder(upstream: &str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use std::io::{Read, Write};
+    let up = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(client) = conn else { continue };
+            let Ok(server) = std::net::TcpStream::connect(&up) else {
+                continue;
+            };
+            let slot = {
+                let mut s = seen2.lock().unwrap();
+                s.push(Vec::new());
+                s.len() - 1
+            };
+            let (mut c_in, mut s_out) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            let seen3 = seen2.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64 * 1024];
+                while let Ok(n) = c_in.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    // Recorded before it is forwarded, so before any answer to it.
+                    seen3.lock().unwrap()[slot].extend_from_slice(&buf[..n]);
+                    if s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_out.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+                let _ = c_out.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+/// The request lines in the recorded client bytes, each with whether its head carries
+/// `x-amz-request-payer: requester`.
+fn requests_seen(seen: &std::sync::Mutex<Vec<Vec<u8>>>) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = Vec::new();
+    for conn in seen.lock().unwrap().iter() {
+        let text = String::from_utf8_lossy(conn);
+        for line in text.split("\r\n") {
+            let is_request = ["GET /", "PUT /", "POST /", "HEAD /", "DELETE /"]
+                .iter()
+                .any(|m| line.starts_with(m))
+                && line.ends_with(" HTTP/1.1");
+            if is_request {
+                out.push((line.to_string(), false));
+            } else if line.eq_ignore_ascii_case("x-amz-request-payer: requester") {
+                if let Some(last) = out.last_mut() {
+                    last.1 = true;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (requests, of which carry the header, the request lines of those that do not).
+fn count_request_payer(seen: &std::sync::Mutex<Vec<Vec<u8>>>) -> (usize, usize, Vec<String>) {
+    let r = requests_seen(seen);
+    let missing: Vec<String> = r
+        .iter()
+        .filter(|(_, p)| !p)
+        .map(|(l, _)| l.clone())
+        .collect();
+    (r.len(), r.len() - missing.len(), missing)
+}
+
+/// `--request-payer requester` puts `x-amz-request-payer: requester` on every S3 request of a
+/// sync, up and down (list, head, put, get, delete, multipart), as seen on the wire to the real
+/// server; without the flag, on none.
+#[test]
+fn request_payer_is_sent_on_every_request() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("payer");
+    let src = cx.path("src");
+    write_tree(
+        &src,
+        &tree(&[
+            ("a.txt", b"a"),
+            ("d/b.txt", b"b"),
+            ("big.bin", &random_bytes(9 << 20, 7)),
+        ]),
+    );
+    b.put("p/stale", b"to delete");
+    let (endpoint, seen) = recording_forwarder(&cx.endpoint);
+    let down = cx.path("down");
+    for (from, to) in [
+        (s(&src).to_string(), b.uri("p")),
+        (b.uri("p"), s(&down).to_string()),
+    ] {
+        let r = cx.sync(&[
+            "--endpoint-url",
+            &endpoint,
+            "--request-payer",
+            "requester",
+            "--delete",
+            "--max-delete",
+            "1",
+            &from,
+            &to,
+        ]);
+        r.assert_ok();
+    }
+    assert_eq!(read_tree(&down).len(), 3);
+    let (requests, payer, missing) = count_request_payer(&seen);
+    assert!(requests >= 10, "{requests} requests seen");
+    assert_eq!(payer, requests, "requests without the header: {missing:?}");
+
+    seen.lock().unwrap().clear();
+    let r = cx.sync(&[
+        "--endpoint-url",
+        &endpoint,
+        "--checksum",
+        &b.uri("p"),
+        s(&down),
+    ]);
+    r.assert_ok();
+    let (requests, payer, _) = count_request_payer(&seen);
+    assert!(
+        requests > 0 && payer == 0,
+        "{requests} requests, {payer} with the header"
+    );
 }

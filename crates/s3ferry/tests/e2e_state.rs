@@ -218,3 +218,79 @@ fn state_of_pairs_unused_for_the_max_age_is_forgotten() {
     let e = cx.sync(&[s(&src), &b.uri("new"), "--state-max-age", "soon"]);
     assert!(e.assert_fatal().contains("--state-max-age"));
 }
+
+/// The corrupt-state rebuild is not sync's alone: pipe, bisync and batch open the state
+/// database the same way, so each moves a corrupt one aside with one warning and goes on.
+#[test]
+fn pipe_bisync_and_batch_rebuild_a_corrupt_state_database_too() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("corrupt-jobs");
+    let dir = cx.path("local");
+    write_tree(&dir, &tree(&[("a.txt", b"a\n")]));
+    let m = cx.path("m.csv");
+    let garbage = b"not a database\n".repeat(200);
+    let st = cx.path("st");
+    std::fs::create_dir_all(&st).unwrap();
+    let db = st.join("state.db");
+    let env = [("S3FERRY_STATE_DIR", s(&st))];
+    let jobs: Vec<(&str, Vec<String>)> = vec![
+        ("pipe up", vec!["pipe".into(), "up".into(), b.uri("piped")]),
+        (
+            "bisync",
+            vec![
+                "bisync".into(),
+                "--poll".into(),
+                "0".into(),
+                s(&dir).into(),
+                b.uri("bi"),
+            ],
+        ),
+        (
+            "batch manifest",
+            vec![
+                "batch".into(),
+                "manifest".into(),
+                b.uri("bi"),
+                "--out".into(),
+                s(&m).into(),
+            ],
+        ),
+        (
+            "batch run",
+            vec![
+                "batch".into(),
+                "run".into(),
+                "--manifest".into(),
+                s(&m).into(),
+                "--to".into(),
+                b.uri("copied/"),
+            ],
+        ),
+    ];
+    for (what, args) in jobs {
+        std::fs::write(&db, &garbage).unwrap();
+        for f in corrupt_copies(&st) {
+            std::fs::remove_file(f).unwrap();
+        }
+        let mut all = vec!["--no-progress"];
+        all.extend(args.iter().map(String::as_str));
+        let r = cx.run_env(&all, &env);
+        assert_eq!(r.code, 0, "{what}: {r}");
+        let warned = r
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("s3ferry: warning: state database") && l.contains("corrupt"))
+            .count();
+        if what == "batch manifest" {
+            // Lists and writes a file; no state involved.
+            continue;
+        }
+        assert_eq!(warned, 1, "{what}: {r}");
+        let moved = corrupt_copies(&st);
+        assert_eq!(moved.len(), 1, "{what}: {moved:?}");
+        assert_eq!(std::fs::read(&moved[0]).unwrap(), garbage, "{what}");
+    }
+    assert_eq!(b.get("piped"), b"");
+    assert_eq!(b.get("bi/a.txt"), b"a\n");
+    assert_eq!(b.keys("copied/"), ["bi/a.txt"]);
+}

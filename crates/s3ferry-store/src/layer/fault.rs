@@ -210,6 +210,7 @@ impl FailKind {
                 status,
                 code: code.map(String::from),
                 request_id: None,
+                retry_after: None,
             });
         }
         e

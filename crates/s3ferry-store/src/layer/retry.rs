@@ -19,8 +19,14 @@
 //!   yielded, so no key is missed or doubled. Errors carrying a key (one bad entry) pass through.
 //! * **`delete_many`** retries only the keys whose per-key result is retryable.
 //!
-//! The layer does not see HTTP `Retry-After` (the error type has no field for it); S3 does not
-//! send one for SlowDown, so backoff alone is what the SDKs do too.
+//! * **`Retry-After`:** when the failed answer carried one ([`HttpInfo::retry_after`], captured
+//!   by the S3 backend from 503/429 and any other response), the wait before the next attempt is
+//!   at least that long: `max(Retry-After, jittered backoff)`. A server that asks for more than
+//!   [`RetryPolicy::max_retry_after`] is not retried by this layer (the error is returned, saying
+//!   what the server asked for); the job's own retry pass or a rerun picks the object up later.
+//!   S3 itself does not send `Retry-After` with SlowDown; S3-compatible servers and proxies do.
+//!
+//! [`HttpInfo::retry_after`]: crate::HttpInfo::retry_after
 //!
 //! Put it outside [`LimitStore`](super::LimitStore) so that every attempt takes its own
 //! concurrency permit and a request sleeping in backoff holds none.
@@ -84,6 +90,8 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     pub max_delay: Duration,
     pub budget: RetryBudget,
+    /// The longest `Retry-After` this layer waits for; a longer one ends the retries.
+    pub max_retry_after: Duration,
     /// Seed for the jitter RNG (`None` = from the OS). Tests pass one for repeatable delays.
     pub seed: Option<u64>,
 }
@@ -95,6 +103,7 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(20),
             budget: RetryBudget::default(),
+            max_retry_after: Duration::from_secs(60),
             seed: None,
         }
     }
@@ -181,6 +190,8 @@ enum GiveUp {
     NotRetryable,
     Attempts,
     Budget,
+    /// The server asked for a longer wait than `max_retry_after`.
+    RetryAfter(Duration),
 }
 
 impl Shared {
@@ -210,6 +221,11 @@ impl Shared {
             self.stats.gave_up.fetch_add(1, Ordering::Relaxed);
             return Err(GiveUp::Attempts);
         }
+        let retry_after = err.http.as_ref().and_then(|h| h.retry_after);
+        if let Some(ra) = retry_after.filter(|ra| *ra > self.policy.max_retry_after) {
+            self.stats.gave_up.fetch_add(1, Ordering::Relaxed);
+            return Err(GiveUp::RetryAfter(ra));
+        }
         {
             let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
             if *t < self.policy.budget.retry_cost {
@@ -222,7 +238,8 @@ impl Shared {
         }
         let delay = {
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            self.policy.backoff(attempt - 1, &mut *rng)
+            let backoff = self.policy.backoff(attempt - 1, &mut *rng);
+            retry_after.map_or(backoff, |ra| ra.max(backoff))
         };
         self.stats.retries.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(op, key, attempt, error = %err, delay_ms = delay.as_millis() as u64, "retrying");
@@ -250,6 +267,15 @@ impl Shared {
                 err.message = format!(
                     "{} (after {attempts} attempts; retry budget exhausted)",
                     err.message
+                );
+            }
+            GiveUp::RetryAfter(ra) => {
+                err.message = format!(
+                    "{} (after {attempts} attempts; the server asked to retry after {} s, \
+                     longer than the {} s this run waits)",
+                    err.message,
+                    ra.as_secs_f64().ceil(),
+                    self.policy.max_retry_after.as_secs()
                 );
             }
         }
@@ -772,6 +798,96 @@ mod tests {
             waits[0] <= Duration::from_millis(100) && waits[1] <= Duration::from_millis(200),
             "{waits:?}"
         );
+    }
+
+    fn slow_down_retry_after(secs: u64) -> crate::HttpInfo {
+        crate::HttpInfo {
+            status: Some(503),
+            code: Some("SlowDown".into()),
+            retry_after: Some(Duration::from_secs(secs)),
+            ..Default::default()
+        }
+    }
+
+    /// The real sleeper on tokio's paused clock: time moves only when every task waits, so the
+    /// elapsed virtual time is exactly what the layer slept.
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_waited_for_in_virtual_time() {
+        let policy = RetryPolicy {
+            seed: Some(7),
+            ..Default::default()
+        };
+        let t = Arc::new(
+            fail_first(2, ErrorKind::Throttled, "put").with_http(slow_down_retry_after(7)),
+        );
+        let s = RetryStore::with_policy(t.clone(), policy.clone());
+        let start = tokio::time::Instant::now();
+        s.put_bytes("k", "v").await.unwrap();
+        let waited = start.elapsed();
+        assert_eq!(t.calls("put"), 3);
+        // The backoff alone would be at most 100 ms + 200 ms; the server asked for 7 s twice.
+        assert!(
+            waited >= Duration::from_secs(14) && waited < Duration::from_millis(14_100),
+            "{waited:?}"
+        );
+
+        // The same failures without the header: backoff only.
+        let t = Arc::new(fail_first(2, ErrorKind::Throttled, "put"));
+        let s = RetryStore::with_policy(t.clone(), policy);
+        let start = tokio::time::Instant::now();
+        s.put_bytes("k", "v").await.unwrap();
+        assert!(
+            start.elapsed() <= Duration::from_millis(300),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_a_floor_under_the_backoff() {
+        let t = Arc::new(
+            fail_first(3, ErrorKind::Throttled, "head").with_http(slow_down_retry_after(1)),
+        );
+        t.mem.put_bytes("k", "v").await.unwrap();
+        // Backoff caps 2 s, 4 s, 8 s: each wait is the larger of the jittered backoff and 1 s.
+        let (s, waits) = retry(
+            &t,
+            RetryPolicy {
+                base_delay: Duration::from_secs(2),
+                ..Default::default()
+            },
+        );
+        s.head("k").await.unwrap();
+        let waits = waits.lock().unwrap().clone();
+        let mut rng = StdRng::seed_from_u64(7);
+        let expected: Vec<Duration> = (0..3)
+            .map(|n| s.policy().backoff(n, &mut rng).max(Duration::from_secs(1)))
+            .collect();
+        assert_eq!(waits, expected);
+        assert!(
+            waits.iter().all(|w| *w >= Duration::from_secs(1)),
+            "{waits:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_beyond_the_limit_ends_the_retries_and_says_so() {
+        let t = Arc::new(
+            fail_first(u64::MAX, ErrorKind::Throttled, "put")
+                .with_http(slow_down_retry_after(3600)),
+        );
+        let (s, waits) = retry(&t, RetryPolicy::default());
+        let e = s.put_bytes("k", "v").await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Throttled);
+        assert_eq!(t.calls("put"), 1, "no retry sooner than the server asked");
+        assert!(waits.lock().unwrap().is_empty());
+        assert!(
+            e.to_string()
+                .contains("the server asked to retry after 3600 s, longer than the 60 s"),
+            "{e}"
+        );
+        let c = s.stats().snapshot();
+        assert_eq!((c.retries, c.throttles, c.gave_up), (0, 1, 1));
     }
 
     #[tokio::test]

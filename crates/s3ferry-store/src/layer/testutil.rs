@@ -15,7 +15,7 @@ use futures::stream::{BoxStream, StreamExt};
 
 use crate::memory::MemoryStore;
 use crate::{
-    Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, ListOptions,
+    Capabilities, CopyOptions, CopySource, ErrorKind, GetOptions, GetResult, HttpInfo, ListOptions,
     MultipartUpload, ObjectMeta, PartInfo, PartLayout, PutMode, PutOptions, PutResult, Result,
     Store, StoreError,
 };
@@ -38,6 +38,8 @@ pub(crate) struct TestStore {
     pub mem: MemoryStore,
     hook: Hook,
     gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// HTTP details attached to every failure of a request (not of a listing).
+    http: Option<HttpInfo>,
     calls: Calls,
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
@@ -65,6 +67,7 @@ impl TestStore {
             mem: MemoryStore::new(),
             hook: Arc::new(hook),
             gate: None,
+            http: None,
             calls: Arc::default(),
             in_flight: Arc::default(),
             max_in_flight: Arc::default(),
@@ -80,6 +83,12 @@ impl TestStore {
     /// test decides when calls finish.
     pub fn with_gate(mut self, gate: Arc<tokio::sync::Semaphore>) -> Self {
         self.gate = Some(gate);
+        self
+    }
+
+    /// Failures of requests carry `http` (e.g. a `Retry-After`).
+    pub fn with_http(mut self, http: HttpInfo) -> Self {
+        self.http = Some(http);
         self
     }
 
@@ -120,7 +129,9 @@ impl TestStore {
         let n = self.next(op);
         match (self.hook)(op, key, n) {
             Some(kind) => {
-                Err(StoreError::new(kind, op, format!("test failure #{n}")).with_key(key))
+                let mut e = StoreError::new(kind, op, format!("test failure #{n}")).with_key(key);
+                e.http = self.http.clone();
+                Err(e)
             }
             None => Ok(guard),
         }
