@@ -344,107 +344,27 @@ fn delete_of_a_control_character_key_does_not_fail_its_batch() {
 /// A tiny S3 stand-in that lists `objects` (in byte order) and serves their bodies: for keys a
 /// real server normalises or rejects on PUT, so the download side can still be tested.
 fn fake_s3(bucket: &'static str, objects: Vec<(&'static str, &'static [u8])>) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let mut objects = objects;
-    objects.sort_by(|a, b| a.0.cmp(b.0));
-    let objects = std::sync::Arc::new(objects);
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let objects = objects.clone();
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(conn.try_clone().expect("clone"));
-                let mut w = conn;
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                let mut parts = line.split_whitespace();
-                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                let mut len = 0usize;
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; len];
-                let _ = std::io::Read::read_exact(&mut r, &mut body);
-                let (path, query) = target.split_once('?').unwrap_or((target, ""));
-                let path = path.trim_end_matches('/');
-                let md5 = |d: &[u8]| s3ferry_store::checksum::md5_hex(d);
-                let (status, headers, payload): (&str, Vec<(String, String)>, Vec<u8>) = if path
-                    == format!("/{bucket}")
-                    && query.contains("list-type=2")
-                {
-                    let mut xml = format!(
-                            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>{bucket}</Name><Prefix></Prefix><KeyCount>{}</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>",
-                            objects.len()
-                        );
-                    for (k, d) in objects.iter() {
-                        xml += &format!(
-                                "<Contents><Key>{k}</Key><LastModified>2024-01-01T00:00:00.000Z</LastModified><ETag>&quot;{}&quot;</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
-                                md5(d),
-                                d.len()
-                            );
-                    }
-                    xml += "</ListBucketResult>";
-                    (
-                        "200 OK",
-                        vec![("Content-Type".into(), "application/xml".into())],
-                        xml.into_bytes(),
-                    )
-                } else if path == format!("/{bucket}") {
-                    (
-                        "200 OK",
-                        vec![("x-amz-bucket-region".into(), "us-east-1".into())],
-                        vec![],
-                    )
-                } else if let Some((_, d)) = objects
-                    .iter()
-                    .find(|(k, _)| path == format!("/{bucket}/{k}"))
-                {
-                    (
-                        "200 OK",
-                        vec![
-                            ("ETag".into(), format!("\"{}\"", md5(d))),
-                            (
-                                "Last-Modified".into(),
-                                "Mon, 01 Jan 2024 00:00:00 GMT".into(),
-                            ),
-                            ("Content-Type".into(), "application/octet-stream".into()),
-                        ],
-                        d.to_vec(),
-                    )
-                } else {
-                    (
-                            "404 Not Found",
-                            vec![("Content-Type".into(), "application/xml".into())],
-                            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchKey</Code><Message>no such key</Message></Error>".to_vec(),
-                        )
-                };
-                let mut resp = format!(
-                    "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
-                    payload.len()
-                );
-                for (k, v) in headers {
-                    resp += &format!("{k}: {v}\r\n");
-                }
-                resp += "\r\n";
-                let _ = w.write_all(resp.as_bytes());
-                if method != "HEAD" {
-                    let _ = w.write_all(&payload);
-                }
-                let _ = w.flush();
-            });
+    let mut objects: Vec<(String, Vec<u8>)> = objects
+        .into_iter()
+        .map(|(k, d)| (k.to_string(), d.to_vec()))
+        .collect();
+    objects.sort_by(|a, b| a.0.cmp(&b.0));
+    standin(move |req| {
+        let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+        let path = path.trim_end_matches('/');
+        if path == format!("/{bucket}") && query.contains("list-type=2") {
+            list_xml(bucket, &objects)
+        } else if path == format!("/{bucket}") {
+            ("200 OK", vec![], vec![])
+        } else if let Some((_, d)) = objects
+            .iter()
+            .find(|(k, _)| path == format!("/{bucket}/{k}"))
+        {
+            object_reply(d)
+        } else {
+            xml_error("404 Not Found", "NoSuchKey", "no such key")
         }
-    });
-    format!("http://{addr}")
+    })
 }
 
 /// Keys that would escape the destination, served by a stand-in server (a real one normalises

@@ -610,3 +610,117 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+// ---- stand-in S3 servers, for what neither local server does ------------------------------
+
+/// One request as a stand-in sees it (header names lower-case).
+pub struct Req {
+    pub method: String,
+    pub target: String,
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+pub type Reply = (&'static str, Vec<(String, String)>, Vec<u8>);
+
+/// A stand-in S3 on a free loopback port answering each request with `handle`; its endpoint.
+pub fn standin(handle: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().expect("clone"));
+                let mut w = conn;
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("").to_string();
+                let target = parts.next().unwrap_or("").to_string();
+                let mut headers = std::collections::HashMap::new();
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                    }
+                }
+                let len = headers
+                    .get("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0usize);
+                let mut body = vec![0; len];
+                let _ = r.read_exact(&mut body);
+                let req = Req {
+                    method,
+                    target,
+                    headers,
+                    body,
+                };
+                let (status, headers, payload) = handle(&req);
+                let mut resp = format!(
+                    "HTTP/1.1 {status}\r\nConnection: close\r\nDate: {}\r\nx-amz-bucket-region: us-east-1\r\nContent-Length: {}\r\n",
+                    chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT"),
+                    payload.len()
+                );
+                for (k, v) in headers {
+                    resp += &format!("{k}: {v}\r\n");
+                }
+                resp += "\r\n";
+                let _ = w.write_all(resp.as_bytes());
+                if req.method != "HEAD" {
+                    let _ = w.write_all(&payload);
+                }
+                let _ = w.flush();
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+pub fn xml_error(status: &'static str, code: &str, msg: &str) -> Reply {
+    (
+        status,
+        vec![("Content-Type".into(), "application/xml".into())],
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{msg}</Message></Error>").into_bytes(),
+    )
+}
+
+pub fn list_xml(bucket: &str, objects: &[(String, Vec<u8>)]) -> Reply {
+    let mut xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>{bucket}</Name><Prefix></Prefix><KeyCount>{}</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>", objects.len());
+    for (k, d) in objects {
+        xml += &format!("<Contents><Key>{k}</Key><LastModified>2024-01-01T00:00:00.000Z</LastModified><ETag>&quot;{}&quot;</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>", s3ferry_store::checksum::md5_hex(d), d.len());
+    }
+    xml += "</ListBucketResult>";
+    (
+        "200 OK",
+        vec![("Content-Type".into(), "application/xml".into())],
+        xml.into_bytes(),
+    )
+}
+
+pub fn object_reply(d: &[u8]) -> Reply {
+    (
+        "200 OK",
+        vec![
+            (
+                "ETag".into(),
+                format!("\"{}\"", s3ferry_store::checksum::md5_hex(d)),
+            ),
+            (
+                "Last-Modified".into(),
+                "Mon, 01 Jan 2024 00:00:00 GMT".into(),
+            ),
+            ("Content-Type".into(), "application/octet-stream".into()),
+        ],
+        d.to_vec(),
+    )
+}
