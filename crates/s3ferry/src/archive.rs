@@ -245,10 +245,18 @@ pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
             };
             let b = CliBuckets(g.clone());
             let dir = open_dir(dest, &b as &dyn Buckets, false, !a.dry_run).await?;
-            dir.store
-                .check()
-                .await
-                .map_err(|e| Fatal(format!("{dest}: {e}")))?;
+            // A dry run into a directory that does not exist yet plans against an empty one.
+            let new_dir = a.dry_run
+                && dir
+                    .store
+                    .local_path(&dir.prefix)
+                    .is_some_and(|p| !p.exists());
+            if !new_dir {
+                dir.store
+                    .check()
+                    .await
+                    .map_err(|e| Fatal(format!("{dest}: {e}")))?;
+            }
             let db = crate::state_db_path(a.state_dir.as_deref())?;
             let journal =
                 Arc::new(Journal::open(&db).map_err(|e| Fatal(format!("{e} (use --state-dir)")))?);

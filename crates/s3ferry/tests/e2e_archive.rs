@@ -289,6 +289,12 @@ fn bad_archives_are_refused_and_the_destination_stays_untouched() {
     assert!(e.contains("inside the source"), "{e}");
     let e = export(&cx, &s, "-", &[]).assert_fatal();
     assert!(e.contains("--state-out"), "{e}");
+    // A dry run into a directory that does not exist yet plans and creates nothing.
+    let fresh = cx.path("fresh-dir").display().to_string();
+    let dry = import(&cx, &v1, &fresh, &["--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry}");
+    assert_eq!(dry.summary()["archives"][0]["outcome"], "would-apply");
+    assert!(!std::path::Path::new(&fresh).exists());
 }
 
 /// An import killed with -9 in the middle of a multipart upload, then run again: the rerun
