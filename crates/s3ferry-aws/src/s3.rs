@@ -459,16 +459,14 @@ impl S3Store {
     }
 
     /// UploadPart with a body of `len` bytes; the part carries `crc` (unless the upload was
-    /// made without checksums: `when_required`).
+    /// made without checksums: `when_required`) and `md5` (Content-MD5, base64) if given.
     async fn send_part(
         &self,
         key: &str,
-        upload_id: &str,
-        part_number: u32,
+        (upload_id, part_number): (&str, u32),
         len: u64,
         body: SdkByteStream,
-        crc: Option<u64>,
-        md5: Option<String>,
+        (crc, md5): (Option<u64>, Option<String>),
     ) -> Result<PartInfo> {
         let crc = if self.when_required { None } else { crc };
         let out = self
@@ -1017,12 +1015,10 @@ impl Store for S3Store {
         let len = body.len() as u64;
         self.send_part(
             key,
-            upload_id,
-            part_number,
+            (upload_id, part_number),
             len,
             SdkByteStream::from(body),
-            crc,
-            md5,
+            (crc, md5),
         )
         .await
     }
@@ -1051,7 +1047,7 @@ impl Store for S3Store {
                 )
                 .with_key(key)
             })?;
-        self.send_part(key, upload_id, part_number, file.len, body, crc, None)
+        self.send_part(key, (upload_id, part_number), file.len, body, (crc, None))
             .await
     }
 

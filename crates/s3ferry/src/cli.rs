@@ -1275,14 +1275,17 @@ pub struct WriteArgs {
     pub metadata_directive: Option<String>,
 }
 
+/// Filter rules: (include?, glob), the last matching one wins.
+pub type Rules = Vec<(bool, String)>;
+
 /// `--include`/`--exclude` as filter rules (includes first; the last matching rule wins) and
 /// `--since` as a time, for the commands that take them without sync's command-line order.
 pub fn rules_and_since(
     include: &[String],
     exclude: &[String],
     since: Option<&str>,
-) -> Result<(Vec<(bool, String)>, Option<std::time::SystemTime>), String> {
-    let mut rules: Vec<(bool, String)> = include.iter().map(|p| (true, p.clone())).collect();
+) -> Result<(Rules, Option<std::time::SystemTime>), String> {
+    let mut rules: Rules = include.iter().map(|p| (true, p.clone())).collect();
     rules.extend(exclude.iter().map(|p| (false, p.clone())));
     let since = since
         .map(|s| s3ferry_engine::filter::parse_since(s, std::time::SystemTime::now()))

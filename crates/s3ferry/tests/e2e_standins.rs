@@ -114,7 +114,9 @@ fn a_client_clock_twenty_minutes_off_is_corrected() {
 /// verified.
 #[test]
 fn a_server_rejecting_checksum_headers_gets_a_hint_and_when_required_works() {
-    let stored: Arc<Mutex<Vec<(String, Vec<u8>, bool)>>> = Arc::default();
+    // (key, bytes, carried a Content-MD5)
+    type Stored = Vec<(String, Vec<u8>, bool)>;
+    let stored: Arc<Mutex<Stored>> = Arc::default();
     let st = stored.clone();
     let endpoint = standin(move |req| {
         let path = req.target.split('?').next().unwrap_or("").to_string();
