@@ -389,22 +389,8 @@ fn escaping_keys_from_a_listing_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let work = dir.path().join("work");
     let dst = work.join("dst");
-    let mut c = Command::new(BIN);
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir.path())
-        .env("AWS_ACCESS_KEY_ID", "fake")
-        .env("AWS_SECRET_ACCESS_KEY", "fake-secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("S3FERRY_STATE_DIR", dir.path().join("state"))
-        .args([
-            "--json",
-            "--endpoint-url",
-            &endpoint,
-            "sync",
-            "s3://evil-bucket",
-            s(&dst),
-        ]);
+    let mut c = standin_cmd(&endpoint, dir.path());
+    c.args(["sync", "s3://evil-bucket", s(&dst)]);
     let r = run_cmd(c, Duration::from_secs(60));
     assert_eq!(r.code, 1, "{r}");
     assert_eq!(
@@ -1112,6 +1098,24 @@ impl Drop for TinyFs {
 /// F14: the disk fills up while a download is written. Exit 2 with one line naming the file
 /// being written; no temp file left; no truncated file under the final name; the files that
 /// fit are complete.
+/// A sync that ran out of disk on `name`: one fatal line naming the file being written, nothing
+/// under its final name, no temp file anywhere on the disk at `disk`.
+#[track_caller]
+fn full_disk_left_nothing(r: &Run, disk: &std::path::Path, dest: &std::path::Path, name: &str) {
+    let line = r.assert_fatal();
+    let path = dest.join(name);
+    assert!(
+        line.contains(&format!("writing {}", path.display())) && line.contains("No space left"),
+        "{line}"
+    );
+    assert!(!path.exists(), "a truncated {name} under its final name");
+    let left = all_entries(disk);
+    assert!(
+        left.iter().all(|e| !e.contains(".s3ferry-tmp.")),
+        "temp files left: {left:?}"
+    );
+}
+
 #[test]
 fn disk_full_during_a_download_is_fatal_and_leaves_nothing_partial() {
     let Some(cx) = Ctx::new() else { return };
@@ -1123,19 +1127,7 @@ fn disk_full_during_a_download_is_fatal_and_leaves_nothing_partial() {
         return;
     };
     let dest = fs.0.join("dest");
-    let r = cx.sync(&[&b.uri("p"), s(&dest)]);
-    let line = r.assert_fatal();
-    let path = dest.join("big.bin");
-    assert!(
-        line.contains(&format!("writing {}", path.display())) && line.contains("No space left"),
-        "{line}"
-    );
-    assert!(!path.exists(), "a truncated big.bin under its final name");
-    let left = all_entries(&fs.0);
-    assert!(
-        left.iter().all(|e| !e.contains(".s3ferry-tmp.")),
-        "temp files left: {left:?}"
-    );
+    full_disk_left_nothing(&cx.sync(&[&b.uri("p"), s(&dest)]), &fs.0, &dest, "big.bin");
     if dest.join("a.txt").exists() {
         assert_eq!(std::fs::read(dest.join("a.txt")).unwrap(), b"small\n");
     }
@@ -1146,19 +1138,7 @@ fn disk_full_during_a_download_is_fatal_and_leaves_nothing_partial() {
         return;
     };
     let dest = fs.0.join("dest");
-    let r = cx.sync(&[&b.uri("m"), s(&dest)]);
-    let line = r.assert_fatal();
-    let path = dest.join("huge.bin");
-    assert!(
-        line.contains(&format!("writing {}", path.display())) && line.contains("No space left"),
-        "{line}"
-    );
-    assert!(!path.exists(), "a truncated huge.bin under its final name");
-    let left = all_entries(&fs.0);
-    assert!(
-        left.iter().all(|e| !e.contains(".s3ferry-tmp.")),
-        "temp files left: {left:?}"
-    );
+    full_disk_left_nothing(&cx.sync(&[&b.uri("m"), s(&dest)]), &fs.0, &dest, "huge.bin");
 }
 
 /// F39: a destination directory that is a symlink to a directory outside (`a -> outside/`) is

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,18 +15,11 @@ use common::*;
 /// `s3ferry --json --endpoint-url EP ARGS` with fake credentials and a fresh HOME and state.
 fn run_at(endpoint: &str, env: &[(&str, &str)], args: &[&str]) -> (Run, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = Command::new(BIN);
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir.path())
-        .env("AWS_ACCESS_KEY_ID", "fake")
-        .env("AWS_SECRET_ACCESS_KEY", "fake-secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("S3FERRY_STATE_DIR", dir.path().join("state"));
+    let mut c = standin_cmd(endpoint, dir.path());
     for (k, v) in env {
         c.env(k, v);
     }
-    c.args(["--json", "--endpoint-url", endpoint]).args(args);
+    c.args(args);
     (run_cmd(c, Duration::from_secs(60)), dir)
 }
 

@@ -613,6 +613,21 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 // ---- stand-in S3 servers, for what neither local server does ------------------------------
 
+/// `s3ferry --json --endpoint-url ENDPOINT` for a stand-in server: nothing inherited from the
+/// caller's environment, fake credentials, HOME and the state directory under `home`.
+pub fn standin_cmd(endpoint: &str, home: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("AWS_ACCESS_KEY_ID", "fake")
+        .env("AWS_SECRET_ACCESS_KEY", "fake-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("S3FERRY_STATE_DIR", home.join("state"))
+        .args(["--json", "--endpoint-url", endpoint]);
+    c
+}
+
 /// One request as a stand-in sees it (header names lower-case).
 pub struct Req {
     pub method: String,
