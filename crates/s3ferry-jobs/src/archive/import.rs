@@ -107,21 +107,7 @@ struct Volume {
 
 impl Volume {
     async fn open(path: &Path) -> Result<Self, ArchiveError> {
-        let mut tar = TarReader::new(read_file(path)?);
-        let first = tar
-            .next_member()
-            .await
-            .map_err(|e| bad(path, e))?
-            .ok_or_else(|| bad(path, "an empty tar, not an s3ferry archive"))?;
-        if first.name != MANIFEST {
-            return Err(bad(
-                path,
-                format!(
-                    "not an s3ferry archive: its first member is {:?}, not {MANIFEST}",
-                    first.name
-                ),
-            ));
-        }
+        let mut tar = open_manifest(path).await?;
         let mut tmp = tempfile::tempfile().map_err(|e| bad(path, e))?;
         {
             let mut w = std::io::BufWriter::new(&mut tmp);
@@ -138,26 +124,9 @@ impl Volume {
             .next()
             .ok_or_else(|| bad(path, "the manifest is empty"))?
             .map_err(|e| bad(path, e))?;
-        let header: Header =
-            serde_json::from_str(&h).map_err(|e| bad(path, format!("bad manifest header: {e}")))?;
-        if header.format != FORMAT || header.version != VERSION {
-            return Err(bad(
-                path,
-                format!(
-                    "format {:?} version {} is not {FORMAT} version {VERSION}",
-                    header.format, header.version
-                ),
-            ));
-        }
-        if header.volume == 0 || header.volume > header.volumes {
-            return Err(bad(
-                path,
-                format!("volume {} of {}", header.volume, header.volumes),
-            ));
-        }
         Ok(Self {
             tar,
-            header,
+            header: parse_header(path, &h)?,
             lines,
             path: path.to_path_buf(),
         })
@@ -266,9 +235,71 @@ impl Volume {
     }
 }
 
-/// The first line of a volume's manifest.
+/// A volume's tar, positioned at the data of its first member, which must be the manifest.
+async fn open_manifest(path: &Path) -> Result<TarReader, ArchiveError> {
+    let mut tar = TarReader::new(read_file(path)?);
+    let first = tar
+        .next_member()
+        .await
+        .map_err(|e| bad(path, e))?
+        .ok_or_else(|| bad(path, "an empty tar, not an s3ferry archive"))?;
+    if first.name != MANIFEST {
+        return Err(bad(
+            path,
+            format!(
+                "not an s3ferry archive: its first member is {:?}, not {MANIFEST}",
+                first.name
+            ),
+        ));
+    }
+    Ok(tar)
+}
+
+/// The manifest's first line as a header of a format and volume this s3ferry reads.
+fn parse_header(path: &Path, line: &str) -> Result<Header, ArchiveError> {
+    let header: Header =
+        serde_json::from_str(line).map_err(|e| bad(path, format!("bad manifest header: {e}")))?;
+    if header.format != FORMAT || header.version != VERSION {
+        return Err(bad(
+            path,
+            format!(
+                "format {:?} version {} is not {FORMAT} version {VERSION}",
+                header.format, header.version
+            ),
+        ));
+    }
+    if header.volume == 0 || header.volume > header.volumes {
+        return Err(bad(
+            path,
+            format!("volume {} of {}", header.volume, header.volumes),
+        ));
+    }
+    Ok(header)
+}
+
+/// The first line of a volume's manifest, reading no further than that line (the whole
+/// manifest is read when the volume is verified).
 async fn read_header(path: &Path) -> Result<Header, ArchiveError> {
-    Ok(Volume::open(path).await?.header)
+    let mut tar = open_manifest(path).await?;
+    let mut head = Vec::new();
+    loop {
+        if let Some(i) = head.iter().position(|b| *b == b'\n') {
+            head.truncate(i);
+            break;
+        }
+        if head.len() > 1 << 20 {
+            return Err(bad(path, "the manifest's header line is over 1 MiB"));
+        }
+        match tar.read_chunk(64 << 10).await.map_err(|e| bad(path, e))? {
+            Some(c) => head.extend_from_slice(&c),
+            None => break,
+        }
+    }
+    if head.is_empty() {
+        return Err(bad(path, "the manifest is empty"));
+    }
+    let line = String::from_utf8(head).map_err(|_| bad(path, "the manifest is not UTF-8"))?;
+    parse_header(path, &line)
 }
 
 /// The volumes given, grouped by archive and ordered by sequence number and volume.
