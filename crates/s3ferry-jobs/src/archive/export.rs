@@ -503,6 +503,8 @@ async fn scan_source(
     let mut puts: Spill<Line> = Spill::new().map_err(spill_err)?;
     let mut deletes: Spill<StateRec> = Spill::new().map_err(spill_err)?;
     let mut keep: Spill<StateRec> = Spill::new().map_err(spill_err)?;
+    // Deleted keys by content, for move detection (memory: one entry per deleted key).
+    let mut by_content: HashMap<(String, u64), Vec<String>> = HashMap::new();
     let mut new_keys = 0u64;
     let mut summary = ExportSummary {
         archive: header.archive.clone(),
@@ -520,7 +522,15 @@ async fn scan_source(
                 summary.unchanged += 1;
                 keep.push(&r).map_err(spill_err)?;
             }
-            Step::Delete(r) => deletes.push(&r).map_err(spill_err)?,
+            Step::Delete(r) => {
+                if let Some(sha) = r.sha256.clone().filter(|_| read) {
+                    by_content
+                        .entry((sha, r.size))
+                        .or_default()
+                        .push(r.key.clone());
+                }
+                deletes.push(&r).map_err(spill_err)?
+            }
             Step::Put { lines, rec, new } => {
                 if let Some(l) = lines.first() {
                     summary.puts += 1;
@@ -577,26 +587,12 @@ async fn scan_source(
         ));
     }
 
-    // Moves: a new key whose content (SHA-256 and size) is that of a deleted key.
-    let mut by_content: HashMap<(String, u64), Vec<String>> = HashMap::new();
-    let mut deleted = 0u64;
-    let deletes = {
-        let mut again: Spill<StateRec> = Spill::new().map_err(spill_err)?;
-        for r in deletes.read_back().map_err(spill_err)? {
-            let r = r.map_err(spill_err)?;
-            deleted += 1;
-            if read && !deletes_held && new_keys > 0 {
-                if let Some(sha) = &r.sha256 {
-                    by_content
-                        .entry((sha.clone(), r.size))
-                        .or_default()
-                        .push(r.key.clone());
-                }
-            }
-            again.push(&r).map_err(spill_err)?;
-        }
-        again
-    };
+    // Moves: a new key whose content (SHA-256 and size) is that of a deleted key (none when
+    // the deletes are held back, or nothing is new).
+    if deletes_held || new_keys == 0 {
+        by_content.clear();
+    }
+    let deleted = deletes.len();
     let mut moves = Vec::new();
     let mut moved_from = HashSet::new();
     let mut data: Spill<Line> = Spill::new().map_err(spill_err)?;
