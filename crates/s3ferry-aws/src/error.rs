@@ -237,9 +237,10 @@ where
         .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
     let code = err.code().map(str::to_string);
     let request_id = err.request_id().map(str::to_string);
+    let skew = skewed(err.raw_response(), code.as_deref());
     let (kind, message) = match &err {
-        SdkError::ServiceError(_) if skewed(err.raw_response(), code.as_deref()).is_some() => {
-            let secs = skewed(err.raw_response(), code.as_deref()).unwrap_or_default();
+        SdkError::ServiceError(_) if skew.is_some() => {
+            let secs = skew.unwrap_or_default();
             (
                 ErrorKind::Transient,
                 format!(
