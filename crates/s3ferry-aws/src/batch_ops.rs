@@ -155,6 +155,7 @@ impl BatchOps {
             endpoint: cfg
                 .endpoint_url
                 .unwrap_or_else(|| format!("AWS S3 Control ({region})")),
+            creds: None,
         };
         Ok(Self {
             s3control: S3ControlClient::new(&sdk),
@@ -171,6 +172,7 @@ impl BatchOps {
             ctx: ErrCtx {
                 bucket: format!("S3 Batch Operations of account {account_id}"),
                 endpoint: "S3 Control".into(),
+                creds: None,
             },
             s3control,
             iam,

@@ -52,6 +52,7 @@ impl CloudFrontInvalidator {
             ctx: ErrCtx {
                 bucket: format!("cloudfront:{}", cfg.distribution_id),
                 endpoint: cfg.endpoint_url.unwrap_or_else(|| "AWS CloudFront".into()),
+                creds: None,
             },
             distribution_id: cfg.distribution_id,
         })

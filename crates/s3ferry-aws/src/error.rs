@@ -21,7 +21,16 @@ pub(crate) struct ErrCtx {
     pub bucket: String,
     /// The endpoint in human form (`http://127.0.0.1:8333`, or `AWS S3 (us-east-1)`).
     pub endpoint: String,
+    /// The client's credentials cache, told when the server refuses them as expired.
+    pub creds: Option<crate::creds::RefreshingCredentials>,
 }
+
+/// Codes S3 (and STS-backed services) use for session credentials that are no longer valid.
+const EXPIRED_CREDENTIALS: &[&str] = &[
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "TokenRefreshRequired",
+];
 
 /// The kind an S3 error code and/or HTTP status stands for. The code wins over the status
 /// (a 200 can carry `<Error><Code>InternalError</Code>`).
@@ -251,6 +260,20 @@ where
                 ),
             )
         }
+        SdkError::ServiceError(_)
+            if code
+                .as_deref()
+                .is_some_and(|c| EXPIRED_CREDENTIALS.contains(&c))
+                && ctx.creds.as_ref().is_some_and(|c| c.refused_as_expired()) =>
+        {
+            (
+                ErrorKind::Transient,
+                format!(
+                    "{}: the session credentials expired; retried with new ones",
+                    code.as_deref().unwrap_or_default()
+                ),
+            )
+        }
         SdkError::ServiceError(_) => {
             let kind = kind_for(status, code.as_deref());
             let message = match (kind, err.message()) {
@@ -258,6 +281,14 @@ where
                 (ErrorKind::BucketNotFound, _) => default_message(kind, ctx),
                 (_, Some(m)) if !m.trim().is_empty() => one_line(m),
                 _ => default_message(kind, ctx),
+            };
+            let message = if code
+                .as_deref()
+                .is_some_and(|c| EXPIRED_CREDENTIALS.contains(&c))
+            {
+                format!("{message} (the session token is fixed, e.g. AWS_SESSION_TOKEN: renew it and run again; a role or profile that issues temporary credentials is renewed by itself)")
+            } else {
+                message
             };
             (kind, checksum_hint(op, status, code.as_deref(), message))
         }

@@ -7,6 +7,7 @@
 
 mod batch_ops;
 mod cloudfront;
+mod creds;
 mod error;
 mod list;
 mod s3;

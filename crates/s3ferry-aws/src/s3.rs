@@ -250,12 +250,23 @@ impl S3Store {
         let endpoint_desc = endpoint
             .clone()
             .unwrap_or_else(|| format!("AWS S3 ({region})"));
+        // Our cache instead of the SDK's, so that credentials S3 refuses as expired are
+        // fetched again (see creds.rs).
+        let creds = sdk
+            .credentials_provider()
+            .map(crate::creds::RefreshingCredentials::new);
+        if let Some(c) = &creds {
+            s3 = s3
+                .credentials_provider(c.clone())
+                .identity_cache(aws_sdk_s3::config::IdentityCache::no_cache());
+        }
         let ctx = ErrCtx {
             bucket: cfg.bucket.clone(),
             endpoint: endpoint_desc,
+            creds: creds.clone(),
         };
 
-        let access_key = match sdk.credentials_provider() {
+        let access_key = match &creds {
             Some(p) => match p.provide_credentials().await {
                 Ok(c) => c.access_key_id().to_string(),
                 Err(e) => {

@@ -76,6 +76,7 @@ impl SqsQueue {
             ctx: ErrCtx {
                 bucket: format!("sqs:{}", cfg.queue_url),
                 endpoint: cfg.endpoint_url.unwrap_or_else(|| "AWS SQS".into()),
+                creds: None,
             },
             url: cfg.queue_url,
         })
@@ -155,6 +156,7 @@ impl SqsQueue {
             ctx: ErrCtx {
                 bucket: format!("sqs:{url}"),
                 endpoint: self.ctx.endpoint.clone(),
+                creds: None,
             },
         }
     }

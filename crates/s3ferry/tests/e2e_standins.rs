@@ -1,7 +1,7 @@
 //! Behaviour of S3 that neither local server has, on small stand-in servers: S3's refusal of
 //! requests signed with a clock more than 15 minutes off (F13; SeaweedFS `weed mini` runs
-//! without auth and moto accepts any signature), and an S3-compatible server that rejects the
-//! SDK's checksum headers (F25).
+//! without auth and moto accepts any signature), an S3-compatible server that rejects the
+//! SDK's checksum headers (F25), and session credentials refused as expired mid-upload (F12).
 #![cfg(feature = "fault")]
 
 mod common;
@@ -192,4 +192,166 @@ fn a_server_rejecting_checksum_headers_gets_a_hint_and_when_required_works() {
     assert_eq!(got[0].0, "a.txt");
     assert_eq!(got[0].1, b"checked on the way in");
     assert!(got[0].2, "the body carried a Content-MD5");
+}
+
+/// F12: temporary credentials (here from a container credentials endpoint, as on ECS) that S3
+/// refuses as expired in the middle of a multipart upload, before the expiry they were issued
+/// with. The refused parts are retried with credentials fetched again; the parts that went up
+/// before are not sent again, the upload is not restarted, and the object is complete.
+#[test]
+fn credentials_expiring_mid_upload_are_fetched_again_and_the_finished_parts_kept() {
+    #[derive(Default)]
+    struct Seen {
+        /// The credentials endpoint hands out `token-2` once S3 has refused `token-1`.
+        expired: usize,
+        creates: usize,
+        /// (part number, session token) of every part S3 accepted.
+        accepted: Vec<(u32, String)>,
+        parts: std::collections::BTreeMap<u32, Vec<u8>>,
+        completed_with: Option<String>,
+        object: Option<Vec<u8>>,
+    }
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let fetches = Arc::new(AtomicUsize::new(0));
+
+    let (sc, fc) = (seen.clone(), fetches.clone());
+    let creds = standin(move |_req| {
+        fc.fetch_add(1, Ordering::SeqCst);
+        let token = if sc.lock().unwrap().expired > 0 {
+            "token-2"
+        } else {
+            "token-1"
+        };
+        let body = serde_json::json!({
+            "AccessKeyId": "fake",
+            "SecretAccessKey": "fake-secret",
+            "Token": token,
+            "Expiration": (chrono::Utc::now() + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        });
+        (
+            "200 OK",
+            vec![("Content-Type".into(), "application/json".into())],
+            body.to_string().into_bytes(),
+        )
+    });
+
+    let ss = seen.clone();
+    let endpoint = standin(move |req| {
+        let mut st = ss.lock().unwrap();
+        let token = req
+            .headers
+            .get("x-amz-security-token")
+            .cloned()
+            .unwrap_or_default();
+        if token == "token-1" && st.parts.len() >= 2 {
+            st.expired += 1;
+            return xml_error(
+                "400 Bad Request",
+                "ExpiredToken",
+                "The provided token has expired.",
+            );
+        }
+        let query = req.target.split_once('?').map_or("", |(_, q)| q);
+        let param = |name: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .map(str::to_string)
+        };
+        let xml = |body: String| {
+            (
+                "200 OK",
+                vec![("Content-Type".into(), "application/xml".into())],
+                body.into_bytes(),
+            )
+        };
+        if req.method == "POST"
+            && query
+                .split('&')
+                .any(|kv| kv == "uploads" || kv == "uploads=")
+        {
+            st.creates += 1;
+            return xml("<InitiateMultipartUploadResult><Bucket>cred-bucket</Bucket><Key>big.bin</Key><UploadId>up-1</UploadId></InitiateMultipartUploadResult>".into());
+        }
+        if req.method == "PUT" {
+            if let Some(n) = param("partNumber").and_then(|n| n.parse::<u32>().ok()) {
+                st.accepted.push((n, token));
+                st.parts.insert(n, req.body.clone());
+                return (
+                    "200 OK",
+                    vec![(
+                        "ETag".into(),
+                        format!("\"{}\"", s3ferry_store::checksum::md5_hex(&req.body)),
+                    )],
+                    vec![],
+                );
+            }
+        }
+        if req.method == "POST" && param("uploadId").is_some() {
+            st.completed_with = Some(token);
+            st.object = Some(st.parts.values().flatten().copied().collect());
+            return xml("<CompleteMultipartUploadResult><Bucket>cred-bucket</Bucket><Key>big.bin</Key><ETag>\"0123456789abcdef0123456789abcdef-5\"</ETag></CompleteMultipartUploadResult>".into());
+        }
+        if query.contains("list-type=2") {
+            return list_xml("cred-bucket", &[]);
+        }
+        if req.method == "DELETE" {
+            return ("204 No Content", vec![], vec![]);
+        }
+        match (&st.object, req.target.starts_with("/cred-bucket/big.bin")) {
+            (Some(o), true) => object_reply(o),
+            (None, true) => xml_error("404 Not Found", "NoSuchKey", "no such key"),
+            _ => ("200 OK", vec![], vec![]),
+        }
+    });
+
+    let src = tempfile::tempdir().expect("tempdir");
+    let data = random_bytes((20 << 20) | 1234, 12);
+    std::fs::write(src.path().join("big.bin"), &data).expect("write");
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut c = standin_cmd(&endpoint, home.path());
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!("{creds}/v2/credentials"),
+        )
+        .args([
+            "sync",
+            "--part-size",
+            "5MiB",
+            "--part-concurrency",
+            "2",
+            s(src.path()),
+            "s3://cred-bucket/",
+        ]);
+    let r = run_cmd(c, Duration::from_secs(60));
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.n("copied"), 1, "{r}");
+
+    let st = seen.lock().unwrap();
+    assert!(st.expired >= 1, "S3 refused token-1 at least once");
+    assert!(
+        fetches.load(Ordering::SeqCst) >= 2,
+        "credentials were fetched again"
+    );
+    assert_eq!(st.creates, 1, "the upload was not restarted");
+    let mut numbers: Vec<u32> = st.accepted.iter().map(|(n, _)| *n).collect();
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        vec![1, 2, 3, 4, 5],
+        "every part went up exactly once: {:?}",
+        st.accepted
+    );
+    assert!(
+        st.accepted.iter().filter(|(_, t)| t == "token-1").count() >= 2,
+        "the parts before the expiry were kept: {:?}",
+        st.accepted
+    );
+    assert_eq!(st.completed_with.as_deref(), Some("token-2"));
+    assert!(
+        st.object.as_deref() == Some(&data[..]),
+        "the object is the file"
+    );
 }
