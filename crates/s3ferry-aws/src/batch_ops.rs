@@ -156,6 +156,7 @@ impl BatchOps {
                 .endpoint_url
                 .unwrap_or_else(|| format!("AWS S3 Control ({region})")),
             creds: None,
+            sse_c: false,
         };
         Ok(Self {
             s3control: S3ControlClient::new(&sdk),
@@ -173,6 +174,7 @@ impl BatchOps {
                 bucket: format!("S3 Batch Operations of account {account_id}"),
                 endpoint: "S3 Control".into(),
                 creds: None,
+                sse_c: false,
             },
             s3control,
             iam,

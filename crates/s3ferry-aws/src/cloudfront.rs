@@ -53,6 +53,7 @@ impl CloudFrontInvalidator {
                 bucket: format!("cloudfront:{}", cfg.distribution_id),
                 endpoint: cfg.endpoint_url.unwrap_or_else(|| "AWS CloudFront".into()),
                 creds: None,
+                sse_c: false,
             },
             distribution_id: cfg.distribution_id,
         })

@@ -23,6 +23,8 @@ pub(crate) struct ErrCtx {
     pub endpoint: String,
     /// The client's credentials cache, told when the server refuses them as expired.
     pub creds: Option<crate::creds::RefreshingCredentials>,
+    /// Requests carry an SSE-C key (a refusal of a write may be the bucket blocking SSE-C).
+    pub sse_c: bool,
 }
 
 /// Codes S3 (and STS-backed services) use for session credentials that are no longer valid.
@@ -196,11 +198,20 @@ fn skewed(resp: Option<&HttpResponse>, code: Option<&str>) -> Option<i64> {
 /// A write refused over its checksum headers (servers that do not implement the SDK's
 /// `x-amz-checksum-*` headers or aws-chunked trailers answer 400/501 naming them) gets the
 /// way out appended: `--checksum-mode when-required`.
-fn checksum_hint(op: &str, status: Option<u16>, code: Option<&str>, message: String) -> String {
-    let write = matches!(
+fn is_write(op: &str) -> bool {
+    matches!(
         op,
-        "put" | "upload_part" | "create_multipart" | "complete_multipart"
-    );
+        "put"
+            | "upload_part"
+            | "create_multipart"
+            | "complete_multipart"
+            | "copy"
+            | "upload_part_copy"
+    )
+}
+
+fn checksum_hint(op: &str, status: Option<u16>, code: Option<&str>, message: String) -> String {
+    let write = is_write(op) && !op.contains("copy");
     let lower = format!("{} {}", code.unwrap_or(""), message).to_ascii_lowercase();
     let about_checksums = ["checksum", "trailer", "chunked", "x-amz-sdk"]
         .iter()
@@ -282,7 +293,9 @@ where
                 (_, Some(m)) if !m.trim().is_empty() => one_line(m),
                 _ => default_message(kind, ctx),
             };
-            let message = if code
+            let message = if kind == ErrorKind::PermissionDenied && ctx.sse_c && is_write(op) {
+                format!("{message} (this request carried an SSE-C key: buckets block SSE-C writes unless their encryption configuration allows them — check the bucket's BlockedEncryptionTypes, or write without --sse-c)")
+            } else if code
                 .as_deref()
                 .is_some_and(|c| EXPIRED_CREDENTIALS.contains(&c))
             {

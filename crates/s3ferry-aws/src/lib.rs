@@ -19,5 +19,5 @@ pub use batch_ops::{
 };
 pub use cloudfront::{CloudFrontConfig, CloudFrontInvalidator};
 pub use list::ListMode;
-pub use s3::{S3Config, S3Store, MAX_SINGLE_PUT};
+pub use s3::{S3Config, S3Store, SseCustomerKey, MAX_SINGLE_PUT};
 pub use sqs::{SqsConfig, SqsQueue};

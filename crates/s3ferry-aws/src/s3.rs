@@ -86,6 +86,109 @@ pub struct S3Config {
     pub clock_offset_secs: i64,
     /// Send `x-amz-request-payer: requester` on every request (Requester Pays buckets).
     pub request_payer: bool,
+    /// SSE-C: objects of this bucket are written and read with this key.
+    pub sse_customer_key: Option<SseCustomerKey>,
+    /// SSE-C: the sources of server-side copies into this bucket are read with this key.
+    pub copy_source_sse_customer_key: Option<SseCustomerKey>,
+}
+
+/// A customer-provided AES-256 key (SSE-C), as S3 takes it: the key and its MD5, in base64.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SseCustomerKey {
+    key_b64: String,
+    md5_b64: String,
+}
+
+#[cfg(test)]
+mod sse_c_tests {
+    use super::SseCustomerKey;
+
+    #[test]
+    fn keys_as_text_base64_or_a_file_and_nothing_else() {
+        let raw = "0123456789abcdef0123456789abcdef";
+        let k = SseCustomerKey::parse(raw).unwrap();
+        let b64 = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        assert_eq!(SseCustomerKey::parse(b64).unwrap(), k);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("key");
+        std::fs::write(&f, raw).unwrap();
+        assert_eq!(
+            SseCustomerKey::parse(&format!("fileb://{}", f.display())).unwrap(),
+            k
+        );
+        for bad in ["short", "", "MDEy", &format!("{raw}x")] {
+            let e = SseCustomerKey::parse(bad).unwrap_err();
+            assert!(e.contains("32 bytes"), "{bad}: {e}");
+        }
+        let e = SseCustomerKey::parse("fileb:///no/such/key").unwrap_err();
+        assert!(e.contains("/no/such/key"), "{e}");
+        assert!(!format!("{k:?}").contains(raw) && !format!("{k:?}").contains(b64));
+    }
+}
+
+impl std::fmt::Debug for SseCustomerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key itself.
+        write!(f, "SseCustomerKey(md5 {})", self.md5_b64)
+    }
+}
+
+impl SseCustomerKey {
+    /// The 32 bytes of an AES-256 key.
+    pub fn from_bytes(key: &[u8]) -> std::result::Result<Self, String> {
+        if key.len() != 32 {
+            return Err(format!(
+                "an SSE-C key is 32 bytes (AES-256), this one has {}",
+                key.len()
+            ));
+        }
+        use base64::Engine as _;
+        Ok(Self {
+            key_b64: base64::engine::general_purpose::STANDARD.encode(key),
+            md5_b64: s3ferry_store::checksum::md5_b64(key),
+        })
+    }
+
+    /// A key as `aws s3` takes it: the 32 bytes as text, `fileb://FILE` holding them, or (ours)
+    /// their base64 (44 characters).
+    pub fn parse(value: &str) -> std::result::Result<Self, String> {
+        use base64::Engine as _;
+        if let Some(path) = value.strip_prefix("fileb://") {
+            let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            return Self::from_bytes(&bytes).map_err(|m| format!("{path}: {m}"));
+        }
+        if value.len() == 32 {
+            return Self::from_bytes(value.as_bytes());
+        }
+        match base64::engine::general_purpose::STANDARD.decode(value.trim()) {
+            Ok(b) if b.len() == 32 => Self::from_bytes(&b),
+            _ => Err(format!(
+                "an SSE-C key is 32 bytes (AES-256): give 32 characters, their base64 (44 characters) or fileb://FILE holding the 32 bytes; this one has {} characters",
+                value.chars().count()
+            )),
+        }
+    }
+
+    /// The MD5 S3 reports for objects written with this key (base64).
+    pub fn md5_b64(&self) -> &str {
+        &self.md5_b64
+    }
+}
+
+/// The SSE-C request parameters of one store (none without a key).
+#[derive(Clone, Debug, Default)]
+struct SseC(Option<SseCustomerKey>);
+
+impl SseC {
+    fn algorithm(&self) -> Option<String> {
+        self.0.as_ref().map(|_| "AES256".to_string())
+    }
+    fn key(&self) -> Option<String> {
+        self.0.as_ref().map(|k| k.key_b64.clone())
+    }
+    fn key_md5(&self) -> Option<String> {
+        self.0.as_ref().map(|k| k.md5_b64.clone())
+    }
 }
 
 /// The offset of the clock requests are signed with (see [`S3Config::clock_offset_secs`]).
@@ -137,6 +240,46 @@ impl aws_sdk_s3::config::Intercept for RequesterPays {
     }
 }
 
+/// Headers S3 sends once that some servers repeat with the same value (SeaweedFS 4.x sends
+/// `x-amz-server-side-encryption-customer-key-MD5` twice), which the SDK then fails to parse.
+const SINGLE_HEADERS: &[&str] = &[
+    "x-amz-server-side-encryption",
+    "x-amz-server-side-encryption-aws-kms-key-id",
+    "x-amz-server-side-encryption-customer-algorithm",
+    "x-amz-server-side-encryption-customer-key-md5",
+    "x-amz-server-side-encryption-bucket-key-enabled",
+];
+
+/// Takes a repeated single-valued header (see [`SINGLE_HEADERS`]) once when every copy says the
+/// same; copies that disagree are left for the SDK to refuse.
+#[derive(Debug)]
+struct RepeatedHeaders;
+
+impl aws_sdk_s3::config::Intercept for RepeatedHeaders {
+    fn name(&self) -> &'static str {
+        "s3ferry::RepeatedHeaders"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextMut<
+            '_,
+        >,
+        _rc: &aws_sdk_s3::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> std::result::Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let headers = context.response_mut().headers_mut();
+        for name in SINGLE_HEADERS {
+            let values: Vec<String> = headers.get_all(name).map(str::to_string).collect();
+            if values.len() > 1 && values.iter().all(|v| *v == values[0]) {
+                headers.remove(name);
+                headers.insert(*name, values[0].clone());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// See [`S3Config::read_timeout`].
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -157,6 +300,9 @@ pub struct S3Store {
     copy_domain: String,
     when_required: bool,
     lister: Arc<Lister>,
+    /// SSE-C: the key of this bucket's objects, and of the sources of server-side copies.
+    sse_c: SseC,
+    copy_source_sse_c: SseC,
     /// `s3://bucket` on AWS, `s3://bucket@<endpoint>` elsewhere (see [`Store::state_id`]).
     state_id: String,
 }
@@ -242,7 +388,9 @@ impl S3Store {
         }
         s3 = s3.force_path_style(cfg.force_path_style.unwrap_or(endpoint.is_some()));
         let server = Arc::new(std::sync::OnceLock::new());
-        s3 = s3.interceptor(ServerHeader(server.clone()));
+        s3 = s3
+            .interceptor(ServerHeader(server.clone()))
+            .interceptor(RepeatedHeaders);
         if cfg.request_payer {
             s3 = s3.interceptor(RequesterPays);
         }
@@ -264,6 +412,7 @@ impl S3Store {
             bucket: cfg.bucket.clone(),
             endpoint: endpoint_desc,
             creds: creds.clone(),
+            sse_c: cfg.sse_customer_key.is_some(),
         };
 
         let access_key = match &creds {
@@ -299,6 +448,8 @@ impl S3Store {
             copy_domain,
             when_required: cfg.checksum_when_required,
             lister,
+            sse_c: SseC(cfg.sse_customer_key.clone()),
+            copy_source_sse_c: SseC(cfg.copy_source_sse_customer_key.clone()),
             state_id: match &endpoint {
                 Some(e) => format!("s3://{}@{}", cfg.bucket, e.trim_end_matches('/')),
                 None => format!("s3://{}", cfg.bucket),
@@ -485,6 +636,9 @@ impl S3Store {
             .upload_part()
             .bucket(&self.ctx.bucket)
             .key(key)
+            .set_sse_customer_algorithm(self.sse_c.algorithm())
+            .set_sse_customer_key(self.sse_c.key())
+            .set_sse_customer_key_md5(self.sse_c.key_md5())
             .upload_id(upload_id)
             .part_number(part_number as i32)
             .content_length(len as i64)
@@ -607,6 +761,15 @@ fn full_object_crc(value: Option<&str>, ty: Option<&ChecksumType>) -> Option<u64
     }
 }
 
+/// How an answer says its object is encrypted (see [`ObjectMeta::encryption`]).
+fn encryption(sse: Option<&ServerSideEncryption>, sse_c: Option<&str>) -> Option<String> {
+    match (sse, sse_c) {
+        (_, Some(_)) => Some("SSE-C".into()),
+        (Some(s), None) => Some(s.as_str().to_string()),
+        (None, None) => None,
+    }
+}
+
 fn meta_from_headers(
     metadata: Option<&HashMap<String, String>>,
 ) -> (Option<BTreeMap<String, String>>, Option<SystemTime>) {
@@ -665,7 +828,18 @@ impl Store for S3Store {
     }
 
     fn list(&self, opts: ListOptions) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.lister.clone().list(opts)
+        let listed = self.lister.clone().list(opts);
+        if self.sse_c.0.is_none() {
+            return listed;
+        }
+        // Read with an SSE-C key, the bucket's objects are taken to be encrypted with it: their
+        // ETags are not MD5s (listings do not say how an object is encrypted).
+        listed
+            .map_ok(|mut m| {
+                m.encryption = Some("SSE-C".into());
+                m
+            })
+            .boxed()
     }
 
     fn list_versions(
@@ -790,6 +964,9 @@ impl Store for S3Store {
             .head_object()
             .bucket(&self.ctx.bucket)
             .key(key)
+            .set_sse_customer_algorithm(self.sse_c.algorithm())
+            .set_sse_customer_key(self.sse_c.key())
+            .set_sse_customer_key_md5(self.sse_c.key_md5())
             .checksum_mode(ChecksumMode::Enabled)
             .send()
             .await
@@ -808,6 +985,7 @@ impl Store for S3Store {
             metadata,
             inode: None,
             ctime: None,
+            encryption: encryption(o.server_side_encryption(), o.sse_customer_algorithm()),
         })
     }
 
@@ -849,6 +1027,9 @@ impl Store for S3Store {
             .get_object()
             .bucket(&self.ctx.bucket)
             .key(key)
+            .set_sse_customer_algorithm(self.sse_c.algorithm())
+            .set_sse_customer_key(self.sse_c.key())
+            .set_sse_customer_key_md5(self.sse_c.key_md5())
             .set_if_match(opts.if_match.clone());
         match &opts.range {
             // An end beyond any real size (past i64, which servers parse into) is sent
@@ -902,6 +1083,7 @@ impl Store for S3Store {
             metadata,
             inode: None,
             ctime: None,
+            encryption: encryption(o.server_side_encryption(), o.sse_customer_algorithm()),
         };
         let key_owned = key.to_string();
         let body = stream::unfold((o.body, key_owned), |(mut b, key)| async move {
@@ -931,6 +1113,9 @@ impl Store for S3Store {
             .put_object()
             .bucket(&self.ctx.bucket)
             .key(key)
+            .set_sse_customer_algorithm(self.sse_c.algorithm())
+            .set_sse_customer_key(self.sse_c.key())
+            .set_sse_customer_key_md5(self.sse_c.key_md5())
             .content_length(body.len() as i64)
             .set_content_type(opts.content_type.clone())
             .set_metadata(user_metadata(&opts))
@@ -985,6 +1170,9 @@ impl Store for S3Store {
             .create_multipart_upload()
             .bucket(&self.ctx.bucket)
             .key(key)
+            .set_sse_customer_algorithm(self.sse_c.algorithm())
+            .set_sse_customer_key(self.sse_c.key())
+            .set_sse_customer_key_md5(self.sse_c.key_md5())
             .set_content_type(opts.content_type.clone())
             .set_metadata(user_metadata(&opts))
             .set_tagging(encode_tags(&opts.tags))
@@ -1083,6 +1271,12 @@ impl Store for S3Store {
             .upload_part_copy()
             .bucket(&self.ctx.bucket)
             .key(key)
+            .set_sse_customer_algorithm(self.sse_c.algorithm())
+            .set_sse_customer_key(self.sse_c.key())
+            .set_sse_customer_key_md5(self.sse_c.key_md5())
+            .set_copy_source_sse_customer_algorithm(self.copy_source_sse_c.algorithm())
+            .set_copy_source_sse_customer_key(self.copy_source_sse_c.key())
+            .set_copy_source_sse_customer_key_md5(self.copy_source_sse_c.key_md5())
             .upload_id(upload_id)
             .part_number(part_number as i32)
             .copy_source(copy_source(src))
@@ -1141,6 +1335,9 @@ impl Store for S3Store {
             .complete_multipart_upload()
             .bucket(&self.ctx.bucket)
             .key(key)
+            .set_sse_customer_algorithm(self.sse_c.algorithm())
+            .set_sse_customer_key(self.sse_c.key())
+            .set_sse_customer_key_md5(self.sse_c.key_md5())
             .upload_id(upload_id)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
@@ -1242,6 +1439,12 @@ impl Store for S3Store {
             .copy_object()
             .bucket(&self.ctx.bucket)
             .key(dst_key)
+            .set_sse_customer_algorithm(self.sse_c.algorithm())
+            .set_sse_customer_key(self.sse_c.key())
+            .set_sse_customer_key_md5(self.sse_c.key_md5())
+            .set_copy_source_sse_customer_algorithm(self.copy_source_sse_c.algorithm())
+            .set_copy_source_sse_customer_key(self.copy_source_sse_c.key())
+            .set_copy_source_sse_customer_key_md5(self.copy_source_sse_c.key_md5())
             .copy_source(copy_source(src))
             .set_copy_source_if_match(src.if_match.clone());
         match &opts.checksum_algorithm {

@@ -77,6 +77,7 @@ impl SqsQueue {
                 bucket: format!("sqs:{}", cfg.queue_url),
                 endpoint: cfg.endpoint_url.unwrap_or_else(|| "AWS SQS".into()),
                 creds: None,
+                sse_c: false,
             },
             url: cfg.queue_url,
         })
@@ -157,6 +158,7 @@ impl SqsQueue {
                 bucket: format!("sqs:{url}"),
                 endpoint: self.ctx.endpoint.clone(),
                 creds: None,
+                sse_c: false,
             },
         }
     }

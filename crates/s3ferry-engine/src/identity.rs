@@ -6,9 +6,7 @@
 use std::time::SystemTime;
 
 use futures::StreamExt;
-use s3ferry_store::checksum::{
-    candidate_part_sizes, crc64_to_b64, etag_shape, Crc64, EtagBuilder, EtagShape,
-};
+use s3ferry_store::checksum::{candidate_part_sizes, crc64_to_b64, Crc64, EtagBuilder, EtagShape};
 use s3ferry_store::{ErrorKind, GetOptions, ObjectMeta, Result, StoreError};
 
 use crate::journal::{FileId, Journal};
@@ -126,7 +124,7 @@ pub async fn resolve_check(
                 (dst, d, s)
             };
             let etag = re.meta.etag.clone().unwrap_or_default();
-            let algos: Vec<String> = match etag_shape(&etag) {
+            let algos: Vec<String> = match re.meta.etag_shape() {
                 EtagShape::Md5 => vec![format!("etag:{}:0", le.meta.size.max(1))],
                 EtagShape::Multipart(n) => candidate_part_sizes(le.meta.size, n, part_size)
                     .into_iter()

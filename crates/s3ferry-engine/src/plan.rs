@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use s3ferry_store::checksum::{etag_shape, EtagShape};
+use s3ferry_store::checksum::EtagShape;
 use s3ferry_store::key::{key_to_relpath, UnsafeKey};
 use s3ferry_store::ObjectMeta;
 
@@ -198,8 +198,8 @@ pub fn same_content(a: &ObjectMeta, b: &ObjectMeta) -> Option<bool> {
     }
     match (a.etag.as_deref(), b.etag.as_deref()) {
         (Some(x), Some(y)) if x == y => Some(true),
-        (Some(x), Some(y))
-            if etag_shape(x) == EtagShape::Md5 && etag_shape(y) == EtagShape::Md5 =>
+        (Some(_), Some(_))
+            if a.etag_shape() == EtagShape::Md5 && b.etag_shape() == EtagShape::Md5 =>
         {
             Some(false)
         }
@@ -269,12 +269,6 @@ pub fn plan(
             }
         }
     }
-    let remote_etag = |m: &ObjectMeta| {
-        m.etag
-            .as_deref()
-            .map(etag_shape)
-            .unwrap_or(EtagShape::Opaque)
-    };
     match (src_kind, dst_kind) {
         (SideKind::Local, SideKind::Local) => {
             if o.checksum {
@@ -315,7 +309,7 @@ pub fn plan(
                     }
                 }
             }
-            match remote_etag(&remote.meta) {
+            match remote.meta.etag_shape() {
                 EtagShape::Md5 | EtagShape::Multipart(_) => Action::Check(Check::LocalEtag),
                 EtagShape::Opaque if o.checksum => Action::Check(Check::Checksum),
                 EtagShape::Opaque => Action::Check(Check::Mtime),
@@ -415,6 +409,23 @@ mod tests {
         assert_eq!(
             plan(None, Some(&remote("a", 1, 20, MD5)), None, &o),
             Action::Extra
+        );
+        // An encrypted object's ETag is not an MD5 of the file (F26): the stored mtime decides.
+        for enc in ["aws:kms", "aws:kms:dsse", "SSE-C"] {
+            let mut r = remote("a", 1, 20, MD5);
+            r.meta.encryption = Some(enc.into());
+            assert_eq!(
+                plan(Some(&local("a", 1, 10)), Some(&r), None, &o),
+                Action::Check(Check::Mtime),
+                "{enc}"
+            );
+        }
+        let mut sse_s3 = remote("a", 1, 20, MD5);
+        sse_s3.meta.encryption = Some("AES256".into());
+        assert_eq!(
+            plan(Some(&local("a", 1, 10)), Some(&sse_s3), None, &o),
+            Action::Check(Check::LocalEtag),
+            "SSE-S3 ETags are MD5s"
         );
         let del = PlanOptions {
             delete: true,
@@ -569,6 +580,16 @@ mod tests {
             assert_eq!(same_content(&a, &b), want, "{a:?} {b:?}");
             assert_eq!(same_content(&b, &a), want, "symmetric");
         }
+        // SSE-KMS / SSE-C: 32 hex digits that are not MD5s; two different ones say nothing.
+        let kms = |etag: &str| ObjectMeta {
+            encryption: Some("aws:kms".into()),
+            ..r(1, etag)
+        };
+        assert_eq!(
+            same_content(&kms(MD5), &r(1, "ffffffffffffffffffffffffffffffff")),
+            None
+        );
+        assert_eq!(same_content(&kms(MD5), &kms(MD5)), Some(true));
         let mut c1 = r(1, "abc-2");
         let mut c2 = r(1, "def-3");
         c1.crc64nvme = Some(7);

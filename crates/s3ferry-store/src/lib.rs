@@ -53,6 +53,23 @@ pub struct ObjectMeta {
     pub inode: Option<u64>,
     /// Local inode change time: moves on every write, and cannot be set back the way mtime can.
     pub ctime: Option<SystemTime>,
+    /// Server-side encryption as the store reports it (HEAD/GET: `AES256`, `aws:kms`,
+    /// `aws:kms:dsse`, `SSE-C`; listings of a bucket read with an SSE-C key: `SSE-C`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
+}
+
+impl ObjectMeta {
+    /// What the ETag says about the content. S3's ETags of objects encrypted with SSE-KMS,
+    /// DSSE-KMS or SSE-C are not MD5s of the content, whatever they look like: opaque.
+    pub fn etag_shape(&self) -> checksum::EtagShape {
+        match (self.etag.as_deref(), self.encryption.as_deref()) {
+            (None, _) | (_, Some("aws:kms" | "aws:kms:dsse" | "SSE-C")) => {
+                checksum::EtagShape::Opaque
+            }
+            (Some(e), _) => checksum::etag_shape(e),
+        }
+    }
 }
 
 /// How a put treats an existing object.

@@ -1,7 +1,8 @@
 //! Local file system backend. Keys map to paths only through [`key_to_relpath`]; writes go to a
 //! temp file in the target's directory and are renamed into place once complete and verified,
-//! so a partial file never appears under its final name. Symlinks are never followed: the walk
-//! skips them and a write refuses a path with a symlinked directory in it.
+//! so a partial file never appears under its final name. Symlinks are not followed unless asked
+//! ([`LocalStore::with_follow_symlinks`], for reading only): the walk skips them and a write
+//! refuses a path with a symlinked directory in it.
 //!
 //! Multipart uploads are temp files written at part offsets (`(n-1) * part_size`); the upload
 //! id names the temp file, so an upload left by a killed process is found by
@@ -38,6 +39,8 @@ const STREAM_BATCH: u64 = 1024 * 1024;
 pub struct LocalStore {
     root: PathBuf,
     fsync: bool,
+    /// Read through symlinks (a source's `--follow-symlinks`); directory loops are reported.
+    follow_symlinks: bool,
     uploads: Arc<Mutex<HashMap<String, PutOptions>>>,
 }
 
@@ -107,6 +110,15 @@ fn temp_id() -> String {
     format!("{}_{}", crate::run_id(), &r[..16])
 }
 
+/// The metadata of the file at `path`: of a symlink itself unless links are followed.
+fn stat(follow: bool, path: &Path) -> std::io::Result<std::fs::Metadata> {
+    if follow {
+        std::fs::metadata(path)
+    } else {
+        std::fs::symlink_metadata(path)
+    }
+}
+
 fn parent_key(key: &str) -> &str {
     key.rsplit_once('/').map_or("", |(p, _)| p)
 }
@@ -133,8 +145,17 @@ impl LocalStore {
         Self {
             root: root.into(),
             fsync: true,
+            follow_symlinks: false,
             uploads: Arc::default(),
         }
+    }
+
+    /// List and read through symlinks, as if each were the file or directory it points to
+    /// (writes still never go through one). A link to one of its own parent directories is
+    /// reported as a loop and not entered; a dangling link is reported and skipped.
+    pub fn with_follow_symlinks(mut self, follow: bool) -> Self {
+        self.follow_symlinks = follow;
+        self
     }
 
     /// Skip fsync of files and directories (faster; a power loss may then lose recent writes).
@@ -341,13 +362,21 @@ fn walk(
     prefix: &str,
     start_after: Option<&str>,
     report_skipped: bool,
+    follow: bool,
     tx: &tokio::sync::mpsc::Sender<Result<ObjectMeta>>,
 ) {
     struct Frame {
         dir: PathBuf,
         key_prefix: String,
         entries: std::vec::IntoIter<(String, FileType)>,
+        /// (device, inode) of the directory, when links are followed (for loop detection).
+        id: Option<(u64, u64)>,
     }
+    let dir_id = |p: &Path| {
+        follow
+            .then(|| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino())))
+            .flatten()
+    };
     let read = |dir: &Path, key_prefix: &str| -> Result<Vec<(String, FileType)>> {
         let rd = std::fs::read_dir(dir).map_err(|e| read_io("list", key_prefix, e))?;
         let mut out = Vec::new();
@@ -376,6 +405,11 @@ fn walk(
                 }
                 continue;
             }
+            // Followed, a symlink is what it points to (a dangling one stays a symlink).
+            let ft = match follow && ft.is_symlink() {
+                true => std::fs::metadata(dir.join(name)).map_or(ft, |md| md.file_type()),
+                false => ft,
+            };
             // Symlinks and special files sort as files; the walk skips (and may report) them.
             out.push((name.to_string(), ft));
         }
@@ -416,6 +450,7 @@ fn walk(
         }
     };
     let mut stack = vec![Frame {
+        id: dir_id(&start_dir),
         dir: start_dir,
         key_prefix: start_key.to_string(),
         entries: first.into_iter(),
@@ -435,11 +470,30 @@ fn walk(
             if !overlaps || all_before {
                 continue;
             }
+            let id = dir_id(&path);
+            if let Some(up) = id.and_then(|id| stack.iter().find(|f| f.id == Some(id))) {
+                let target = if up.key_prefix.is_empty() {
+                    "the top directory".to_string()
+                } else {
+                    up.key_prefix.clone()
+                };
+                let e = err(
+                    ErrorKind::Unsupported,
+                    "list",
+                    &key,
+                    format!("symlink loop: leads back to {target}; not followed"),
+                );
+                if tx.blocking_send(Err(e)).is_err() {
+                    return;
+                }
+                continue;
+            }
             match read(&path, &dkey) {
                 Ok(v) => stack.push(Frame {
                     dir: path,
                     key_prefix: dkey,
                     entries: v.into_iter(),
+                    id,
                 }),
                 Err(mut e) if e.retryable() => {
                     // Out of file descriptors: not this directory's fault. End the listing with
@@ -468,7 +522,9 @@ fn walk(
                     ErrorKind::Unsupported,
                     "list",
                     &key,
-                    if ft.is_symlink() {
+                    if ft.is_symlink() && follow {
+                        "symlink to nothing (dangling or unreadable target)".to_string()
+                    } else if ft.is_symlink() {
                         "symlink, not followed".to_string()
                     } else {
                         format!("{what}, never opened")
@@ -480,7 +536,7 @@ fn walk(
             }
             continue;
         }
-        let item = std::fs::symlink_metadata(&path)
+        let item = stat(follow, &path)
             .map(|md| meta_of(key.clone(), &md))
             .map_err(|e| read_io("list", &key, e));
         if tx.blocking_send(item).is_err() {
@@ -535,13 +591,14 @@ impl Store for LocalStore {
 
     fn list(&self, opts: ListOptions) -> BoxStream<'static, Result<ObjectMeta>> {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let root = self.root.clone();
+        let (root, follow) = (self.root.clone(), self.follow_symlinks);
         tokio::task::spawn_blocking(move || {
             walk(
                 &root,
                 &opts.prefix,
                 opts.start_after.as_deref(),
                 opts.report_skipped,
+                follow,
                 &tx,
             )
         });
@@ -577,8 +634,9 @@ impl Store for LocalStore {
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         let path = self.path_for("head", key)?;
         let key = key.to_string();
+        let follow = self.follow_symlinks;
         blocking(move || {
-            let md = std::fs::symlink_metadata(&path).map_err(|e| read_io("head", &key, e))?;
+            let md = stat(follow, &path).map_err(|e| read_io("head", &key, e))?;
             if !md.is_file() {
                 return Err(err(ErrorKind::NotFound, "head", &key, "not a regular file"));
             }
@@ -601,8 +659,9 @@ impl Store for LocalStore {
         let want = opts.range.clone();
         // Small reads happen in the same blocking call as the open, and the file is checked
         // again after the read: the bytes returned are the file `meta` describes.
+        let follow = self.follow_symlinks;
         let (file, meta, range, small) = blocking(move || {
-            let md = std::fs::symlink_metadata(&path).map_err(|e| read_io("get", &k, e))?;
+            let md = stat(follow, &path).map_err(|e| read_io("get", &k, e))?;
             if !md.is_file() {
                 return Err(err(ErrorKind::NotFound, "get", &k, "not a regular file"));
             }

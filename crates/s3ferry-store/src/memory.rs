@@ -159,6 +159,7 @@ impl MemoryStore {
             metadata: Some(metadata),
             inode: None,
             ctime: None,
+            encryption: None,
         };
         g.objects.insert(
             key.to_string(),

@@ -1132,8 +1132,8 @@ finished objects are not transferred again and unfinished uploads are aborted.
 
 Source and destination must not overlap (the same directory or prefix, or one inside the other),
 unless filters exclude the inner one: `s3ferry sync dir dir/backup --exclude 'backup/*'`. Symlinks
-and special files (FIFOs, sockets, devices) in a local source are skipped, never opened, and
-listed as skipped. A file or directory that cannot be read fails alone (exit 1). A corrupt state
+(unless --follow-symlinks) and special files (FIFOs, sockets, devices) in a local source are
+skipped, never opened, and listed as skipped. A file or directory that cannot be read fails alone (exit 1). A corrupt state
 database is moved aside (state.db.corrupt-<time>) and rebuilt.
 
 Deleting (--delete) is refused before any change when it would remove more than --max-delete
@@ -1229,8 +1229,54 @@ pub struct SyncArgs {
     /// per GiB here.
     #[arg(long)]
     pub fsync: bool,
+    /// Read a local source through its symlinks: a link to a file is synced as that file, a
+    /// link to a directory as that directory's tree (links outside the source too). A link back
+    /// to one of its own parent directories is a loop: reported as skipped, not entered; so is a
+    /// dangling link. Off by default (unlike aws-cli): links are skipped and reported. A local
+    /// destination is never written through a symlink either way.
+    #[arg(long, overrides_with = "no_follow_symlinks")]
+    pub follow_symlinks: bool,
+    /// Skip symlinks in a local source and report them (the default; for aws-cli scripts).
+    #[arg(long, overrides_with = "follow_symlinks")]
+    pub no_follow_symlinks: bool,
     #[command(flatten)]
     pub write: WriteArgs,
+    #[command(flatten)]
+    pub sse_c: SseCArgs,
+}
+
+/// Customer-provided keys (SSE-C), as `aws s3 cp/sync` takes them.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Customer-provided keys (SSE-C)")]
+pub struct SseCArgs {
+    /// Objects on S3 are encrypted with a key of yours (AES256): written with it, read with it.
+    /// Implied by --sse-c-key. S3 to S3, this is the destination's key (--sse-c-copy-source is
+    /// the source's).
+    #[arg(long, value_name = "ALGORITHM", value_parser = ["AES256"], num_args = 0..=1,
+          default_missing_value = "AES256", requires = "sse_c_key", conflicts_with = "sse")]
+    pub sse_c: Option<String>,
+    /// The SSE-C key: its 32 bytes as text, fileb://FILE holding them, or their base64. Safer
+    /// in the environment than on the command line, where other users can read it.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "S3FERRY_SSE_C_KEY",
+        hide_env_values = true,
+        conflicts_with = "sse"
+    )]
+    pub sse_c_key: Option<String>,
+    /// S3 to S3: the source objects are encrypted with a key of yours (AES256).
+    #[arg(long, value_name = "ALGORITHM", value_parser = ["AES256"], num_args = 0..=1,
+          default_missing_value = "AES256", requires = "sse_c_copy_source_key")]
+    pub sse_c_copy_source: Option<String>,
+    /// S3 to S3: the source objects' SSE-C key, in the forms of --sse-c-key.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "S3FERRY_SSE_C_COPY_SOURCE_KEY",
+        hide_env_values = true
+    )]
+    pub sse_c_copy_source_key: Option<String>,
 }
 
 /// Parse sizes like `8MiB`, `64M`, `1GB`, `4096`.

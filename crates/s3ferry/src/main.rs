@@ -290,11 +290,14 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
         );
     }
 
-    let (src_store, src_stats) = stores::open(g, &src_loc, stores::Role::Source, args).await?;
+    let (src_sse_c, dst_sse_c) = stores::SseCKeys::for_sync(&args.sse_c, &src_loc, &dst_loc)?;
+    let (src_store, src_stats) =
+        stores::open(g, &src_loc, stores::Role::Source, args, src_sse_c).await?;
     // Check the source before opening the destination, which creates a missing local directory:
     // a mistyped source leaves nothing behind.
     src_store.check().await?;
-    let (dst_store, dst_stats) = stores::open(g, &dst_loc, stores::Role::Destination, args).await?;
+    let (dst_store, dst_stats) =
+        stores::open(g, &dst_loc, stores::Role::Destination, args, dst_sse_c).await?;
     let src = Side::new(src_store, loc_prefix(&src_loc));
     let dst = Side::new(dst_store, loc_prefix(&dst_loc));
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use s3ferry_aws::{S3Config, S3Store};
+use s3ferry_aws::{S3Config, S3Store, SseCustomerKey};
 use s3ferry_store::layer::{LimitStore, Pacer, RetryStats, RetryStore};
 use s3ferry_store::local::LocalStore;
 use s3ferry_store::{DynStore, Location};
@@ -69,23 +69,95 @@ pub async fn s3_admin(g: &Global, bucket: &str) -> Result<S3Store, Fatal> {
     Ok(S3Store::connect(s3_config(g, bucket, Role::Destination)).await?)
 }
 
+/// The SSE-C keys of a sync's two sides, as `aws s3 sync` assigns them: `--sse-c-key` is the
+/// key of the S3 side (the destination's when both are); `--sse-c-copy-source-key` the S3
+/// source's when both are.
+pub struct SseCKeys {
+    /// The key the store's own objects are read and written with.
+    pub objects: Option<SseCustomerKey>,
+    /// The key the sources of server-side copies into the store are read with.
+    pub copy_source: Option<SseCustomerKey>,
+}
+
+impl SseCKeys {
+    pub fn for_sync(
+        a: &crate::cli::SseCArgs,
+        src: &Location,
+        dst: &Location,
+    ) -> Result<(SseCKeys, SseCKeys), Fatal> {
+        let parse = |name: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(SseCustomerKey::parse)
+                .transpose()
+                .map_err(|m| Fatal(format!("{name}: {m}")))
+        };
+        let key = parse("--sse-c-key", &a.sse_c_key)?;
+        let copy_source = parse("--sse-c-copy-source-key", &a.sse_c_copy_source_key)?;
+        let s3 = |l: &Location| matches!(l, Location::S3 { .. });
+        let none = || SseCKeys {
+            objects: None,
+            copy_source: None,
+        };
+        match (s3(src), s3(dst)) {
+            (true, true) => Ok((
+                SseCKeys {
+                    objects: copy_source.clone(),
+                    copy_source: None,
+                },
+                SseCKeys {
+                    objects: key,
+                    copy_source,
+                },
+            )),
+            (true, false) | (false, true) if copy_source.is_some() => Err(Fatal(
+                "--sse-c-copy-source-key is for S3 to S3 syncs; the S3 side's key is --sse-c-key"
+                    .into(),
+            )),
+            (true, false) => Ok((
+                SseCKeys {
+                    objects: key,
+                    copy_source: None,
+                },
+                none(),
+            )),
+            (false, true) => Ok((
+                none(),
+                SseCKeys {
+                    objects: key,
+                    copy_source: None,
+                },
+            )),
+            (false, false) if key.is_some() || copy_source.is_some() => Err(Fatal(
+                "--sse-c-key: neither side of this sync is on S3".into(),
+            )),
+            (false, false) => Ok((none(), none())),
+        }
+    }
+}
+
 /// Open one side of a sync, wrapped in the retry and adaptive-limit layers.
 pub async fn open(
     g: &Global,
     loc: &Location,
     role: Role,
     args: &SyncArgs,
+    sse_c: SseCKeys,
 ) -> Result<(DynStore, Option<Arc<RetryStats>>), Fatal> {
     let backend: DynStore = match loc {
         Location::Local(p) => {
-            let s = LocalStore::new(p.clone()).with_fsync(args.fsync);
+            let s = LocalStore::new(p.clone())
+                .with_fsync(args.fsync)
+                .with_follow_symlinks(role == Role::Source && args.follow_symlinks);
             if role == Role::Destination && !args.dry_run {
                 s.create_root()?;
             }
             Arc::new(s)
         }
         Location::S3 { bucket, .. } => {
-            Arc::new(S3Store::connect(s3_config(g, bucket, role)).await?)
+            let mut cfg = s3_config(g, bucket, role);
+            cfg.sse_customer_key = sse_c.objects;
+            cfg.copy_source_sse_customer_key = sse_c.copy_source;
+            Arc::new(S3Store::connect(cfg).await?)
         }
     };
     let paced = matches!(loc, Location::S3 { .. })

@@ -1451,3 +1451,79 @@ fn request_payer_is_sent_on_every_request() {
         "{requests} requests, {payer} with the header"
     );
 }
+
+/// F40 with `--follow-symlinks`: links to files and directories (inside the source or outside
+/// it) are synced as what they point to; a link back to a parent directory is a loop and a
+/// dangling link is nothing: both reported as skipped, never entered; a re-sync is a no-op, and
+/// the last of `--follow-symlinks`/`--no-follow-symlinks` wins.
+#[test]
+fn follow_symlinks_reads_through_links_and_reports_loops() {
+    let Some(cx) = Ctx::new() else { return };
+    let src = cx.path("src");
+    let outside = cx.path("outside");
+    write_tree(&src, &tree(&[("a.txt", b"a"), ("d/f.txt", b"f")]));
+    write_tree(&outside, &tree(&[("e.txt", b"from outside")]));
+    let link = |target: &std::path::Path, at: &str| {
+        std::os::unix::fs::symlink(target, src.join(at)).expect("symlink");
+    };
+    link(&src.join("a.txt"), "link");
+    link(&src.join("d"), "dirlink");
+    link(&outside, "out");
+    link(std::path::Path::new(".."), "d/loop");
+    link(std::path::Path::new("/nowhere/at/all"), "d/dangling");
+    let b = cx.bucket("follow");
+    let r = cx.sync(&["--follow-symlinks", s(&src), &b.uri("")]);
+    r.assert_ok();
+    let objects = b.objects("");
+    let want = tree(&[
+        ("a.txt", b"a"),
+        ("d/f.txt", b"f"),
+        ("dirlink/f.txt", b"f"),
+        ("link", b"a"),
+        ("out/e.txt", b"from outside"),
+    ]);
+    assert_eq!(objects, want, "{r}");
+    let mut skipped: Vec<(String, String)> = r
+        .records("skip")
+        .iter()
+        .map(|v| {
+            (
+                v["key"].as_str().unwrap_or_default().to_string(),
+                v["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    skipped.sort();
+    let keys: Vec<&str> = skipped.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["d/dangling", "d/loop", "dirlink/dangling", "dirlink/loop"],
+        "{r}"
+    );
+    for (k, reason) in &skipped {
+        let want = if k.ends_with("loop") {
+            "loop"
+        } else {
+            "dangling"
+        };
+        assert!(reason.contains(want), "{k}: {reason}");
+    }
+    let again = cx.sync(&["--follow-symlinks", s(&src), &b.uri("")]);
+    again.assert_ok();
+    assert_eq!(again.n("copied"), 0, "{again}");
+    // The last switch wins: links skipped again, nothing deleted without --delete.
+    let r = cx.sync(&[
+        "--follow-symlinks",
+        "--no-follow-symlinks",
+        s(&src),
+        &b.uri(""),
+    ]);
+    r.assert_ok();
+    let mut not_followed = r.keys("skip");
+    not_followed.sort();
+    assert_eq!(
+        not_followed,
+        ["d/dangling", "d/loop", "dirlink", "link", "out"],
+        "{r}"
+    );
+}

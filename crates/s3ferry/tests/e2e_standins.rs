@@ -355,3 +355,88 @@ fn credentials_expiring_mid_upload_are_fetched_again_and_the_finished_parts_kept
         "the object is the file"
     );
 }
+
+/// F49: a bucket that blocks SSE-C refuses writes carrying a customer key with a 403; the
+/// error says why. KMS throttling (S3 answers `ThrottlingException` while KMS is over its
+/// rate) is retried and counted like any throttle, and the upload completes.
+#[test]
+fn a_bucket_blocking_sse_c_is_explained_and_kms_throttling_is_retried() {
+    let kms_throttles = Arc::new(AtomicUsize::new(0));
+    let stored: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let (kt, st) = (kms_throttles.clone(), stored.clone());
+    let endpoint = standin(move |req| {
+        if req.method == "PUT" {
+            if req
+                .headers
+                .contains_key("x-amz-server-side-encryption-customer-algorithm")
+            {
+                return xml_error("403 Forbidden", "AccessDenied", "Access Denied");
+            }
+            if req
+                .headers
+                .get("x-amz-server-side-encryption")
+                .map(String::as_str)
+                == Some("aws:kms")
+                && kt.fetch_add(1, Ordering::SeqCst) < 2
+            {
+                return xml_error(
+                    "400 Bad Request",
+                    "ThrottlingException",
+                    "You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls.",
+                );
+            }
+            let path = req.target.split('?').next().unwrap_or("");
+            let key = path.trim_start_matches("/kms-bucket/").to_string();
+            st.lock().unwrap().push((key, req.body.clone()));
+            return (
+                "200 OK",
+                vec![(
+                    "ETag".into(),
+                    format!("\"{}\"", s3ferry_store::checksum::md5_hex(&req.body)),
+                )],
+                vec![],
+            );
+        }
+        if req.target.contains("list-type=2") {
+            return list_xml("kms-bucket", &[]);
+        }
+        ("200 OK", vec![], vec![])
+    });
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::write(src.path().join("a.txt"), b"under a key").expect("write");
+
+    let (r, _h) = run_at(
+        &endpoint,
+        &[],
+        &[
+            "sync",
+            "--sse-c-key",
+            "0123456789abcdef0123456789abcdef",
+            s(src.path()),
+            "s3://kms-bucket/",
+        ],
+    );
+    assert_ne!(r.code, 0, "{r}");
+    assert!(r.to_string().contains("BlockedEncryptionTypes"), "{r}");
+    assert!(stored.lock().unwrap().is_empty());
+
+    let (r, _h) = run_at(
+        &endpoint,
+        &[],
+        &[
+            "sync",
+            "--sse",
+            "aws:kms",
+            s(src.path()),
+            "s3://kms-bucket/",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.n("copied"), 1, "{r}");
+    assert!(r.n("throttled") >= 2, "the KMS throttles were counted: {r}");
+    assert_eq!(kms_throttles.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        stored.lock().unwrap().clone(),
+        vec![("a.txt".to_string(), b"under a key".to_vec())]
+    );
+}

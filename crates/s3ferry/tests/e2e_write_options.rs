@@ -148,3 +148,154 @@ fn bad_write_options_are_refused() {
     }
     assert!(b.keys("").is_empty());
 }
+
+/// SSE-C keys the way `aws s3 sync` takes them, on the local server: `(algorithm, key, md5)`
+/// as S3 wants them in its headers.
+fn sse_c_params(key: &str) -> (String, String, String) {
+    use base64::Engine as _;
+    (
+        "AES256".into(),
+        base64::engine::general_purpose::STANDARD.encode(key),
+        s3ferry_store::checksum::md5_b64(key.as_bytes()),
+    )
+}
+
+/// HEAD with an SSE-C key (`None`: without one); the algorithm S3 reports, or the error.
+fn head_sse_c(b: &Bucket, key: &str, sse_key: Option<&str>) -> Result<Option<String>, String> {
+    b.block_on(async {
+        let mut req = b.store.client().head_object().bucket(&b.name).key(key);
+        if let Some(k) = sse_key {
+            let (a, k, m) = sse_c_params(k);
+            req = req
+                .sse_customer_algorithm(a)
+                .sse_customer_key(k)
+                .sse_customer_key_md5(m);
+        }
+        req.send()
+            .await
+            .map(|o| o.sse_customer_algorithm().map(str::to_string))
+            .map_err(|e| format!("{e:?}"))
+    })
+}
+
+/// `--sse-c`/`--sse-c-key` (and `S3FERRY_SSE_C_KEY`), `--sse-c-copy-source-key`: objects are
+/// written encrypted with the customer's key (single PUT and multipart), cannot be read
+/// without it, re-syncs compare without re-uploading (the ETags are not MD5s), downloads
+/// decrypt, S3-to-S3 copies re-encrypt with another key (CopyObject and UploadPartCopy).
+#[test]
+fn sse_c_objects_are_written_read_and_copied_with_the_customers_key() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("ssec");
+    let b2 = cx.bucket("ssec2");
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    const KEY2: &str = "fedcba9876543210fedcba9876543210";
+    let src = cx.path("src");
+    let files = tree(&[
+        ("small.txt", b"secret words"),
+        ("big.bin", &random_bytes((12 << 20) + 77, 5)),
+    ]);
+    write_tree(&src, &files);
+    let up = |extra: &[&str]| {
+        let mut a = vec!["--sse-c", "--sse-c-key", KEY, "--part-size", "5MiB"];
+        a.extend_from_slice(extra);
+        a.push(s(&src));
+        let uri = b.uri("");
+        let mut a: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+        a.push(uri);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        cx.sync(&a)
+    };
+    let r = up(&[]);
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 2, "{r}");
+    for k in ["small.txt", "big.bin"] {
+        assert!(
+            head_sse_c(&b, k, None).is_err(),
+            "{k} is unreadable without the key"
+        );
+        assert!(
+            head_sse_c(&b, k, Some(KEY2)).is_err(),
+            "{k}: or with another key"
+        );
+        assert_eq!(
+            head_sse_c(&b, k, Some(KEY)).unwrap().as_deref(),
+            Some("AES256"),
+            "{k}"
+        );
+    }
+    let r = up(&[]);
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 0, "re-sync from the state: {r}");
+    let r = up(&["--no-state"]);
+    r.assert_ok();
+    assert_eq!(
+        r.n("copied"),
+        0,
+        "re-sync without state compares stored mtimes: {r}"
+    );
+
+    // Down, with the key from the environment; without it, every object fails alone.
+    let down = cx.path("down");
+    let r = cx.sync_env(&[&b.uri(""), s(&down)], &[("S3FERRY_SSE_C_KEY", KEY)]);
+    r.assert_ok();
+    assert_eq!(read_tree(&down), files);
+    let nokey = cx.path("nokey");
+    let r = cx.sync(&[&b.uri(""), s(&nokey)]);
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(r.n("failed"), 2, "{r}");
+    assert!(
+        read_tree(&nokey).is_empty(),
+        "no file from an unreadable object"
+    );
+
+    // S3 to S3: read with one key, written with another; big.bin by UploadPartCopy.
+    let r = cx.sync(&[
+        "--sse-c-copy-source",
+        "--sse-c-copy-source-key",
+        KEY,
+        "--sse-c",
+        "--sse-c-key",
+        KEY2,
+        "--copy-threshold",
+        "5MiB",
+        "--part-size",
+        "5MiB",
+        &b.uri(""),
+        &b2.uri(""),
+    ]);
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 2, "{r}");
+    for k in ["small.txt", "big.bin"] {
+        assert!(
+            head_sse_c(&b2, k, Some(KEY)).is_err(),
+            "{k}: not the source's key"
+        );
+        assert_eq!(
+            head_sse_c(&b2, k, Some(KEY2)).unwrap().as_deref(),
+            Some("AES256")
+        );
+    }
+    let down2 = cx.path("down2");
+    cx.sync_env(&[&b2.uri(""), s(&down2)], &[("S3FERRY_SSE_C_KEY", KEY2)])
+        .assert_ok();
+    assert_eq!(read_tree(&down2), files);
+
+    // Bad keys and combinations: exit 2, one line, nothing written.
+    let empty = cx.bucket("ssec3");
+    for args in [
+        vec!["--sse-c-key", "too-short"],
+        vec!["--sse-c", "AES256"],
+        vec!["--sse-c-key", KEY, "--sse", "AES256"],
+        vec!["--sse-c-copy-source-key", KEY],
+        vec!["--sse-c-key", "fileb:///no/such/key/file"],
+    ] {
+        let uri = empty.uri("");
+        let mut full = args.clone();
+        full.push(s(&src));
+        full.push(&uri);
+        let r = cx.sync(&full);
+        assert_eq!(r.code, 2, "{args:?}: {r}");
+        assert!(r.stderr.contains("sse"), "names the option: {r}");
+    }
+    assert!(empty.keys("").is_empty());
+}

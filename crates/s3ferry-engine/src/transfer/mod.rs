@@ -18,9 +18,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use s3ferry_store::checksum::{
-    crc64nvme, etag_shape, is_multipart, md5_hex, part_size_for, EtagShape,
-};
+use s3ferry_store::checksum::{crc64nvme, is_multipart, md5_hex, part_size_for, EtagShape};
 use s3ferry_store::{
     CopyOptions, CopySource, ErrorKind, FileRange, ObjectMeta, PartLayout, PutMode, PutOptions,
     Result, StoreError, MTIME_META,
@@ -188,7 +186,7 @@ fn verify_body(key: &str, data: &[u8], crc: u64, meta: &ObjectMeta) -> Result<()
             .with_key(key));
         }
     } else if let Some(etag) = meta.etag.as_deref() {
-        if etag_shape(etag) == EtagShape::Md5 && md5_hex(data) != etag {
+        if meta.etag_shape() == EtagShape::Md5 && md5_hex(data) != etag {
             return Err(StoreError::new(
                 ErrorKind::Corrupt,
                 "verify",
@@ -328,7 +326,7 @@ pub async fn copy_object_as(
         let limit = cfg
             .max_single_copy
             .min(dst.store.capabilities().max_single_put);
-        let etag = if size <= limit {
+        let copied = if size <= limit {
             let from = CopySource {
                 bucket: src.store.bucket().unwrap_or_default().to_string(),
                 key: skey.clone(),
@@ -339,12 +337,27 @@ pub async fn copy_object_as(
                 .storage_class(cfg.storage_class.clone())
                 .replace(cfg.copy_replace.clone())
                 .checksum_algorithm(cfg.copy_checksum.clone());
-            dst.store.copy(&from, &dkey, opts).await?.etag
+            dst.store.copy(&from, &dkey, opts).await.map(|r| r.etag)
         } else {
-            multipart_copy(src, dst, entry, cfg, journal).await?
+            multipart_copy(src, dst, entry, cfg, journal).await
         };
-        reporter.bytes(size);
-        return dst_meta_after(dst, &dkey, size, etag).await;
+        match copied {
+            Ok(etag) => {
+                reporter.bytes(size);
+                return dst_meta_after(dst, &dkey, size, etag).await;
+            }
+            // A server that does not do this copy (some S3-compatible servers: UploadPartCopy
+            // of SSE-C objects, say): the data goes through this machine instead.
+            Err(e) if e.kind == ErrorKind::Unsupported => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::warn!(
+                        "the server refused a server-side copy ({e}); such objects are streamed through this machine"
+                    )
+                });
+            }
+            Err(e) => return Err(e),
+        }
     }
     let part_size = part_size_for(size, cfg.part_size);
     if !is_multipart(size, part_size) {
