@@ -709,3 +709,77 @@ async fn the_state_database_and_reserved_names_are_never_synced() {
     assert!(s.refused >= 2, "{s:?}");
     assert_eq!(s.exit_code(), 1, "refusals are reported in the exit code");
 }
+
+/// F34: keys that differ only by case, downloaded to a file system that folds case (modelled:
+/// the local store told its directory folds names, on one that does not). The first of each
+/// pair written first stays; the other fails alone naming both, and never overwrites it — this
+/// run or the next. A directory twin (`D/x` then `d/y`) is caught the same way. The probe says this
+/// machine's temp directory does not fold.
+#[tokio::test]
+async fn case_twins_on_a_case_insensitive_destination_fail_alone_and_overwrite_nothing() {
+    let mem = MemoryStore::new();
+    for (k, v) in [
+        ("A.txt", "upper"),
+        ("D/x", "in D"),
+        ("a.txt", "lower"),
+        ("b.txt", "alone"),
+        ("d/y", "in d"),
+    ] {
+        mem.put_bytes(k, v).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        !LocalStore::new(dir.path())
+            .detect_case_folding()
+            .folds_case(),
+        "the temp directory here is case-sensitive"
+    );
+    let src = Side::new(Arc::new(mem), "");
+    let j = Arc::new(Journal::in_memory().unwrap());
+    // Transfers run at once: which twin lands first is not fixed, but only one ever does.
+    let mut winner = None;
+    for round in 0..2 {
+        let ls = LocalStore::new(dir.path()).with_case_insensitive_names();
+        let mut o = opts();
+        o.retry_failed = false;
+        let dst = Side::new(Arc::new(ls), "");
+        let s = run(&src, &dst, o, &j).await.unwrap();
+        assert_eq!(s.failed, 2, "round {round}: a.txt and d/y fail");
+        let want_copied = if round == 0 { 3 } else { 0 };
+        assert_eq!(s.copied, want_copied, "round {round}");
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        // Each pair has one name on disk, with its own content, and keeps it in the next run.
+        let on_disk = |a: &str| names.iter().find(|n| n.eq_ignore_ascii_case(a)).cloned();
+        let file = on_disk("a.txt").expect("one of A.txt and a.txt");
+        let folder = on_disk("d").expect("one of D and d");
+        let want = if file == "A.txt" { "upper" } else { "lower" };
+        assert_eq!(
+            std::fs::read(dir.path().join(&file)).unwrap(),
+            want.as_bytes()
+        );
+        let (child, want) = if folder == "D" {
+            ("x", "in D")
+        } else {
+            ("y", "in d")
+        };
+        assert_eq!(
+            std::fs::read(dir.path().join(&folder).join(child)).unwrap(),
+            want.as_bytes()
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(&folder)).unwrap().count(),
+            1,
+            "nothing went into the twin directory"
+        );
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(
+            *winner.get_or_insert((file.clone(), folder.clone())),
+            (file, folder),
+            "round {round} replaced nothing"
+        );
+    }
+}

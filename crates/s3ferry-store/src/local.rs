@@ -41,7 +41,23 @@ pub struct LocalStore {
     fsync: bool,
     /// Read through symlinks (a source's `--follow-symlinks`); directory loops are reported.
     follow_symlinks: bool,
+    /// The file system folds case (`A.txt` and `a.txt` are one file): writes check for twins.
+    case_insensitive: Option<CaseFolding>,
+    /// Held, when case folds, from a write's twin check to its rename (and while directories
+    /// are made), so two twins written at once cannot both pass the check.
+    fold_lock: Arc<Mutex<()>>,
     uploads: Arc<Mutex<HashMap<String, PutOptions>>>,
+}
+
+/// How a case-insensitive root was recognised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CaseFolding {
+    /// Probed: the file system itself folds names, so a twin exists only if the exact name
+    /// does (one stat before the directory scan).
+    Probed,
+    /// Declared (tests: a model of a folding file system on one that does not fold); every
+    /// write scans its directories.
+    Declared,
 }
 
 fn err(kind: ErrorKind, op: &'static str, key: &str, msg: impl Into<String>) -> StoreError {
@@ -119,6 +135,20 @@ fn stat(follow: bool, path: &Path) -> std::io::Result<std::fs::Metadata> {
     }
 }
 
+/// An entry of `dir` whose name equals `name` but for case (on a folding file system, the same
+/// file under another name), if there is one.
+fn case_twin(dir: &Path, name: &std::ffi::OsStr, how: CaseFolding) -> Option<String> {
+    if how == CaseFolding::Probed && std::fs::symlink_metadata(dir.join(name)).is_err() {
+        return None;
+    }
+    let name = name.to_str()?;
+    let folded = name.to_lowercase();
+    std::fs::read_dir(dir).ok()?.find_map(|e| {
+        let n = e.ok()?.file_name().into_string().ok()?;
+        (n != name && !n.starts_with(TEMP_PREFIX) && n.to_lowercase() == folded).then_some(n)
+    })
+}
+
 fn parent_key(key: &str) -> &str {
     key.rsplit_once('/').map_or("", |(p, _)| p)
 }
@@ -146,8 +176,64 @@ impl LocalStore {
             root: root.into(),
             fsync: true,
             follow_symlinks: false,
+            case_insensitive: None,
+            fold_lock: Arc::default(),
             uploads: Arc::default(),
         }
+    }
+
+    /// Probe whether the root's file system folds case (macOS, vfat/exFAT, ext4 casefold
+    /// directories): a temp file is created and looked up by its upper-case name. On such a
+    /// file system a write whose name (or a directory on its way) differs only by case from an
+    /// existing entry fails alone (`AlreadyExists`) instead of overwriting the other file. A
+    /// root that does not exist yet, or cannot be probed, is taken as case-sensitive.
+    pub fn detect_case_folding(mut self) -> Self {
+        let probe = self.root.join(format!("{TEMP_PREFIX}{}", temp_id()));
+        if File::create(&probe).is_ok() {
+            let upper = self.root.join(format!(
+                "{}{}",
+                TEMP_PREFIX.to_ascii_uppercase(),
+                probe
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+                    .unwrap_or_default()
+                    .to_ascii_uppercase()
+            ));
+            if std::fs::symlink_metadata(&upper).is_ok() {
+                tracing::info!(
+                    "{} folds case: names differing only by case are one file",
+                    self.root.display()
+                );
+                self.case_insensitive = Some(CaseFolding::Probed);
+            }
+            let _ = std::fs::remove_file(&probe);
+        }
+        self
+    }
+
+    /// Treat the root as case-insensitive without probing: a model of a folding file system
+    /// for tests on ones that do not fold.
+    pub fn with_case_insensitive_names(mut self) -> Self {
+        self.case_insensitive = Some(CaseFolding::Declared);
+        self
+    }
+
+    /// Whether writes treat names differing only by case as one.
+    pub fn folds_case(&self) -> bool {
+        self.case_insensitive.is_some()
+    }
+
+    /// The lock of [`LocalStore::fold_lock`], when case folds.
+    fn fold_guard(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.case_insensitive
+            .map(|_| self.fold_lock.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// [`LocalStore::prepare_write`] under the fold lock.
+    fn prepare(&self, op: &'static str, key: &str) -> Result<(PathBuf, PathBuf)> {
+        let _g = self.fold_guard();
+        Self::prepare_write(&self.root, self.case_insensitive, op, key)
     }
 
     /// List and read through symlinks, as if each were the file or directory it points to
@@ -182,11 +268,32 @@ impl LocalStore {
 
     /// Create the directories above `key`, refusing symlinks and files in the way.
     /// Returns the parent directory and the final path.
-    fn prepare_write(root: &Path, op: &'static str, key: &str) -> Result<(PathBuf, PathBuf)> {
+    fn prepare_write(
+        root: &Path,
+        fold: Option<CaseFolding>,
+        op: &'static str,
+        key: &str,
+    ) -> Result<(PathBuf, PathBuf)> {
         let rel = key_to_relpath(key).map_err(|w| unsafe_key(op, key, w))?;
         let mut dir = root.to_path_buf();
         let comps: Vec<_> = rel.iter().collect();
+        let twin_check = |dir: &Path, name: &std::ffi::OsStr| {
+            match fold.and_then(|f| case_twin(dir, name, f)) {
+            Some(twin) => Err(err(
+                ErrorKind::AlreadyExists,
+                op,
+                key,
+                format!(
+                    "{} and {} differ only by case, which this file system folds into one name; not overwritten",
+                    dir.join(name).display(),
+                    dir.join(&twin).display()
+                ),
+            )),
+            None => Ok(()),
+        }
+        };
         for c in &comps[..comps.len().saturating_sub(1)] {
+            twin_check(&dir, c)?;
             dir.push(c);
             match std::fs::symlink_metadata(&dir) {
                 Ok(md) if md.file_type().is_symlink() => {
@@ -218,6 +325,9 @@ impl LocalStore {
                 }
                 Err(e) => return Err(StoreError::io(op, key, e)),
             }
+        }
+        if let Some(name) = comps.last() {
+            twin_check(&dir, name)?;
         }
         let path = root.join(&rel);
         if let Ok(md) = std::fs::symlink_metadata(&path) {
@@ -285,7 +395,14 @@ impl LocalStore {
                 ));
             }
         }
-        std::fs::rename(tmp, dst).map_err(io)?;
+        {
+            // A twin written since this write's first check must not be replaced.
+            let _g = self.fold_guard();
+            if _g.is_some() {
+                Self::prepare_write(&self.root, self.case_insensitive, op, key)?;
+            }
+            std::fs::rename(tmp, dst).map_err(io)?;
+        }
         self.sync_dir(op, key, dst)
     }
 
@@ -747,7 +864,7 @@ impl Store for LocalStore {
                     ));
                 }
             }
-            let (dir, dst) = Self::prepare_write(&this.root, op, &key)?;
+            let (dir, dst) = this.prepare(op, &key)?;
             let tmp = Self::temp_path(&dir, &temp_id());
             let res = (|| {
                 let mut f = File::create(&tmp).map_err(|e| write_io(op, &key, &tmp, e))?;
@@ -786,13 +903,13 @@ impl Store for LocalStore {
                 "local files have no ETag for If-Match",
             ));
         }
-        let root = self.root.clone();
+        let this = self.clone();
         let k = key.to_string();
         let id = format!("{}.{}", temp_id(), layout.encode());
         let id2 = id.clone();
         let size = opts.size;
         blocking(move || {
-            let (dir, _) = Self::prepare_write(&root, "create_multipart", &k)?;
+            let (dir, _) = this.prepare("create_multipart", &k)?;
             let f = File::create(Self::temp_path(&dir, &id2))
                 .map_err(|e| StoreError::io("create_multipart", &k, e))?;
             if let Some(n) = size {
@@ -992,7 +1109,7 @@ impl Store for LocalStore {
                 }
                 total += len;
             }
-            let (_, dst) = Self::prepare_write(&this.root, op, &key)?;
+            let (_, dst) = this.prepare(op, &key)?;
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -1092,7 +1209,7 @@ impl Store for LocalStore {
             if !md.is_file() {
                 return Err(err(ErrorKind::NotFound, op, &src_key, "not a regular file"));
             }
-            let (dir, dst) = Self::prepare_write(&this.root, op, &dst_key)?;
+            let (dir, dst) = this.prepare(op, &dst_key)?;
             let tmp = Self::temp_path(&dir, &temp_id());
             let res = (|| {
                 std::fs::copy(&from, &tmp).map_err(|e| write_io(op, &dst_key, &tmp, e))?;

@@ -148,9 +148,12 @@ pub async fn open(
             let s = LocalStore::new(p.clone())
                 .with_fsync(args.fsync)
                 .with_follow_symlinks(role == Role::Source && args.follow_symlinks);
-            if role == Role::Destination && !args.dry_run {
+            let s = if role == Role::Destination && !args.dry_run {
                 s.create_root()?;
-            }
+                s.detect_case_folding()
+            } else {
+                s
+            };
             Arc::new(s)
         }
         Location::S3 { bucket, .. } => {

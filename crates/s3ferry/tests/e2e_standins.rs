@@ -362,7 +362,8 @@ fn credentials_expiring_mid_upload_are_fetched_again_and_the_finished_parts_kept
 #[test]
 fn a_bucket_blocking_sse_c_is_explained_and_kms_throttling_is_retried() {
     let kms_throttles = Arc::new(AtomicUsize::new(0));
-    let stored: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    type Objects = Vec<(String, Vec<u8>)>;
+    let stored: Arc<Mutex<Objects>> = Arc::default();
     let (kt, st) = (kms_throttles.clone(), stored.clone());
     let endpoint = standin(move |req| {
         if req.method == "PUT" {

@@ -174,7 +174,7 @@ pub async fn group(
             .rows(data)
             .map(|r| {
                 r.map(|r| {
-                    (r.is_latest && !r.is_delete_marker).then(|| ShardRow {
+                    (r.is_latest && !r.is_delete_marker).then_some(ShardRow {
                         bucket: r.bucket,
                         key: r.key,
                         version_id: r.version_id,
