@@ -87,6 +87,19 @@ pub struct Global {
         value_name = "DURATION"
     )]
     pub read_timeout: String,
+    /// Attempts per request before that object fails (1 to 100; the first try included), as
+    /// AWS_MAX_ATTEMPTS is for aws-cli. Waits between them grow from 100 ms to 20 s, with
+    /// jitter; a server's Retry-After is honoured. The whole job also keeps a retry budget, so a
+    /// server that fails everything is not hammered.
+    #[arg(
+        long,
+        global = true,
+        env = "AWS_MAX_ATTEMPTS",
+        default_value_t = 10,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=100)
+    )]
+    pub max_attempts: u32,
     /// At most this many S3 requests per second, for the whole process (on top of the adaptive
     /// concurrency limit that backs off on 503 SlowDown).
     #[arg(long, global = true, env = "S3FERRY_MAX_RPS", value_parser = parse_rps, value_name = "N")]

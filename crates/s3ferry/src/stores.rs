@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use s3ferry_aws::{S3Config, S3Store, SseCustomerKey};
-use s3ferry_store::layer::{LimitStore, Pacer, RetryStats, RetryStore};
+use s3ferry_store::layer::{LimitStore, Pacer, RetryPolicy, RetryStats, RetryStore};
 use s3ferry_store::local::LocalStore;
 use s3ferry_store::{DynStore, Location};
 
@@ -56,6 +56,14 @@ fn test_clock_offset() -> i64 {
 #[cfg(not(feature = "fault"))]
 fn test_clock_offset() -> i64 {
     0
+}
+
+/// Retries as `--max-attempts` says.
+fn retry_policy(g: &Global) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: g.max_attempts.max(1),
+        ..RetryPolicy::default()
+    }
 }
 
 /// The process's request pacer (`--max-rps`), shared by every store it opens.
@@ -168,7 +176,7 @@ pub async fn open(
         .flatten();
     let backend = with_faults(backend, role)?;
     let limited: DynStore = Arc::new(LimitStore::new(backend).with_pacer(paced));
-    let retry = RetryStore::new(limited);
+    let retry = RetryStore::with_policy(limited, retry_policy(g));
     let stats = retry.stats();
     Ok((Arc::new(retry), Some(stats)))
 }
@@ -183,7 +191,7 @@ pub async fn open_remote(
     let backend: DynStore = Arc::new(S3Store::connect(s3_config(g, bucket, role)).await?);
     let backend = with_faults(backend, role)?;
     let limited: DynStore = Arc::new(LimitStore::new(backend).with_pacer(pacer(g)));
-    let retry = RetryStore::new(limited);
+    let retry = RetryStore::with_policy(limited, retry_policy(g));
     let stats = retry.stats();
     Ok((Arc::new(retry), stats))
 }

@@ -300,3 +300,106 @@ fn lost_create_multipart_response_leaves_no_open_upload() {
     let left = b.uploads();
     assert!(left.is_empty(), "open multipart uploads left: {left:?}");
 }
+
+/// F11: a server that throttles every PUT from the third on, past the retry limit
+/// (`--max-attempts 3`). The objects that got through stay; the others fail alone (exit 1),
+/// each named; a rerun once the server is well copies exactly those.
+#[test]
+fn persistent_throttling_fails_those_objects_and_a_rerun_copies_only_them() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("f-persist");
+    let files: BTreeMap<String, Vec<u8>> = (0..6)
+        .map(|i| (format!("f{i}"), random_bytes(500 + i, 40 + i as u64)))
+        .collect();
+    let src = cx.path("src");
+    write_tree(&src, &files);
+    let r = cx.sync_env(
+        &["--max-attempts", "3", s(&src), &b.uri("p")],
+        &[("S3FERRY_FAULTS_DEST", "put:503@3+")],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(r.n("copied"), 2, "{r}");
+    assert_eq!(r.n("failed"), 4, "{r}");
+    let mut failed = r.keys("fail");
+    failed.sort();
+    assert_eq!(failed.len(), 4, "each failure is named: {r}");
+    assert!(
+        r.n("throttled") >= 8,
+        "every failed object was tried 3 times: {r}"
+    );
+    let landed: Vec<String> = b
+        .keys("p/")
+        .iter()
+        .map(|k| k["p/".len()..].to_string())
+        .collect();
+    assert_eq!(landed.len(), 2);
+    assert!(
+        failed.iter().all(|k| !landed.contains(k)),
+        "{failed:?} vs {landed:?}"
+    );
+    let r = cx.sync(&[s(&src), &b.uri("p")]);
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 4, "only the failed ones: {r}");
+    let mut copied = r.keys("copy");
+    copied.sort();
+    assert_eq!(copied, failed);
+    assert_eq!(b.objects("p/"), files);
+}
+
+/// F24: CompleteMultipartUpload answered 409 ConditionalRequestConflict: retried, the object
+/// is exact and no upload is left open.
+#[test]
+fn a_conflict_on_complete_multipart_is_retried() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("f-409");
+    let data = random_bytes(11 * MIB, 24);
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[("big.bin", &data)]));
+    let r = cx.sync_env(
+        &["--part-size", "5MiB", s(&src), &b.uri("p")],
+        &[("S3FERRY_FAULTS_DEST", "complete_multipart:409@1")],
+    );
+    r.assert_ok();
+    assert_eq!(r.n("retries"), 1, "{r}");
+    assert!(b.get("p/big.bin") == data, "uploaded bytes differ");
+    assert!(b.uploads().is_empty(), "unfinished uploads left");
+}
+
+/// F19 / F08: S3-to-S3 server-side copies whose UploadPartCopy fails its
+/// `x-amz-copy-source-if-match` (the source changed, as the server sees it) and whose
+/// CopyObject is throttled: the object is copied again from a fresh look, the throttles are
+/// retried and counted, the copies are exact and no upload is left open.
+#[test]
+fn server_side_copies_survive_a_changed_source_and_throttling() {
+    let Some(cx) = Ctx::new() else { return };
+    let src = cx.bucket("f-copy-src");
+    let dst = cx.bucket("f-copy-dst");
+    let big = random_bytes(11 * MIB, 31);
+    let small = b"small".to_vec();
+    src.put("big.bin", &big);
+    src.put("small.txt", &small);
+    let r = cx.sync_env(
+        &[
+            "--copy-threshold",
+            "5MiB",
+            "--part-size",
+            "5MiB",
+            &src.uri(""),
+            &dst.uri(""),
+        ],
+        &[(
+            "S3FERRY_FAULTS_DEST",
+            "upload_part_copy:412@2; copy:throttle@1x2",
+        )],
+    );
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 2, "{r}");
+    assert_eq!(r.n("throttled"), 2, "{r}");
+    assert!(
+        r.n("retries") >= 3,
+        "two throttles and the restarted copy: {r}"
+    );
+    assert!(dst.get("big.bin") == big, "copied bytes differ");
+    assert_eq!(dst.get("small.txt"), small);
+    assert!(dst.uploads().is_empty(), "unfinished uploads left");
+}

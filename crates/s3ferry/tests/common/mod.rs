@@ -29,6 +29,7 @@ const SCRUB: &[&str] = &[
     "S3FERRY_STATE_DIR",
     "AWS_PROFILE",
     "AWS_ENDPOINT_URL_S3",
+    "AWS_MAX_ATTEMPTS",
 ];
 
 fn env_or(name: &str, default: &str) -> String {
