@@ -175,6 +175,19 @@ impl SseCustomerKey {
     }
 }
 
+/// The SSE-C parameters of a copy request: the destination's (this store's objects) and the
+/// source's (`copy_source_sse_c`).
+macro_rules! copy_sse_c {
+    ($req:expr, $store:expr) => {
+        $req.set_sse_customer_algorithm($store.sse_c.algorithm())
+            .set_sse_customer_key($store.sse_c.key())
+            .set_sse_customer_key_md5($store.sse_c.key_md5())
+            .set_copy_source_sse_customer_algorithm($store.copy_source_sse_c.algorithm())
+            .set_copy_source_sse_customer_key($store.copy_source_sse_c.key())
+            .set_copy_source_sse_customer_key_md5($store.copy_source_sse_c.key_md5())
+    };
+}
+
 /// The SSE-C request parameters of one store (none without a key).
 #[derive(Clone, Debug, Default)]
 struct SseC(Option<SseCustomerKey>);
@@ -1266,17 +1279,12 @@ impl Store for S3Store {
             )
             .with_key(key));
         }
-        let out = self
+        let req = self
             .client
             .upload_part_copy()
             .bucket(&self.ctx.bucket)
-            .key(key)
-            .set_sse_customer_algorithm(self.sse_c.algorithm())
-            .set_sse_customer_key(self.sse_c.key())
-            .set_sse_customer_key_md5(self.sse_c.key_md5())
-            .set_copy_source_sse_customer_algorithm(self.copy_source_sse_c.algorithm())
-            .set_copy_source_sse_customer_key(self.copy_source_sse_c.key())
-            .set_copy_source_sse_customer_key_md5(self.copy_source_sse_c.key_md5())
+            .key(key);
+        let out = copy_sse_c!(req, self)
             .upload_id(upload_id)
             .part_number(part_number as i32)
             .copy_source(copy_source(src))
@@ -1438,13 +1446,9 @@ impl Store for S3Store {
             .client
             .copy_object()
             .bucket(&self.ctx.bucket)
-            .key(dst_key)
-            .set_sse_customer_algorithm(self.sse_c.algorithm())
-            .set_sse_customer_key(self.sse_c.key())
-            .set_sse_customer_key_md5(self.sse_c.key_md5())
-            .set_copy_source_sse_customer_algorithm(self.copy_source_sse_c.algorithm())
-            .set_copy_source_sse_customer_key(self.copy_source_sse_c.key())
-            .set_copy_source_sse_customer_key_md5(self.copy_source_sse_c.key_md5())
+            .key(dst_key);
+        req = copy_sse_c!(req, self);
+        req = req
             .copy_source(copy_source(src))
             .set_copy_source_if_match(src.if_match.clone());
         match &opts.checksum_algorithm {

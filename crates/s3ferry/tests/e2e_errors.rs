@@ -764,18 +764,7 @@ fn special_files_and_symlinks_are_skipped_and_reported() {
     b.put("p/fifo", b"an object where the source has a FIFO");
     let r = cx.sync(&["--delete", "--max-delete", "100%", s(&src), &b.uri("p")]);
     r.assert_ok();
-    let got: Vec<(String, String)> = r
-        .records("skip")
-        .iter()
-        .map(|v| {
-            (
-                v["key"].as_str().unwrap_or_default().to_string(),
-                v["reason"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    let mut got = got;
-    got.sort();
+    let got = r.skips();
     assert_eq!(got.len(), want.len(), "{r}");
     for ((k, reason), (wk, wr)) in got.iter().zip(&want) {
         assert_eq!(k, wk, "{r}");
@@ -1483,17 +1472,7 @@ fn follow_symlinks_reads_through_links_and_reports_loops() {
         ("out/e.txt", b"from outside"),
     ]);
     assert_eq!(objects, want, "{r}");
-    let mut skipped: Vec<(String, String)> = r
-        .records("skip")
-        .iter()
-        .map(|v| {
-            (
-                v["key"].as_str().unwrap_or_default().to_string(),
-                v["reason"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    skipped.sort();
+    let skipped = r.skips();
     let keys: Vec<&str> = skipped.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         keys,

@@ -143,14 +143,7 @@ fn a_server_rejecting_checksum_headers_gets_a_hint_and_when_required_works() {
             st.lock()
                 .unwrap()
                 .push((key, req.body.clone(), md5.is_some()));
-            return (
-                "200 OK",
-                vec![(
-                    "ETag".into(),
-                    format!("\"{}\"", s3ferry_store::checksum::md5_hex(&req.body)),
-                )],
-                vec![],
-            );
+            return put_reply(&req.body);
         }
         let objects: Vec<(String, Vec<u8>)> = st
             .lock()
@@ -278,14 +271,7 @@ fn credentials_expiring_mid_upload_are_fetched_again_and_the_finished_parts_kept
             if let Some(n) = param("partNumber").and_then(|n| n.parse::<u32>().ok()) {
                 st.accepted.push((n, token));
                 st.parts.insert(n, req.body.clone());
-                return (
-                    "200 OK",
-                    vec![(
-                        "ETag".into(),
-                        format!("\"{}\"", s3ferry_store::checksum::md5_hex(&req.body)),
-                    )],
-                    vec![],
-                );
+                return put_reply(&req.body);
             }
         }
         if req.method == "POST" && param("uploadId").is_some() {
@@ -390,14 +376,7 @@ fn a_bucket_blocking_sse_c_is_explained_and_kms_throttling_is_retried() {
             let path = req.target.split('?').next().unwrap_or("");
             let key = path.trim_start_matches("/kms-bucket/").to_string();
             st.lock().unwrap().push((key, req.body.clone()));
-            return (
-                "200 OK",
-                vec![(
-                    "ETag".into(),
-                    format!("\"{}\"", s3ferry_store::checksum::md5_hex(&req.body)),
-                )],
-                vec![],
-            );
+            return put_reply(&req.body);
         }
         if req.target.contains("list-type=2") {
             return list_xml("kms-bucket", &[]);

@@ -235,6 +235,22 @@ impl Run {
     }
 
     /// Sorted keys of the object records with this action.
+    /// (key, reason) of the `skip` records, sorted.
+    pub fn skips(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .records("skip")
+            .iter()
+            .map(|v| {
+                (
+                    v["key"].as_str().unwrap_or_default().to_string(),
+                    v["reason"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     pub fn keys(&self, action: &str) -> Vec<String> {
         let mut k: Vec<String> = self
             .records(action)
@@ -720,6 +736,18 @@ pub fn list_xml(bucket: &str, objects: &[(String, Vec<u8>)]) -> Reply {
         "200 OK",
         vec![("Content-Type".into(), "application/xml".into())],
         xml.into_bytes(),
+    )
+}
+
+/// A stand-in's answer to a PUT of `body`: 200 with its MD5 as the ETag.
+pub fn put_reply(body: &[u8]) -> Reply {
+    (
+        "200 OK",
+        vec![(
+            "ETag".into(),
+            format!("\"{}\"", s3ferry_store::checksum::md5_hex(body)),
+        )],
+        vec![],
     )
 }
 
