@@ -660,7 +660,11 @@ impl S3Store {
             .body(body)
             .send()
             .await
-            .map_err(|e| self.err("upload_part", Some(key), e))?;
+            .map_err(|e| {
+                let mut e = self.err("upload_part", Some(key), e);
+                e.message = format!("part {part_number}: {}", e.message);
+                e
+            })?;
         let etag = out.e_tag().map(clean_etag).unwrap_or_default();
         if etag.is_empty() {
             return Err(StoreError::new(

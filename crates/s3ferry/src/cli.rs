@@ -1146,8 +1146,10 @@ finished objects are not transferred again and unfinished uploads are aborted.
 Source and destination must not overlap (the same directory or prefix, or one inside the other),
 unless filters exclude the inner one: `s3ferry sync dir dir/backup --exclude 'backup/*'`. Symlinks
 (unless --follow-symlinks) and special files (FIFOs, sockets, devices) in a local source are
-skipped, never opened, and listed as skipped. A file or directory that cannot be read fails alone (exit 1). A corrupt state
-database is moved aside (state.db.corrupt-<time>) and rebuilt.
+skipped, never opened, and listed as skipped. A file or directory that cannot be read fails alone
+(exit 1). A corrupt state database is moved aside (state.db.corrupt-<time>) and rebuilt. On a local
+destination that folds case (macOS, vfat), a key differing only by case from an existing name
+fails alone instead of overwriting it.
 
 Deleting (--delete) is refused before any change when it would remove more than --max-delete
 (default 50% of the destination), or anything at all when the source is empty and --max-delete was

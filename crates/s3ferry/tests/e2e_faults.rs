@@ -403,3 +403,45 @@ fn server_side_copies_survive_a_changed_source_and_throttling() {
     assert_eq!(dst.get("small.txt"), small);
     assert!(dst.uploads().is_empty(), "unfinished uploads left");
 }
+
+/// F06: UploadPart answered 400 BadDigest (the server got other bytes than the checksum says):
+/// the part is sent again and the object is exact; when every try of a part is refused, that
+/// object fails alone, named, with the server's code, and its upload is aborted.
+#[test]
+fn bad_digest_on_a_part_is_resent_and_a_persistent_one_fails_that_object_alone() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("f-digest");
+    let data = random_bytes(11 * MIB, 6);
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[("big.bin", &data), ("small.txt", b"small")]));
+    let r = cx.sync_env(
+        &["--part-size", "5MiB", s(&src), &b.uri("once")],
+        &[("S3FERRY_FAULTS_DEST", "upload_part:corrupt@2")],
+    );
+    r.assert_ok();
+    assert_eq!(r.n("retries"), 1, "{r}");
+    assert!(b.get("once/big.bin") == data, "uploaded bytes differ");
+
+    let r = cx.sync_env(
+        &[
+            "--max-attempts",
+            "2",
+            "--part-size",
+            "5MiB",
+            s(&src),
+            &b.uri("always"),
+        ],
+        &[("S3FERRY_FAULTS_DEST", "upload_part:corrupt@1+")],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!((r.n("copied"), r.n("failed")), (1, 1), "{r}");
+    let fail = &r.records("fail")[0];
+    assert_eq!(fail["key"], "big.bin");
+    assert_eq!(fail["reason"], "corrupt");
+    assert!(
+        fail["error"].as_str().unwrap_or("").contains("BadDigest"),
+        "{r}"
+    );
+    assert_eq!(b.keys("always/"), ["small.txt"]);
+    assert!(b.uploads().is_empty(), "the failed upload was aborted");
+}
