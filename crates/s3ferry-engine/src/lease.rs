@@ -74,6 +74,9 @@ pub struct Lease {
     cfg: LeaseConfig,
     etag: String,
     body: LeaseBody,
+    /// When (our monotonic clock) we last wrote the lease: a waiter may take it over once
+    /// `timeout` has passed since, whatever we believe.
+    written: Instant,
 }
 
 fn now_text() -> String {
@@ -165,6 +168,7 @@ impl Lease {
             cfg,
             etag,
             body,
+            written: Instant::now(),
         }
     }
 
@@ -212,10 +216,12 @@ impl Lease {
         let mode = PutMode::Update {
             etag: self.etag.clone(),
         };
+        let sent = Instant::now();
         match Self::write(&self.store, &self.cfg.key, &next, mode).await {
             Ok(etag) => {
                 self.etag = etag;
                 self.body = next;
+                self.written = sent;
                 Ok(())
             }
             Err(e) if is_lost_race(&e) || e.kind == ErrorKind::NotFound => {
@@ -259,6 +265,12 @@ impl Lease {
 
     pub fn key(&self) -> &str {
         &self.cfg.key
+    }
+
+    /// Whether the timeout has passed since the lease was last written: another node may hold
+    /// it now, so nothing may be written until a renewal succeeds.
+    pub fn outlived(&self) -> bool {
+        self.written.elapsed() >= self.cfg.timeout
     }
 
     /// How often to renew: a third of the timeout.

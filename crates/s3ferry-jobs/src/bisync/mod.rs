@@ -901,16 +901,28 @@ async fn with_lease<T, F: std::future::Future<Output = ()>>(
     let every = lease.renew_every().max(Duration::from_millis(100));
     let r = loop {
         tokio::select! {
-            r = &mut work => break r.map(Some),
-            () = stop.as_mut() => break Ok(None),
+            // The renewal first: after a pause (SIGSTOP, a frozen VM or container) its timer is
+            // overdue, so the lease is settled before the work takes another step, and a lease
+            // taken over meanwhile stops the work before it writes again (F23).
+            biased;
             () = tokio::time::sleep(every) => {
                 if let Err(e) = lease.renew().await {
                     if matches!(e, LeaseError::Lost { .. }) {
                         return Err(e.into());
                     }
+                    if lease.outlived() {
+                        // Not renewed within the timeout: another node may hold it by now.
+                        return Err(LeaseError::Lost {
+                            key: lease.key().to_string(),
+                            by: format!("nobody known: it could not be renewed in time ({e})"),
+                        }
+                        .into());
+                    }
                     tracing::warn!("renewing the lease: {e}");
                 }
             }
+            () = stop.as_mut() => break Ok(None),
+            r = &mut work => break r.map(Some),
         }
     };
     if let Err(e) = lease.release().await {

@@ -480,3 +480,75 @@ async fn a_stop_during_a_round_releases_the_lease() {
     assert_eq!(lease["held"], false, "{lease}");
     assert!(m.get_bytes("p/slow").await.is_err(), "no partial object");
 }
+
+/// F23: a lock holder paused past the lease timeout (as by SIGSTOP: its thread does nothing,
+/// no timer fires, no renewal is sent) while another node takes the lease over. Once it runs
+/// again, it writes nothing more: the overdue renewal is tried before the work's next step, is
+/// refused, and the work is dropped. (Repeated: a select that polled the work first would let a
+/// write through only some of the time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_paused_past_its_lease_writes_nothing_after_the_takeover() {
+    for round in 0..12 {
+        assert_eq!(
+            paused_holder_writes().await,
+            ["w0", "w1", "w2"],
+            "round {round}"
+        );
+    }
+}
+
+/// One pause and takeover; the keys the paused holder wrote.
+async fn paused_holder_writes() -> Vec<String> {
+    use s3ferry_engine::lease::{Lease, LeaseError};
+    let store: DynStore = Arc::new(MemoryStore::named("remote"));
+    let cfg = |node: &str| LeaseConfig {
+        key: "lock".into(),
+        node: node.into(),
+        timeout: Duration::from_millis(150),
+        wait: Duration::from_secs(20),
+        poll: Duration::from_millis(10),
+    };
+    let lease = Lease::acquire(store.clone(), cfg("a")).await.unwrap();
+    let (took_over, paused) = std::sync::mpsc::channel::<()>();
+    let other = store.clone();
+    let b_cfg = cfg("b");
+    // Node b, on its own thread and runtime: waits for a's lease to go stale, takes it over.
+    let b = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let lease = rt.block_on(Lease::acquire(other, b_cfg)).unwrap();
+        took_over.send(()).unwrap();
+        lease
+    });
+    let data = store.clone();
+    let work = async move {
+        for i in 0..20 {
+            if i == 3 {
+                // The pause: this thread is frozen until b holds the lease.
+                paused.recv().unwrap();
+            }
+            tokio::task::yield_now().await;
+            data.put_bytes(&format!("w{i}"), "x").await.unwrap();
+        }
+        Ok::<(), BisyncError>(())
+    };
+    let never = std::future::pending::<()>();
+    tokio::pin!(never);
+    let r = with_lease(Some(lease), work, &mut never).await;
+    assert!(
+        matches!(r, Err(BisyncError::Lease(LeaseError::Lost { .. }))),
+        "{r:?}"
+    );
+    let _b = b.join().unwrap();
+    let mut written: Vec<String> = store
+        .list_all("w")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    written.sort();
+    written
+}
