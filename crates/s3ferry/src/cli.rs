@@ -1033,6 +1033,8 @@ pub struct PipeUpArgs {
     pub uri: String,
     #[command(flatten)]
     pub common: PipeCommon,
+    #[command(flatten)]
+    pub sse_c: SseCKeyArgs,
     /// Stage parts in files in DIR instead of memory.
     #[arg(long, value_name = "DIR")]
     pub staging_dir: Option<PathBuf>,
@@ -1079,6 +1081,8 @@ pub struct PipeDownArgs {
     pub uri: String,
     #[command(flatten)]
     pub common: PipeCommon,
+    #[command(flatten)]
+    pub sse_c: SseCKeyArgs,
     /// Read a segmented upload while it is written, until its manifest says complete.
     #[arg(long)]
     pub follow: bool,
@@ -1264,22 +1268,8 @@ pub struct SyncArgs {
 #[derive(Debug, Args, Default)]
 #[command(next_help_heading = "Customer-provided keys (SSE-C)")]
 pub struct SseCArgs {
-    /// Objects on S3 are encrypted with a key of yours (AES256): written with it, read with it.
-    /// Implied by --sse-c-key. S3 to S3, this is the destination's key (--sse-c-copy-source is
-    /// the source's).
-    #[arg(long, value_name = "ALGORITHM", value_parser = ["AES256"], num_args = 0..=1,
-          default_missing_value = "AES256", requires = "sse_c_key", conflicts_with = "sse")]
-    pub sse_c: Option<String>,
-    /// The SSE-C key: its 32 bytes as text, fileb://FILE holding them, or their base64. Safer
-    /// in the environment than on the command line, where other users can read it.
-    #[arg(
-        long,
-        value_name = "KEY",
-        env = "S3FERRY_SSE_C_KEY",
-        hide_env_values = true,
-        conflicts_with = "sse"
-    )]
-    pub sse_c_key: Option<String>,
+    #[command(flatten)]
+    pub key: SseCKeyArgs,
     /// S3 to S3: the source objects are encrypted with a key of yours (AES256).
     #[arg(long, value_name = "ALGORITHM", value_parser = ["AES256"], num_args = 0..=1,
           default_missing_value = "AES256", requires = "sse_c_copy_source_key")]
@@ -1292,6 +1282,27 @@ pub struct SseCArgs {
         hide_env_values = true
     )]
     pub sse_c_copy_source_key: Option<String>,
+}
+
+/// The SSE-C key of the objects a command reads and writes.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Customer-provided keys (SSE-C)")]
+pub struct SseCKeyArgs {
+    /// Objects on S3 are encrypted with a key of yours (AES256): written with it, read with it.
+    /// Implied by --sse-c-key; not with --sse. S3 to S3 (sync), this is the destination's key
+    /// (--sse-c-copy-source is the source's).
+    #[arg(long, value_name = "ALGORITHM", value_parser = ["AES256"], num_args = 0..=1,
+          default_missing_value = "AES256", requires = "sse_c_key")]
+    pub sse_c: Option<String>,
+    /// The SSE-C key: its 32 bytes as text, fileb://FILE holding them, or their base64. Safer
+    /// in the environment than on the command line, where other users can read it.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "S3FERRY_SSE_C_KEY",
+        hide_env_values = true
+    )]
+    pub sse_c_key: Option<String>,
 }
 
 /// Parse sizes like `8MiB`, `64M`, `1GB`, `4096`.

@@ -290,7 +290,8 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
         );
     }
 
-    let (src_sse_c, dst_sse_c) = stores::SseCKeys::for_sync(&args.sse_c, &src_loc, &dst_loc)?;
+    let (src_sse_c, dst_sse_c) =
+        stores::SseCKeys::for_sync(&args.sse_c, args.write.sse.as_deref(), &src_loc, &dst_loc)?;
     let (src_store, src_stats) =
         stores::open(g, &src_loc, stores::Role::Source, args, src_sse_c).await?;
     // Check the source before opening the destination, which creates a missing local directory:

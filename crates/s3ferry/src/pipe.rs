@@ -167,7 +167,8 @@ async fn up(g: &Global, a: &PipeUpArgs) -> Result<u8, Fatal> {
         segmented,
     };
     let journal = journal(&a.common)?;
-    let (store, _stats) = stores::open_remote(g, &bucket, Role::Destination).await?;
+    let sse_c = stores::SseCKeys::of(&a.sse_c, a.sse.as_deref())?;
+    let (store, _stats) = stores::open_remote_with(g, &bucket, Role::Destination, sse_c).await?;
     let input = raw_stdin()?;
     let res = pipe::up(
         Target::new(store, key),
@@ -207,7 +208,8 @@ async fn down(g: &Global, a: &PipeDownArgs) -> Result<u8, Fatal> {
         poll_interval: parse_duration(&a.poll_interval)?,
         writer_timeout: parse_duration(&a.writer_timeout)?,
     };
-    let (store, _stats) = stores::open_remote(g, &bucket, Role::Source).await?;
+    let sse_c = stores::SseCKeys::of(&a.sse_c, None)?;
+    let (store, _stats) = stores::open_remote_with(g, &bucket, Role::Source, sse_c).await?;
     let mut out = Output::new(raw_stdout()?);
     let rep = pipe::down(Target::new(store, key), &mut out, opts).await?;
     if rep.closed_early {

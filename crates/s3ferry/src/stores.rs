@@ -88,24 +88,39 @@ pub struct SseCKeys {
 }
 
 impl SseCKeys {
+    /// No keys.
+    pub fn none() -> Self {
+        SseCKeys {
+            objects: None,
+            copy_source: None,
+        }
+    }
+
+    /// `--sse-c-key` as the key of the one bucket a command reads or writes (pipe); refused with
+    /// `--sse`.
+    pub fn of(a: &crate::cli::SseCKeyArgs, sse: Option<&str>) -> Result<SseCKeys, Fatal> {
+        let objects = parse_key("--sse-c-key", &a.sse_c_key)?;
+        if objects.is_some() && sse.is_some() {
+            return Err(Fatal(
+                "--sse and --sse-c cannot be used together: an object has one kind of server-side encryption".into(),
+            ));
+        }
+        Ok(SseCKeys {
+            objects,
+            copy_source: None,
+        })
+    }
+
     pub fn for_sync(
         a: &crate::cli::SseCArgs,
+        sse: Option<&str>,
         src: &Location,
         dst: &Location,
     ) -> Result<(SseCKeys, SseCKeys), Fatal> {
-        let parse = |name: &str, v: &Option<String>| {
-            v.as_deref()
-                .map(SseCustomerKey::parse)
-                .transpose()
-                .map_err(|m| Fatal(format!("{name}: {m}")))
-        };
-        let key = parse("--sse-c-key", &a.sse_c_key)?;
-        let copy_source = parse("--sse-c-copy-source-key", &a.sse_c_copy_source_key)?;
+        let key = Self::of(&a.key, sse)?.objects;
+        let copy_source = parse_key("--sse-c-copy-source-key", &a.sse_c_copy_source_key)?;
         let s3 = |l: &Location| matches!(l, Location::S3 { .. });
-        let none = || SseCKeys {
-            objects: None,
-            copy_source: None,
-        };
+        let none = SseCKeys::none;
         match (s3(src), s3(dst)) {
             (true, true) => Ok((
                 SseCKeys {
@@ -141,6 +156,13 @@ impl SseCKeys {
             (false, false) => Ok((none(), none())),
         }
     }
+}
+
+fn parse_key(name: &str, v: &Option<String>) -> Result<Option<SseCustomerKey>, Fatal> {
+    v.as_deref()
+        .map(SseCustomerKey::parse)
+        .transpose()
+        .map_err(|m| Fatal(format!("{name}: {m}")))
 }
 
 /// Open one side of a sync, wrapped in the retry and adaptive-limit layers.
@@ -188,7 +210,20 @@ pub async fn open_remote(
     bucket: &str,
     role: Role,
 ) -> Result<(DynStore, Arc<RetryStats>), Fatal> {
-    let backend: DynStore = Arc::new(S3Store::connect(s3_config(g, bucket, role)).await?);
+    open_remote_with(g, bucket, role, SseCKeys::none()).await
+}
+
+/// [`open_remote`] with SSE-C keys.
+pub async fn open_remote_with(
+    g: &Global,
+    bucket: &str,
+    role: Role,
+    sse_c: SseCKeys,
+) -> Result<(DynStore, Arc<RetryStats>), Fatal> {
+    let mut cfg = s3_config(g, bucket, role);
+    cfg.sse_customer_key = sse_c.objects;
+    cfg.copy_source_sse_customer_key = sse_c.copy_source;
+    let backend: DynStore = Arc::new(S3Store::connect(cfg).await?);
     let backend = with_faults(backend, role)?;
     let limited: DynStore = Arc::new(LimitStore::new(backend).with_pacer(pacer(g)));
     let retry = RetryStore::with_policy(limited, retry_policy(g));

@@ -699,3 +699,43 @@ fn bad_input_is_one_line_and_exit_2() {
         assert!(line.to_lowercase().contains("credentials"), "{line}");
     }
 }
+
+/// SSE-C through a pipe: `pipe up --sse-c-key` writes the parts encrypted with the customer's
+/// key (unreadable without it), `pipe down` with the key (here from S3FERRY_SSE_C_KEY) gives the
+/// bytes back, without it it fails with one line; `--sse` with a key is refused.
+#[test]
+fn sse_c_objects_go_up_and_down_a_pipe() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-ssec");
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    let data = random_bytes(11 * MIB + 5, 71);
+    let o = up(
+        &cx,
+        &b.uri("enc"),
+        &["--part-size", "5MiB", "--sse-c-key", KEY],
+        &[],
+        &data,
+    );
+    ok(&o);
+    let err = b
+        .block_on(b.store.head("enc"))
+        .expect_err("HEAD without the key is refused");
+    assert_eq!(err.http.as_ref().and_then(|h| h.status), Some(400), "{err}");
+    let o = down(&cx, &b.uri("enc"), &[], &[("S3FERRY_SSE_C_KEY", KEY)]);
+    ok(&o);
+    same(&o.stdout, &data, "pipe down with the key");
+    let o = down(&cx, &b.uri("enc"), &[], &[]);
+    assert_ne!(o.code, 0, "{o:?}");
+    assert!(o.stdout.is_empty());
+    let o = up(
+        &cx,
+        &b.uri("x"),
+        &["--sse", "AES256", "--sse-c-key", KEY],
+        &[],
+        b"x",
+    );
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("--sse"), "{o:?}");
+    assert!(b.keys("x").is_empty());
+    assert!(b.uploads().is_empty());
+}
