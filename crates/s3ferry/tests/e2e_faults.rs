@@ -445,3 +445,26 @@ fn bad_digest_on_a_part_is_resent_and_a_persistent_one_fails_that_object_alone()
     assert_eq!(b.keys("always/"), ["small.txt"]);
     assert!(b.uploads().is_empty(), "the failed upload was aborted");
 }
+
+/// F24, the rest: the retried CompleteMultipartUpload finds the upload gone (S3 cancels an
+/// upload whose conditional complete conflicted): the object fails in its first pass and the
+/// run's last pass uploads it again with a new multipart upload; exact, nothing left open.
+#[test]
+fn an_upload_cancelled_after_a_conflict_is_started_again() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("f-409-gone");
+    let data = random_bytes(11 * MIB, 25);
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[("big.bin", &data)]));
+    let r = cx.sync_env(
+        &["--part-size", "5MiB", s(&src), &b.uri("p")],
+        &[(
+            "S3FERRY_FAULTS_DEST",
+            "complete_multipart:409@1; complete_multipart:404@2",
+        )],
+    );
+    r.assert_ok();
+    assert_eq!((r.n("copied"), r.n("failed")), (1, 0), "{r}");
+    assert!(b.get("p/big.bin") == data, "uploaded bytes differ");
+    assert!(b.uploads().is_empty(), "unfinished uploads left");
+}

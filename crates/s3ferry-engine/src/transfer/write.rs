@@ -343,7 +343,20 @@ impl MultipartWriter {
         let mut res = self
             .store
             .complete_multipart(&self.key, &self.upload_id, infos, send, self.mode.clone())
-            .await?;
+            .await
+            .map_err(|mut e| {
+                // The upload is gone (NoSuchUpload: S3 cancels one whose conditional complete
+                // conflicted, or a lifecycle rule aborted it): a transfer from the start, with
+                // a new upload, will do.
+                if e.kind == ErrorKind::NotFound {
+                    e.kind = ErrorKind::Transient;
+                    e.message = format!(
+                        "{} (the multipart upload is gone; the object is sent again)",
+                        e.message
+                    );
+                }
+                e
+            })?;
         if res.crc64nvme.is_none() {
             res.crc64nvme = whole;
         }
