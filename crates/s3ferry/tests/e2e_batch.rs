@@ -573,3 +573,36 @@ fn skip_existing_and_a_report_in_s3() {
     let r = batch(&cx, true, &["status", &id]);
     assert_eq!(state(&r)["state"], "Complete");
 }
+
+/// F44, duplicate rows: a manifest that names one object twice (as concatenated inventories
+/// do) copies it for each row (the copy is idempotent) and counts each row, while the report,
+/// one line per object, keeps one line for it (documented in SEMANTICS.md).
+#[test]
+fn duplicate_manifest_rows_are_copied_each_time_and_reported_once() {
+    let Some(cx) = Ctx::new() else { return };
+    let (a, b) = (cx.bucket("batch-dup-src"), cx.bucket("batch-dup-dst"));
+    a.put("twice.txt", b"named twice");
+    a.put("once.txt", b"named once");
+    let m = cx.path("m.csv");
+    std::fs::write(
+        &m,
+        format!("{0},twice.txt\n{0},once.txt\n{0},twice.txt\n", a.name),
+    )
+    .unwrap();
+    let r = batch(
+        &cx,
+        true,
+        &["run", "--manifest", s(&m), "--to", &b.uri("c/")],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let st = state(&r);
+    assert_eq!(st["succeeded"].as_u64(), Some(3), "{r}");
+    assert_eq!(st["failed"].as_u64(), Some(0), "{r}");
+    let rows = report_rows(&cx, st["id"].as_str().unwrap());
+    let mut keys: Vec<&str> = rows.iter().map(|r| r.entry.key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["once.txt", "twice.txt"]);
+    assert!(rows.iter().all(|r| r.succeeded));
+    assert_eq!(b.get("c/twice.txt"), b"named twice");
+    assert_eq!(b.keys("c/"), ["once.txt", "twice.txt"]);
+}
