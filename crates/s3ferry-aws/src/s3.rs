@@ -99,33 +99,6 @@ pub struct SseCustomerKey {
     md5_b64: String,
 }
 
-#[cfg(test)]
-mod sse_c_tests {
-    use super::SseCustomerKey;
-
-    #[test]
-    fn keys_as_text_base64_or_a_file_and_nothing_else() {
-        let raw = "0123456789abcdef0123456789abcdef";
-        let k = SseCustomerKey::parse(raw).unwrap();
-        let b64 = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-        assert_eq!(SseCustomerKey::parse(b64).unwrap(), k);
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("key");
-        std::fs::write(&f, raw).unwrap();
-        assert_eq!(
-            SseCustomerKey::parse(&format!("fileb://{}", f.display())).unwrap(),
-            k
-        );
-        for bad in ["short", "", "MDEy", &format!("{raw}x")] {
-            let e = SseCustomerKey::parse(bad).unwrap_err();
-            assert!(e.contains("32 bytes"), "{bad}: {e}");
-        }
-        let e = SseCustomerKey::parse("fileb:///no/such/key").unwrap_err();
-        assert!(e.contains("/no/such/key"), "{e}");
-        assert!(!format!("{k:?}").contains(raw) && !format!("{k:?}").contains(b64));
-    }
-}
-
 impl std::fmt::Debug for SseCustomerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key itself.
@@ -1689,5 +1662,32 @@ mod tests {
             None
         );
         assert_eq!(full_object_crc(Some(&format!("{v}-3")), None), None);
+    }
+}
+
+#[cfg(test)]
+mod sse_c_tests {
+    use super::SseCustomerKey;
+
+    #[test]
+    fn keys_as_text_base64_or_a_file_and_nothing_else() {
+        let raw = "0123456789abcdef0123456789abcdef";
+        let k = SseCustomerKey::parse(raw).unwrap();
+        let b64 = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        assert_eq!(SseCustomerKey::parse(b64).unwrap(), k);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("key");
+        std::fs::write(&f, raw).unwrap();
+        assert_eq!(
+            SseCustomerKey::parse(&format!("fileb://{}", f.display())).unwrap(),
+            k
+        );
+        for bad in ["short", "", "MDEy", &format!("{raw}x")] {
+            let e = SseCustomerKey::parse(bad).unwrap_err();
+            assert!(e.contains("32 bytes"), "{bad}: {e}");
+        }
+        let e = SseCustomerKey::parse("fileb:///no/such/key").unwrap_err();
+        assert!(e.contains("/no/such/key"), "{e}");
+        assert!(!format!("{k:?}").contains(raw) && !format!("{k:?}").contains(b64));
     }
 }

@@ -275,6 +275,10 @@ fn sse_c_objects_are_written_read_and_copied_with_the_customers_key() {
             Some("AES256")
         );
     }
+    assert!(
+        b2.uploads().is_empty(),
+        "no upload left by the refused UploadPartCopy"
+    );
     let down2 = cx.path("down2");
     cx.sync_env(&[&b2.uri(""), s(&down2)], &[("S3FERRY_SSE_C_KEY", KEY2)])
         .assert_ok();
