@@ -11,6 +11,27 @@ use common::*;
 
 const MIB: usize = 1024 * 1024;
 
+/// One multipart upload under injected destination faults: `big.bin` of `size` random bytes
+/// (from `seed`) synced in 5 MiB parts to `p/` of a fresh bucket. Returns the bucket, the bytes,
+/// the run and the source directory.
+fn upload_big(
+    cx: &Ctx,
+    bucket: &str,
+    size: usize,
+    seed: u64,
+    faults: &str,
+) -> (Bucket, Vec<u8>, Run, std::path::PathBuf) {
+    let b = cx.bucket(bucket);
+    let data = random_bytes(size, seed);
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[("big.bin", &data)]));
+    let r = cx.sync_env(
+        &["--part-size", "5MiB", s(&src), &b.uri("p")],
+        &[("S3FERRY_FAULTS_DEST", faults)],
+    );
+    (b, data, r, src)
+}
+
 /// A bucket holding `files` under `p/`, uploaded with the binary (so objects carry mtimes and
 /// checksums the way s3ferry writes them).
 fn seeded(cx: &Ctx, name: &str, files: &BTreeMap<String, Vec<u8>>) -> Bucket {
@@ -203,16 +224,12 @@ fn throttled_puts_are_retried_and_counted() {
 #[test]
 fn reset_during_upload_part_is_retried() {
     let Some(cx) = Ctx::new() else { return };
-    let b = cx.bucket("f-upart");
-    let data = random_bytes(16 * MIB, 8);
-    let src = cx.path("src");
-    write_tree(&src, &tree(&[("big.bin", &data)]));
-    let r = cx.sync_env(
-        &["--part-size", "5MiB", s(&src), &b.uri("p")],
-        &[(
-            "S3FERRY_FAULTS_DEST",
-            "upload_part:reset@2; upload_part:500@3; complete_multipart:500@1",
-        )],
+    let (b, data, r, _) = upload_big(
+        &cx,
+        "f-upart",
+        16 * MIB,
+        8,
+        "upload_part:reset@2; upload_part:500@3; complete_multipart:500@1",
     );
     r.assert_ok();
     assert_eq!(r.n("retries"), 3, "{r}");
@@ -284,13 +301,12 @@ fn flipped_byte_in_a_ranged_download_of_a_foreign_object_is_caught() {
 #[test]
 fn lost_create_multipart_response_leaves_no_open_upload() {
     let Some(cx) = Ctx::new() else { return };
-    let b = cx.bucket("f-lost-create");
-    let data = random_bytes(12 * MIB, 13);
-    let src = cx.path("src");
-    write_tree(&src, &tree(&[("big.bin", &data)]));
-    let r = cx.sync_env(
-        &["--part-size", "5MiB", s(&src), &b.uri("p")],
-        &[("S3FERRY_FAULTS_DEST", "create_multipart:lost@1")],
+    let (b, data, r, src) = upload_big(
+        &cx,
+        "f-lost-create",
+        12 * MIB,
+        13,
+        "create_multipart:lost@1",
     );
     r.assert_ok();
     assert_eq!(r.n("retries"), 1, "{r}");
@@ -351,14 +367,7 @@ fn persistent_throttling_fails_those_objects_and_a_rerun_copies_only_them() {
 #[test]
 fn a_conflict_on_complete_multipart_is_retried() {
     let Some(cx) = Ctx::new() else { return };
-    let b = cx.bucket("f-409");
-    let data = random_bytes(11 * MIB, 24);
-    let src = cx.path("src");
-    write_tree(&src, &tree(&[("big.bin", &data)]));
-    let r = cx.sync_env(
-        &["--part-size", "5MiB", s(&src), &b.uri("p")],
-        &[("S3FERRY_FAULTS_DEST", "complete_multipart:409@1")],
-    );
+    let (b, data, r, _) = upload_big(&cx, "f-409", 11 * MIB, 24, "complete_multipart:409@1");
     r.assert_ok();
     assert_eq!(r.n("retries"), 1, "{r}");
     assert!(b.get("p/big.bin") == data, "uploaded bytes differ");
@@ -452,16 +461,12 @@ fn bad_digest_on_a_part_is_resent_and_a_persistent_one_fails_that_object_alone()
 #[test]
 fn an_upload_cancelled_after_a_conflict_is_started_again() {
     let Some(cx) = Ctx::new() else { return };
-    let b = cx.bucket("f-409-gone");
-    let data = random_bytes(11 * MIB, 25);
-    let src = cx.path("src");
-    write_tree(&src, &tree(&[("big.bin", &data)]));
-    let r = cx.sync_env(
-        &["--part-size", "5MiB", s(&src), &b.uri("p")],
-        &[(
-            "S3FERRY_FAULTS_DEST",
-            "complete_multipart:409@1; complete_multipart:404@2",
-        )],
+    let (b, data, r, _) = upload_big(
+        &cx,
+        "f-409-gone",
+        11 * MIB,
+        25,
+        "complete_multipart:409@1; complete_multipart:404@2",
     );
     r.assert_ok();
     assert_eq!((r.n("copied"), r.n("failed")), (1, 0), "{r}");
