@@ -117,7 +117,8 @@ impl SseCKeys {
         src: &Location,
         dst: &Location,
     ) -> Result<(SseCKeys, SseCKeys), Fatal> {
-        let key = Self::of(&a.key, sse)?.objects;
+        // The key of the S3 side (the destination's when both are).
+        let own = Self::of(&a.key, sse)?;
         let copy_source = parse_key("--sse-c-copy-source-key", &a.sse_c_copy_source_key)?;
         let s3 = |l: &Location| matches!(l, Location::S3 { .. });
         let none = SseCKeys::none;
@@ -127,30 +128,15 @@ impl SseCKeys {
                     objects: copy_source.clone(),
                     copy_source: None,
                 },
-                SseCKeys {
-                    objects: key,
-                    copy_source,
-                },
+                SseCKeys { copy_source, ..own },
             )),
             (true, false) | (false, true) if copy_source.is_some() => Err(Fatal(
                 "--sse-c-copy-source-key is for S3 to S3 syncs; the S3 side's key is --sse-c-key"
                     .into(),
             )),
-            (true, false) => Ok((
-                SseCKeys {
-                    objects: key,
-                    copy_source: None,
-                },
-                none(),
-            )),
-            (false, true) => Ok((
-                none(),
-                SseCKeys {
-                    objects: key,
-                    copy_source: None,
-                },
-            )),
-            (false, false) if key.is_some() || copy_source.is_some() => Err(Fatal(
+            (true, false) => Ok((own, none())),
+            (false, true) => Ok((none(), own)),
+            (false, false) if own.objects.is_some() || copy_source.is_some() => Err(Fatal(
                 "--sse-c-key: neither side of this sync is on S3".into(),
             )),
             (false, false) => Ok((none(), none())),
