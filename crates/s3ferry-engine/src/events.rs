@@ -1,10 +1,10 @@
 //! Progress and results as events. Libraries never print: the CLI implements [`Reporter`]
 //! (progress bars on a TTY, JSON Lines with `--json`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What happened to one key (serialised as the `action` of `--json` object records).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Copy,
@@ -50,7 +50,7 @@ impl Outcome {
 }
 
 /// The outcome of one key.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Record {
     pub key: String,
     pub action: Outcome,

@@ -1103,6 +1103,48 @@ impl Journal {
     }
 }
 
+/// Is `rel` one of `reserved` (a key, or everything under a `dir/`)?
+pub fn is_reserved(reserved: &[String], rel: &str) -> bool {
+    reserved
+        .iter()
+        .any(|r| rel == r || (r.ends_with('/') && rel.starts_with(r.as_str())))
+}
+
+/// Keys under a local side that are the state database's own files (the database at
+/// `db_path`, its WAL and lock files, its runs directory): never synced, listed or deleted by a
+/// job whose tree holds the database.
+pub fn reserved_keys(side: &crate::walk::Side, db_path: &str) -> Vec<String> {
+    let Some(root) = side.store.local_path("") else {
+        return Vec::new();
+    };
+    let (Ok(root), Some(dir), Some(name)) = (
+        root.canonicalize(),
+        Path::new(db_path).parent(),
+        Path::new(db_path).file_name(),
+    ) else {
+        return Vec::new();
+    };
+    let Ok(dir) = dir.canonicalize() else {
+        return Vec::new();
+    };
+    let Ok(rel) = dir.strip_prefix(&root) else {
+        return Vec::new();
+    };
+    let name = name.to_string_lossy();
+    let key = |p: PathBuf| {
+        let s = p.to_string_lossy().replace('\\', "/");
+        s.strip_prefix(side.prefix.as_str())
+            .unwrap_or(&s)
+            .to_string()
+    };
+    let mut out: Vec<String> = ["", "-wal", "-shm", "-journal", ".rebuild.lock"]
+        .iter()
+        .map(|sfx| key(rel.join(format!("{name}{sfx}"))))
+        .collect();
+    out.push(format!("{}/", key(rel.join(format!("{name}.runs")))));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //! events ([`events`]). Jobs compose these; they never talk to a backend directly.
 
 pub mod events;
+pub mod exec;
 pub mod filter;
 pub mod formats;
 pub mod identity;

@@ -10,16 +10,14 @@
 //! 4. Retry failed transfers once (job-level tier), then delete — unless the source listing
 //!    had errors, in which case deletes are suppressed for this run.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use s3ferry_engine::events::{Outcome, Record, Reporter, Summary, NOT_SYNCED};
+use s3ferry_engine::exec::{Cancel, Done, Executor, Pass};
 use s3ferry_engine::filter::Filters;
 use s3ferry_engine::identity::resolve_check;
-use s3ferry_engine::journal::Journal;
+use s3ferry_engine::journal::{is_reserved, reserved_keys, Journal};
 use s3ferry_engine::plan::{plan, signature, Action, BaseRecord, Check, CopyReason, PlanOptions};
 use s3ferry_engine::spill::{Spill, SpillError};
 use s3ferry_engine::transfer::{cleanup_orphan_uploads, copy_object, TransferConfig};
@@ -28,8 +26,6 @@ use s3ferry_engine::walk::{
 };
 use s3ferry_store::{ErrorKind, StoreError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 /// The job name of sync's records in the state database.
 pub const JOB: &str = "sync";
@@ -51,9 +47,9 @@ pub struct SyncOptions {
     pub transfer: TransferConfig,
     /// Retry failed transfers once at the end of the run.
     pub retry_failed: bool,
-    /// Set (by a signal handler) to stop cleanly: no new transfers, the ones in flight finish,
-    /// no deletes, and the run stays "unfinished" so the next one sweeps what it left.
-    pub interrupt: Arc<AtomicBool>,
+    /// Requested (by a signal handler) to stop cleanly: no new transfers, the ones in flight
+    /// finish, no deletes, and the run stays "unfinished" so the next one sweeps what it left.
+    pub cancel: Cancel,
 }
 
 /// Why a sync did not run or stopped (exit code 2).
@@ -86,11 +82,8 @@ struct Shared {
     pair: String,
     journal: Arc<Journal>,
     reporter: Arc<dyn Reporter>,
-    summary: Mutex<Summary>,
-    /// Transfers to try once more at the end (on disk: memory stays flat).
-    retry: Mutex<Spill<Entry>>,
-    fatal: Mutex<Option<StoreError>>,
-    stop: AtomicBool,
+    /// The run loop: concurrency, cancellation, the fatal latch, counts, the retry pass.
+    exec: Arc<Executor>,
 }
 
 /// Work a key needs, as planned (spilled to disk between the two passes of a `--delete` run).
@@ -116,36 +109,15 @@ impl From<SpillError> for SyncError {
 impl Shared {
     /// A fatal error or an interrupt: start no more work.
     fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst) || self.interrupted()
-    }
-
-    fn interrupted(&self) -> bool {
-        self.opts.interrupt.load(Ordering::SeqCst)
+        self.exec.stopping()
     }
 
     fn record(&self, r: Record) {
-        r.action.count(
-            &mut self.summary.lock().unwrap_or_else(|p| p.into_inner()),
-            r.size,
-        );
-        self.reporter.record(&r);
+        self.exec.record(r);
     }
 
     fn fail(&self, rel: &str, size: u64, e: &StoreError) {
-        if e.kind.fatal() {
-            let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
-            if f.is_none() {
-                *f = Some(
-                    StoreError::new(e.kind, e.op, e.message.clone())
-                        .with_key(e.key.clone().unwrap_or_default()),
-                );
-            }
-            self.stop.store(true, Ordering::SeqCst);
-        }
-        self.record(Record {
-            error: Some(e.to_string()),
-            ..Record::new(rel, Outcome::Fail, e.kind.as_str(), size)
-        });
+        self.exec.fail(fail_record(rel, size, e), e);
     }
 
     fn remember(&self, s: &Entry, dst_meta: &s3ferry_store::ObjectMeta) {
@@ -159,21 +131,21 @@ impl Shared {
             .record_synced(JOB, &self.pair, &s.rel, &BaseRecord { src_sig, dst_sig });
     }
 
-    /// Copy `s` (planned for `reason`), record the outcome.
-    async fn copy(&self, s: &Entry, reason: &str, retry_list: bool) {
+    /// Copy `s` (planned for `reason`); a retryable failure in the first pass is handed back
+    /// for the retry pass.
+    async fn copy(&self, s: Entry, reason: &str, pass: Pass) -> Done<Planned> {
         if self.opts.dry_run {
-            self.record(Record::new(
+            return Done::Record(Record::new(
                 s.rel.clone(),
                 Outcome::WouldCopy,
                 reason,
                 s.meta.size,
             ));
-            return;
         }
         match copy_object(
             &self.src,
             &self.dst,
-            s,
+            &s,
             &self.opts.transfer,
             &self.journal,
             &self.reporter,
@@ -181,41 +153,57 @@ impl Shared {
         .await
         {
             Ok(dm) => {
-                self.remember(s, &dm);
-                self.record(Record::new(
+                self.remember(&s, &dm);
+                Done::Record(Record::new(
                     s.rel.clone(),
                     Outcome::Copy,
                     reason,
                     s.meta.size,
-                ));
+                ))
             }
             Err(e)
-                if retry_list
+                if pass == Pass::First
                     && self.opts.retry_failed
                     && (e.retryable()
                         || e.kind == ErrorKind::PreconditionFailed
                         || (e.kind == ErrorKind::AlreadyExists
                             && self.dst.kind == SideKind::Local)) =>
             {
-                tracing::debug!("will retry {}: {e}", s.rel);
-                let pushed = self.retry.lock().unwrap_or_else(|p| p.into_inner()).push(s);
-                if let Err(se) = pushed {
-                    tracing::warn!("{se}");
-                    self.fail(&s.rel, s.meta.size, &e);
-                }
+                let r = fail_record(&s.rel, s.meta.size, &e);
+                let p = Planned {
+                    s,
+                    d: None,
+                    work: Work::Copy(CopyReason::Changed),
+                };
+                Done::Retry(p, r, e)
             }
-            Err(e) => self.fail(&s.rel, s.meta.size, &e),
+            Err(e) => Done::Failed(fail_record(&s.rel, s.meta.size, &e), e),
         }
     }
 
-    async fn process(&self, s: Entry, d: Option<Entry>, work: Work) {
-        if self.stopping() {
-            return;
+    /// One planned key (first pass), or a key whose copy failed retryably (retry pass: with a
+    /// fresh look at the source).
+    async fn process(&self, p: Planned, pass: Pass) -> Done<Planned> {
+        let Planned { s, d, work } = p;
+        if pass == Pass::Retry {
+            return match self.src.store.head(&self.src.key(&s.rel)).await {
+                Ok(m) => {
+                    let fresh = Entry {
+                        rel: s.rel.clone(),
+                        meta: s3ferry_store::ObjectMeta {
+                            key: m.key.clone(),
+                            ..m
+                        },
+                    };
+                    self.copy(fresh, "retry", pass).await
+                }
+                Err(e) => Done::Failed(fail_record(&s.rel, s.meta.size, &e), e),
+            };
         }
         match work {
-            Work::Copy(r) => self.copy(&s, r.as_str(), true).await,
+            Work::Copy(r) => self.copy(s, r.as_str(), pass).await,
             Work::Check(c) => {
-                let Some(d) = d else { return };
+                let Some(d) = d else { return Done::Nothing };
                 match resolve_check(
                     c,
                     &self.src,
@@ -231,14 +219,22 @@ impl Shared {
                         if !self.opts.dry_run {
                             self.remember(&s, &d.meta);
                         }
-                        self.record(Record::new(s.rel, Outcome::Skip, r.as_str(), d.meta.size));
+                        Done::Record(Record::new(s.rel, Outcome::Skip, r.as_str(), d.meta.size))
                     }
-                    Ok(Action::Copy(r)) => self.copy(&s, r.as_str(), true).await,
-                    Ok(_) => {}
-                    Err(e) => self.fail(&s.rel, s.meta.size, &e),
+                    Ok(Action::Copy(r)) => self.copy(s, r.as_str(), pass).await,
+                    Ok(_) => Done::Nothing,
+                    Err(e) => Done::Failed(fail_record(&s.rel, s.meta.size, &e), e),
                 }
             }
         }
+    }
+}
+
+/// The `fail` record of a key.
+fn fail_record(rel: &str, size: u64, e: &StoreError) -> Record {
+    Record {
+        error: Some(e.to_string()),
+        ..Record::new(rel, Outcome::Fail, e.kind.as_str(), size)
     }
 }
 
@@ -369,7 +365,7 @@ pub async fn run(
     journal: Arc<Journal>,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Summary, SyncError> {
-    let started = Instant::now();
+    let mut deletes_suppressed = None;
     opts.plan.src_kind = Some(src.kind);
     opts.plan.dst_kind = Some(dst.kind);
     opts.plan.since = opts.filters.since;
@@ -400,7 +396,11 @@ pub async fn run(
         entries(dst.list(&opts.filters)),
         base_input,
     ]);
-    let concurrency = opts.concurrency.max(1);
+    let exec = Arc::new(Executor::new(
+        opts.concurrency,
+        opts.cancel.clone(),
+        reporter.clone(),
+    ));
     let sh = Arc::new(Shared {
         src,
         dst,
@@ -408,10 +408,7 @@ pub async fn run(
         pair,
         journal,
         reporter,
-        summary: Mutex::new(Summary::default()),
-        retry: Mutex::new(Spill::new()?),
-        fatal: Mutex::new(None),
-        stop: AtomicBool::new(false),
+        exec: exec.clone(),
     });
     let mut planner = Planner {
         join,
@@ -420,28 +417,16 @@ pub async fn run(
         reserved,
         skipped_src: Default::default(),
     };
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let mut tasks = JoinSet::new();
-    let spawn = |tasks: &mut JoinSet<()>, p: Planned, permit| {
-        if let Work::Copy(_) = p.work {
-            sh.reporter.planned(1, p.s.meta.size);
+    let apply = |p: Planned, pass: Pass| {
+        if pass == Pass::First {
+            if let Work::Copy(_) = p.work {
+                sh.reporter.planned(1, p.s.meta.size);
+            }
         }
-        let sh2 = sh.clone();
-        tasks.spawn(async move {
-            sh2.process(p.s, p.d, p.work).await;
-            drop(permit);
-        });
+        let sh = sh.clone();
+        async move { sh.process(p, pass).await }
     };
-    let acquire = |permits: &Arc<Semaphore>| {
-        let permits = permits.clone();
-        async move {
-            permits
-                .acquire_owned()
-                .await
-                .map_err(|_| StoreError::new(ErrorKind::Other, "sync", "scheduler closed"))
-        }
-    };
-    let listing: Result<(), SyncError> = async {
+    let listing: Result<_, SyncError> = async {
         if sh.opts.plan.delete {
             // Pass 1: plan everything, change nothing; the limit is checked before any change.
             let mut work: Spill<Planned> = Spill::new()?;
@@ -449,44 +434,40 @@ pub async fn run(
                 work.push(&p)?;
             }
             check_delete_limit(&sh, &planner.counts)?;
-            for p in work.read_back()? {
-                if sh.stopping() {
-                    break;
-                }
-                let permit = acquire(&permits).await?;
-                spawn(&mut tasks, p?, permit);
-                while tasks.try_join_next().is_some() {}
-            }
+            let planned =
+                futures::stream::iter(work.read_back()?).map(|r| r.map_err(SyncError::from));
+            exec.run(planned, apply).await
         } else {
-            while let Some(p) = planner.next(&sh).await? {
-                let permit = acquire(&permits).await?;
-                spawn(&mut tasks, p, permit);
-                // Reap finished tasks so the set stays small.
-                while tasks.try_join_next().is_some() {}
-            }
+            let planned =
+                futures::stream::unfold((&mut planner, &sh), |(planner, sh)| async move {
+                    match planner.next(sh).await {
+                        Ok(Some(p)) => Some((Ok(p), (planner, sh))),
+                        Ok(None) => None,
+                        Err(e) => Some((Err(e), (planner, sh))),
+                    }
+                });
+            exec.run(planned, apply).await
         }
-        Ok(())
     }
     .await;
-    while tasks.join_next().await.is_some() {}
-    if let Err(e) = listing {
-        sh.stop.store(true, Ordering::SeqCst);
-        let _ = sh.journal.flush().await;
-        return Err(e);
-    }
-    let fatal = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(e) = fatal {
+    let left = match listing {
+        Ok(left) => left,
+        Err(e) => {
+            let _ = sh.journal.flush().await;
+            return Err(e);
+        }
+    };
+    if let Some(e) = exec.take_fatal() {
         let _ = sh.journal.flush().await;
         return Err(e.into());
     }
-    if sh.interrupted() {
+    if exec.interrupted() {
         // Stopped on request: what was in flight finished; nothing is deleted, the run stays
         // unfinished (the next one sweeps what it left), the summary says so.
         sh.journal.flush().await.map_err(jerr)?;
-        let mut summary = sh.summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        summary.interrupted = true;
+        exec.retry(left, apply).await?;
+        let mut summary = exec.summary();
         summary.dry_run = sh.opts.dry_run;
-        summary.elapsed_secs = started.elapsed().as_secs_f64();
         return Ok(summary);
     }
     let Planner {
@@ -500,10 +481,7 @@ pub async fn run(
                 counts.src_errors
             );
             sh.reporter.note(&msg);
-            sh.summary
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .deletes_suppressed = Some(msg);
+            deletes_suppressed = Some(msg);
         } else {
             run_deletes(&sh, deletes).await?;
         }
@@ -511,55 +489,25 @@ pub async fn run(
     // Job-level retry tier, after the deletes: one more attempt for transfers that failed with a
     // retryable error, or because a local path was in the way of a file that a delete removed
     // (`a` replacing a directory `a/`), with a fresh look at the source.
-    let retry = std::mem::replace(
-        &mut *sh.retry.lock().unwrap_or_else(|p| p.into_inner()),
-        Spill::new()?,
-    );
-    let job_retries = retry.len();
-    for s in retry.read_back()? {
-        let s = s?;
-        if sh.stopping() {
-            break;
-        }
-        let permit = permits.clone().acquire_owned().await;
-        let sh2 = sh.clone();
-        tasks.spawn(async move {
-            let _permit = permit;
-            let fresh = match sh2.src.store.head(&sh2.src.key(&s.rel)).await {
-                Ok(m) => Entry {
-                    rel: s.rel.clone(),
-                    meta: s3ferry_store::ObjectMeta {
-                        key: m.key.clone(),
-                        ..m
-                    },
-                },
-                Err(e) => return sh2.fail(&s.rel, s.meta.size, &e),
-            };
-            sh2.copy(&fresh, "retry", false).await;
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-    while tasks.join_next().await.is_some() {}
-    let fatal = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(e) = fatal {
+    exec.retry(left, apply).await?;
+    if let Some(e) = exec.take_fatal() {
         let _ = sh.journal.flush().await;
         return Err(e.into());
     }
     sh.journal.flush().await.map_err(jerr)?;
-    if !sh.opts.dry_run {
+    if !sh.opts.dry_run && !exec.interrupted() {
         sh.journal.end_run(JOB, &sh.pair).await.map_err(jerr)?;
     }
-    let mut summary = sh.summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut summary = exec.summary();
     summary.dry_run = sh.opts.dry_run;
+    summary.deletes_suppressed = deletes_suppressed;
     // Request-level retries are added by whoever owns the retry layer (the CLI); these are the
-    // engine's own: resumed body reads and the job-level retry tier.
+    // engine's own: resumed body reads (the job-level tier is counted by the executor).
     summary.retries += sh
         .opts
         .transfer
         .resumes
-        .load(std::sync::atomic::Ordering::Relaxed)
-        + job_retries;
-    summary.elapsed_secs = started.elapsed().as_secs_f64();
+        .load(std::sync::atomic::Ordering::Relaxed);
     Ok(summary)
 }
 
@@ -647,46 +595,6 @@ pub fn pair_id(src: &Side, dst: &Side) -> String {
     format!("{} -> {}", src.state_id(), dst.state_id())
 }
 
-/// Keys under a local side that are the state database's own files (never synced).
-/// Is `rel` one of `reserved` (a key, or everything under a `dir/`)?
-pub fn is_reserved(reserved: &[String], rel: &str) -> bool {
-    reserved
-        .iter()
-        .any(|r| rel == r || (r.ends_with('/') && rel.starts_with(r.as_str())))
-}
-
-pub fn reserved_keys(side: &Side, db_path: &str) -> Vec<String> {
-    let Some(root) = side.store.local_path("") else {
-        return Vec::new();
-    };
-    let (Ok(root), Some(dir), Some(name)) = (
-        root.canonicalize(),
-        Path::new(db_path).parent(),
-        Path::new(db_path).file_name(),
-    ) else {
-        return Vec::new();
-    };
-    let Ok(dir) = dir.canonicalize() else {
-        return Vec::new();
-    };
-    let Ok(rel) = dir.strip_prefix(&root) else {
-        return Vec::new();
-    };
-    let name = name.to_string_lossy();
-    let key = |p: PathBuf| {
-        let s = p.to_string_lossy().replace('\\', "/");
-        s.strip_prefix(side.prefix.as_str())
-            .unwrap_or(&s)
-            .to_string()
-    };
-    let mut out: Vec<String> = ["", "-wal", "-shm", "-journal", ".rebuild.lock"]
-        .iter()
-        .map(|sfx| key(rel.join(format!("{name}{sfx}"))))
-        .collect();
-    out.push(format!("{}/", key(rel.join(format!("{name}.runs")))));
-    out
-}
-
 /// Abort the uploads that dead runs left in the destination. Temp files in a local destination
 /// are looked for (a walk of the whole tree) only when the last run of this pair did not end:
 /// a run that ends leaves none.
@@ -711,7 +619,7 @@ impl SyncOptions {
             concurrency: 64,
             transfer,
             retry_failed: true,
-            interrupt: Arc::default(),
+            cancel: Cancel::new(),
         }
     }
 }

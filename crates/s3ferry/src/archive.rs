@@ -17,21 +17,32 @@ use crate::output::{human_bytes, job_printer};
 use crate::stores::CliBuckets;
 use crate::Fatal;
 
-fn concurrency(n: usize) -> Result<usize, Fatal> {
-    if n == 0 || n > 4096 {
-        return Err(Fatal(format!(
-            "--concurrency {n} is not between 1 and 4096"
-        )));
-    }
-    Ok(n)
+/// `--concurrency`, `--part-size` and `--max-memory` through the checks every job shares.
+fn numbers(
+    concurrency: usize,
+    part_size: Option<&str>,
+    max_memory: &str,
+) -> Result<(usize, crate::checks::Sizes), Fatal> {
+    let sizes = crate::checks::numbers(&crate::checks::Numbers {
+        concurrency: &[("--concurrency", concurrency)],
+        part_size: part_size.map(|p| (p, crate::checks::MIN_PART_SIZE)),
+        max_memory: Some(max_memory),
+    })?;
+    Ok((concurrency, sizes))
 }
 
-fn memory(s: &str) -> Result<u64, Fatal> {
-    let m = parse_size(s)?;
-    if m < 1 << 20 {
-        return Err(Fatal(format!("--max-memory {s} is below 1 MiB")));
-    }
-    Ok(m)
+/// An import or export stopped by a signal: one line (a `summary` record with `--json`), and
+/// the exit status of every command stopped that way.
+fn interrupted(g: &Global, job: &str, msg: &str) -> u8 {
+    let code = crate::context::EXIT_INTERRUPTED;
+    let p = crate::output::Printer::new(g.json, g.verbose, g.quiet, false);
+    p.job_summary(
+        job,
+        serde_json::json!({"interrupted": true, "message": msg}),
+        format!("s3ferry: {job}: {msg}"),
+        code,
+    );
+    code
 }
 
 async fn source(g: &Global, a: &ArchiveSourceArgs) -> Result<(Side, ExportOptions), Fatal> {
@@ -73,11 +84,12 @@ fn export_json(s: &ExportSummary) -> serde_json::Value {
 pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
     match cmd {
         ArchiveCommand::Export(a) => {
+            let (concurrency, sizes) = numbers(a.concurrency, None, &a.max_memory)?;
             let (src, mut opts) = source(g, &a.source).await?;
             opts.compress = a.compress;
-            opts.concurrency = concurrency(a.concurrency)?;
+            opts.concurrency = concurrency;
             opts.tags = !a.no_tags;
-            opts.transfer = TransferConfig::new(memory(&a.max_memory)?);
+            opts.transfer = TransferConfig::new(sizes.max_memory.unwrap_or(256 << 20));
             opts.volume_size = match &a.volume_size {
                 Some(v) => match parse_size(v)? {
                     0 => return Err(Fatal(format!("--volume-size {v} must be above zero"))),
@@ -111,7 +123,22 @@ pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
                 Output::Path(p)
             };
             let (p, r) = job_printer(g, matches!(out, Output::Stdout));
-            let s = archive::export(&src, &out, a.state_out.clone(), &opts, &r).await?;
+            // A signal stops the export where it is: its temp files are swept by the next export
+            // (they belong to a process that is gone), and no volume or state is renamed into
+            // place, so the previous export's state stays the base.
+            let cancel = crate::context::signals("removing the unfinished volume");
+            let s = tokio::select! {
+                s = archive::export(&src, &out, a.state_out.clone(), &opts, &r) => s?,
+                () = cancel.requested() => {
+                    p.finish_bar();
+                    return Ok(interrupted(
+                        g,
+                        "archive-export",
+                        &format!("interrupted by {}: nothing was exported (the previous state is still the base)",
+                            cancel.reason().unwrap_or_default()),
+                    ));
+                }
+            };
             let code = u8::from(s.failed > 0);
             p.job_summary(
                 "archive-export",
@@ -220,6 +247,7 @@ pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
                 .paths
                 .split_last()
                 .ok_or_else(|| Fatal("give the archives, then the destination".into()))?;
+            let (concurrency, sizes) = numbers(a.concurrency, Some(&a.part_size), &a.max_memory)?;
             let files: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
             for f in &files {
                 if !f.is_file() {
@@ -227,21 +255,17 @@ pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
                 }
             }
             let max_delete = MaxDelete::parse(&a.max_delete).map_err(Fatal)?;
-            let part_size = parse_size(&a.part_size)?;
-            if !(s3ferry_store::checksum::MIN_PART_SIZE..=5 << 30).contains(&part_size) {
-                return Err(Fatal(format!(
-                    "--part-size {} is not between 5 MiB and 5 GiB",
-                    a.part_size
-                )));
-            }
-            let mut transfer = TransferConfig::new(memory(&a.max_memory)?);
+            // Given, so there.
+            let part_size = sizes.part_size.unwrap_or(crate::checks::MIN_PART_SIZE);
+            let mut transfer = TransferConfig::new(sizes.max_memory.unwrap_or(part_size));
             transfer.part_size = part_size;
             let opts = ImportOptions {
                 force: a.force,
                 dry_run: a.dry_run,
                 max_delete,
-                concurrency: concurrency(a.concurrency)?,
+                concurrency,
                 transfer,
+                cancel: crate::context::signals("the writes in flight"),
             };
             let b = CliBuckets(g.clone());
             let dir = open_dir(dest, &b as &dyn Buckets, false, !a.dry_run).await?;
@@ -261,7 +285,17 @@ pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
             let journal =
                 Arc::new(Journal::open(&db).map_err(|e| Fatal(format!("{e} (use --state-dir)")))?);
             let (p, r) = job_printer(g, false);
-            let s = archive::import(&files, &dir, &opts, &journal, &r).await?;
+            let s = match archive::import(&files, &dir, &opts, &journal, &r).await {
+                Err(archive::ArchiveError::Interrupted(why)) => {
+                    p.finish_bar();
+                    return Ok(interrupted(
+                        g,
+                        "archive-import",
+                        &format!("interrupted by {why}: the marker is unchanged; run the import again to finish"),
+                    ));
+                }
+                r => r?,
+            };
             let code = u8::from(s.failed > 0);
             let mut text = Vec::new();
             for o in &s.archives {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use s3ferry_engine::events::Reporter;
-use s3ferry_engine::filter::{parse_since, Filters};
+use s3ferry_engine::filter::Filters;
 use s3ferry_engine::formats::csv::{BucketPair, ManifestEntry};
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::transfer::TransferConfig;
@@ -164,14 +164,7 @@ fn print_state(g: &Global, s: &JobState) {
 }
 
 fn filters(include: &[String], exclude: &[String], since: Option<&str>) -> Result<Filters, Fatal> {
-    let rules: Vec<(bool, String)> = include
-        .iter()
-        .map(|p| (true, p.clone()))
-        .chain(exclude.iter().map(|p| (false, p.clone())))
-        .collect();
-    let since = since
-        .map(|s| parse_since(s, std::time::SystemTime::now()))
-        .transpose()?;
+    let (rules, since) = crate::cli::rules_and_since(include, exclude, since).map_err(Fatal)?;
     Ok(Filters::new(&rules, since)?)
 }
 
@@ -324,7 +317,7 @@ async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
     let sizes = crate::checks::numbers(&crate::checks::Numbers {
         concurrency: &[("--concurrency", a.concurrency)],
         part_size: Some((&a.part_size, crate::checks::MIN_PART_SIZE)),
-        ..Default::default()
+        max_memory: Some(&a.max_memory),
     })?;
     // Given, so there.
     let part_size = sizes.part_size.unwrap_or(crate::checks::MIN_PART_SIZE);
@@ -367,9 +360,10 @@ async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
         report_uri: a.report.clone(),
         report_failed_only: a.report_scope == ReportScope::Failed,
         include: a.include.clone(),
+        rules: Some(crate::context::ordered_rules(&a.include, &a.exclude)),
         exclude: a.exclude.clone(),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        cli: serde_json::Value::Null,
+        cli: serde_json::json!({"max_memory": sizes.max_memory}),
         replace_metadata: replace_metadata(a)?,
         checksum_algorithm: a
             .checksum_algorithm
@@ -397,6 +391,13 @@ async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
         }
         return wait_service(g, &spec, &sj, std::time::Duration::from_secs(5)).await;
     }
+    // Refused input (a missing bucket, a bad manifest row) is one line and exit 2, and leaves
+    // no job behind.
+    batch::validate(
+        &spec,
+        &(Arc::new(CliBuckets(g.clone())) as Arc<dyn Buckets>),
+    )
+    .await?;
     batch::create(&j, &spec).await?;
     if a.detach {
         return detach(g, &spec.id, &db);
@@ -404,13 +405,27 @@ async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
     attached(g, spec, j).await
 }
 
-/// Run the job here: progress, object lines with -v, the final console line.
+/// Run the job here, with the output contract of every job: object lines (JSON Lines with
+/// `--json`: `begin`, one `object` record per entry, `summary` with `exit_code`) on stdout,
+/// progress and errors on stderr; SIGINT/SIGTERM lets the copies in flight finish, records
+/// them, and exits 130 (the job stays resumable).
 async fn attached(g: &Global, spec: JobSpec, j: Arc<Journal>) -> Result<u8, Fatal> {
-    let printer = Arc::new(Printer::new(g.json, g.verbose, g.quiet, !g.no_progress).on_stderr());
+    let printer = Arc::new(Printer::new(g.json, g.verbose, g.quiet, !g.no_progress));
+    let input = match &spec.input {
+        Input::Manifest(m) | Input::Inventory(m) => m.clone(),
+        Input::Pairs(p) => format!("{} bucket pair(s)", p.len()),
+    };
+    let to = spec
+        .to
+        .as_ref()
+        .map(|(b, p)| format!("s3://{b}/{p}"))
+        .unwrap_or_else(|| "each pair's destination".into());
+    printer.begin("batch", &input, &to, false);
     if !g.quiet && !g.json {
         eprintln!("s3ferry: batch job {}", spec.id);
     }
-    let mut t = TransferConfig::new(1 << 30);
+    let max_memory = spec.cli["max_memory"].as_u64().unwrap_or(1 << 30);
+    let mut t = TransferConfig::new(max_memory);
     t.part_size = spec.part_size;
     t.max_single_copy = spec.multipart_threshold;
     t.storage_class = spec.storage_class.clone();
@@ -421,18 +436,42 @@ async fn attached(g: &Global, spec: JobSpec, j: Arc<Journal>) -> Result<u8, Fata
     });
     t.copy_checksum = spec.checksum_algorithm.clone();
     let reporter: Arc<dyn Reporter> = printer.clone();
-    let r = batch::run(&spec, Arc::new(CliBuckets(g.clone())), j, reporter, t).await;
+    let cancel = crate::context::signals("the copies in flight");
+    let r = batch::run(
+        &spec,
+        Arc::new(CliBuckets(g.clone())),
+        j,
+        reporter,
+        t,
+        cancel,
+    )
+    .await;
     printer.finish_bar();
-    let s = r?;
-    if g.json {
-        print_state(g, &s);
-    } else if !g.quiet {
-        eprintln!("{}", s.summary_line());
-        if let Some(rep) = &s.report {
-            eprintln!("report: {rep}");
-        }
+    let (s, summary) = r?;
+    // Stopped by a signal here: 130, as every command (the job stays resumable).
+    let code = if summary.interrupted && s.state == "Interrupted" {
+        crate::context::EXIT_INTERRUPTED
+    } else {
+        exit_of(&s)
+    };
+    let mut v = serde_json::to_value(&summary).unwrap_or_default();
+    v["id"] = s.id.clone().into();
+    v["state"] = s.state.clone().into();
+    v["total"] = s.total.into();
+    v["succeeded"] = s.succeeded.into();
+    v["failed_total"] = s.failed.into();
+    if let Some(rep) = &s.report {
+        v["report"] = rep.clone().into();
     }
-    Ok(exit_of(&s))
+    let mut text = s.summary_line();
+    if let Some(m) = &s.message {
+        text += &format!("\n  {m}");
+    }
+    if let Some(rep) = &s.report {
+        text += &format!("\nreport: {rep}");
+    }
+    printer.job_summary("batch", v, text, code);
+    Ok(code)
 }
 
 /// Start `s3ferry batch resume JOB` in the background (own process group, no terminal), print
@@ -444,18 +483,15 @@ fn detach(g: &Global, id: &str, db: &std::path::Path) -> Result<u8, Fatal> {
     let log = dir.join(format!("batch-{id}.log"));
     let err = std::fs::File::create(&log).map_err(|e| Fatal(format!("{}: {e}", log.display())))?;
     let mut c = std::process::Command::new(exe);
+    // Its log gets the job's lines (stdout and stderr both), without progress bars.
+    let out = err
+        .try_clone()
+        .map_err(|e| Fatal(format!("{}: {e}", log.display())))?;
     c.args(global_args(g))
-        .args([
-            "--quiet",
-            "--no-progress",
-            "batch",
-            "resume",
-            id,
-            "--state-dir",
-        ])
+        .args(["--no-progress", "batch", "resume", id, "--state-dir"])
         .arg(dir)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        .stdout(out)
         .stderr(err)
         .process_group(0);
     c.spawn()

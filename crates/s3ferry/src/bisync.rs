@@ -6,6 +6,7 @@ use std::time::Duration;
 use s3ferry_engine::events::Reporter;
 use s3ferry_engine::filter::Filters;
 use s3ferry_engine::lease::LeaseConfig;
+use s3ferry_engine::plan::MaxDelete;
 use s3ferry_engine::ports::Invalidator;
 use s3ferry_engine::transfer::TransferConfig;
 use s3ferry_engine::walk::Side;
@@ -13,7 +14,6 @@ use s3ferry_jobs::bisync::{
     self, plan::Directions, BisyncError, BisyncOptions, ConflictPolicy, Ended, Init, LoopOptions,
     RoundSummary, LOCK_NAME,
 };
-use s3ferry_jobs::sync::MaxDelete;
 use s3ferry_store::local::LocalStore;
 use s3ferry_store::Location;
 
@@ -70,10 +70,12 @@ pub async fn run(g: &Global, a: &BisyncArgs) -> Result<u8, Fatal> {
             dir.display()
         )));
     }
-    crate::checks::numbers(&crate::checks::Numbers {
+    let sizes = crate::checks::numbers(&crate::checks::Numbers {
         concurrency: &[("--concurrency", a.concurrency)],
+        max_memory: Some(&a.max_memory),
         ..Default::default()
     })?;
+    let max_memory = sizes.max_memory.unwrap_or(1 << 30);
     let max_delete = MaxDelete::parse(&a.max_delete)?;
     let node = a.node_id.clone().unwrap_or_else(default_node);
     if node.is_empty() || node.contains('/') {
@@ -100,8 +102,11 @@ pub async fn run(g: &Global, a: &BisyncArgs) -> Result<u8, Fatal> {
         node: node.clone(),
         max_delete,
         concurrency: a.concurrency,
-        transfer: TransferConfig::new(1 << 30),
+        transfer: TransferConfig::new(max_memory),
         dry_run: a.dry_run,
+        // The signal contract: the copies in flight finish, the lease is released; one round
+        // (--poll 0) then exits 130, a --poll loop says it stopped and exits 0.
+        cancel: crate::context::signals("the transfers in flight"),
     };
     let (remote_store, stats) = stores::open_remote(g, bucket, Role::Destination).await?;
     remote_store.check().await?;
@@ -178,16 +183,26 @@ pub async fn run(g: &Global, a: &BisyncArgs) -> Result<u8, Fatal> {
             eprintln!("s3ferry: round {n} failed: {e}");
         }
     };
-    let stop = async {
-        let sig = crate::pipe::shutdown_signal().await;
-        tracing::info!("{sig}: stopping");
-    };
     let ended = bisync::run(
-        &local, &remote, &opts, &lo, &journal, &reporter, stop, &on_round, &on_error,
+        &local, &remote, &opts, &lo, &journal, &reporter, &on_round, &on_error,
     )
     .await;
+    let kind = if lo.poll.is_some() {
+        crate::context::Kind::Service
+    } else {
+        crate::context::Kind::OneShot
+    };
     let code = match &ended {
         Ok(Ended::Once { failures: true }) => 1,
+        Ok(Ended::Stopped) => {
+            if !quiet && !json {
+                eprintln!(
+                    "s3ferry: bisync stopped ({}); the lease is released",
+                    opts.cancel.reason().unwrap_or_else(|| "on request".into())
+                );
+            }
+            kind.stopped_code()
+        }
         Ok(_) => 0,
         Err(_) => 2,
     };

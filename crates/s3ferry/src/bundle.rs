@@ -238,26 +238,15 @@ async fn packing(
     a: &BundlePackArgs,
     reporter: Arc<dyn Reporter>,
 ) -> Result<(PackContext, PackOptions), Fatal> {
-    if a.concurrency == 0 || a.concurrency > 4096 {
-        return Err(Fatal(format!(
-            "--concurrency {} is not between 1 and 4096",
-            a.concurrency
-        )));
-    }
-    let part_size = parse_size(&a.part_size)?;
-    if !(s3ferry_store::checksum::MIN_PART_SIZE..=5 << 30).contains(&part_size) {
-        return Err(Fatal(format!(
-            "--part-size {} is not between 5 MiB and 5 GiB",
-            a.part_size
-        )));
-    }
-    let max_memory = parse_size(&a.max_memory)?;
-    if max_memory < 1 << 20 {
-        return Err(Fatal(format!(
-            "--max-memory {} is below 1 MiB",
-            a.max_memory
-        )));
-    }
+    // The same checks, in the same words, as every other job's.
+    let sizes = crate::checks::numbers(&crate::checks::Numbers {
+        concurrency: &[("--concurrency", a.concurrency)],
+        part_size: Some((&a.part_size, crate::checks::MIN_PART_SIZE)),
+        max_memory: Some(&a.max_memory),
+    })?;
+    // Both are given, so both are there.
+    let part_size = sizes.part_size.unwrap_or(crate::checks::MIN_PART_SIZE);
+    let max_memory = sizes.max_memory.unwrap_or(part_size);
     let to = bundle::open_dir(&a.to, buckets(g).as_ref(), false, true).await?;
     let mut transfer = TransferConfig::new(max_memory);
     transfer.part_size = part_size;
@@ -281,15 +270,13 @@ async fn packing(
     Ok((cx, opts))
 }
 
-/// A watch that turns true on the first SIGINT/SIGTERM.
-fn stop_on_signal(g: &Global) -> watch::Receiver<bool> {
+/// A watch that turns true on the first SIGINT/SIGTERM (the signal contract of every command:
+/// `crate::context::signals`).
+fn stop_on_signal() -> watch::Receiver<bool> {
+    let cancel = crate::context::signals("aborting the shard in hand");
     let (tx, rx) = watch::channel(false);
-    let quiet = g.quiet;
     tokio::spawn(async move {
-        let sig = crate::pipe::shutdown_signal().await;
-        if !quiet {
-            eprintln!("s3ferry: {sig}: releasing the shard in hand and stopping");
-        }
+        cancel.requested().await;
         let _ = tx.send(true);
     });
     rx
@@ -298,7 +285,17 @@ fn stop_on_signal(g: &Global) -> watch::Receiver<bool> {
 async fn run_shards(g: &Global, a: &BundleRunArgs) -> Result<u8, Fatal> {
     let b = buckets(g);
     let (p, r) = job_printer(g, false);
-    let (cx, opts) = packing(g, &a.pack, r).await?;
+    let (mut cx, opts) = packing(g, &a.pack, r).await?;
+    // One machine: the tar uploads are recorded in the state database, so the uploads a killed
+    // run left open are aborted now (the engine's cleanup, as sync's), also with --force.
+    let db = crate::state_db_path(a.state_dir.as_deref())?;
+    cx.journal = Arc::new(crate::checks::open_state(&db, "use --state-dir")?);
+    let n = s3ferry_engine::transfer::cleanup_orphan_uploads(&cx.to.store, &cx.journal, None).await;
+    if n > 0 {
+        cx.reporter.note(&format!(
+            "cleaned up {n} unfinished upload(s) from an earlier run"
+        ));
+    }
     let shards: Vec<String> = if a.shard.ends_with('/') {
         let dir = bundle::open_dir(&a.shard, b.as_ref(), true, false).await?;
         let mut names = Vec::new();
@@ -317,7 +314,7 @@ async fn run_shards(g: &Global, a: &BundleRunArgs) -> Result<u8, Fatal> {
     } else {
         vec![a.shard.clone()]
     };
-    let stop = stop_on_signal(g);
+    let stop = stop_on_signal();
     let started = std::time::Instant::now();
     let mut total = ShardSummary::default();
     let mut shards_done = 0u64;
@@ -381,7 +378,7 @@ async fn worker(g: &Global, a: &BundleWorkerArgs) -> Result<u8, Fatal> {
     let (p, r) = job_printer(g, false);
     let (cx, pack) = packing(g, &a.pack, r).await?;
     let q: Arc<dyn Queue> = Arc::new(queue(g, &a.queue, &a.queue_endpoint).await?);
-    let stop = stop_on_signal(g);
+    let stop = stop_on_signal();
     let opts = WorkerOptions {
         visibility,
         wait: std::time::Duration::from_secs(20).min(

@@ -17,6 +17,9 @@ pub const MAX_PART_SIZE: u64 = 5 << 30;
 /// The smallest part S3 accepts in a multipart upload (but the last).
 pub const MIN_PART_SIZE: u64 = s3ferry_store::checksum::MIN_PART_SIZE;
 
+/// The least `--max-memory` a command without `--part-size` accepts.
+pub const MIN_MEMORY: u64 = 1 << 20;
+
 /// The numeric options of one command, as given; `None` = the command has no such option.
 #[derive(Default)]
 pub struct Numbers<'a> {
@@ -67,6 +70,11 @@ pub fn numbers(n: &Numbers) -> Result<Sizes, Fatal> {
         None => None,
         Some(given) => {
             let v = parse_size(given)?;
+            if n.part_size.is_none() && v < MIN_MEMORY {
+                return Err(Fatal(format!(
+                    "--max-memory {given} is below the 1 MiB minimum: nothing could be read"
+                )));
+            }
             if let (Some(p), Some((ps, _))) = (part_size, n.part_size) {
                 if v < p {
                     return Err(Fatal(format!(

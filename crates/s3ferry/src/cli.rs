@@ -447,6 +447,10 @@ pub struct BundleRunArgs {
     pub shard: String,
     #[command(flatten)]
     pub pack: BundlePackArgs,
+    /// Where the state database lives (default ~/.local/state/s3ferry): it records the tar
+    /// uploads in flight, so a run killed outright has them aborted by the next run.
+    #[arg(long, env = "S3FERRY_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -629,6 +633,9 @@ pub struct BatchRunArgs {
     /// Entries copied at once.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub concurrency: usize,
+    /// Memory for parts in flight (copies streamed through this machine).
+    #[arg(long, default_value = "1GiB", value_name = "SIZE")]
+    pub max_memory: String,
     /// Local directory for the completion report (default: STATE_DIR/batch-reports).
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
@@ -904,6 +911,14 @@ pub struct BisyncArgs {
         value_name = "N"
     )]
     pub concurrency: usize,
+    /// Memory for parts in flight (streamed transfers; the same budget as sync's).
+    #[arg(
+        long,
+        env = "S3FERRY_MAX_MEMORY",
+        default_value = "1GiB",
+        value_name = "SIZE"
+    )]
+    pub max_memory: String,
     /// Show what a round would do; change nothing.
     #[arg(short = 'n', long, env = "S3FERRY_DRY_RUN")]
     pub dry_run: bool,
@@ -954,8 +969,9 @@ MEMORY
     written to files in DIR instead (that much disk, about 1 MiB of memory per part in flight).
 
 FAILURES
-    If the upload fails, or s3ferry gets SIGINT or SIGTERM, the multipart upload is aborted: no
-    object appears under S3_URI and no upload is left open; s3ferry exits with status 2. If
+    If the upload fails, the multipart upload is aborted: no object appears under S3_URI and no
+    upload is left open; s3ferry exits with status 2. On SIGINT or SIGTERM the upload is aborted
+    the same way and s3ferry exits with status 130 (as every command does). If
     s3ferry is killed outright (SIGKILL, power loss) its open upload is recorded in the state
     directory, and the next `pipe up` or `pipe join` into the same bucket aborts it.
 
@@ -1350,15 +1366,15 @@ pub struct WriteArgs {
 /// Filter rules: (include?, glob), the last matching one wins.
 pub type Rules = Vec<(bool, String)>;
 
-/// `--include`/`--exclude` as filter rules (includes first; the last matching rule wins) and
-/// `--since` as a time, for the commands that take them without sync's command-line order.
+/// `--include`/`--exclude` as filter rules in the order typed (the last matching rule wins, as
+/// in aws-cli and every command of s3ferry: [`crate::context::ordered_rules`]) and `--since` as
+/// a time.
 pub fn rules_and_since(
     include: &[String],
     exclude: &[String],
     since: Option<&str>,
 ) -> Result<(Rules, Option<std::time::SystemTime>), String> {
-    let mut rules: Rules = include.iter().map(|p| (true, p.clone())).collect();
-    rules.extend(exclude.iter().map(|p| (false, p.clone())));
+    let rules: Rules = crate::context::ordered_rules(include, exclude);
     let since = since
         .map(|s| s3ferry_engine::filter::parse_since(s, std::time::SystemTime::now()))
         .transpose()

@@ -8,6 +8,7 @@ mod bisync;
 mod bundle;
 mod checks;
 mod cli;
+mod context;
 mod limits;
 mod output;
 mod overlap;
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    context::init(&matches);
     init_logging(
         cli.global.verbose,
         cli.global.quiet,
@@ -73,13 +75,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let res = rt.block_on(run(cli, matches));
+    let json = cli.global.json;
+    let res = rt.block_on(run(cli));
     // Do not wait for stray blocking tasks (e.g. a walker feeding a dropped listing).
     rt.shutdown_background();
     match res {
         Ok(code) => ExitCode::from(code),
         Err(Fatal(msg)) => {
             eprintln!("s3ferry: error: {msg}");
+            context::fatal_summary(json, &msg);
             ExitCode::from(2)
         }
     }
@@ -113,15 +117,9 @@ fn init_logging(verbose: u8, quiet: bool, log_level: Option<&str>) {
         .try_init();
 }
 
-async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<u8, Fatal> {
+async fn run(cli: Cli) -> Result<u8, Fatal> {
     match &cli.command {
-        Command::Sync(args) => {
-            let sub = matches
-                .subcommand_matches("sync")
-                .cloned()
-                .unwrap_or_default();
-            run_sync(&cli, args, &sub).await
-        }
+        Command::Sync(args) => run_sync(&cli, args).await,
         Command::Pipe(p) => pipe::run(&cli.global, p).await,
         Command::Bisync(a) => bisync::run(&cli.global, a).await,
         Command::Batch(b) => batch::run(&cli.global, b).await,
@@ -180,22 +178,6 @@ fn s3_uri(uri: &str) -> Result<(String, String), Fatal> {
     }
 }
 
-/// Include/exclude rules in command-line order.
-fn filter_rules(args: &SyncArgs, m: &clap::ArgMatches) -> Vec<(usize, bool, String)> {
-    let mut rules = Vec::new();
-    for (id, inc, vals) in [
-        ("include", true, &args.include),
-        ("exclude", false, &args.exclude),
-    ] {
-        let idx: Vec<usize> = m.indices_of(id).map(|i| i.collect()).unwrap_or_default();
-        for (i, v) in vals.iter().enumerate() {
-            rules.push((idx.get(i).copied().unwrap_or(i), inc, v.clone()));
-        }
-    }
-    rules.sort_by_key(|r| r.0);
-    rules
-}
-
 /// Where the state database lives: `--state-dir` / `S3FERRY_STATE_DIR`, else the platform's
 /// state directory (`$XDG_STATE_HOME`, `~/.local/state`), else its cache directory
 /// (`$XDG_CACHE_HOME`). Never the current directory: a database there would be synced (and
@@ -226,14 +208,11 @@ fn state_db_path(dir: Option<&std::path::Path>) -> Result<std::path::PathBuf, Fa
         })
 }
 
-async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8, Fatal> {
+async fn run_sync(cli: &Cli, args: &SyncArgs) -> Result<u8, Fatal> {
     let g = &cli.global;
     let src_loc = Location::parse(&args.src)?;
     let dst_loc = Location::parse(&args.dst)?;
-    let rules: Vec<(bool, String)> = filter_rules(args, m)
-        .into_iter()
-        .map(|(_, i, p)| (i, p))
-        .collect();
+    let rules = context::ordered_rules(&args.include, &args.exclude);
     let since = args
         .since
         .as_deref()
@@ -324,19 +303,10 @@ async fn run_sync(cli: &Cli, args: &SyncArgs, m: &clap::ArgMatches) -> Result<u8
         concurrency,
         transfer,
         retry_failed: true,
-        interrupt: Arc::default(),
+        // SIGINT/SIGTERM: finish what is in flight, delete nothing, print the summary, exit
+        // 130; a second signal stops at once (the next run cleans up).
+        cancel: context::signals("the transfers in flight"),
     };
-    // SIGINT/SIGTERM: finish what is in flight, delete nothing, print the summary, exit 130; a
-    // second signal stops at once (the next run cleans up).
-    let interrupt = opts.interrupt.clone();
-    tokio::spawn(async move {
-        let sig = pipe::shutdown_signal().await;
-        interrupt.store(true, std::sync::atomic::Ordering::SeqCst);
-        eprintln!("s3ferry: {sig}: stopping after the transfers in flight (again to stop at once)");
-        let sig = pipe::shutdown_signal().await;
-        eprintln!("s3ferry: {sig}: stopping now; the next run cleans up");
-        std::process::exit(130);
-    });
     let printer = Arc::new(Printer::new(g.json, g.verbose, g.quiet, !g.no_progress));
     printer.begin(
         "sync",

@@ -81,6 +81,7 @@ impl Printer {
 
     pub fn begin(&self, job: &str, src: &str, dst: &str, dry_run: bool) {
         if self.json {
+            crate::context::begun(job);
             self.json(serde_json::json!({"type": "begin", "job": job, "src": src, "dst": dst, "dry_run": dry_run}));
         }
     }
@@ -91,6 +92,7 @@ impl Printer {
         }
         let code = s.exit_code();
         if self.json {
+            crate::context::ended();
             let mut v = serde_json::to_value(s).unwrap_or_default();
             v["type"] = "summary".into();
             v["exit_code"] = code.into();
@@ -262,6 +264,7 @@ impl Printer {
     pub fn job_summary(&self, job: &str, mut v: serde_json::Value, text: String, code: u8) {
         self.finish_bar();
         if self.json {
+            crate::context::ended();
             v["type"] = "summary".into();
             v["exit_code"] = code.into();
             v["job"] = job.into();

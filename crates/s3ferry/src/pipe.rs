@@ -90,19 +90,27 @@ fn raw_stdout() -> Result<Box<dyn Write + Send>, Fatal> {
     Ok(Box::new(std::fs::File::from(fd)))
 }
 
-/// Resolves with the name of the first SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() -> String {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT".into(),
-        _ = term.recv() => "SIGTERM".into(),
+/// The signal contract for a pipe: a future that resolves with the signal's name.
+fn stop_on_signal(doing: &'static str) -> impl std::future::Future<Output = String> {
+    let cancel = crate::context::signals(doing);
+    async move {
+        cancel.requested().await;
+        cancel.reason().unwrap_or_default()
     }
+}
+
+/// A pipe stopped by a signal: one line, the exit status of an interrupted command.
+fn interrupted(g: &Global, what: &str, msg: &str) -> u8 {
+    if g.json {
+        eprintln!(
+            "{}",
+            serde_json::json!({"type": "summary", "job": what, "interrupted": true, "message": msg,
+                "exit_code": crate::context::EXIT_INTERRUPTED})
+        );
+    } else {
+        eprintln!("s3ferry: {what}: {msg}");
+    }
+    crate::context::EXIT_INTERRUPTED
 }
 
 fn report(g: &Global, what: &str, value: serde_json::Value, text: String) {
@@ -175,10 +183,13 @@ async fn up(g: &Global, a: &PipeUpArgs) -> Result<u8, Fatal> {
         input,
         opts,
         &journal,
-        shutdown_signal(),
+        stop_on_signal("aborting the upload"),
     )
     .await;
-    let rep = res?;
+    let rep = match res {
+        Err(pipe::PipeError::Interrupted(m)) => return Ok(interrupted(g, "pipe up", &m)),
+        r => r?,
+    };
     note_cleaned(g, rep.cleaned_up);
     report(
         g,
@@ -211,7 +222,11 @@ async fn down(g: &Global, a: &PipeDownArgs) -> Result<u8, Fatal> {
     let sse_c = stores::SseCKeys::of(&a.sse_c, None)?;
     let (store, _stats) = stores::open_remote_with(g, &bucket, Role::Source, sse_c).await?;
     let mut out = Output::new(raw_stdout()?);
-    let rep = pipe::down(Target::new(store, key), &mut out, opts).await?;
+    let stop = stop_on_signal("the reads in flight");
+    let rep = tokio::select! {
+        r = pipe::down(Target::new(store, key), &mut out, opts) => r?,
+        why = stop => return Ok(interrupted(g, "pipe down", &format!("interrupted by {why}"))),
+    };
     if rep.closed_early {
         // The reader went away (`| head`): that is how it ends, not an error.
         return Ok(0);

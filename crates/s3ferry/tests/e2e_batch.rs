@@ -272,7 +272,7 @@ fn killed_job_resumes_without_redoing_or_double_reporting() {
         (Some(200), Some(0)),
         "{r}"
     );
-    let copied = r.stderr.matches("\"action\":\"copy\"").count();
+    let copied = r.stdout.matches("\"action\":\"copy\"").count();
     assert!(copied > 0, "{r}");
     assert!(
         copied <= 200 - before as usize + 4,
@@ -537,19 +537,19 @@ fn skip_existing_and_a_report_in_s3() {
     let first = run();
     assert_eq!(first.code, 0, "{first}");
     assert_eq!(
-        first.stderr.matches("\"action\":\"copy\"").count(),
+        first.stdout.matches("\"action\":\"copy\"").count(),
         5,
         "{first}"
     );
     let second = run();
     assert_eq!(second.code, 0, "{second}");
     assert_eq!(
-        second.stderr.matches("\"action\":\"copy\"").count(),
+        second.stdout.matches("\"action\":\"copy\"").count(),
         0,
         "{second}"
     );
     assert_eq!(
-        second.stderr.matches("\"action\":\"skip\"").count(),
+        second.stdout.matches("\"action\":\"skip\"").count(),
         5,
         "{second}"
     );

@@ -101,7 +101,7 @@ pub fn field(s: &str) -> String {
 }
 
 /// One entry of a Batch Operations manifest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ManifestEntry {
     pub bucket: String,
     pub key: String,

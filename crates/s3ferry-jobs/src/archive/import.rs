@@ -49,6 +49,10 @@ pub struct ImportOptions {
     /// Objects written at once.
     pub concurrency: usize,
     pub transfer: TransferConfig,
+    /// A stop request (a signal): no new object starts, the puts in flight finish, an upload in
+    /// parts is aborted, and the import ends [`ArchiveError::Interrupted`] with the marker as it
+    /// was.
+    pub cancel: s3ferry_engine::exec::Cancel,
 }
 
 /// One archive checked whole (or, for `verify`, the volumes of it that were given).
@@ -826,6 +830,18 @@ async fn apply(
             if l.op != Op::Put {
                 continue;
             }
+            if opts.cancel.is_requested() && (open.is_none() || l.offset == 0) {
+                // Nothing new starts; the puts in flight finish, an upload in parts is aborted.
+                if let Some(w) = open.take() {
+                    w.out.into_inner().abort().await;
+                }
+                while let Some(r) = puts.join_next().await {
+                    finish(r, o);
+                }
+                return Err(ArchiveError::Interrupted(
+                    opts.cancel.reason().unwrap_or_default(),
+                ));
+            }
             vol.member_of(&l).await?;
             let key = dest.key(&l.key);
             if local && is_dir_marker(&l) {
@@ -966,6 +982,9 @@ async fn apply(
     }
     while let Some(r) = puts.join_next().await {
         finish(r, o);
+    }
+    if let Some(why) = opts.cancel.reason() {
+        return Err(ArchiveError::Interrupted(why));
     }
 
     // Moves (copies at the destination, then the old key goes), then deletes.

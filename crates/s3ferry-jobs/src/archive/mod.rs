@@ -34,6 +34,10 @@ pub enum ArchiveError {
     Input(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Stopped on request (a signal) before the end: what was in flight finished or was
+    /// aborted, the destination's marker is unchanged, and a rerun applies the rest.
+    #[error("interrupted by {0}: the archive is not fully applied (run the import again)")]
+    Interrupted(String),
 }
 
 impl From<crate::places::PlaceError> for ArchiveError {

@@ -129,6 +129,7 @@ impl Fx {
             max_delete: MaxDelete::Percent(50.0),
             concurrency: 4,
             transfer: TransferConfig::new(64 << 20),
+            cancel: s3ferry_engine::exec::Cancel::new(),
         }
     }
 

@@ -10,12 +10,12 @@
 pub mod report;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, BoxStream, StreamExt};
-use s3ferry_engine::events::{Outcome, Record, Reporter};
+use s3ferry_engine::events::{Outcome, Record, Reporter, Summary};
+use s3ferry_engine::exec::{Cancel, Done, Executor};
 use s3ferry_engine::filter::Filters;
 use s3ferry_engine::formats::csv::{ManifestEntry, ReportRow};
 use s3ferry_engine::formats::inventory::InventoryManifest;
@@ -25,8 +25,6 @@ use s3ferry_engine::transfer::{copy_object, copy_unsized, TransferConfig};
 use s3ferry_engine::walk::{Entry, Side};
 use s3ferry_store::{DynStore, ErrorKind, ObjectMeta, StoreError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 pub use report::{write_report, ReportSummary};
 
@@ -64,9 +62,13 @@ pub struct JobSpec {
     /// `s3://bucket/prefix` for the completion report.
     pub report_uri: Option<String>,
     pub report_failed_only: bool,
-    /// Filters applied to listed pairs.
+    /// Filters applied to listed pairs (as given; `rules` holds them in the order typed).
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// `--include`/`--exclude` in the order typed (the last matching rule wins, as in sync).
+    /// Jobs stored before this field put includes first.
+    #[serde(default)]
+    pub rules: Option<Vec<(bool, String)>>,
     pub created: String,
     /// Options the CLI needs to reopen the stores on resume (opaque here).
     pub cli: serde_json::Value,
@@ -210,8 +212,8 @@ pub async fn list(journal: &Journal) -> Result<Vec<JobState>, BatchError> {
     Ok(out)
 }
 
-/// Ask a running job to stop (it checks between entries); a job that is not running is
-/// marked Cancelled at once.
+/// Ask a running job to stop (it looks twice a second: nothing new starts, the entries in
+/// flight finish); a job that is not running is marked Cancelled at once.
 pub async fn cancel(journal: &Journal, id: &str) -> Result<JobState, BatchError> {
     let mut s = status(journal, id).await?;
     if s.is_terminal() {
@@ -233,6 +235,7 @@ async fn cancel_requested(journal: &Journal, id: &str) -> bool {
 }
 
 /// One entry to copy: where from, where to, and what a listing already said about it.
+#[derive(Serialize, Deserialize)]
 struct Task {
     entry: ManifestEntry,
     dst_bucket: String,
@@ -240,13 +243,17 @@ struct Task {
     meta: Option<ObjectMeta>,
 }
 
-/// An entry's identity in the state database (the `done` records).
-fn ident(e: &ManifestEntry) -> String {
+/// An entry's identity in the state database (the `done` records): the source object and
+/// where it goes. Two pairs that copy one source to two destinations are two entries.
+fn ident(t: &Task) -> String {
+    let e = &t.entry;
     format!(
-        "{}\n{}\n{}",
+        "{}\n{}\n{}\n{}\n{}",
         e.bucket,
         e.key,
-        e.version_id.as_deref().unwrap_or("")
+        e.version_id.as_deref().unwrap_or(""),
+        t.dst_bucket,
+        t.dst_prefix
     )
 }
 
@@ -329,9 +336,14 @@ struct Runner {
     stores: Mutex<HashMap<(String, bool), DynStore>>,
     state: Mutex<JobState>,
     resuming: bool,
-    stop: AtomicBool,
-    since_save: AtomicU64,
+    /// When the job's state (its counts, for `status`) was last saved.
+    saved: Mutex<Instant>,
 }
+
+/// How often a running job's counts are saved for `status` and `wait`.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// How often a running job looks for a `cancel` request.
+const CANCEL_POLL: Duration = Duration::from_millis(500);
 
 impl Runner {
     async fn store(&self, bucket: &str, source: bool) -> Result<DynStore, StoreError> {
@@ -361,54 +373,51 @@ impl Runner {
         put_state(&self.journal, &s);
     }
 
-    /// Copy one entry; record its report row (once).
-    async fn task(&self, t: Task) {
-        let id = ident(&t.entry);
+    /// Copy one entry; record its report row (once, in the state database, before the
+    /// executor counts it: a resumed job never redoes it).
+    async fn task(&self, t: Task) -> Done<Task> {
+        let id = ident(&t);
         if self.resuming {
             if let Ok(Some(_)) = self
                 .journal
                 .get_record(JOB, &self.spec.id, "done", &id)
                 .await
             {
-                return; // finished by an earlier run: counted there, reported once
+                return Done::Nothing; // finished by an earlier run: counted there, reported once
             }
         }
+        let key = format!("{}/{}", t.entry.bucket, t.entry.key);
         let size = t.meta.as_ref().map(|m| m.size).unwrap_or(0);
-        let row = match self.copy(&t).await {
+        let (row, record) = match self.copy(&t).await {
             Ok((msg, bytes)) => {
-                self.reporter.record(&Record {
-                    key: format!("{}/{}", t.entry.bucket, t.entry.key),
-                    action: if msg.starts_with("skipped") {
-                        Outcome::Skip
-                    } else {
-                        Outcome::Copy
-                    },
-                    reason: msg.clone(),
-                    size: bytes,
-                    error: None,
-                });
-                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                st.succeeded += 1;
-                st.bytes += bytes;
-                ReportRow {
+                let action = if msg.starts_with("skipped") {
+                    Outcome::Skip
+                } else {
+                    Outcome::Copy
+                };
+                let record = Record::new(key, action, msg.clone(), bytes);
+                {
+                    let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                    st.succeeded += 1;
+                    st.bytes += bytes;
+                }
+                let row = ReportRow {
                     entry: t.entry,
                     succeeded: true,
                     http_status: 200,
                     error_code: String::new(),
                     message: msg,
-                }
+                };
+                (row, Done::Record(record))
             }
             Err(e) => {
-                self.reporter.record(&Record {
-                    key: format!("{}/{}", t.entry.bucket, t.entry.key),
-                    action: Outcome::Fail,
-                    reason: e.kind.as_str().into(),
-                    size,
+                let record = Record {
                     error: Some(e.to_string()),
-                });
+                    ..Record::new(key, Outcome::Fail, e.kind.as_str(), size)
+                };
                 self.state.lock().unwrap_or_else(|p| p.into_inner()).failed += 1;
                 let http = e.http.as_ref();
-                ReportRow {
+                let row = ReportRow {
                     entry: t.entry,
                     succeeded: false,
                     http_status: http.and_then(|h| h.status).unwrap_or(match e.kind {
@@ -420,14 +429,24 @@ impl Runner {
                         .and_then(|h| h.code.clone())
                         .unwrap_or_else(|| e.kind.as_str().to_string()),
                     message: e.message.replace(['\n', '\r'], " "),
-                }
+                };
+                (row, Done::Failed(record, e))
             }
         };
         self.journal
             .put_record(JOB, &self.spec.id, "done", &id, row.to_row());
-        if self.since_save.fetch_add(1, Ordering::Relaxed) % 500 == 499 {
+        let due = {
+            let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+            let due = saved.elapsed() >= SAVE_EVERY;
+            if due {
+                *saved = Instant::now();
+            }
+            due
+        };
+        if due {
             self.save();
         }
+        record
     }
 
     async fn copy(&self, t: &Task) -> Result<(String, u64), StoreError> {
@@ -584,12 +603,13 @@ async fn tasks(
             Ok((s, None))
         }
         Input::Pairs(pairs) => {
-            let rules: Vec<(bool, String)> = spec
-                .include
-                .iter()
-                .map(|g| (true, g.clone()))
-                .chain(spec.exclude.iter().map(|g| (false, g.clone())))
-                .collect();
+            let rules: Vec<(bool, String)> = spec.rules.clone().unwrap_or_else(|| {
+                spec.include
+                    .iter()
+                    .map(|g| (true, g.clone()))
+                    .chain(spec.exclude.iter().map(|g| (false, g.clone())))
+                    .collect()
+            });
             let filters = Filters::new(&rules, None).map_err(BatchError::Input)?;
             // Every bucket checked before anything is copied.
             let mut sides = Vec::new();
@@ -621,19 +641,31 @@ async fn tasks(
     }
 }
 
-/// Run (or resume) a job to its end, cancellation or a whole-job error. Entries finished by an
-/// earlier run are skipped; every entry gets exactly one report row. Writes the completion
-/// report at the end.
+/// Check a job before it is registered: its input parses, and every bucket it names (sources
+/// and destinations) is there and readable. A job refused here leaves nothing in the state
+/// database.
+pub async fn validate(spec: &JobSpec, buckets: &Arc<dyn Buckets>) -> Result<(), BatchError> {
+    if let Some((db, _)) = &spec.to {
+        buckets.open(db, false).await?.check().await?;
+    }
+    tasks(spec, buckets).await.map(drop)
+}
+
+/// Run (or resume) a job to its end, cancellation, interruption (`cancel` requested: the
+/// entries in flight finish, the job stays resumable) or a whole-job error. Entries finished by
+/// an earlier run are skipped; every entry gets exactly one report row. Writes the completion
+/// report at the end. Returns the job's state and this run's totals.
 pub async fn run(
     spec: &JobSpec,
     buckets: Arc<dyn Buckets>,
     journal: Arc<Journal>,
     reporter: Arc<dyn Reporter>,
     transfer: TransferConfig,
-) -> Result<JobState, BatchError> {
+    cancel: Cancel,
+) -> Result<(JobState, Summary), BatchError> {
     let prior = status(&journal, &spec.id).await?;
     if prior.is_terminal() {
-        return Ok(prior);
+        return Ok((prior, Summary::default()));
     }
     if prior.state == "Active" && prior.run_id != journal.run_id() {
         return Err(BatchError::Input(format!(
@@ -641,7 +673,8 @@ pub async fn run(
             spec.id, spec.id
         )));
     }
-    let resuming = prior.succeeded + prior.failed > 0 || prior.state == "Interrupted";
+    // Anything but a job no run has touched may have done records.
+    let resuming = prior.state != "New";
     let mut first = prior.clone();
     first.state = "Active".into();
     first.message = None;
@@ -664,8 +697,7 @@ pub async fn run(
             ..first
         }),
         resuming,
-        stop: AtomicBool::new(false),
-        since_save: AtomicU64::new(0),
+        saved: Mutex::new(Instant::now()),
     });
     if resuming {
         // Count what earlier runs finished.
@@ -683,12 +715,47 @@ pub async fn run(
             }
         }
     }
-    let outcome = execute(&r, spec, &buckets).await;
+    // `batch cancel` from another process: a record this run looks for twice a second.
+    let watcher = {
+        let (journal, id, cancel) = (journal.clone(), spec.id.clone(), cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                if cancel_requested(&journal, &id).await {
+                    cancel.request(CANCELLED);
+                    break;
+                }
+                tokio::time::sleep(CANCEL_POLL).await;
+            }
+        })
+    };
+    let exec = Arc::new(
+        Executor::new(spec.concurrency, cancel.clone(), reporter.clone())
+            .durable(journal.clone())
+            .without_retry_pass(),
+    );
+    let outcome = execute(&r, &exec, spec, &buckets).await;
+    watcher.abort();
+    let outcome = match (outcome, exec.take_fatal()) {
+        (Ok(()), Some(e)) => Err(BatchError::Store(e)),
+        (o, _) => o,
+    };
+    let summary = exec.summary();
     let mut st = r.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
     st.updated = now_text();
+    let stopped_by = cancel.reason();
     match &outcome {
-        Ok(()) if r.stop.load(Ordering::SeqCst) => {
+        Ok(()) if stopped_by.as_deref() == Some(CANCELLED) => {
             st.state = "Cancelled".into();
+        }
+        Ok(()) if stopped_by.is_some() => {
+            // Stopped by a signal: the entries in flight finished and are recorded; the rest
+            // is for `resume`.
+            st.state = "Interrupted".into();
+            st.message = Some(format!(
+                "stopped by {}: `s3ferry batch resume {}`",
+                stopped_by.unwrap_or_default(),
+                spec.id
+            ));
         }
         Ok(()) => {
             st.state = "Complete".into();
@@ -699,7 +766,7 @@ pub async fn run(
             st.message = Some(e.to_string());
         }
     }
-    if st.state != "Failed" || st.succeeded + st.failed > 0 {
+    if st.is_terminal() && (st.state != "Failed" || st.succeeded + st.failed > 0) {
         journal.flush().await.map_err(jerr)?;
         match write_report(spec, &journal, buckets.as_ref()).await {
             Ok(rep) => st.report = Some(rep.location),
@@ -714,57 +781,39 @@ pub async fn run(
     put_state(&journal, &st);
     journal.flush().await.map_err(jerr)?;
     outcome?;
-    Ok(st)
+    Ok((st, summary))
 }
+
+/// The reason of a stop requested by `batch cancel` (any other reason is a signal).
+const CANCELLED: &str = "batch cancel";
 
 async fn execute(
     r: &Arc<Runner>,
+    exec: &Arc<Executor>,
     spec: &JobSpec,
     buckets: &Arc<dyn Buckets>,
 ) -> Result<(), BatchError> {
-    let (mut input, total) = tasks(spec, buckets).await?;
+    let (input, total) = tasks(spec, buckets).await?;
     if let Some(n) = total {
         r.state.lock().unwrap_or_else(|p| p.into_inner()).total = n;
     }
-    let permits = Arc::new(Semaphore::new(spec.concurrency.max(1)));
-    let mut set = JoinSet::new();
-    let mut last_check = Instant::now();
     let mut seen = 0u64;
-    let result = async {
-        while let Some(t) = input.next().await {
-            let t = t?;
+    let counted = input.map(|t| {
+        if total.is_none() {
+            // Listed live: the total grows as the listing goes.
             seen += 1;
-            if total.is_none() {
-                r.state.lock().unwrap_or_else(|p| p.into_inner()).total = seen;
-            }
-            if last_check.elapsed() > Duration::from_secs(1) {
-                last_check = Instant::now();
-                if cancel_requested(&r.journal, &spec.id).await {
-                    r.stop.store(true, Ordering::SeqCst);
-                    break;
-                }
-            }
-            if let Some(m) = &t.meta {
-                r.reporter.planned(1, m.size);
-            } else {
-                r.reporter.planned(1, 0);
-            }
-            let permit = permits
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| BatchError::Journal("scheduler closed".into()))?;
-            let r2 = r.clone();
-            set.spawn(async move {
-                r2.task(t).await;
-                drop(permit);
-            });
-            while set.try_join_next().is_some() {}
+            r.state.lock().unwrap_or_else(|p| p.into_inner()).total = seen;
         }
-        Ok::<(), BatchError>(())
-    }
-    .await;
-    while set.join_next().await.is_some() {}
+        t
+    });
+    let result = exec
+        .run(counted, |t: Task, _| {
+            r.reporter
+                .planned(1, t.meta.as_ref().map(|m| m.size).unwrap_or(0));
+            let r = r.clone();
+            async move { r.task(t).await }
+        })
+        .await;
     r.save();
-    result
+    result.map(drop)
 }

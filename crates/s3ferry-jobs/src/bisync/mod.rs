@@ -13,16 +13,17 @@
 
 pub mod plan;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::StreamExt;
 use s3ferry_engine::events::{Outcome, Record, Reporter};
+use s3ferry_engine::exec::{Cancel, Done, Executor};
 use s3ferry_engine::filter::Filters;
 use s3ferry_engine::identity::resolve_check;
-use s3ferry_engine::journal::Journal;
+use s3ferry_engine::journal::{is_reserved, reserved_keys, Journal};
 use s3ferry_engine::lease::{Lease, LeaseConfig, LeaseError};
-use s3ferry_engine::plan::{same_content, signature, Action, BaseRecord, Check};
+use s3ferry_engine::plan::{same_content, signature, Action, BaseRecord, Check, MaxDelete};
 use s3ferry_engine::ports::{
     invalidation_paths, Invalidator, MAX_INVALIDATION_PATHS, MAX_INVALIDATION_WILDCARDS,
 };
@@ -31,10 +32,7 @@ use s3ferry_engine::transfer::{cleanup_orphan_uploads, copy_object_as, TransferC
 use s3ferry_engine::walk::{bases, entries, Entry, Join, Joined, Side, SideKind};
 use s3ferry_store::{ErrorKind, PutMode, StoreError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
-use crate::sync::{is_reserved, reserved_keys, MaxDelete};
 use plan::{plan3, BiAction, Directions};
 
 /// The job's namespace in the state database.
@@ -81,6 +79,9 @@ pub struct BisyncOptions {
     pub concurrency: usize,
     pub transfer: TransferConfig,
     pub dry_run: bool,
+    /// A stop request (a signal): a round starts no new copy or delete, lets the ones in flight
+    /// finish (no upload is left open) and ends `interrupted`; the loop then ends `Stopped`.
+    pub cancel: Cancel,
 }
 
 /// What one round did.
@@ -96,6 +97,9 @@ pub struct RoundSummary {
     pub conflicts: u64,
     pub failed: u64,
     pub dry_run: bool,
+    /// Stopped by a request before every planned key was settled (the next round goes on).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     pub elapsed_secs: f64,
     /// Remote keys (full keys in the bucket) this round wrote or deleted: the paths to
     /// invalidate.
@@ -168,8 +172,8 @@ struct Round {
     journal: Arc<Journal>,
     reporter: Arc<dyn Reporter>,
     summary: Mutex<RoundSummary>,
-    fatal: Mutex<Option<StoreError>>,
-    stop: AtomicBool,
+    /// The run loop: concurrency, the stop request, the fatal latch.
+    exec: Arc<Executor>,
 }
 
 /// The key of a bisync pair in the state database: both sides with their endpoints.
@@ -183,18 +187,17 @@ impl Round {
     }
 
     fn fail(&self, rel: &str, size: u64, e: &StoreError) {
-        if e.kind.fatal() {
-            let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
-            if f.is_none() {
-                *f = Some(StoreError::new(e.kind, e.op, e.message.clone()).with_key(rel));
-            }
-            self.stop.store(true, Ordering::SeqCst);
-        }
         self.sum().failed += 1;
-        self.reporter.record(&Record {
+        let r = Record {
             error: Some(e.to_string()),
             ..Record::new(rel, Outcome::Fail, e.kind.as_str(), size)
-        });
+        };
+        // A fatal error is kept with the key it stopped at.
+        let key = e.key.clone().unwrap_or_else(|| rel.to_string());
+        self.exec.fail(
+            r,
+            &StoreError::new(e.kind, e.op, e.message.clone()).with_key(key),
+        );
     }
 
     fn remember(&self, rel: &str, l: &s3ferry_store::ObjectMeta, r: &s3ferry_store::ObjectMeta) {
@@ -313,7 +316,7 @@ impl Round {
     }
 
     async fn process(&self, p: Planned) {
-        if self.stop.load(Ordering::SeqCst) {
+        if self.exec.stopping() {
             return;
         }
         let size =
@@ -557,8 +560,11 @@ pub async fn round(
             dry_run: opts.dry_run,
             ..Default::default()
         }),
-        fatal: Mutex::new(None),
-        stop: AtomicBool::new(false),
+        exec: Arc::new(Executor::new(
+            opts.concurrency,
+            opts.cancel.clone(),
+            reporter.clone(),
+        )),
     });
 
     // Pass 1: plan every key; change nothing.
@@ -687,8 +693,6 @@ pub async fn round(
 
     // Pass 2: copies and conflicts, then deletes (skipped when a listing had errors: a key
     // missing from a broken listing must never look deleted).
-    let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
-    let mut tasks = JoinSet::new();
     let deletes_ok = c.listing_errors == 0;
     if !deletes_ok && !deletes.is_empty() {
         reporter.note(&format!(
@@ -698,11 +702,9 @@ pub async fn round(
         ));
     }
     let deletes = if deletes_ok { Some(deletes) } else { None };
-    for p in work.read_back()? {
-        if rd.stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let p = p?;
+    let exec = rd.exec.clone();
+    let planned = futures::stream::iter(work.read_back()?).map(|p| p.map_err(BisyncError::from));
+    exec.run(planned, |p: Planned, _| {
         if matches!(p.step, Step::Up | Step::Down) {
             let size = if p.step == Step::Up { &p.l } else { &p.r }
                 .as_ref()
@@ -710,46 +712,42 @@ pub async fn round(
                 .unwrap_or(0);
             reporter.planned(1, size);
         }
-        let permit = permits.clone().acquire_owned().await;
-        let rd2 = rd.clone();
-        tasks.spawn(async move {
-            let _permit = permit;
-            rd2.process(p).await;
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-    while tasks.join_next().await.is_some() {}
+        let rd = rd.clone();
+        async move {
+            rd.process(p).await;
+            Done::Nothing
+        }
+    })
+    .await?;
     if let Some(deletes) = deletes {
-        for p in deletes.read_back()? {
-            if rd.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let p = p?;
-            let permit = permits.clone().acquire_owned().await;
-            let rd2 = rd.clone();
-            tasks.spawn(async move {
-                let _permit = permit;
+        let planned =
+            futures::stream::iter(deletes.read_back()?).map(|p| p.map_err(BisyncError::from));
+        exec.run(planned, |p: Planned, _| {
+            let rd = rd.clone();
+            async move {
                 let (listed, local) = match (&p.step, &p.l, &p.r) {
                     (Step::DeleteLocal, Some(l), _) => (l, true),
                     (Step::DeleteRemote, _, Some(r)) => (r, false),
-                    _ => return,
+                    _ => return Done::Nothing,
                 };
-                if let Err(e) = rd2.delete(&p.rel, listed, local).await {
-                    rd2.fail(&p.rel, listed.meta.size, &e);
+                if let Err(e) = rd.delete(&p.rel, listed, local).await {
+                    rd.fail(&p.rel, listed.meta.size, &e);
                 }
-            });
-            while tasks.try_join_next().is_some() {}
-        }
-        while tasks.join_next().await.is_some() {}
+                Done::Nothing
+            }
+        })
+        .await?;
     }
     journal.flush().await.map_err(jerr)?;
-    if let Some(e) = rd.fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(e) = exec.take_fatal() {
         return Err(e.into());
     }
-    if !opts.dry_run {
+    let interrupted = exec.interrupted();
+    if !opts.dry_run && !interrupted {
         journal.end_run(JOB, &pair).await.map_err(jerr)?;
     }
     let mut s = rd.sum().clone();
+    s.interrupted = interrupted;
     s.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(s)
 }
@@ -779,8 +777,11 @@ pub enum Ended {
     Stopped,
 }
 
-/// Run rounds until `stop` resolves (or once, with `poll: None`). `on_round` sees each round's
-/// summary; `on_error` each failed round's error (the loop goes on until `max_failures`).
+/// Run rounds until `opts.cancel` is requested (or once, with `poll: None`). A stop during a
+/// round lets the copies and deletes in flight finish (nothing new starts, no upload is left
+/// open), reports the partial round, releases the lease and ends `Stopped`. `on_round` sees each
+/// round's summary; `on_error` each failed round's error (the loop goes on until
+/// `max_failures`).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     local: &Side,
@@ -789,28 +790,28 @@ pub async fn run(
     lo: &LoopOptions,
     journal: &Arc<Journal>,
     reporter: &Arc<dyn Reporter>,
-    stop: impl std::future::Future<Output = ()>,
     on_round: &(dyn Fn(&RoundSummary) + Sync),
     on_error: &(dyn Fn(u64, &BisyncError) + Sync),
 ) -> Result<Ended, BisyncError> {
-    tokio::pin!(stop);
+    let stop = &opts.cancel;
     let mut failures = 0u32;
     let mut init = lo.init;
     let mut n = 0u64;
     loop {
         n += 1;
         let attempt: Result<Option<RoundSummary>, BisyncError> = async {
+            if stop.is_requested() {
+                return Ok(None);
+            }
             let lease = match &lo.lock {
                 Some(cfg) if !opts.dry_run => tokio::select! {
                     l = Lease::acquire(remote.store.clone(), cfg.clone()) => Some(l?),
-                    () = stop.as_mut() => return Ok(None),
+                    () = stop.requested() => return Ok(None),
                 },
                 _ => None,
             };
             let work = round(local, remote, opts, init, journal, reporter);
-            let Some(mut s) = with_lease(lease, work, &mut stop).await? else {
-                return Ok(None);
-            };
+            let mut s = with_lease(lease, work).await?;
             s.round = n;
             if !opts.dry_run && !s.remote_changed.is_empty() {
                 if let Some(inv) = &lo.invalidator {
@@ -829,8 +830,13 @@ pub async fn run(
         .await;
         let r = match attempt {
             Ok(None) => {
-                // Stopped on request: the round in flight was abandoned (no partial file
-                // appears; the next run sweeps), the lease released.
+                // Stopped on request before a round started (or while waiting for the lease).
+                let _ = journal.flush().await;
+                return Ok(Ended::Stopped);
+            }
+            Ok(Some(s)) if s.interrupted => {
+                // Stopped during the round: what was in flight finished, the lease is released.
+                on_round(&s);
                 let _ = journal.flush().await;
                 return Ok(Ended::Stopped);
             }
@@ -878,25 +884,21 @@ pub async fn run(
         };
         tokio::select! {
             () = tokio::time::sleep(poll) => {}
-            () = &mut stop => return Ok(Ended::Stopped),
+            () = stop.requested() => return Ok(Ended::Stopped),
         }
     }
 }
 
 /// Run `work` while holding `lease` (renewed in the background at a third of its timeout),
-/// then release it — also when `stop` ends the work early (`Ok(None)`). A lease lost to a
-/// takeover stops the work at once.
-async fn with_lease<T, F: std::future::Future<Output = ()>>(
+/// then release it. A lease lost to a takeover stops the work at once. (A stop request is the
+/// work's own to honour: it finishes what is in flight first.)
+async fn with_lease<T>(
     lease: Option<Lease>,
     work: impl std::future::Future<Output = Result<T, BisyncError>>,
-    stop: &mut std::pin::Pin<&mut F>,
-) -> Result<Option<T>, BisyncError> {
+) -> Result<T, BisyncError> {
     tokio::pin!(work);
     let Some(mut lease) = lease else {
-        return tokio::select! {
-            r = &mut work => r.map(Some),
-            () = stop.as_mut() => Ok(None),
-        };
+        return work.await;
     };
     let every = lease.renew_every().max(Duration::from_millis(100));
     let r = loop {
@@ -921,8 +923,7 @@ async fn with_lease<T, F: std::future::Future<Output = ()>>(
                     tracing::warn!("renewing the lease: {e}");
                 }
             }
-            () = stop.as_mut() => break Ok(None),
-            r = &mut work => break r.map(Some),
+            r = &mut work => break r,
         }
     };
     if let Err(e) = lease.release().await {

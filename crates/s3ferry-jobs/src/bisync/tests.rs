@@ -16,6 +16,7 @@ use s3ferry_store::memory::MemoryStore;
 use s3ferry_store::{DynStore, Store, StoreExt};
 
 use super::*;
+use s3ferry_engine::exec::Cancel;
 
 const ALL: Directions = Directions {
     up: true,
@@ -36,6 +37,7 @@ fn opts(node: &str) -> BisyncOptions {
         concurrency: 4,
         transfer: TransferConfig::new(64 << 20),
         dry_run: false,
+        cancel: Cancel::new(),
     }
 }
 
@@ -315,17 +317,9 @@ async fn two_nodes_with_a_lease_converge_without_losing_edits() {
             let rep: Arc<dyn Reporter> = Arc::new(NullReporter);
             for round_no in 0..6 {
                 n.write(&format!("n{i}/r{round_no}"), &format!("{i}:{round_no}"));
-                let ended = run(
-                    &n.local,
-                    &r,
-                    &o,
-                    &lo,
-                    &n.journal,
-                    &rep,
-                    std::future::pending(),
-                    &|_| {},
-                    &|_, e| panic!("{e}"),
-                )
+                let ended = run(&n.local, &r, &o, &lo, &n.journal, &rep, &|_| {}, &|_, e| {
+                    panic!("{e}")
+                })
                 .await
                 .unwrap();
                 assert_eq!(ended, Ended::Once { failures: false });
@@ -421,19 +415,22 @@ async fn an_empty_side_never_deletes_everything() {
     assert_eq!(s.deleted_remote, 3);
 }
 
-/// A stop (SIGTERM) in the middle of a round under `--lock`: the round is abandoned and the
-/// lease is released, so another node can go on at once.
+/// A stop (SIGTERM) in the middle of a round under `--lock`: the upload in flight finishes
+/// (nothing is left open or half-written), nothing new starts, the partial round is reported
+/// as interrupted, and the lease is released so another node can go on at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stop_during_a_round_releases_the_lease() {
+async fn a_stop_during_a_round_finishes_the_upload_in_flight_and_releases_the_lease() {
     use s3ferry_store::layer::FaultStore;
     let m = MemoryStore::named("remote");
+    // put 1 is the lease, put 2 the first file: held up for a while.
     let faults = Arc::new(FaultStore::new(
         Arc::new(m.clone()),
-        "put:latency=30s@2".parse().unwrap(),
+        "put:latency=1s@2".parse().unwrap(),
     ));
     let r = Side::new(faults.clone() as DynStore, "p/");
     let n = Node::new();
-    n.write("slow", "held up for 30 s");
+    n.write("slow", "held up for a second");
+    n.write("zz-later", "never started");
     let lo = LoopOptions {
         poll: Some(Duration::from_secs(3600)),
         init: Init::None,
@@ -449,36 +446,48 @@ async fn a_stop_during_a_round_releases_the_lease() {
         cf_paths: None,
     };
     let rep: Arc<dyn Reporter> = Arc::new(NullReporter);
-    let f2 = faults.clone();
-    // Stop once the round's upload is under way (put 1 is the lease, put 2 the file).
-    let stop = async move {
+    let o = BisyncOptions {
+        concurrency: 1,
+        ..opts("n1")
+    };
+    let (f2, cancel) = (faults.clone(), o.cancel.clone());
+    // Stop once the round's upload is under way.
+    tokio::spawn(async move {
         while f2.calls("put") < 2 {
             tokio::task::yield_now().await;
         }
-    };
-    let t0 = std::time::Instant::now();
+        cancel.request("SIGTERM");
+    });
+    let rounds = std::sync::Mutex::new(Vec::new());
     let ended = run(
         &n.local,
         &r,
-        &opts("n1"),
+        &o,
         &lo,
         &n.journal,
         &rep,
-        stop,
-        &|_| {},
+        &|s| rounds.lock().unwrap().push(s.clone()),
         &|_, e| panic!("{e}"),
     )
     .await
     .unwrap();
     assert_eq!(ended, Ended::Stopped);
+    let rounds = rounds.into_inner().unwrap();
+    assert_eq!(rounds.len(), 1, "the partial round is reported");
+    assert!(rounds[0].interrupted);
+    assert_eq!(rounds[0].up, 1, "{:?}", rounds[0]);
+    assert_eq!(
+        m.get_bytes("p/slow").await.unwrap(),
+        "held up for a second".as_bytes(),
+        "the upload in flight finished"
+    );
     assert!(
-        t0.elapsed() < Duration::from_secs(20),
-        "the held-up upload was abandoned"
+        m.get_bytes("p/zz-later").await.is_err(),
+        "nothing new started"
     );
     let lease: serde_json::Value =
         serde_json::from_slice(&m.get_bytes(&format!("p/{LOCK_NAME}")).await.unwrap()).unwrap();
     assert_eq!(lease["held"], false, "{lease}");
-    assert!(m.get_bytes("p/slow").await.is_err(), "no partial object");
 }
 
 /// F23: a lock holder paused past the lease timeout (as by SIGSTOP: its thread does nothing,
@@ -534,9 +543,7 @@ async fn paused_holder_writes() -> Vec<String> {
         }
         Ok::<(), BisyncError>(())
     };
-    let never = std::future::pending::<()>();
-    tokio::pin!(never);
-    let r = with_lease(Some(lease), work, &mut never).await;
+    let r = with_lease(Some(lease), work).await;
     assert!(
         matches!(r, Err(BisyncError::Lease(LeaseError::Lost { .. }))),
         "{r:?}"

@@ -147,13 +147,15 @@ pub enum PipeError {
     Store { uri: String, source: StoreError },
     /// Anything else, with the whole message.
     Failed(String),
+    /// Stopped on request (a signal): what was sent is aborted, nothing is left open.
+    Interrupted(String),
 }
 
 impl fmt::Display for PipeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Store { uri, source } => write!(f, "{uri}: {source}"),
-            Self::Failed(m) => f.write_str(m),
+            Self::Failed(m) | Self::Interrupted(m) => f.write_str(m),
         }
     }
 }

@@ -106,10 +106,14 @@ pub async fn up(
     };
     let result = match outcome {
         Ok(r) => r,
-        Err(reason) => Err(PipeError::Failed(format!("interrupted by {reason}"))),
+        Err(reason) => Err(PipeError::Interrupted(format!("interrupted by {reason}"))),
     };
     let result = match result {
         Ok(r) => Ok(r),
+        Err(PipeError::Interrupted(e)) => {
+            let what = up.abort(&e).await;
+            Err(PipeError::Interrupted(format!("{e}; {what}")))
+        }
         Err(e) => {
             let what = up.abort(&e.to_string()).await;
             Err(PipeError::Failed(format!("{e}; {what}")))
