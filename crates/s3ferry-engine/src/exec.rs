@@ -133,6 +133,9 @@ pub struct Executor {
     retries: AtomicU64,
 }
 
+/// Keeps an item for the retry pass; `false` when it could not (then it counts as failed).
+type Keep<I> = dyn Fn(I, &Record, &StoreError) -> bool + Send + Sync;
+
 /// What one pass left for the next: items to try again (on disk).
 pub struct Leftover<I> {
     retry: Option<Spill<(I, Record, String)>>,
@@ -232,12 +235,7 @@ impl Executor {
         self.retries.fetch_add(n, Ordering::Relaxed);
     }
 
-    async fn settle<I: Serialize + DeserializeOwned>(
-        &self,
-        done: Done<I>,
-        pass: Pass,
-        left: &Mutex<Leftover<I>>,
-    ) {
+    async fn settle<I>(&self, done: Done<I>, keep: Option<&Keep<I>>) {
         if let Some(j) = &self.durable {
             if !matches!(done, Done::Nothing) {
                 if let Err(e) = j.flush().await {
@@ -255,40 +253,20 @@ impl Executor {
             Done::Record(r) => self.record(r),
             Done::Records(rs) => rs.into_iter().for_each(|r| self.record(r)),
             Done::Failed(r, e) => self.fail(r, &e),
-            Done::Retry(item, r, e)
-                if pass == Pass::First && self.retry_pass && !e.kind.fatal() =>
-            {
-                let mut l = left.lock().unwrap_or_else(|p| p.into_inner());
-                let pushed = match &mut l.retry {
-                    Some(s) => s.push(&(item, r.clone(), e.to_string())),
-                    None => match Spill::new() {
-                        Ok(mut s) => {
-                            let p = s.push(&(item, r.clone(), e.to_string()));
-                            l.retry = Some(s);
-                            p
-                        }
-                        Err(se) => Err(se),
-                    },
-                };
-                if pushed.is_ok() {
-                    l.n += 1;
-                }
-                drop(l);
-                if let Err(se) = pushed {
-                    tracing::warn!("{se}");
-                    self.fail(r, &e);
-                } else {
+            Done::Retry(item, r, e) => match keep {
+                Some(keep) if self.retry_pass && !e.kind.fatal() && keep(item, &r, &e) => {
                     tracing::debug!("will retry {}: {e}", r.key);
                 }
-            }
-            Done::Retry(_, r, e) => self.fail(r, &e),
+                _ => self.fail(r, &e),
+            },
             Done::Nothing => {}
         }
     }
 
     /// Run `apply` over `items` with bounded concurrency until the items end, a stop is
     /// requested or an item fails fatally (then the items in flight finish; nothing new
-    /// starts). An `Err` item ends the run with that error, after the items in flight.
+    /// starts). An `Err` item ends the run with that error, after the items in flight. Items
+    /// answered [`Done::Retry`] are kept on disk for [`Executor::retry`].
     pub async fn run<I, E, S, F, Fut>(
         self: &Arc<Self>,
         items: S,
@@ -301,11 +279,46 @@ impl Executor {
         Fut: Future<Output = Done<I>> + Send + 'static,
     {
         let left = Arc::new(Mutex::new(Leftover { retry: None, n: 0 }));
-        let res = self.drive(items, Pass::First, &apply, &left).await;
+        let l2 = left.clone();
+        let keep: Arc<Keep<I>> = Arc::new(move |item: I, r: &Record, e: &StoreError| {
+            let mut l = l2.lock().unwrap_or_else(|p| p.into_inner());
+            let row = (item, r.clone(), e.to_string());
+            let pushed = match &mut l.retry {
+                Some(s) => s.push(&row),
+                None => Spill::new().and_then(|mut s| {
+                    let p = s.push(&row);
+                    l.retry = Some(s);
+                    p
+                }),
+            };
+            match pushed {
+                Ok(()) => {
+                    l.n += 1;
+                    true
+                }
+                Err(se) => {
+                    tracing::warn!("{se}");
+                    false
+                }
+            }
+        });
+        let res = self.drive(items, Pass::First, &apply, Some(keep)).await;
         let left = Arc::try_unwrap(left)
             .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
             .unwrap_or(Leftover { retry: None, n: 0 });
         res.map(|()| left)
+    }
+
+    /// [`Executor::run`] for items that are not kept for a retry pass (a [`Done::Retry`] counts
+    /// as its failure): members read from a stream, say, that cannot be read twice.
+    pub async fn run_once<I, E, S, F, Fut>(self: &Arc<Self>, items: S, apply: F) -> Result<(), E>
+    where
+        I: Send + 'static,
+        S: Stream<Item = Result<I, E>>,
+        F: Fn(I, Pass) -> Fut,
+        Fut: Future<Output = Done<I>> + Send + 'static,
+    {
+        self.drive(items, Pass::First, &apply, None).await
     }
 
     async fn drive<I, E, S, F, Fut>(
@@ -313,10 +326,10 @@ impl Executor {
         items: S,
         pass: Pass,
         apply: &F,
-        left: &Arc<Mutex<Leftover<I>>>,
+        keep: Option<Arc<Keep<I>>>,
     ) -> Result<(), E>
     where
-        I: Serialize + DeserializeOwned + Send + 'static,
+        I: Send + 'static,
         S: Stream<Item = Result<I, E>>,
         F: Fn(I, Pass) -> Fut,
         Fut: Future<Output = Done<I>> + Send + 'static,
@@ -352,10 +365,11 @@ impl Executor {
             }
             let fut = apply(item, pass);
             let me = self.clone();
-            let left = left.clone();
+            // Only the first pass keeps items for another.
+            let keep = keep.clone().filter(|_| pass == Pass::First);
             tasks.spawn(async move {
                 let done = fut.await;
-                me.settle(done, pass, &left).await;
+                me.settle(done, keep.as_deref()).await;
                 drop(permit);
             });
             while let Some(r) = tasks.try_join_next() {
@@ -395,8 +409,7 @@ impl Executor {
         self.add_retries(n);
         let rows = futures::stream::iter(spill.read_back()?)
             .map(|row| row.map(|(item, _r, _e): (I, Record, String)| item));
-        let slot = Arc::new(Mutex::new(Leftover { retry: None, n: 0 }));
-        self.drive(rows, Pass::Retry, &apply, &slot).await
+        self.drive(rows, Pass::Retry, &apply, None).await
     }
 
     /// The totals so far (retries of the job-level tier included), `interrupted` when a stop was

@@ -17,20 +17,6 @@ use crate::output::{human_bytes, job_printer};
 use crate::stores::CliBuckets;
 use crate::Fatal;
 
-/// `--concurrency`, `--part-size` and `--max-memory` through the checks every job shares.
-fn numbers(
-    concurrency: usize,
-    part_size: Option<&str>,
-    max_memory: &str,
-) -> Result<(usize, crate::checks::Sizes), Fatal> {
-    let sizes = crate::checks::numbers(&crate::checks::Numbers {
-        concurrency: &[("--concurrency", concurrency)],
-        part_size: part_size.map(|p| (p, crate::checks::MIN_PART_SIZE)),
-        max_memory: Some(max_memory),
-    })?;
-    Ok((concurrency, sizes))
-}
-
 /// An import or export stopped by a signal: one line (a `summary` record with `--json`), and
 /// the exit status of every command stopped that way.
 fn interrupted(g: &Global, job: &str, msg: &str) -> u8 {
@@ -84,10 +70,14 @@ fn export_json(s: &ExportSummary) -> serde_json::Value {
 pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
     match cmd {
         ArchiveCommand::Export(a) => {
-            let (concurrency, sizes) = numbers(a.concurrency, None, &a.max_memory)?;
+            let sizes = crate::checks::numbers(&crate::checks::Numbers {
+                concurrency: &[("--concurrency", a.concurrency)],
+                max_memory: Some(&a.max_memory),
+                ..Default::default()
+            })?;
             let (src, mut opts) = source(g, &a.source).await?;
             opts.compress = a.compress;
-            opts.concurrency = concurrency;
+            opts.concurrency = a.concurrency;
             opts.tags = !a.no_tags;
             opts.transfer = TransferConfig::new(sizes.max_memory.unwrap_or(256 << 20));
             opts.volume_size = match &a.volume_size {
@@ -247,7 +237,8 @@ pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
                 .paths
                 .split_last()
                 .ok_or_else(|| Fatal("give the archives, then the destination".into()))?;
-            let (concurrency, sizes) = numbers(a.concurrency, Some(&a.part_size), &a.max_memory)?;
+            let (part_size, max_memory) =
+                crate::checks::object_job(a.concurrency, &a.part_size, &a.max_memory)?;
             let files: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
             for f in &files {
                 if !f.is_file() {
@@ -255,15 +246,13 @@ pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
                 }
             }
             let max_delete = MaxDelete::parse(&a.max_delete).map_err(Fatal)?;
-            // Given, so there.
-            let part_size = sizes.part_size.unwrap_or(crate::checks::MIN_PART_SIZE);
-            let mut transfer = TransferConfig::new(sizes.max_memory.unwrap_or(part_size));
+            let mut transfer = TransferConfig::new(max_memory);
             transfer.part_size = part_size;
             let opts = ImportOptions {
                 force: a.force,
                 dry_run: a.dry_run,
                 max_delete,
-                concurrency,
+                concurrency: a.concurrency,
                 transfer,
                 cancel: crate::context::signals("the writes in flight"),
             };

@@ -314,13 +314,8 @@ async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
             }
         }
     }
-    let sizes = crate::checks::numbers(&crate::checks::Numbers {
-        concurrency: &[("--concurrency", a.concurrency)],
-        part_size: Some((&a.part_size, crate::checks::MIN_PART_SIZE)),
-        max_memory: Some(&a.max_memory),
-    })?;
-    // Given, so there.
-    let part_size = sizes.part_size.unwrap_or(crate::checks::MIN_PART_SIZE);
+    let (part_size, max_memory) =
+        crate::checks::object_job(a.concurrency, &a.part_size, &a.max_memory)?;
     let input = match (&a.manifest, &a.inventory, &a.pairs) {
         (Some(m), _, _) => Input::Manifest(m.clone()),
         (_, Some(i), _) => Input::Inventory(i.clone()),
@@ -363,7 +358,7 @@ async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
         rules: Some(crate::context::ordered_rules(&a.include, &a.exclude)),
         exclude: a.exclude.clone(),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        cli: serde_json::json!({"max_memory": sizes.max_memory}),
+        cli: serde_json::json!({"max_memory": max_memory}),
         replace_metadata: replace_metadata(a)?,
         checksum_algorithm: a
             .checksum_algorithm

@@ -230,6 +230,7 @@ struct Totals {
     deleted_remote: u64,
     conflicts: u64,
     failed: u64,
+    refused: u64,
 }
 
 impl Totals {
@@ -241,12 +242,13 @@ impl Totals {
         self.deleted_remote += s.deleted_remote;
         self.conflicts += s.conflicts;
         self.failed += s.failed;
+        self.refused += s.refused;
     }
 }
 
 fn round_line(s: &RoundSummary) -> String {
     format!(
-        "round {}: up {} ({}), down {} ({}), deleted {} local / {} remote, conflicts {}, failed {}, {:.1} s{}",
+        "round {}: up {} ({}), down {} ({}), deleted {} local / {} remote, conflicts {}, failed {}{}, {:.1} s{}",
         s.round,
         s.up,
         human_bytes(s.up_bytes),
@@ -256,6 +258,11 @@ fn round_line(s: &RoundSummary) -> String {
         s.deleted_remote,
         s.conflicts,
         s.failed,
+        if s.refused > 0 {
+            format!(", refused {} (unsafe keys)", s.refused)
+        } else {
+            String::new()
+        },
         s.elapsed_secs,
         if s.dry_run { " (dry run)" } else { "" }
     )

@@ -85,29 +85,33 @@ pub async fn run(g: &Global, cmd: &BundleCommand) -> Result<u8, Fatal> {
             Ok(0)
         }
         BundleCommand::Extract(a) => {
-            if a.concurrency == 0 || a.concurrency > 4096 {
-                return Err(Fatal(format!(
-                    "--concurrency {} is not between 1 and 4096",
-                    a.concurrency
-                )));
-            }
+            crate::checks::numbers(&crate::checks::Numbers {
+                concurrency: &[("--concurrency", a.concurrency)],
+                ..Default::default()
+            })?;
             let b = buckets(g);
             let archive = bundle::open_place(&a.archive, b.as_ref(), true).await?;
             let dest = bundle::open_dir(&a.dest, b.as_ref(), false, true).await?;
             let (p, r) = job_printer(g, false);
             let started = std::time::Instant::now();
-            let s = bundle::extract(&archive, &dest, a.concurrency, &r).await?;
+            let cancel = crate::context::signals("the writes in flight");
+            let s = bundle::extract(&archive, &dest, a.concurrency, &cancel, &r).await?;
             p.finish_bar();
-            let code = u8::from(s.failed > 0);
+            let code = if s.interrupted {
+                crate::context::EXIT_INTERRUPTED
+            } else {
+                u8::from(s.failed > 0)
+            };
             p.job_summary(
                 "bundle-extract",
-                serde_json::json!({"members": s.members, "bytes": s.bytes, "failed": s.failed, "elapsed_secs": started.elapsed().as_secs_f64()}),
+                serde_json::json!({"members": s.members, "bytes": s.bytes, "failed": s.failed, "interrupted": s.interrupted, "elapsed_secs": started.elapsed().as_secs_f64()}),
                 format!(
-                    "extracted {} objects ({}) into {}, failed {}",
+                    "extracted {} objects ({}) into {}, failed {}{}",
                     s.members,
                     human_bytes(s.bytes),
                     dest.uri,
-                    s.failed
+                    s.failed,
+                    if s.interrupted { ", interrupted (run again to finish)" } else { "" }
                 ),
                 code,
             );
@@ -239,14 +243,8 @@ async fn packing(
     reporter: Arc<dyn Reporter>,
 ) -> Result<(PackContext, PackOptions), Fatal> {
     // The same checks, in the same words, as every other job's.
-    let sizes = crate::checks::numbers(&crate::checks::Numbers {
-        concurrency: &[("--concurrency", a.concurrency)],
-        part_size: Some((&a.part_size, crate::checks::MIN_PART_SIZE)),
-        max_memory: Some(&a.max_memory),
-    })?;
-    // Both are given, so both are there.
-    let part_size = sizes.part_size.unwrap_or(crate::checks::MIN_PART_SIZE);
-    let max_memory = sizes.max_memory.unwrap_or(part_size);
+    let (part_size, max_memory) =
+        crate::checks::object_job(a.concurrency, &a.part_size, &a.max_memory)?;
     let to = bundle::open_dir(&a.to, buckets(g).as_ref(), false, true).await?;
     let mut transfer = TransferConfig::new(max_memory);
     transfer.part_size = part_size;
@@ -296,28 +294,12 @@ async fn run_shards(g: &Global, a: &BundleRunArgs) -> Result<u8, Fatal> {
             "cleaned up {n} unfinished upload(s) from an earlier run"
         ));
     }
-    let shards: Vec<String> = if a.shard.ends_with('/') {
-        let dir = bundle::open_dir(&a.shard, b.as_ref(), true, false).await?;
-        let mut names = Vec::new();
-        let mut list = dir.store.list(ListOptions::prefix(dir.prefix.clone()));
-        while let Some(m) = list.next().await {
-            let m = m.map_err(|e| Fatal(format!("{}: {e}", a.shard)))?;
-            let name = &m.key[dir.prefix.len()..];
-            if name.starts_with("shard-") && name.ends_with(".csv") && !name.contains('/') {
-                names.push(dir.uri_of(name));
-            }
-        }
-        if names.is_empty() {
-            return Err(Fatal(format!("{}: no shard-*.csv here", a.shard)));
-        }
-        names
-    } else {
-        vec![a.shard.clone()]
-    };
+    let shards = bundle::shards_of(&a.shard, b.as_ref()).await?;
     let stop = stop_on_signal();
     let started = std::time::Instant::now();
     let mut total = ShardSummary::default();
     let mut shards_done = 0u64;
+    let mut shards_skipped = 0u64;
     for uri in &shards {
         let shard = bundle::open_place(uri, b.as_ref(), true).await?;
         let s = match bundle::run_shard(&shard, &cx, &opts, Some(stop.clone())).await {
@@ -331,6 +313,11 @@ async fn run_shards(g: &Global, a: &BundleRunArgs) -> Result<u8, Fatal> {
         };
         shard_line(g, &s);
         shards_done += 1;
+        if s.skipped {
+            // Complete already (its receipt matches): nothing was packed by this run.
+            shards_skipped += 1;
+            continue;
+        }
         total.objects += s.objects;
         total.packed += s.packed;
         total.direct += s.direct;
@@ -342,10 +329,11 @@ async fn run_shards(g: &Global, a: &BundleRunArgs) -> Result<u8, Fatal> {
     let secs = started.elapsed().as_secs_f64();
     p.job_summary(
         "bundle-run",
-        serde_json::json!({"shards": shards_done, "objects": total.objects, "packed": total.packed, "direct": total.direct, "failed": total.failed, "bytes": total.bytes, "elapsed_secs": secs}),
+        serde_json::json!({"shards": shards_done, "shards_skipped": shards_skipped, "objects": total.objects, "packed": total.packed, "direct": total.direct, "failed": total.failed, "bytes": total.bytes, "elapsed_secs": secs}),
         format!(
-            "{} shards: packed {}, copied directly {}, dead letters {}, {} in {secs:.2}s ({:.0} objects/s)",
+            "{} shards ({} complete already): packed {}, copied directly {}, dead letters {}, {} in {secs:.2}s ({:.0} objects/s)",
             shards_done,
+            shards_skipped,
             total.packed,
             total.direct,
             total.failed,

@@ -38,6 +38,23 @@ pub struct Sizes {
     pub max_memory: Option<u64>,
 }
 
+/// `--concurrency`, `--part-size` (of uploads: at least S3's 5 MiB) and `--max-memory` of a job
+/// that moves objects: checked, then the part size and the memory budget.
+pub fn object_job(
+    concurrency: usize,
+    part_size: &str,
+    max_memory: &str,
+) -> Result<(u64, u64), Fatal> {
+    let sizes = numbers(&Numbers {
+        concurrency: &[("--concurrency", concurrency)],
+        part_size: Some((part_size, MIN_PART_SIZE)),
+        max_memory: Some(max_memory),
+    })?;
+    // Both are given, so both are there.
+    let part = sizes.part_size.unwrap_or(MIN_PART_SIZE);
+    Ok((part, sizes.max_memory.unwrap_or(part)))
+}
+
 /// Refuse zero or absurd numbers before anything is opened.
 pub fn numbers(n: &Numbers) -> Result<Sizes, Fatal> {
     for &(flag, v) in n.concurrency {

@@ -739,7 +739,7 @@ STOPPING
 ENVIRONMENT
     Every option can also be set from S3FERRY_<OPTION> (S3FERRY_POLL, S3FERRY_LOCK,
     S3FERRY_LOCK_TIMEOUT, S3FERRY_UP_DELETE, S3FERRY_EXCLUDE=a,b, ...), for container
-    entrypoints. Boolean variables take true/false.
+    entrypoints. Boolean variables take true/false, 1/0, yes/no or on/off.
 
 EXAMPLES
     s3ferry bisync --poll 30 --up-delete --down-delete /data s3://bucket/app/data
@@ -812,16 +812,16 @@ pub struct BisyncArgs {
     )]
     pub init: InitArg,
     /// Only push local changes (the loop, lock and invalidation stay).
-    #[arg(long, env = "S3FERRY_ONLY_UP", conflicts_with = "only_down")]
+    #[arg(long, env = "S3FERRY_ONLY_UP", conflicts_with = "only_down", value_parser = clap::builder::BoolishValueParser::new())]
     pub only_up: bool,
     /// Only pull remote changes.
-    #[arg(long, env = "S3FERRY_ONLY_DOWN")]
+    #[arg(long, env = "S3FERRY_ONLY_DOWN", value_parser = clap::builder::BoolishValueParser::new())]
     pub only_down: bool,
     /// Local deletions delete the objects.
-    #[arg(long, env = "S3FERRY_UP_DELETE")]
+    #[arg(long, env = "S3FERRY_UP_DELETE", value_parser = clap::builder::BoolishValueParser::new())]
     pub up_delete: bool,
     /// Object deletions delete the local files.
-    #[arg(long, env = "S3FERRY_DOWN_DELETE")]
+    #[arg(long, env = "S3FERRY_DOWN_DELETE", value_parser = clap::builder::BoolishValueParser::new())]
     pub down_delete: bool,
     /// Leave matching paths out entirely, both ways and from change detection (repeatable;
     /// globs as in sync).
@@ -874,7 +874,7 @@ pub struct BisyncArgs {
     )]
     pub max_failures: u32,
     /// Hold a lease in S3 for each round (several nodes sharing one prefix).
-    #[arg(long, env = "S3FERRY_LOCK")]
+    #[arg(long, env = "S3FERRY_LOCK", value_parser = clap::builder::BoolishValueParser::new())]
     pub lock: bool,
     /// The lease object's key (default: PREFIX/.s3ferry.lock).
     #[arg(long, env = "S3FERRY_LOCK_KEY", value_name = "KEY", requires = "lock")]
@@ -920,7 +920,7 @@ pub struct BisyncArgs {
     )]
     pub max_memory: String,
     /// Show what a round would do; change nothing.
-    #[arg(short = 'n', long, env = "S3FERRY_DRY_RUN")]
+    #[arg(short = 'n', long, env = "S3FERRY_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
     pub dry_run: bool,
     /// Where the state database lives (default ~/.local/state/s3ferry).
     #[arg(long, env = "S3FERRY_STATE_DIR", value_name = "DIR")]

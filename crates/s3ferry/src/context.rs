@@ -146,3 +146,45 @@ pub fn ordered_rules(include: &[String], exclude: &[String]) -> Vec<(bool, Strin
         .chain(exclude.iter().map(|p| (false, p.clone())))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The rules keep the order typed, whichever option came first and however they alternate;
+    /// values that are not the command line's keep includes first.
+    #[test]
+    fn filter_rules_keep_the_order_typed() {
+        let m = crate::cli::Cli::command().get_matches_from([
+            "s3ferry",
+            "batch",
+            "manifest",
+            "s3://b/p",
+            "--exclude",
+            "*",
+            "--include",
+            "*.txt",
+            "--exclude",
+            "tmp/*",
+            "--out",
+            "m.csv",
+        ]);
+        init(&m);
+        let inc = vec!["*.txt".to_string()];
+        let exc = vec!["*".to_string(), "tmp/*".to_string()];
+        assert_eq!(
+            ordered_rules(&inc, &exc),
+            [
+                (false, "*".to_string()),
+                (true, "*.txt".to_string()),
+                (false, "tmp/*".to_string())
+            ]
+        );
+        // Not what was typed (a stored job, an environment variable): includes first.
+        assert_eq!(
+            ordered_rules(&["a".to_string()], &[]),
+            [(true, "a".to_string())]
+        );
+    }
+}

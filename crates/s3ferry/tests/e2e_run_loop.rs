@@ -131,8 +131,53 @@ fn batch_cmd(cx: &Ctx, args: &[&str], faults: &str) -> Command {
     c
 }
 
+/// `batch run` of manifest `m` into `b`/c/ with `concurrency` copies at once, each slowed by the
+/// fault spec `faults`.
+fn slow_run(cx: &Ctx, m: &std::path::Path, b: &Bucket, concurrency: u32, faults: &str) -> Spawned {
+    let n = concurrency.to_string();
+    spawn(batch_cmd(
+        cx,
+        &[
+            "run",
+            "--manifest",
+            s(m),
+            "--to",
+            &b.uri("c/"),
+            "--concurrency",
+            &n,
+        ],
+        faults,
+    ))
+}
+
+/// The newest job of `batch list --json`.
+fn last_job(cx: &Ctx) -> Value {
+    let r = cx.run(&["--json", "batch", "list"]);
+    r.stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default()
+}
+
 fn copies(r: &Run) -> Vec<String> {
     r.keys("copy")
+}
+
+/// Start `c`, send SIGTERM once `b` has an open multipart upload, and check what every job
+/// promises then: exit 130, a `summary` record with `exit_code` 130, no upload left open.
+#[track_caller]
+fn term_during_upload(c: Command, b: &Bucket) -> (Run, Value) {
+    let mut p = spawn(c);
+    p.signal_when("TERM", "an open multipart upload", || {
+        !b.uploads().is_empty()
+    });
+    let r = p.finish();
+    assert_eq!(r.code, 130, "{r}");
+    let sum = last_summary(&r);
+    assert_eq!(sum["exit_code"], 130, "{sum}");
+    assert!(b.uploads().is_empty(), "{:?}", b.uploads());
+    (r, sum)
 }
 
 // ---- p1: one signal contract -----------------------------------------------------------------
@@ -146,19 +191,7 @@ fn p1_sigterm_stops_batch_run_with_130_a_summary_and_a_resumable_job() {
     let Some(cx) = Ctx::new() else { return };
     let (a, b) = (cx.bucket("rl-bt-src"), cx.bucket("rl-bt-dst"));
     let m = manifest_of(&cx, &a, 60);
-    let mut p = spawn(batch_cmd(
-        &cx,
-        &[
-            "run",
-            "--manifest",
-            s(&m),
-            "--to",
-            &b.uri("c/"),
-            "--concurrency",
-            "2",
-        ],
-        "copy:latency=100ms",
-    ));
+    let mut p = slow_run(&cx, &m, &b, 2, "copy:latency=100ms");
     p.signal_when("TERM", "some copies", || done_keys(&cx).len() >= 4);
     let r = p.finish();
     assert_eq!(r.code, 130, "{r}");
@@ -217,16 +250,8 @@ fn p1_sigterm_stops_a_bisync_round_with_130_and_no_open_upload() {
         &b.uri("p"),
     ])
     .env("S3FERRY_FAULTS", "upload_part:latency=300ms");
-    let mut p = spawn(c);
-    p.signal_when("TERM", "an open multipart upload", || {
-        !b.uploads().is_empty()
-    });
-    let r = p.finish();
-    assert_eq!(r.code, 130, "{r}");
-    let sum = last_summary(&r);
-    assert_eq!(sum["exit_code"], 130, "{sum}");
+    let (_, sum) = term_during_upload(c, &b);
     assert_eq!(sum["stopped"], true, "{sum}");
-    assert!(b.uploads().is_empty(), "{:?}", b.uploads());
     assert_eq!(b.get("p/big.bin"), big, "the upload in flight finished");
     assert!(b.keys("p/z.txt").is_empty(), "nothing new started");
 }
@@ -271,15 +296,7 @@ fn p1_sigterm_stops_archive_import_with_130_and_no_open_upload() {
             "S3FERRY_FAULTS",
             "upload_part:latency=300ms;put:latency=200ms",
         );
-    let mut p = spawn(c);
-    p.signal_when("TERM", "an open multipart upload", || {
-        !b.uploads().is_empty()
-    });
-    let r = p.finish();
-    assert_eq!(r.code, 130, "{r}");
-    let sum = last_summary(&r);
-    assert_eq!(sum["exit_code"], 130, "{sum}");
-    assert!(b.uploads().is_empty(), "{:?}", b.uploads());
+    term_during_upload(c, &b);
     assert!(
         b.keys("d/.s3ferry-archive.json").is_empty(),
         "the marker is unchanged"
@@ -345,29 +362,11 @@ fn p2_batch_resume_after_kill9_never_redoes_a_recorded_entry_and_status_is_live(
     let Some(cx) = Ctx::new() else { return };
     let (a, b) = (cx.bucket("rl-k9-src"), cx.bucket("rl-k9-dst"));
     let m = manifest_of(&cx, &a, 120);
-    let mut p = spawn(batch_cmd(
-        &cx,
-        &[
-            "run",
-            "--manifest",
-            s(&m),
-            "--to",
-            &b.uri("c/"),
-            "--concurrency",
-            "2",
-        ],
-        "copy:latency=50ms",
-    ));
+    let mut p = slow_run(&cx, &m, &b, 2, "copy:latency=50ms");
     // Live status: a count above zero before the job ends.
     let mut live = Value::Null;
     wait_until("a live status", || {
-        let r = cx.run(&["--json", "batch", "list"]);
-        live = r
-            .stdout
-            .lines()
-            .last()
-            .and_then(|l| serde_json::from_str(l).ok())
-            .unwrap_or_default();
+        live = last_job(&cx);
         live["succeeded"].as_u64().unwrap_or(0) >= 10
     });
     assert_eq!(live["state"], "Active", "{live}");
@@ -399,25 +398,9 @@ fn p2_batch_cancel_takes_effect_promptly() {
     let Some(cx) = Ctx::new() else { return };
     let (a, b) = (cx.bucket("rl-cn-src"), cx.bucket("rl-cn-dst"));
     let m = manifest_of(&cx, &a, 200);
-    let p = spawn(batch_cmd(
-        &cx,
-        &[
-            "run",
-            "--manifest",
-            s(&m),
-            "--to",
-            &b.uri("c/"),
-            "--concurrency",
-            "1",
-        ],
-        "copy:latency=50ms",
-    ));
+    let p = slow_run(&cx, &m, &b, 1, "copy:latency=50ms");
     wait_until("some copies", || done_keys(&cx).len() >= 5);
-    let r = cx.run(&["--json", "batch", "list"]);
-    let id = serde_json::from_str::<Value>(r.stdout.lines().last().unwrap()).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = last_job(&cx)["id"].as_str().unwrap().to_string();
     let r = cx.run(&["batch", "cancel", &id]);
     assert_eq!(r.code, 0, "{r}");
     let at_cancel = done_keys(&cx).len();
@@ -788,4 +771,27 @@ fn p7_checks_are_the_same_in_every_job() {
     let r = cx.run(&["--json", "batch", "list"]);
     assert_eq!(r.code, 0, "{r}");
     assert!(r.stdout.trim().is_empty(), "no job was registered: {r}");
+}
+
+// ---- smaller findings -----------------------------------------------------------------------------
+
+/// Boolean environment variables take the usual spellings (`S3FERRY_LOCK=1` was refused, the
+/// error naming `--lock`).
+#[test]
+fn boolean_variables_take_the_usual_spellings() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("rl-bool");
+    let dir = cx.path("local");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a"), "a").unwrap();
+    for v in ["1", "yes", "on", "true"] {
+        let r = cx.run_env(
+            &["--json", "bisync", "--poll", "0", s(&dir), &b.uri("p")],
+            &[("S3FERRY_LOCK", v)],
+        );
+        assert_eq!(r.code, 0, "S3FERRY_LOCK={v}: {r}");
+        let lease: Value = serde_json::from_slice(&b.get("p/.s3ferry.lock")).unwrap();
+        assert_eq!(lease["held"], false, "{lease}");
+    }
+    assert_eq!(b.get("p/a"), b"a");
 }

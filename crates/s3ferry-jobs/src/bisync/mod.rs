@@ -96,6 +96,9 @@ pub struct RoundSummary {
     pub deleted_remote: u64,
     pub conflicts: u64,
     pub failed: u64,
+    /// Keys that cannot be files here (`../x`, `a//b`): refused and listed, as sync does.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refused: u64,
     pub dry_run: bool,
     /// Stopped by a request before every planned key was settled (the next round goes on).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -176,6 +179,10 @@ struct Round {
     exec: Arc<Executor>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// The key of a bisync pair in the state database: both sides with their endpoints.
 pub fn pair_id(local: &Side, remote: &Side) -> String {
     format!("{} <-> {}", local.state_id(), remote.state_id())
@@ -187,6 +194,14 @@ impl Round {
     }
 
     fn fail(&self, rel: &str, size: u64, e: &StoreError) {
+        if e.kind == ErrorKind::InvalidInput && e.message.starts_with("unsafe key") {
+            // A remote key that cannot be a file here: refused (not a failed "put"), as sync
+            // refuses it.
+            self.sum().refused += 1;
+            self.exec
+                .record(Record::new(rel, Outcome::Refuse, e.message.clone(), size));
+            return;
+        }
         self.sum().failed += 1;
         let r = Record {
             error: Some(e.to_string()),
@@ -847,7 +862,7 @@ pub async fn run(
             Ok(s) => {
                 on_round(&s);
                 init = Init::None;
-                s.failed > 0
+                s.failed + s.refused > 0
             }
             Err(e) => {
                 // Waiting for the lease past --lock-wait, or a lease that needs a feature the

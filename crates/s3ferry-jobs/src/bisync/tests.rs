@@ -559,3 +559,40 @@ async fn paused_holder_writes() -> Vec<String> {
     written.sort();
     written
 }
+
+/// A remote key that cannot be a file here (`../x`) is refused and listed as such, as sync
+/// refuses it (it was a failed `put "../x"`); its neighbour arrives, and nothing is written
+/// outside the directory.
+#[tokio::test]
+async fn an_unsafe_remote_key_is_refused_not_failed() {
+    let (m, r) = remote();
+    let n = Node::new();
+    m.put_bytes("p/../x", "escape").await.unwrap();
+    m.put_bytes("p/ok.txt", "fine").await.unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    struct Rec(Arc<std::sync::Mutex<Vec<Record>>>);
+    impl Reporter for Rec {
+        fn record(&self, r: &Record) {
+            self.0.lock().unwrap().push(r.clone());
+        }
+    }
+    let rep: Arc<dyn Reporter> = Arc::new(Rec(seen.clone()));
+    let s = round(&n.local, &r, &opts("a"), Init::None, &n.journal, &rep)
+        .await
+        .unwrap();
+    assert_eq!((s.down, s.failed, s.refused), (1, 0, 1), "{s:?}");
+    let seen = seen.lock().unwrap();
+    let refused: Vec<&Record> = seen
+        .iter()
+        .filter(|r| r.action == Outcome::Refuse)
+        .collect();
+    assert_eq!(refused.len(), 1, "{seen:?}");
+    assert_eq!(refused[0].key, "../x");
+    assert!(
+        refused[0].reason.starts_with("unsafe key"),
+        "{:?}",
+        refused[0]
+    );
+    assert_eq!(n.read("ok.txt").as_deref(), Some("fine"));
+    assert!(!n.dir.path().parent().unwrap().join("x").exists());
+}

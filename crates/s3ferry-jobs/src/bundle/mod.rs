@@ -37,6 +37,34 @@ pub use worker::{work, ShardMessage, WorkerOptions, WorkerSummary};
 use crate::places::PlaceError;
 pub use crate::places::{open_dir, open_place, Dir, Place};
 
+/// The shard manifests `bundle run` packs: `uri` itself, or, for a folder (ending in `/`), its
+/// `shard-*.csv` in name order. A folder without any is an input error.
+pub async fn shards_of(
+    uri: &str,
+    buckets: &dyn crate::Buckets,
+) -> Result<Vec<String>, BundleError> {
+    use futures::StreamExt as _;
+    if !uri.ends_with('/') {
+        return Ok(vec![uri.to_string()]);
+    }
+    let dir = open_dir(uri, buckets, true, false).await?;
+    let mut names = Vec::new();
+    let mut list = dir
+        .store
+        .list(s3ferry_store::ListOptions::prefix(dir.prefix.clone()));
+    while let Some(m) = list.next().await {
+        let m = m.map_err(|e| BundleError::Input(format!("{uri}: {e}")))?;
+        let name = &m.key[dir.prefix.len()..];
+        if name.starts_with("shard-") && name.ends_with(".csv") && !name.contains('/') {
+            names.push(dir.uri_of(name));
+        }
+    }
+    if names.is_empty() {
+        return Err(BundleError::Input(format!("{uri}: no shard-*.csv here")));
+    }
+    Ok(names)
+}
+
 /// Shard bounds by default: at most this many objects...
 pub const DEFAULT_MAX_OBJECTS: u64 = 65_000;
 /// ... and this many bytes of packed objects.

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 use md5::{Digest as _, Md5};
 use s3ferry_engine::events::{Outcome, Record, Reporter};
+use s3ferry_engine::exec::{Cancel, Done, Executor};
 use s3ferry_engine::formats::tar::TarReader;
 use s3ferry_store::checksum::{crc64_to_b64, crc64nvme};
 use s3ferry_store::{ByteStream, ErrorKind, GetOptions, PutOptions, StoreError};
 use serde::Serialize;
-use tokio::task::JoinSet;
 
 use super::format::{decode_pairs, IndexRow, INDEX_HEADER, RECORD};
 use super::{csv_rows, BundleError, Dir, Place};
@@ -138,6 +138,8 @@ pub struct ExtractSummary {
     pub members: u64,
     pub bytes: u64,
     pub failed: u64,
+    /// Stopped by a request (a signal) before the last member.
+    pub interrupted: bool,
 }
 
 /// The put options a member's PAX records ask for: Content-Type, user metadata, tags, and
@@ -178,11 +180,13 @@ fn restore_options(
 /// Restore every member of a tar under `dest`, with its key, Content-Type, metadata and tags,
 /// each checked against its recorded MD5. A member that would escape (absolute, `..`, a link,
 /// a device) stops the extraction with an error before it is written; members before it were
-/// written inside `dest`.
+/// written inside `dest`. The members are written by the engine's executor, `concurrency` at a
+/// time, as they are read.
 pub async fn extract(
     archive: &Place,
     dest: &Dir,
     concurrency: usize,
+    cancel: &Cancel,
     reporter: &Arc<dyn Reporter>,
 ) -> Result<ExtractSummary, BundleError> {
     let body = archive
@@ -191,90 +195,75 @@ pub async fn extract(
         .await
         .map_err(|e| BundleError::Input(format!("{}: {e}", archive.uri)))?
         .body;
-    let mut reader = TarReader::new(body);
-    let mut summary = ExtractSummary::default();
-    let mut puts: JoinSet<(String, u64, Result<(), StoreError>)> = JoinSet::new();
-    let limit = concurrency.max(1);
-    let finish = |r: Result<(String, u64, Result<(), StoreError>), tokio::task::JoinError>,
-                  summary: &mut ExtractSummary| {
-        match r {
-            Ok((key, n, Ok(()))) => {
-                summary.members += 1;
-                summary.bytes += n;
-                reporter.record(&Record::new(key, Outcome::Copy, "extracted", n));
-            }
-            Ok((key, n, Err(e))) => {
-                summary.failed += 1;
-                reporter.record(&Record {
-                    key,
-                    action: Outcome::Fail,
-                    reason: e.kind.as_str().into(),
-                    size: n,
-                    error: Some(e.to_string()),
-                });
-            }
-            Err(e) => {
-                summary.failed += 1;
-                tracing::error!("extract task: {e}");
+    let reader = TarReader::new(body);
+    let uri = archive.uri.clone();
+    // The members, in tar order; a bad one ends the stream with the extraction's error.
+    let members = stream::unfold(Some(reader), move |reader| {
+        let uri = uri.clone();
+        async move {
+            let mut reader = reader?;
+            let m = match reader.next_member().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return None,
+                Err(e) => return Some((Err(BundleError::Input(format!("{uri}: {e}"))), None)),
+            };
+            match reader.read_data().await {
+                Ok(data) => Some((Ok((m, data)), Some(reader))),
+                Err(e) => Some((
+                    Err(BundleError::Input(format!("{uri}: {}: {e}", m.name))),
+                    None,
+                )),
             }
         }
-    };
-    let mut refused = None;
-    loop {
-        let m = match reader.next_member().await {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
-            Err(e) => {
-                refused = Some(BundleError::Input(format!("{}: {e}", archive.uri)));
-                break;
-            }
-        };
-        let data = match reader.read_data().await {
-            Ok(d) => d,
-            Err(e) => {
-                refused = Some(BundleError::Input(format!(
-                    "{}: {}: {e}",
-                    archive.uri, m.name
-                )));
-                break;
-            }
-        };
-        let key = m.name.clone();
-        let opts = restore_options(&m, dest.store.capabilities().local);
-        let want_md5 = m.records.get(&format!("{RECORD}md5")).cloned();
-        let (store, dkey) = (dest.store.clone(), dest.key(&m.name));
-        while puts.len() >= limit {
-            if let Some(r) = puts.join_next().await {
-                finish(r, &mut summary);
-            }
-        }
-        puts.spawn(async move {
-            let n = data.len() as u64;
-            let r = async {
-                let opts = opts.map_err(|e| {
-                    StoreError::new(ErrorKind::Corrupt, "extract", format!("bad records: {e}"))
-                })?;
-                if let Some(want) = want_md5 {
-                    let md5 = hex::encode(Md5::digest(&data));
-                    if md5 != want {
-                        return Err(corrupt(
-                            &dkey,
-                            format!("MD5 {md5} differs from the recorded {want}"),
-                        ));
+    });
+    let exec = Arc::new(Executor::new(concurrency, cancel.clone(), reporter.clone()));
+    let local = dest.store.capabilities().local;
+    let outcome = exec
+        .run_once(members, |(m, data), _| {
+            let opts = restore_options(&m, local);
+            let want_md5 = m.records.get(&format!("{RECORD}md5")).cloned();
+            let (store, dkey, key) = (dest.store.clone(), dest.key(&m.name), m.name.clone());
+            async move {
+                let n = data.len() as u64;
+                let r = async {
+                    let opts = opts.map_err(|e| {
+                        StoreError::new(ErrorKind::Corrupt, "extract", format!("bad records: {e}"))
+                    })?;
+                    if let Some(want) = want_md5 {
+                        let md5 = hex::encode(Md5::digest(&data));
+                        if md5 != want {
+                            return Err(corrupt(
+                                &dkey,
+                                format!("MD5 {md5} differs from the recorded {want}"),
+                            ));
+                        }
                     }
+                    store.put(&dkey, data, opts).await.map(|_| ())
                 }
-                store.put(&dkey, data, opts).await.map(|_| ())
+                .await;
+                match r {
+                    Ok(()) => Done::Record(Record::new(key, Outcome::Copy, "extracted", n)),
+                    Err(e) => Done::Failed(
+                        Record {
+                            error: Some(e.to_string()),
+                            ..Record::new(key, Outcome::Fail, e.kind.as_str(), n)
+                        },
+                        e,
+                    ),
+                }
             }
-            .await;
-            (key, n, r)
-        });
-    }
+        })
+        .await;
     // Members in flight are finished even when a bad one stopped the extraction.
-    while let Some(r) = puts.join_next().await {
-        finish(r, &mut summary);
+    let s = exec.summary();
+    outcome?;
+    if let Some(e) = exec.take_fatal() {
+        return Err(e.into());
     }
-    match refused {
-        Some(e) => Err(e),
-        None => Ok(summary),
-    }
+    Ok(ExtractSummary {
+        members: s.copied,
+        bytes: s.copied_bytes,
+        failed: s.failed,
+        interrupted: s.interrupted,
+    })
 }

@@ -273,7 +273,15 @@ async fn a_shard_packs_and_every_object_comes_back_exactly() {
     )
     .await
     .unwrap();
-    let x = extract(&tar, &ddir, 4, &w.reporter).await.unwrap();
+    let x = extract(
+        &tar,
+        &ddir,
+        4,
+        &s3ferry_engine::exec::Cancel::new(),
+        &w.reporter,
+    )
+    .await
+    .unwrap();
     assert_eq!((x.members, x.failed), (40, 0));
     for row in &index {
         let k = format!("r/{}", row.key);
