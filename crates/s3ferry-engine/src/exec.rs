@@ -124,13 +124,42 @@ pub struct Executor {
     concurrency: usize,
     cancel: Cancel,
     reporter: Arc<dyn Reporter>,
-    durable: Option<Arc<Journal>>,
+    durable: Option<GroupCommit>,
     retry_pass: bool,
     started: Instant,
     summary: Mutex<Summary>,
     fatal: Mutex<Option<StoreError>>,
     halted: AtomicBool,
     retries: AtomicU64,
+}
+
+/// One commit of the state database for many finished items: an item asks for a commit after
+/// its records were written; whoever gets the turn commits everything written so far, and the
+/// items whose records that covered return without a commit of their own. (A commit per item
+/// would be one transaction per object.)
+struct GroupCommit {
+    journal: Arc<Journal>,
+    /// Tickets handed out (one per item, after its records were queued).
+    asked: AtomicU64,
+    /// Every ticket up to this one is committed.
+    committed: AtomicU64,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl GroupCommit {
+    async fn commit(&self) -> Result<(), crate::journal::JournalError> {
+        let mine = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = self.turn.lock().await;
+        if self.committed.load(Ordering::SeqCst) >= mine {
+            return Ok(());
+        }
+        // Every ticket handed out so far belongs to records queued before this flush (the
+        // journal's queue keeps their order), so the flush commits them all.
+        let upto = self.asked.load(Ordering::SeqCst);
+        self.journal.flush().await?;
+        self.committed.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 /// Keeps an item for the retry pass; `false` when it could not (then it counts as failed).
@@ -169,7 +198,12 @@ impl Executor {
 
     /// Commit `journal` before an item is counted done (jobs whose resume trusts their records).
     pub fn durable(mut self, journal: Arc<Journal>) -> Self {
-        self.durable = Some(journal);
+        self.durable = Some(GroupCommit {
+            journal,
+            asked: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
+            turn: tokio::sync::Mutex::new(()),
+        });
         self
     }
 
@@ -238,7 +272,7 @@ impl Executor {
     async fn settle<I>(&self, done: Done<I>, keep: Option<&Keep<I>>) {
         if let Some(j) = &self.durable {
             if !matches!(done, Done::Nothing) {
-                if let Err(e) = j.flush().await {
+                if let Err(e) = j.commit().await {
                     // The state could not be committed: a job that cannot record what it did
                     // must not go on doing it.
                     self.latch(&StoreError::new(

@@ -515,6 +515,10 @@ async fn run_deletes(sh: &Shared, deletes: Spill<(String, u64)>) -> Result<(), S
     let mut chunk: Vec<(String, u64)> = Vec::with_capacity(1000);
     let mut it = deletes.read_back()?.peekable();
     while it.peek().is_some() {
+        if sh.stopping() {
+            // A stop (or a fatal error) between batches: nothing more is deleted.
+            break;
+        }
         chunk.clear();
         for d in it.by_ref().take(1000) {
             chunk.push(d?);

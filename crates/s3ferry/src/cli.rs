@@ -733,8 +733,10 @@ CDN
     the fixed --cf-paths.
 
 STOPPING
-    SIGINT or SIGTERM abandons the round in progress (a partial file never appears under its
-    name; the next run cleans up), releases the lease, and exits with status 0.
+    SIGINT or SIGTERM: the transfers in flight finish (no upload is left open, a partial file
+    never appears under its name), nothing new starts, the lease is released. One round
+    (--poll 0) then exits with status 130, as every command stopped by a signal; a --poll loop
+    says it stopped and exits with status 0. A second signal stops at once.
 
 ENVIRONMENT
     Every option can also be set from S3FERRY_<OPTION> (S3FERRY_POLL, S3FERRY_LOCK,

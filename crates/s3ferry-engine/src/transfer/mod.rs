@@ -25,7 +25,7 @@ use s3ferry_store::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use read::{read_range, RangedReader, ReadPart};
+pub use read::{is_plain_md5, read_range, read_verified, RangedReader, ReadPart, VerifiedRead};
 pub use write::{
     cleanup_orphan_uploads, sweep_stray_uploads, upload_parts, MultipartWriter, PartBody,
     UploadAbortHandle, PENDING_UPLOAD,

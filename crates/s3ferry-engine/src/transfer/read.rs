@@ -358,3 +358,65 @@ impl<T> std::future::Future for AbortOnDrop<T> {
         })
     }
 }
+
+/// An object read whole and checked ([`read_verified`]).
+#[derive(Debug)]
+pub struct VerifiedRead {
+    pub data: Bytes,
+    pub meta: ObjectMeta,
+    /// The hex MD5 of `data`.
+    pub md5: String,
+}
+
+/// Whether an ETag is a plain MD5 (single-part, not KMS): 32 hex digits.
+pub fn is_plain_md5(etag: &str) -> bool {
+    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Read one (small) object whole, pinned to `etag` when given, and check it: its size against
+/// `size` when given (else `PreconditionFailed`), its bytes against a plain-MD5 ETag. A mismatch
+/// is read once more: the same bytes twice mean the ETag is not an MD5 (SSE-KMS, SSE-C) and the
+/// data stands; different bytes mean it changed or was damaged on the way (`Corrupt`). For jobs
+/// that hold small objects in memory (bundle's packing); big objects go through
+/// [`read_range`].
+pub async fn read_verified(
+    store: &DynStore,
+    key: &str,
+    etag: Option<String>,
+    size: Option<u64>,
+) -> Result<VerifiedRead> {
+    use md5::{Digest as _, Md5};
+    let read = || async {
+        let got = store
+            .get(key, GetOptions::new().if_match(etag.clone()))
+            .await?;
+        let meta = got.meta;
+        let data = collect_body(got.body, meta.size, key).await?;
+        Ok::<_, StoreError>((data, meta))
+    };
+    let (data, meta) = read().await?;
+    if let Some(want) = size.filter(|w| *w != meta.size) {
+        return Err(StoreError::new(
+            ErrorKind::PreconditionFailed,
+            "get",
+            format!("size {} differs from the listed {want}", meta.size),
+        )
+        .with_key(key));
+    }
+    let md5 = hex::encode(Md5::digest(&data));
+    if let Some(e) = meta.etag.as_deref().filter(|e| is_plain_md5(e)) {
+        if !e.eq_ignore_ascii_case(&md5) {
+            let (again, _) = read().await?;
+            if hex::encode(Md5::digest(&again)) != md5 {
+                return Err(StoreError::new(
+                    ErrorKind::Corrupt,
+                    "get",
+                    "the bytes differ between two reads of the same ETag (changed or damaged in transit)",
+                )
+                .with_key(key));
+            }
+            tracing::debug!("{key}: ETag {e} is not the MD5 of the data (encrypted object?)");
+        }
+    }
+    Ok(VerifiedRead { data, meta, md5 })
+}

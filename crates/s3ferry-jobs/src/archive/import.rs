@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use s3ferry_engine::events::{Outcome, Record, Reporter};
+use s3ferry_engine::exec::{Done, Executor};
 use s3ferry_engine::formats::tar::{safe_member_name, PartBuffer, TarReader};
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::plan::MaxDelete;
@@ -28,7 +29,6 @@ use s3ferry_store::{
 };
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
-use tokio::task::JoinSet;
 
 use super::format::{
     advance, is_reserved, order, Header, Line, Marker, Op, Order, FORMAT, MANIFEST, MARKER,
@@ -758,6 +758,17 @@ struct Open {
     sha: Sha256,
 }
 
+/// A small object read from a volume, on its way to the executor that writes it.
+struct SmallPut {
+    rel: String,
+    key: String,
+    data: Bytes,
+    opts: PutOptions,
+    /// Its bytes' share of the memory budget, until they are written.
+    held: s3ferry_engine::transfer::Reservation,
+    store: s3ferry_store::DynStore,
+}
+
 fn fail_record(
     o: &mut ArchiveOutcome,
     reporter: &Arc<dyn Reporter>,
@@ -804,184 +815,213 @@ async fn apply(
     let cfg = &opts.transfer;
     let small = cfg.part_size.max(1);
     reporter.planned(v.puts + v.moves + v.deletes, v.put_bytes);
-    let mut puts: JoinSet<(String, u64, Result<(), StoreError>)> = JoinSet::new();
-    let limit = opts.concurrency.max(1);
-    let finish = |r: Result<(String, u64, Result<(), StoreError>), tokio::task::JoinError>,
-                  o: &mut ArchiveOutcome| match r {
-        Ok((key, n, Ok(()))) => {
-            o.puts += 1;
-            o.put_bytes += n;
-            reporter.record(&Record::new(key, Outcome::Copy, "put", n));
+    // Small objects are read here, in tar order, and written by the engine's executor
+    // (`--concurrency` at a time, through a channel that bounds what is read ahead); objects in
+    // parts are streamed here, one at a time, as the tar is read.
+    let exec = Arc::new(Executor::new(
+        opts.concurrency,
+        opts.cancel.clone(),
+        reporter.clone(),
+    ));
+    let (tx, rx) = tokio::sync::mpsc::channel::<SmallPut>(opts.concurrency.max(1));
+    let small_puts = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|p| (Ok::<_, std::convert::Infallible>(p), rx))
+    });
+    let writer = exec.run_once(small_puts, |p: SmallPut, _| async move {
+        let n = p.data.len() as u64;
+        let r = p.store.put(&p.key, p.data, p.opts).await.map(|_| ());
+        drop(p.held);
+        match r {
+            Ok(()) => Done::Record(Record::new(p.rel, Outcome::Copy, "put", n)),
+            Err(e) => Done::Failed(
+                Record {
+                    error: Some(e.to_string()),
+                    ..Record::new(p.rel, Outcome::Fail, e.kind.as_str(), n)
+                },
+                e,
+            ),
         }
-        Ok((key, n, Err(e))) => fail_record(o, reporter, &key, n, &e),
-        Err(e) => {
-            o.failed += 1;
-            tracing::error!("import task: {e}");
-        }
-    };
-    let mut open: Option<Open> = None;
+    });
     let mut state =
         tempfile::tempfile().map_err(|e| ArchiveError::Input(format!("temp file: {e}")))?;
-    for path in &v.volumes {
-        let mut vol = Volume::open(path).await?;
-        let mut n = 0u64;
-        while let Some(l) = vol.next_line(n)? {
-            n += 1;
-            if l.op != Op::Put {
-                continue;
-            }
-            if opts.cancel.is_requested() && (open.is_none() || l.offset == 0) {
-                // Nothing new starts; the puts in flight finish, an upload in parts is aborted.
-                if let Some(w) = open.take() {
-                    w.out.into_inner().abort().await;
+    let reader = async {
+        let tx = tx;
+        let mut open: Option<Open> = None;
+        for path in &v.volumes {
+            let mut vol = Volume::open(path).await?;
+            let mut n = 0u64;
+            while let Some(l) = vol.next_line(n)? {
+                n += 1;
+                if l.op != Op::Put {
+                    continue;
                 }
-                while let Some(r) = puts.join_next().await {
-                    finish(r, o);
+                if exec.stopping() && (open.is_none() || l.offset == 0) {
+                    // A stop (or a fatal error): nothing new starts; the puts in flight finish, an
+                    // upload in parts is aborted.
+                    if let Some(w) = open.take() {
+                        w.out.into_inner().abort().await;
+                    }
+                    return Ok(());
                 }
-                return Err(ArchiveError::Interrupted(
-                    opts.cancel.reason().unwrap_or_default(),
-                ));
-            }
-            vol.member_of(&l).await?;
-            let key = dest.key(&l.key);
-            if local && is_dir_marker(&l) {
-                // A folder marker is a directory here.
-                let made = match dest.store.local_path(key.trim_end_matches('/')) {
-                    Some(p) => std::fs::create_dir_all(&p).map_err(|e| {
-                        StoreError::new(ErrorKind::Other, "mkdir", format!("{}: {e}", p.display()))
+                vol.member_of(&l).await?;
+                let key = dest.key(&l.key);
+                if local && is_dir_marker(&l) {
+                    // A folder marker is a directory here.
+                    let made = match dest.store.local_path(key.trim_end_matches('/')) {
+                        Some(p) => std::fs::create_dir_all(&p).map_err(|e| {
+                            StoreError::new(
+                                ErrorKind::Other,
+                                "mkdir",
+                                format!("{}: {e}", p.display()),
+                            )
                             .with_key(&l.key)
-                    }),
-                    None => Ok(()),
-                };
-                match made {
-                    Ok(()) => reporter.record(&Record::new(&l.key, Outcome::Copy, "directory", 0)),
-                    Err(e) => fail_record(o, reporter, &l.key, 0, &e),
+                        }),
+                        None => Ok(()),
+                    };
+                    match made {
+                        Ok(()) => {
+                            reporter.record(&Record::new(&l.key, Outcome::Copy, "directory", 0))
+                        }
+                        Err(e) => fail_record(o, reporter, &l.key, 0, &e),
+                    }
+                    continue;
                 }
-                continue;
-            }
-            if !l.is_piece() && l.size <= small {
-                let data = vol.tar.read_data().await.map_err(|e| bad(path, e))?;
-                let sha = hex::encode(Sha256::digest(&data));
-                if l.sha256.as_deref() != Some(sha.as_str()) {
-                    return Err(bad(
-                        path,
-                        format!("{:?} changed since it was verified", l.key),
-                    ));
+                if !l.is_piece() && l.size <= small {
+                    let data = vol.tar.read_data().await.map_err(|e| bad(path, e))?;
+                    let sha = hex::encode(Sha256::digest(&data));
+                    if l.sha256.as_deref() != Some(sha.as_str()) {
+                        return Err(bad(
+                            path,
+                            format!("{:?} changed since it was verified", l.key),
+                        ));
+                    }
+                    let opts = put_options(&l, local)
+                        .crc64nvme(l.crc64nvme.as_deref().and_then(crc64_from_b64));
+                    let held = cfg.reserve(l.size).await?;
+                    let put = SmallPut {
+                        rel: l.key.clone(),
+                        key,
+                        data,
+                        opts,
+                        held,
+                        store: dest.store.clone(),
+                    };
+                    if tx.send(put).await.is_err() {
+                        // The writer stopped (a stop or a fatal error): read no further.
+                        return Ok(());
+                    }
+                    continue;
                 }
-                let opts = put_options(&l, local)
-                    .crc64nvme(l.crc64nvme.as_deref().and_then(crc64_from_b64));
-                let held = cfg.reserve(l.size).await?;
-                while puts.len() >= limit {
-                    if let Some(r) = puts.join_next().await {
-                        finish(r, o);
+                // In parts: start at the first piece, go on across volumes, finish at the last.
+                if l.offset == 0 {
+                    if let Some(prev) = open.take() {
+                        let e = StoreError::new(
+                            ErrorKind::Corrupt,
+                            "import",
+                            "its last piece is missing",
+                        )
+                        .with_key(&prev.line.key);
+                        prev.out.into_inner().abort().await;
+                        fail_record(o, reporter, &prev.line.key, prev.line.size, &e);
+                    }
+                    let layout = PartLayout::Uniform(part_size_for(l.size, cfg.part_size));
+                    match MultipartWriter::create(
+                        dest.store.clone(),
+                        &key,
+                        put_options(&l, local),
+                        layout,
+                        cfg,
+                        journal.clone(),
+                    )
+                    .await
+                    {
+                        Ok(w) => {
+                            open = Some(Open {
+                                line: l.clone(),
+                                out: PartBuffer::new(w),
+                                sha: Sha256::new(),
+                            })
+                        }
+                        Err(e) => fail_record(o, reporter, &l.key, l.size, &e),
                     }
                 }
-                let store = dest.store.clone();
-                let rel = l.key.clone();
-                puts.spawn(async move {
-                    let n = data.len() as u64;
-                    let r = store.put(&key, data, opts).await.map(|_| ());
-                    drop(held);
-                    (rel, n, r)
-                });
-                continue;
-            }
-            // In parts: start at the first piece, go on across volumes, finish at the last.
-            if l.offset == 0 {
-                if let Some(prev) = open.take() {
+                let Some(mut w) = open.take() else {
+                    continue; // its upload failed; the member is skipped
+                };
+                if w.line.key != l.key {
                     let e =
                         StoreError::new(ErrorKind::Corrupt, "import", "its last piece is missing")
-                            .with_key(&prev.line.key);
-                    prev.out.into_inner().abort().await;
-                    fail_record(o, reporter, &prev.line.key, prev.line.size, &e);
+                            .with_key(&w.line.key);
+                    w.out.into_inner().abort().await;
+                    fail_record(o, reporter, &w.line.key, w.line.size, &e);
+                    continue;
                 }
-                let layout = PartLayout::Uniform(part_size_for(l.size, cfg.part_size));
-                match MultipartWriter::create(
-                    dest.store.clone(),
-                    &key,
-                    put_options(&l, local),
-                    layout,
-                    cfg,
-                    journal.clone(),
-                )
-                .await
-                {
-                    Ok(w) => {
-                        open = Some(Open {
-                            line: l.clone(),
-                            out: PartBuffer::new(w),
-                            sha: Sha256::new(),
-                        })
+                let mut failed = None;
+                while let Some(c) = vol.tar.read_chunk(CHUNK).await.map_err(|e| bad(path, e))? {
+                    w.sha.update(&c);
+                    if failed.is_none() {
+                        if let Err(e) = w.out.write(&c).await {
+                            failed = Some(e);
+                        }
+                    }
+                    reporter.bytes(c.len() as u64);
+                }
+                if let Some(e) = failed {
+                    w.out.into_inner().abort().await;
+                    fail_record(o, reporter, &l.key, l.size, &e);
+                    continue;
+                }
+                if !l.ends_object() {
+                    open = Some(w);
+                    continue;
+                }
+                let sha = hex::encode(std::mem::take(&mut w.sha).finalize());
+                let r = match w.out.finish().await {
+                    Ok((mw, _)) if l.sha256.as_deref() == Some(sha.as_str()) => mw
+                        .finish(l.crc64nvme.as_deref().and_then(crc64_from_b64))
+                        .await
+                        .map(|_| ()),
+                    Ok((mw, _)) => {
+                        mw.abort().await;
+                        Err(StoreError::new(
+                            ErrorKind::Corrupt,
+                            "import",
+                            format!("SHA-256 {sha} differs from the manifest's"),
+                        )
+                        .with_key(&l.key))
+                    }
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(()) => {
+                        o.puts += 1;
+                        o.put_bytes += l.size;
+                        reporter.record(&Record::new(&l.key, Outcome::Copy, "put", l.size));
                     }
                     Err(e) => fail_record(o, reporter, &l.key, l.size, &e),
                 }
             }
-            let Some(mut w) = open.take() else {
-                continue; // its upload failed; the member is skipped
-            };
-            if w.line.key != l.key {
-                let e = StoreError::new(ErrorKind::Corrupt, "import", "its last piece is missing")
-                    .with_key(&w.line.key);
-                w.out.into_inner().abort().await;
-                fail_record(o, reporter, &w.line.key, w.line.size, &e);
-                continue;
-            }
-            let mut failed = None;
-            while let Some(c) = vol.tar.read_chunk(CHUNK).await.map_err(|e| bad(path, e))? {
-                w.sha.update(&c);
-                if failed.is_none() {
-                    if let Err(e) = w.out.write(&c).await {
-                        failed = Some(e);
-                    }
-                }
-                reporter.bytes(c.len() as u64);
-            }
-            if let Some(e) = failed {
-                w.out.into_inner().abort().await;
-                fail_record(o, reporter, &l.key, l.size, &e);
-                continue;
-            }
-            if !l.ends_object() {
-                open = Some(w);
-                continue;
-            }
-            let sha = hex::encode(std::mem::take(&mut w.sha).finalize());
-            let r = match w.out.finish().await {
-                Ok((mw, _)) if l.sha256.as_deref() == Some(sha.as_str()) => mw
-                    .finish(l.crc64nvme.as_deref().and_then(crc64_from_b64))
-                    .await
-                    .map(|_| ()),
-                Ok((mw, _)) => {
-                    mw.abort().await;
-                    Err(StoreError::new(
-                        ErrorKind::Corrupt,
-                        "import",
-                        format!("SHA-256 {sha} differs from the manifest's"),
-                    )
-                    .with_key(&l.key))
-                }
-                Err(e) => Err(e),
-            };
-            match r {
-                Ok(()) => {
-                    o.puts += 1;
-                    o.put_bytes += l.size;
-                    reporter.record(&Record::new(&l.key, Outcome::Copy, "put", l.size));
-                }
-                Err(e) => fail_record(o, reporter, &l.key, l.size, &e),
-            }
+            vol.state_member(Some(&mut state)).await?;
         }
-        vol.state_member(Some(&mut state)).await?;
-    }
-    if let Some(w) = open.take() {
-        w.out.into_inner().abort().await;
-        return Err(ArchiveError::Input(format!(
-            "{:?}: its last piece is missing",
-            w.line.key
-        )));
-    }
-    while let Some(r) = puts.join_next().await {
-        finish(r, o);
+        if let Some(w) = open.take() {
+            w.out.into_inner().abort().await;
+            return Err(ArchiveError::Input(format!(
+                "{:?}: its last piece is missing",
+                w.line.key
+            )));
+        }
+        Ok::<(), ArchiveError>(())
+    };
+    let (read, ()) = tokio::join!(reader, async { writer.await.unwrap_or(()) });
+    let s = exec.summary();
+    o.puts += s.copied;
+    o.put_bytes += s.copied_bytes;
+    o.failed += s.failed;
+    read?;
+    if let Some(e) = exec.take_fatal() {
+        return Err(e.into());
     }
     if let Some(why) = opts.cancel.reason() {
         return Err(ArchiveError::Interrupted(why));

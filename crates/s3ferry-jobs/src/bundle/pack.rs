@@ -6,15 +6,16 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use md5::{Digest as _, Md5};
 use s3ferry_engine::events::{Outcome, Record, Reporter};
 use s3ferry_engine::formats::tar::{Member, TarWriter};
 use s3ferry_engine::journal::Journal;
-use s3ferry_engine::transfer::{copy_object, MultipartWriter, TransferConfig};
+use s3ferry_engine::transfer::{
+    copy_object, read_verified, MultipartWriter, TransferConfig, VerifiedRead,
+};
 use s3ferry_engine::walk::{Entry, Side};
 use s3ferry_store::checksum::{crc64_to_b64, crc64nvme, PartLayout};
 use s3ferry_store::{
-    collect_body, DynStore, ErrorKind, GetOptions, ObjectMeta, PutOptions, StoreError, StoreExt,
+    DynStore, ErrorKind, GetOptions, ObjectMeta, PutOptions, StoreError, StoreExt,
 };
 use serde::Serialize;
 use tokio::sync::watch;
@@ -123,10 +124,6 @@ fn dead(row: &ShardRow, e: &StoreError) -> DeadRow {
     }
 }
 
-fn is_plain_md5(etag: &str) -> bool {
-    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// One small object read and verified.
 struct Got {
     data: Bytes,
@@ -161,52 +158,12 @@ impl Packer {
         Ok(s)
     }
 
-    async fn read(
-        &self,
-        store: &DynStore,
-        row: &ShardRow,
-    ) -> Result<(Bytes, ObjectMeta), StoreError> {
-        let got = store
-            .get(&row.key, GetOptions::new().if_match(row.etag.clone()))
-            .await?;
-        let meta = got.meta;
-        let data = collect_body(got.body, meta.size, &row.key).await?;
-        Ok((data, meta))
-    }
-
-    /// Read one object whole, pinned to the listed ETag, and check its bytes against a plain
-    /// MD5 ETag. A mismatch is read once more: the same bytes twice mean the ETag is not an
-    /// MD5 (SSE-KMS, SSE-C) and the data stands; different bytes mean it changed or was
-    /// damaged on the way, and the object is a dead letter.
+    /// Read one object whole, pinned to the listed ETag, checked against its listed size and a
+    /// plain MD5 ETag (the engine's verified read); a mismatch makes it a dead letter.
     async fn fetch(&self, row: &ShardRow) -> Result<Got, StoreError> {
         let store = self.store(&row.bucket).await?;
-        let (data, meta) = self.read(&store, row).await?;
-        if row.size != meta.size {
-            return Err(StoreError::new(
-                ErrorKind::PreconditionFailed,
-                "get",
-                format!("size {} differs from the listed {}", meta.size, row.size),
-            )
-            .with_key(&row.key));
-        }
-        let md5 = hex::encode(Md5::digest(&data));
-        if let Some(etag) = meta.etag.as_deref().filter(|e| is_plain_md5(e)) {
-            if !etag.eq_ignore_ascii_case(&md5) {
-                let (again, _) = self.read(&store, row).await?;
-                if hex::encode(Md5::digest(&again)) != md5 {
-                    return Err(StoreError::new(
-                        ErrorKind::Corrupt,
-                        "get",
-                        "the bytes differ between two reads of the same ETag (changed or damaged in transit)",
-                    )
-                    .with_key(&row.key));
-                }
-                tracing::debug!(
-                    "{}: ETag {etag} is not the MD5 of the data (encrypted object?)",
-                    row.key
-                );
-            }
-        }
+        let VerifiedRead { data, meta, md5 } =
+            read_verified(&store, &row.key, row.etag.clone(), Some(row.size)).await?;
         let crc = crc64nvme(&data);
         let tags = if self.opts.tags && store.capabilities().tags {
             store.get_tags(&row.key).await?
