@@ -468,7 +468,11 @@ pub async fn run(
         exec.retry(left, apply).await?;
         let mut summary = exec.summary();
         summary.dry_run = sh.opts.dry_run;
-        summary.retries += sh.opts.transfer.resumes.load(std::sync::atomic::Ordering::Relaxed);
+        summary.retries += sh
+            .opts
+            .transfer
+            .resumes
+            .load(std::sync::atomic::Ordering::Relaxed);
         return Ok(summary);
     }
     let Planner {

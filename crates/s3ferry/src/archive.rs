@@ -38,8 +38,10 @@ async fn source(g: &Global, a: &ArchiveSourceArgs) -> Result<(Side, ExportOption
         .check()
         .await
         .map_err(|e| Fatal(format!("{}: {e}", a.src)))?;
-    let (rules, since) =
-        crate::cli::rules_and_since(&a.include, &a.exclude, a.since.as_deref()).map_err(Fatal)?;
+    let (rules, since) = a
+        .filter
+        .rules_and_since(a.since.as_deref())
+        .map_err(Fatal)?;
     let filters = Filters::new(&rules, None).map_err(Fatal)?;
     if let Some(p) = &a.since_state {
         if !p.is_file() {

@@ -163,15 +163,14 @@ fn print_state(g: &Global, s: &JobState) {
     }
 }
 
-fn filters(include: &[String], exclude: &[String], since: Option<&str>) -> Result<Filters, Fatal> {
-    let (rules, since) = crate::cli::rules_and_since(include, exclude, since).map_err(Fatal)?;
-    Ok(Filters::new(&rules, since)?)
-}
-
 /// `batch manifest`: stream the listings into a manifest (a local file first; uploaded when the
 /// destination is S3).
 async fn manifest(g: &Global, a: &BatchManifestArgs) -> Result<u8, Fatal> {
-    let f = filters(&a.include, &a.exclude, a.since.as_deref())?;
+    let (rules, since) = a
+        .filter
+        .rules_and_since(a.since.as_deref())
+        .map_err(Fatal)?;
+    let f = Filters::new(&rules, since)?;
     let buckets = CliBuckets(g.clone());
     let tmp = tempfile::NamedTempFile::new().map_err(|e| Fatal(format!("temp file: {e}")))?;
     let mut out: Box<dyn Write> = if a.out == "-" {
@@ -354,9 +353,12 @@ async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
         report_dir: Some(report_dir.display().to_string()),
         report_uri: a.report.clone(),
         report_failed_only: a.report_scope == ReportScope::Failed,
-        include: a.include.clone(),
-        rules: Some(crate::context::ordered_rules(&a.include, &a.exclude)),
-        exclude: a.exclude.clone(),
+        include: a.filter.include.clone(),
+        rules: Some(crate::context::ordered_rules(
+            &a.filter.include,
+            &a.filter.exclude,
+        )),
+        exclude: a.filter.exclude.clone(),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         cli: serde_json::json!({"max_memory": max_memory}),
         replace_metadata: replace_metadata(a)?,

@@ -153,8 +153,10 @@ async fn group(g: &Global, a: &BundleGroupArgs) -> Result<u8, Fatal> {
             "--max-objects and --max-bytes must be above zero".into(),
         ));
     }
-    let (rules, since) =
-        crate::cli::rules_and_since(&a.include, &a.exclude, a.since.as_deref()).map_err(Fatal)?;
+    let (rules, since) = a
+        .filter
+        .rules_and_since(a.since.as_deref())
+        .map_err(Fatal)?;
     let filters = Filters::new(&rules, since).map_err(Fatal)?;
     let input = match (&a.inventory, &a.source) {
         (Some(inv), _) => {

@@ -227,12 +227,8 @@ pub struct ArchiveSourceArgs {
     /// deletions. Starts a sequence like a full export.
     #[arg(long, value_name = "DATE")]
     pub since: Option<String>,
-    /// Only keys matching (repeatable; the last matching --include/--exclude wins).
-    #[arg(long, value_name = "GLOB")]
-    pub include: Vec<String>,
-    /// Leave out keys matching (repeatable).
-    #[arg(long, value_name = "GLOB")]
-    pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// The source's name in the archive (default: its s3:// URI or absolute path); keep it
     /// when the source moves.
     #[arg(long, value_name = "ID")]
@@ -395,12 +391,8 @@ pub struct BundleGroupArgs {
     pub queue: Option<String>,
     #[command(flatten)]
     pub queue_endpoint: QueueEndpointArgs,
-    /// Only keys matching (repeatable; the last matching --include/--exclude wins).
-    #[arg(long, value_name = "GLOB")]
-    pub include: Vec<String>,
-    /// Leave out keys matching (repeatable).
-    #[arg(long, value_name = "GLOB")]
-    pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Only objects modified at or after DATE (2026-01-31, RFC 3339, or an age like 7d).
     #[arg(long, value_name = "DATE")]
     pub since: Option<String>,
@@ -585,10 +577,8 @@ pub struct BatchManifestArgs {
     /// Only objects modified at or after this time (2024-05-01, RFC 3339, or 7d).
     #[arg(long, value_name = "DATE")]
     pub since: Option<String>,
-    #[arg(long, value_name = "GLOB")]
-    pub include: Vec<String>,
-    #[arg(long, value_name = "GLOB")]
-    pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Every version of every object (rows bucket,key,versionId; delete markers left out),
     /// not only the current ones.
     #[arg(long)]
@@ -645,12 +635,8 @@ pub struct BatchRunArgs {
     /// Report every entry, or only the failed ones.
     #[arg(long, value_enum, default_value = "all", value_name = "SCOPE")]
     pub report_scope: ReportScope,
-    /// Only keys matching (with --pairs).
-    #[arg(long, value_name = "GLOB")]
-    pub include: Vec<String>,
-    /// Leave out keys matching (with --pairs).
-    #[arg(long, value_name = "GLOB")]
-    pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Start the job in the background, print its id and exit.
     #[arg(long)]
     pub detach: bool,
@@ -1200,13 +1186,8 @@ pub struct SyncArgs {
     /// Show what would be done; change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
-    /// Include keys matching GLOB (relative to the prefix; `*` matches across `/`). Include and
-    /// exclude rules apply in the order given; the last matching rule wins.
-    #[arg(long, value_name = "GLOB")]
-    pub include: Vec<String>,
-    /// Exclude keys matching GLOB. Excluded keys are neither copied nor deleted.
-    #[arg(long, value_name = "GLOB")]
-    pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Only copy objects/files modified at or after DATE (2024-05-01, 2024-05-01T12:00:00Z, or an
     /// age like 36h or 7d). Older ones are never deleted because of it.
     #[arg(long, value_name = "DATE")]
@@ -1371,6 +1352,30 @@ pub type Rules = Vec<(bool, String)>;
 /// `--include`/`--exclude` as filter rules in the order typed (the last matching rule wins, as
 /// in aws-cli and every command of s3ferry: [`crate::context::ordered_rules`]) and `--since` as
 /// a time.
+/// `--include`/`--exclude`: the same options, words and rule in every command that filters keys.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FilterArgs {
+    /// Include keys matching GLOB (relative to the prefix; `*` matches across `/`). --include
+    /// and --exclude apply in the order given and the last rule that matches a key decides, as
+    /// in aws-cli; a key no rule matches is included. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Exclude keys matching GLOB (see --include for the order). Excluded keys are neither
+    /// copied nor deleted. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+}
+
+impl FilterArgs {
+    /// The rules in the order typed, and `--since` as a time.
+    pub fn rules_and_since(
+        &self,
+        since: Option<&str>,
+    ) -> Result<(Rules, Option<std::time::SystemTime>), String> {
+        rules_and_since(&self.include, &self.exclude, since)
+    }
+}
+
 pub fn rules_and_since(
     include: &[String],
     exclude: &[String],

@@ -212,7 +212,7 @@ async fn run_sync(cli: &Cli, args: &SyncArgs) -> Result<u8, Fatal> {
     let g = &cli.global;
     let src_loc = Location::parse(&args.src)?;
     let dst_loc = Location::parse(&args.dst)?;
-    let rules = context::ordered_rules(&args.include, &args.exclude);
+    let rules = context::ordered_rules(&args.filter.include, &args.filter.exclude);
     let since = args
         .since
         .as_deref()
