@@ -1,7 +1,9 @@
 //! The s3ferry engine: sorted listing streams and their merge-join ([`walk`]), the pure
 //! planner ([`plan`]), transfers with end-to-end verification ([`transfer`]), content identity
-//! with a hash cache ([`identity`]), the SQLite state and journal ([`journal`]), and progress
-//! events ([`events`]). Jobs compose these; they never talk to a backend directly.
+//! with a hash cache ([`identity`]), the SQLite state and journal ([`journal`]), progress
+//! events ([`events`]), and the one run loop every job hands its planned items to ([`exec`]:
+//! concurrency, cancellation, the fatal latch, recording, the retry pass, the summary). Jobs
+//! compose these; they never talk to a backend directly.
 
 pub mod events;
 pub mod exec;
