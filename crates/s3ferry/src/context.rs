@@ -36,34 +36,35 @@ impl Kind {
 }
 
 /// Install the signal contract for this command and return its cancellation. `doing` ends the
-/// sentence "stopping after ..." (what finishes before the command stops).
+/// sentence "stopping after ..." (what finishes before the command stops). The handlers are in
+/// place when this returns: a signal from then on is never the default (fatal) one.
 pub fn signals(doing: &'static str) -> Cancel {
-    let cancel = Cancel::new();
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        let sig = shutdown_signal().await;
-        eprintln!("s3ferry: {sig}: stopping after {doing} (again to stop at once)");
-        c.request(&sig);
-        let sig = shutdown_signal().await;
-        eprintln!("s3ferry: {sig}: stopping now; the next run cleans up");
-        std::process::exit(EXIT_INTERRUPTED.into());
-    });
-    cancel
-}
-
-/// The next SIGINT or SIGTERM, by name.
-pub async fn shutdown_signal() -> String {
     use tokio::signal::unix::{signal, SignalKind};
+    let cancel = Cancel::new();
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
     ) else {
-        return std::future::pending().await;
+        tracing::warn!("cannot install the signal handlers: SIGINT/SIGTERM stop at once");
+        return cancel;
     };
-    tokio::select! {
-        _ = int.recv() => "SIGINT".into(),
-        _ = term.recv() => "SIGTERM".into(),
-    }
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        for n in 0.. {
+            let sig = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            if n == 0 {
+                eprintln!("s3ferry: {sig}: stopping after {doing} (again to stop at once)");
+                c.request(sig);
+            } else {
+                eprintln!("s3ferry: {sig}: stopping now; the next run cleans up");
+                std::process::exit(EXIT_INTERRUPTED.into());
+            }
+        }
+    });
+    cancel
 }
 
 /// The job whose `begin` record was written (`--json`): a fatal error still ends its stream with
