@@ -17,7 +17,6 @@ use s3ferry_jobs::bundle::{
 };
 use s3ferry_jobs::Buckets;
 use s3ferry_store::{GetOptions, ListOptions, Location};
-use tokio::sync::watch;
 
 use crate::cli::{
     parse_duration, parse_size, BundleCommand, BundleGroupArgs, BundlePackArgs, BundleRunArgs,
@@ -270,16 +269,10 @@ async fn packing(
     Ok((cx, opts))
 }
 
-/// A watch that turns true on the first SIGINT/SIGTERM (the signal contract of every command:
-/// `crate::context::signals`).
-fn stop_on_signal() -> watch::Receiver<bool> {
-    let cancel = crate::context::signals("aborting the shard in hand");
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        cancel.requested().await;
-        let _ = tx.send(true);
-    });
-    rx
+/// The signal contract of every command (`crate::context::signals`): the shard in hand is
+/// aborted (its tar cannot be finished without reading on).
+fn stop_on_signal() -> s3ferry_engine::exec::Cancel {
+    crate::context::signals("aborting the shard in hand")
 }
 
 async fn run_shards(g: &Global, a: &BundleRunArgs) -> Result<u8, Fatal> {
@@ -304,7 +297,7 @@ async fn run_shards(g: &Global, a: &BundleRunArgs) -> Result<u8, Fatal> {
     let mut shards_skipped = 0u64;
     for uri in &shards {
         let shard = bundle::open_place(uri, b.as_ref(), true).await?;
-        let s = match bundle::run_shard(&shard, &cx, &opts, Some(stop.clone())).await {
+        let s = match bundle::run_shard(&shard, &cx, &opts, &stop).await {
             Ok(s) => s,
             Err(BundleError::Interrupted) => {
                 p.finish_bar();

@@ -161,15 +161,6 @@ pub async fn csv_rows(
         .boxed())
 }
 
-/// Resolves when `stop` turns true (never, if its sender is gone).
-async fn stop_requested(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
-}
-
 /// Write a small file whole.
 async fn put_file(
     dir: &Dir,

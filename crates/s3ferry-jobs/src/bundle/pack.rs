@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use s3ferry_engine::events::{Outcome, Record, Reporter};
+use s3ferry_engine::exec::Cancel;
 use s3ferry_engine::formats::tar::{Member, TarWriter};
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::transfer::{
@@ -18,13 +19,12 @@ use s3ferry_store::{
     DynStore, ErrorKind, GetOptions, ObjectMeta, PutOptions, StoreError, StoreExt,
 };
 use serde::Serialize;
-use tokio::sync::watch;
 
 use super::format::{
     encode_pairs, DeadRow, IndexRow, Receipt, ShardRow, DEAD_HEADER, INDEX_HEADER, RECEIPT_FORMAT,
     RECORD, SHARD_HEADER,
 };
-use super::{csv_rows, put_file, stop_requested, BundleError, Dir, Place, BIG_DIR};
+use super::{csv_rows, put_file, BundleError, Dir, Place, BIG_DIR};
 use crate::Buckets;
 
 #[derive(Clone, Debug)]
@@ -293,13 +293,6 @@ fn unix_secs(t: Option<SystemTime>) -> i64 {
         .unwrap_or(0)
 }
 
-async fn stopped(stop: &mut Option<watch::Receiver<bool>>) {
-    match stop {
-        Some(rx) => stop_requested(rx).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Read a receipt; `None` if there is none or it is unreadable.
 pub(super) async fn read_receipt(to: &Dir, name: &str) -> Option<Receipt> {
     let got = to
@@ -348,13 +341,14 @@ async fn abort_stale_uploads(store: &DynStore, key: &str, before: SystemTime) {
 
 /// Pack one shard into `to`. Per-object failures become dead letters and the shard still
 /// completes; a failure to read the shard or write the outputs is the shard's error (nothing
-/// is visible under the final keys then but what a previous complete run left). `stop`
-/// (true) aborts the upload and returns [`BundleError::Interrupted`].
+/// is visible under the final keys then but what a previous complete run left). A `stop`
+/// request (the command's one cancellation) aborts the upload and returns
+/// [`BundleError::Interrupted`].
 pub async fn run_shard(
     shard: &Place,
     cx: &PackContext,
     opts: &PackOptions,
-    mut stop: Option<watch::Receiver<bool>>,
+    stop: &Cancel,
 ) -> Result<ShardSummary, BundleError> {
     let (to, buckets, transfer, journal, reporter) =
         (&cx.to, &cx.buckets, &cx.transfer, &cx.journal, &cx.reporter);
@@ -456,7 +450,7 @@ pub async fn run_shard(
             loop {
                 let next = tokio::select! {
                     biased;
-                    _ = stopped(&mut stop) => {
+                    () = stop.requested() => {
                         interrupted = true;
                         return Ok(());
                     }
@@ -542,7 +536,7 @@ pub async fn run_shard(
     loop {
         let next = tokio::select! {
             biased;
-            _ = stopped(&mut stop) => return Err(BundleError::Interrupted),
+            () = stop.requested() => return Err(BundleError::Interrupted),
             n = copies.next() => n,
         };
         let Some((row, r)) = next else { break };

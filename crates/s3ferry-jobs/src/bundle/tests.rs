@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use s3ferry_engine::events::{NullReporter, Reporter};
+use s3ferry_engine::exec::Cancel;
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::ports::{MemoryQueue, Queue};
 use s3ferry_engine::transfer::TransferConfig;
 use s3ferry_store::memory::MemoryStore;
 use s3ferry_store::{DynStore, PutOptions, Store, StoreError, StoreExt};
-use tokio::sync::watch;
 
 use super::format::{DeadRow, IndexRow, ShardRow, DEAD_HEADER, INDEX_HEADER};
 use super::*;
@@ -140,7 +140,7 @@ impl World {
     }
 
     async fn run(&self, name: &str, opts: &PackOptions) -> ShardSummary {
-        run_shard(&self.shard(name).await, &self.cx(), opts, None)
+        run_shard(&self.shard(name).await, &self.cx(), opts, &Cancel::new())
             .await
             .unwrap()
     }
@@ -423,7 +423,7 @@ async fn two_workers_drain_one_queue_and_pack_each_shard_once() {
         .unwrap();
     assert_eq!((g.shards, g.enqueued), (10, 10));
     let done = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let (_tx, rx) = watch::channel(false);
+    let rx = Cancel::new();
     let wopts = WorkerOptions {
         visibility: Duration::from_secs(30),
         wait: Duration::from_millis(50),
@@ -468,7 +468,7 @@ async fn a_failing_shard_is_released_not_deleted_and_a_bad_message_is_not_lost()
         .unwrap();
     queue.send("garbage").await.unwrap();
     let q: Arc<dyn Queue> = Arc::new(queue.clone());
-    let (_tx, rx) = watch::channel(false);
+    let rx = Cancel::new();
     let wopts = WorkerOptions {
         visibility: Duration::from_secs(60),
         wait: Duration::from_millis(20),
@@ -531,7 +531,8 @@ async fn a_stop_releases_the_shard_in_hand_and_aborts_its_upload() {
         }
     }
     let buckets: Arc<dyn Buckets> = Arc::new(Slow(slow, w.out.clone()));
-    let (tx, rx) = watch::channel(false);
+    let rx = Cancel::new();
+    let tx = rx.clone();
     let q: Arc<dyn Queue> = Arc::new(queue.clone());
     let cx = PackContext { buckets, ..w.cx() };
     let wopts = WorkerOptions {
@@ -549,7 +550,7 @@ async fn a_stop_releases_the_shard_in_hand_and_aborts_its_upload() {
         while out.pending_uploads() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tx.send(true).unwrap();
+        tx.request("test");
     };
     let (s, ()) = tokio::join!(worker, stopper);
     let s = s.unwrap();

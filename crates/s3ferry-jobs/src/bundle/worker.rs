@@ -7,10 +7,10 @@ use std::time::{Duration, Instant, SystemTime};
 use s3ferry_engine::events::{Outcome, Record};
 use s3ferry_engine::ports::{Queue, QueueMessage};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use super::pack::{run_shard, PackContext, PackOptions, ShardSummary};
-use super::{open_place, stop_requested, BundleError};
+use super::{open_place, BundleError};
+use s3ferry_engine::exec::Cancel;
 
 /// The body of a queue message: the shard manifest to pack.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -101,7 +101,7 @@ pub async fn work(
     cx: &PackContext,
     opts: &WorkerOptions,
     on_shard: &(dyn Fn(&ShardSummary) + Send + Sync),
-    mut stop: watch::Receiver<bool>,
+    stop: Cancel,
 ) -> Result<WorkerSummary, BundleError> {
     let mut summary = WorkerSummary::default();
     let mut handled = 0u64;
@@ -113,7 +113,7 @@ pub async fn work(
         }
         let got = tokio::select! {
             biased;
-            _ = stop_requested(&mut stop) => { summary.interrupted = true; break; }
+            () = stop.requested() => { summary.interrupted = true; break; }
             r = queue.receive(1, opts.wait, opts.visibility) => r,
         };
         let msgs = match got {
@@ -126,7 +126,7 @@ pub async fn work(
                 tracing::warn!("receiving from {}: {e} (retrying)", queue.describe());
                 let pause = Duration::from_millis(250 << receive_errors.min(7));
                 tokio::select! {
-                    _ = stop_requested(&mut stop) => { summary.interrupted = true; break; }
+                    () = stop.requested() => { summary.interrupted = true; break; }
                     _ = tokio::time::sleep(pause) => {}
                 }
                 continue;
@@ -175,7 +175,7 @@ async fn one(
     msg: QueueMessage,
     cx: &PackContext,
     opts: &WorkerOptions,
-    stop: &watch::Receiver<bool>,
+    stop: &Cancel,
 ) -> Result<ShardSummary, BundleError> {
     let received = SystemTime::now();
     let beat = heartbeat(queue.clone(), msg.receipt.clone(), opts.visibility);
@@ -185,7 +185,7 @@ async fn one(
         let mut pack = opts.pack.clone();
         // Uploads of this shard's tar older than this delivery are a dead holder's.
         pack.stale_uploads_before = Some(received);
-        run_shard(&shard, cx, &pack, Some(stop.clone())).await
+        run_shard(&shard, cx, &pack, stop).await
     }
     .await;
     beat.abort();
