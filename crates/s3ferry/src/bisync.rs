@@ -213,6 +213,11 @@ pub async fn run(g: &Global, a: &BisyncArgs) -> Result<u8, Fatal> {
         v["job"] = "bisync".into();
         v["exit_code"] = code.into();
         v["stopped"] = matches!(ended, Ok(Ended::Stopped)).into();
+        if let Err(e) = &ended {
+            v["error"] = e.to_string().into();
+        }
+        // The stream's one summary, also when the loop ended in an error.
+        crate::context::ended();
         printer.json(v);
     }
     ended?;

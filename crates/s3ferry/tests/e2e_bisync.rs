@@ -213,6 +213,16 @@ fn a_held_lease_makes_a_waiter_give_up_and_a_stale_one_is_taken_over() {
     assert_eq!(r.code, 2, "{r}");
     let line = assert_one_error_line(&r.stderr);
     assert!(line.contains("held by other"), "{line}");
+    // The JSON stream ends with one summary, carrying the error.
+    let sum = r.summary();
+    assert_eq!(sum["exit_code"], 2, "{sum}");
+    assert!(
+        sum["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("held by other"),
+        "{sum}"
+    );
     assert!(b.keys("p/x").is_empty(), "nothing synced without the lease");
 
     // The holder died (kill -9: the lease stays held, never renewed): after --lock-timeout of
