@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use s3ferry_engine::events::{Outcome, Record, Reporter};
-use s3ferry_engine::exec::Cancel;
+use s3ferry_engine::exec::{Cancel, Done, Executor};
 use s3ferry_engine::formats::tar::{Member, TarWriter};
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::transfer::{
@@ -522,24 +522,40 @@ pub async fn run_shard(
         }
     }
 
-    // Big objects: copied directly, in manifest order.
-    let copies = stream::iter(big.into_iter().map(|row| {
-        let p = packer.clone();
-        let (to, journal, reporter) = (to.clone(), journal.clone(), reporter.clone());
-        async move {
-            let r = p.copy_direct(&row, &to, &journal, &reporter).await;
-            (row, r)
-        }
-    }))
-    .buffered(opts.concurrency.clamp(1, 8));
-    futures::pin_mut!(copies);
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = stop.requested() => return Err(BundleError::Interrupted),
-            n = copies.next() => n,
-        };
-        let Some((row, r)) = next else { break };
+    // Big objects: copied directly by the engine's executor (at most 8 at a time; a stop lets
+    // the copies in flight finish), then indexed in manifest order.
+    let exec = Arc::new(Executor::new(
+        opts.concurrency.clamp(1, 8),
+        stop.clone(),
+        reporter.clone(),
+    ));
+    let copied = Arc::new(Mutex::new(Vec::with_capacity(big.len())));
+    let rows = stream::iter(
+        big.into_iter()
+            .enumerate()
+            .map(Ok::<_, std::convert::Infallible>),
+    );
+    let _ = exec
+        .run_once(rows, |(pos, row), _| {
+            let p = packer.clone();
+            let (to, journal, reporter) = (to.clone(), journal.clone(), reporter.clone());
+            let copied = copied.clone();
+            async move {
+                let r = p.copy_direct(&row, &to, &journal, &reporter).await;
+                copied
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((pos, row, r));
+                Done::Nothing
+            }
+        })
+        .await;
+    if stop.is_requested() {
+        return Err(BundleError::Interrupted);
+    }
+    let mut copied = std::mem::take(&mut *copied.lock().unwrap_or_else(|p| p.into_inner()));
+    copied.sort_by_key(|c| c.0);
+    for (_, row, r) in copied {
         match r {
             Ok((m, copy_etag, tags)) => {
                 let irow = IndexRow {
