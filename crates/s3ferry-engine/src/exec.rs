@@ -217,10 +217,6 @@ impl Executor {
         &self.cancel
     }
 
-    pub fn reporter(&self) -> &Arc<dyn Reporter> {
-        &self.reporter
-    }
-
     /// Stop starting items: a cancellation was requested or an item failed fatally.
     pub fn stopping(&self) -> bool {
         self.halted.load(Ordering::SeqCst) || self.cancel.is_requested()
@@ -265,7 +261,7 @@ impl Executor {
     }
 
     /// Add to the summary's retry count (the job-level tier counts here itself).
-    pub fn add_retries(&self, n: u64) {
+    fn add_retries(&self, n: u64) {
         self.retries.fetch_add(n, Ordering::Relaxed);
     }
 
