@@ -497,6 +497,37 @@ impl S3Store {
         }
     }
 
+    /// Delete the bucket, which must be empty (`s3ferry rb`).
+    pub async fn delete_bucket(&self) -> Result<()> {
+        match self
+            .client
+            .delete_bucket()
+            .bucket(&self.ctx.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.err("delete_bucket", None, e)),
+        }
+    }
+
+    /// A URL that lets its holder GET `key` without credentials until it expires (SigV4 query
+    /// signing; at most 7 days, as S3 allows).
+    pub async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<String> {
+        let cfg = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in).map_err(|e| {
+            StoreError::new(ErrorKind::InvalidInput, "presign", e.to_string()).with_key(key)
+        })?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.ctx.bucket)
+            .key(key)
+            .presigned(cfg)
+            .await
+            .map_err(|e| self.err("presign", Some(key), e))?;
+        Ok(req.uri().to_string())
+    }
+
     /// Delete every object (all versions and delete markers), abort every multipart upload,
     /// then delete the bucket. For tests and `s3ferry rb --force`.
     pub async fn delete_bucket_recursive(&self) -> Result<()> {
@@ -1595,6 +1626,56 @@ impl Store for S3Store {
                     }
                     None => results.push(Ok(())),
                 }
+            }
+        }
+        Ok(results)
+    }
+
+    async fn delete_versions(&self, ids: &[(String, String)]) -> Result<Vec<Result<()>>> {
+        let mut results: Vec<Result<()>> = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(DELETE_BATCH) {
+            let objects = chunk
+                .iter()
+                .map(|(k, v)| ObjectIdentifier::builder().key(k).version_id(v).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| build_error("delete_versions", None, e))?;
+            let del = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| build_error("delete_versions", None, e))?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.ctx.bucket)
+                .delete(del)
+                .send()
+                .await
+                .map_err(|e| self.err("delete_versions", None, e))?;
+            let mut failed: HashMap<(&str, &str), (Option<&str>, Option<&str>)> = HashMap::new();
+            for e in out.errors() {
+                if let Some(k) = e.key() {
+                    failed.insert((k, e.version_id().unwrap_or_default()), (e.code(), e.message()));
+                }
+            }
+            for (k, v) in chunk {
+                results.push(match failed.get(&(k.as_str(), v.as_str())) {
+                    Some((code, _))
+                        if crate::error::kind_for(None, *code) == ErrorKind::NotFound =>
+                    {
+                        Ok(())
+                    }
+                    Some((code, msg)) => Err(StoreError::new(
+                        crate::error::kind_for(None, *code),
+                        "delete_versions",
+                        format!(
+                            "version {v}: {}",
+                            msg.or(*code).unwrap_or("not deleted")
+                        ),
+                    )
+                    .with_key(k.clone())),
+                    None => Ok(()),
+                });
             }
         }
         Ok(results)

@@ -14,6 +14,8 @@ pub enum Outcome {
     Fail,
     WouldCopy,
     WouldDelete,
+    /// A key that differs between two sides (`check`): missing, extra or different content.
+    Differ,
 }
 
 impl Outcome {
@@ -26,6 +28,7 @@ impl Outcome {
             Self::Fail => "fail",
             Self::WouldCopy => "would-copy",
             Self::WouldDelete => "would-delete",
+            Self::Differ => "differ",
         }
     }
 
@@ -40,6 +43,7 @@ impl Outcome {
             Self::Skip => s.skipped += 1,
             Self::Refuse => s.refused += 1,
             Self::Fail => s.failed += 1,
+            Self::Differ => s.different += 1,
         }
     }
 
@@ -98,6 +102,9 @@ pub struct Summary {
     pub skipped: u64,
     pub failed: u64,
     pub refused: u64,
+    /// Keys that differ between the two sides (`check`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub different: u64,
     pub retries: u64,
     pub throttled: u64,
     pub dry_run: bool,
@@ -114,12 +121,20 @@ impl Summary {
     pub fn exit_code(&self) -> i32 {
         if self.interrupted {
             130
-        } else if self.failed > 0 || self.refused > 0 || self.deletes_suppressed.is_some() {
+        } else if self.failed > 0
+            || self.refused > 0
+            || self.different > 0
+            || self.deletes_suppressed.is_some()
+        {
             1
         } else {
             0
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub trait Reporter: Send + Sync {
@@ -152,6 +167,7 @@ mod tests {
             (Outcome::Fail, "fail"),
             (Outcome::WouldCopy, "would-copy"),
             (Outcome::WouldDelete, "would-delete"),
+            (Outcome::Differ, "differ"),
         ];
         for (o, name) in all {
             assert_eq!(serde_json::to_value(o).unwrap(), name);

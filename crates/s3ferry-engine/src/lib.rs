@@ -17,6 +17,7 @@ pub mod ports;
 pub mod spill;
 pub mod transfer;
 pub mod walk;
+pub mod wildcard;
 
 pub use events::{NullReporter, Outcome, Record, Reporter, Summary};
 pub use filter::Filters;

@@ -5,6 +5,8 @@ pub mod archive;
 pub mod batch;
 pub mod bisync;
 pub mod bundle;
+pub mod check;
+pub mod objects;
 pub mod pipe;
 pub mod places;
 pub mod sync;

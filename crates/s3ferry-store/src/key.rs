@@ -128,6 +128,23 @@ impl Location {
         Ok(Self::Local(PathBuf::from(s)))
     }
 
+    /// [`Location::parse`] for commands that name objects (`cp`, `rm`): the key part of an
+    /// `s3://` URI is kept exactly as typed (`s3://b/k` is the object `k`, `s3://b/p/` the
+    /// prefix `p/`).
+    pub fn parse_exact(s: &str) -> Result<Self, String> {
+        match Self::parse(s)? {
+            Self::S3 { bucket, .. } => {
+                let rest = &s["s3://".len()..];
+                let key = rest.split_once('/').map(|(_, k)| k).unwrap_or_default();
+                Ok(Self::S3 {
+                    bucket,
+                    prefix: key.to_string(),
+                })
+            }
+            local => Ok(local),
+        }
+    }
+
     pub fn is_s3(&self) -> bool {
         matches!(self, Self::S3 { .. })
     }

@@ -556,6 +556,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn copy(&self, src: &CopySource, dst_key: &str, opts: CopyOptions) -> Result<PutResult>;
     /// Delete keys; one result per key, in order. Deleting a missing key succeeds.
     async fn delete_many(&self, keys: &[String]) -> Result<Vec<Result<()>>>;
+    /// Delete given versions (and delete markers) of objects: `(key, version id)` pairs; one
+    /// result per pair, in order. Deleting a version that is gone succeeds. Stores without
+    /// versions answer `Unsupported`.
+    async fn delete_versions(&self, ids: &[(String, String)]) -> Result<Vec<Result<()>>> {
+        let _ = ids;
+        Err(StoreError::new(
+            ErrorKind::Unsupported,
+            "delete_versions",
+            format!("{} has no object versions", self.describe()),
+        ))
+    }
 }
 
 pub type DynStore = Arc<dyn Store>;

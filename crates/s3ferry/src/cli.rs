@@ -156,6 +156,310 @@ pub enum Command {
     /// carry it, import it on the other side in order.
     #[command(subcommand, long_about = ARCHIVE_ABOUT)]
     Archive(ArchiveCommand),
+    /// Copy a file or object, a directory or prefix (--recursive), or the objects an S3
+    /// wildcard matches.
+    #[command(long_about = CP_ABOUT)]
+    Cp(CpArgs),
+    /// Move: copy, then delete each source once its copy is verified.
+    #[command(long_about = MV_ABOUT)]
+    Mv(CpArgs),
+    /// Delete an object, a prefix (--recursive), or the objects a wildcard matches.
+    #[command(long_about = RM_ABOUT)]
+    Rm(RmArgs),
+    /// Compare two sides without copying: missing, extra and different keys (exit 1 if any).
+    #[command(long_about = CHECK_ABOUT)]
+    Check(CheckArgs),
+    /// Write an object to stdout (the same as `pipe down`).
+    Cat(PipeDownArgs),
+    /// Count the objects and bytes under a prefix, a wildcard or a directory.
+    #[command(long_about = DU_ABOUT)]
+    Du(DuArgs),
+    /// Delete a bucket; --force deletes everything in it first.
+    #[command(long_about = RB_ABOUT)]
+    Rb(RbArgs),
+    /// Print a URL that reads an object without credentials until it expires.
+    Presign(PresignArgs),
+    /// Run the cp, mv and rm commands of FILE (- for stdin), one per line, in parallel.
+    #[command(long_about = RUN_ABOUT)]
+    Run(RunArgs),
+}
+
+const WILDCARDS: &str = "
+WILDCARDS (in S3 sources, as in s5cmd)
+    *       any run of characters, across /       s3://b/logs/2026-*/*.gz
+    ?       one character                          s3://b/img-??.png
+    [a-c]   one of a class ([!a-c]: none of it)    s3://b/part-[0-4]*
+    \\*      a literal *
+The listing starts at the text before the first wildcard (s3://b/logs/2026-), so a wildcard
+deep in a big bucket lists only what it can match. Matched objects keep their path after the
+last / before the first wildcard: s3://b/logs/2026-*/*.gz copies logs/2026-01/a.gz to
+DST/2026-01/a.gz. Quote wildcards so the shell leaves them alone.";
+
+const CP_ABOUT: &str = "\
+Copy one file or object, a local directory or S3 prefix with --recursive, or every object an S3
+wildcard matches. Local to S3, S3 to local, S3 to S3 (server-side when both sides share an
+endpoint; objects over 5 GiB in parts).
+
+One object: DST is the new key or file; a DST ending in / (or an existing directory, or a bare
+bucket) gets the source's name. Several objects: DST is a prefix or directory, and each object
+keeps its path relative to the source prefix (or the wildcard's base).
+
+Every copy is verified (part and full-object checksums); a partial object never appears under
+its final name, and a local destination is never written outside DST (keys like ../x are
+refused and listed). Existing objects are replaced unless --no-clobber, --if-size-differ or
+--if-source-newer say otherwise (each looks at the destination first).
+
+EXAMPLES
+    s3ferry cp report.pdf s3://bucket/reports/
+    s3ferry cp s3://bucket/reports/2026.pdf ./2026.pdf
+    s3ferry cp --recursive ./site s3://bucket/site
+    s3ferry cp 's3://bucket/logs/2026-*/*.gz' ./logs/
+    s3ferry cp --no-clobber 's3://src/data/*' s3://dst/data/
+
+EQUIVALENTS
+    aws s3 cp --recursive SRC DST         s3ferry cp --recursive SRC DST
+    s5cmd cp -n -s -u 's3://b/*' dir/     s3ferry cp --no-clobber --if-size-differ --if-source-newer 's3://b/*' dir/
+";
+
+const MV_ABOUT: &str = "\
+Move objects: each is copied as `cp` copies it (same forms, same options), and its source is
+deleted only after the copy is verified. A source that could not be deleted is listed as failed
+(the copy stays). --dry-run shows what would move.
+
+EXAMPLES
+    s3ferry mv s3://bucket/incoming/a.csv s3://bucket/done/
+    s3ferry mv 's3://bucket/incoming/*.csv' s3://archive/2026/";
+
+const RM_ABOUT: &str = "\
+Delete an object (s3://bucket/key), everything under a prefix (--recursive), or the objects a
+wildcard matches, in batches of 1,000 keys per DeleteObjects request sent in parallel.
+--all-versions deletes every version and delete marker as well (versioned buckets).
+
+The matching objects are counted before anything is deleted, and more than --max-delete
+(default 1000) are refused: the command exits 2 and nothing is deleted. --dry-run lists them.
+
+EXAMPLES
+    s3ferry rm s3://bucket/tmp/x.bin
+    s3ferry rm --recursive --max-delete 50000 s3://bucket/tmp/
+    s3ferry rm 's3://bucket/logs/2025-*'
+    s3ferry rm --recursive --all-versions s3://bucket/old/
+
+EQUIVALENTS
+    aws s3 rm --recursive s3://b/p/       s3ferry rm --recursive s3://b/p/
+    s5cmd rm 's3://b/logs/*'              s3ferry rm 's3://b/logs/*'";
+
+const CHECK_ABOUT: &str = "\
+Prove that DST holds what SRC holds, without copying: after a sync, a migration, or seeding a
+replica. Both listings are merged by key (memory stays flat at millions of keys). Each key is:
+
+    missing     in SRC only
+    extra       in DST only
+    size        both, sizes differ
+    content     both, same size, checksums or ETags say the content differs
+    unverified  both, same size, but nothing both sides carry can tell (use --download)
+
+Same-size pairs are compared by full-object checksums, plain-MD5 ETags, or a local file hashed
+the way the object's ETag was made (multipart-aware); with --download by the content read from
+both sides (CRC64NVME of each). Equal keys are listed with -v.
+
+EXIT STATUS
+    0 the sides hold the same objects; 1 some key differs (or could not be read); 2 bad input.
+
+EXAMPLES
+    s3ferry check ./site s3://bucket/site
+    s3ferry check --download s3://src/data s3://replica/data
+    s3ferry --json check s3://a/x s3://b/x | jq 'select(.action==\"differ\")'
+
+EQUIVALENTS
+    rclone check SRC DST                  s3ferry check SRC DST
+    rclone check --download SRC DST       s3ferry check --download SRC DST";
+
+const DU_ABOUT: &str = "\
+Count the objects and bytes under each s3://bucket/prefix, S3 wildcard or local directory given:
+one line per argument, or per storage class (--group-by storage-class) or per first path segment
+under the prefix (--group-by prefix). --json writes one record per line.
+
+EXAMPLES
+    s3ferry du s3://bucket/logs/
+    s3ferry du --group-by storage-class s3://bucket
+    s3ferry du 's3://bucket/logs/2026-*'";
+
+const RB_ABOUT: &str = "\
+Delete a bucket. It must be empty, unless --force: then every object (every version and delete
+marker, in a versioned bucket) is deleted first, and unfinished multipart uploads are aborted.
+
+EXAMPLES
+    s3ferry rb s3://scratch-bucket
+    s3ferry rb --force s3://scratch-bucket";
+
+const RUN_ABOUT: &str = "\
+Run many commands as one job: each line of FILE (- reads stdin) is a cp, mv or rm command as it
+would follow `s3ferry` (without global options); empty lines and lines starting with # are
+skipped. Every line's objects go to one executor, under one --concurrency, with one summary and
+one exit status: 0 all done, 1 something failed (a bad line is reported with its line number and
+the other lines still run), 130 stopped by a signal.
+
+    $ cat commands.txt
+    cp s3://bucket/a.csv ./in/
+    mv 's3://bucket/incoming/*.json' s3://bucket/done/
+    rm --recursive s3://bucket/tmp/
+    $ s3ferry run commands.txt
+
+EQUIVALENTS
+    s5cmd run commands.txt                s3ferry run commands.txt";
+
+/// Options every command that copies objects shares.
+#[derive(Debug, Args, Clone)]
+pub struct TransferArgs {
+    /// Objects in flight at once (1 to 4096).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub concurrency: usize,
+    /// Minimum multipart part size, 5 MiB to 5 GiB (the rule is max(SIZE, size/10000)).
+    #[arg(long, default_value = "8MiB", value_name = "SIZE")]
+    pub part_size: String,
+    /// Memory budget for data in flight (at least one part).
+    #[arg(long, default_value = "1GiB", value_name = "SIZE")]
+    pub max_memory: String,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = WILDCARDS)]
+pub struct CpArgs {
+    /// A file, directory, s3://bucket/key, s3://bucket/prefix or S3 wildcard.
+    pub src: String,
+    /// A file, directory, s3://bucket/key or s3://bucket/prefix/.
+    pub dst: String,
+    /// Copy everything under a directory or prefix.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Show what would be copied; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Never replace an existing destination object.
+    #[arg(long)]
+    pub no_clobber: bool,
+    /// Replace an existing destination object only when the sizes differ.
+    #[arg(long)]
+    pub if_size_differ: bool,
+    /// Replace an existing destination object only when the source is newer.
+    #[arg(long)]
+    pub if_source_newer: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Storage class of new objects (STANDARD, STANDARD_IA, INTELLIGENT_TIERING, GLACIER_IR, …).
+    #[arg(long, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+    #[command(flatten)]
+    pub write: WriteArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = WILDCARDS)]
+pub struct RmArgs {
+    /// s3://bucket/key, s3://bucket/prefix (with --recursive) or an S3 wildcard.
+    pub uri: String,
+    /// Delete everything under the prefix.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Delete every version and delete marker too (versioned buckets).
+    #[arg(long)]
+    pub all_versions: bool,
+    /// Show what would be deleted; delete nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Most objects (or versions) deleted; more is refused before anything is deleted.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub max_delete: u64,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// DeleteObjects requests in flight at once (1 to 4096).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The side that should be complete: a directory or s3://bucket[/prefix].
+    pub src: String,
+    /// The side checked against it: a directory or s3://bucket[/prefix].
+    pub dst: String,
+    /// Compare the content of every same-size pair, read from both sides.
+    #[arg(long)]
+    pub download: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Keys compared at once (1 to 4096).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub concurrency: usize,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum GroupByArg {
+    StorageClass,
+    Prefix,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = WILDCARDS)]
+pub struct DuArgs {
+    /// s3://bucket[/prefix], S3 wildcards or local directories.
+    #[arg(required = true)]
+    pub uris: Vec<String>,
+    /// One line per storage class, or per first path segment under the prefix.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub group_by: Option<GroupByArg>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RbArgs {
+    /// s3://bucket
+    pub uri: String,
+    /// Delete every object, version and unfinished upload first.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PresignArgs {
+    /// s3://bucket/key
+    pub uri: String,
+    /// How long the URL works (at most 7d).
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    pub expires_in: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A file of commands, one per line; - reads stdin.
+    pub file: String,
+    /// Objects (or delete batches) in flight at once, for all lines together (1 to 4096).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub concurrency: usize,
+    /// Minimum multipart part size, 5 MiB to 5 GiB.
+    #[arg(long, default_value = "8MiB", value_name = "SIZE")]
+    pub part_size: String,
+    /// Memory budget for data in flight, for all lines together.
+    #[arg(long, default_value = "1GiB", value_name = "SIZE")]
+    pub max_memory: String,
+}
+
+/// One line of a `run` file.
+#[derive(Debug, Parser)]
+#[command(name = "line", no_binary_name = true)]
+pub struct RunLine {
+    #[command(subcommand)]
+    pub command: LineCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LineCommand {
+    Cp(CpArgs),
+    Mv(CpArgs),
+    Rm(RmArgs),
 }
 
 const ARCHIVE_ABOUT: &str = "\

@@ -94,11 +94,16 @@ pub fn fatal_summary(json: bool, msg: &str) {
     let command = COMMAND.get().map(String::as_str).unwrap_or("s3ferry");
     let job = BEGUN.get().map(String::as_str).unwrap_or(command);
     let v = serde_json::json!({"type": "summary", "job": job, "error": msg, "exit_code": 2});
-    if command == "pipe" {
+    if command == "pipe" || command == "cat" {
         eprintln!("{v}");
     } else {
         println!("{v}");
     }
+}
+
+/// The command's name (`sync`, `rm`, ...).
+pub fn command() -> &'static str {
+    COMMAND.get().map(String::as_str).unwrap_or("s3ferry")
 }
 
 /// `--include`/`--exclude` of the command line as typed: (position, include?, pattern).

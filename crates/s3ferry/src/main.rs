@@ -9,6 +9,7 @@ mod bundle;
 mod checks;
 mod cli;
 mod context;
+mod everyday;
 mod limits;
 mod output;
 mod overlap;
@@ -125,6 +126,15 @@ async fn run(cli: Cli) -> Result<u8, Fatal> {
         Command::Batch(b) => batch::run(&cli.global, b).await,
         Command::Bundle(b) => bundle::run(&cli.global, b).await,
         Command::Archive(a) => archive::run(&cli.global, a).await,
+        Command::Cp(a) => everyday::cp(&cli.global, a, false).await,
+        Command::Mv(a) => everyday::cp(&cli.global, a, true).await,
+        Command::Rm(a) => everyday::rm(&cli.global, a).await,
+        Command::Check(a) => everyday::check(&cli.global, a).await,
+        Command::Cat(a) => pipe::down(&cli.global, a).await,
+        Command::Du(a) => everyday::du(&cli.global, a).await,
+        Command::Rb(a) => everyday::rb(&cli.global, a).await,
+        Command::Presign(a) => everyday::presign(&cli.global, a).await,
+        Command::Run(a) => everyday::run(&cli.global, a).await,
         Command::Mb { uri } => {
             let (bucket, _) = s3_uri(uri)?;
             let store = stores::s3_admin(&cli.global, &bucket).await?;
@@ -257,17 +267,7 @@ async fn run_sync(cli: &Cli, args: &SyncArgs) -> Result<u8, Fatal> {
     transfer.storage_class = args.storage_class.clone();
     transfer.server_side = !args.no_server_side_copy;
     transfer.max_single_copy = parse_size(&args.copy_threshold)?;
-    transfer.write = write_options(&args.write)?;
-    if args.write.metadata_directive.as_deref() == Some("REPLACE") {
-        let w = &transfer.write;
-        transfer.copy_replace = Some(
-            s3ferry_store::PutOptions::new()
-                .content_type(w.content_type.clone())
-                .metadata(w.metadata.clone())
-                .headers(w.headers.clone())
-                .sse(w.sse.clone(), w.sse_kms_key_id.clone()),
-        );
-    }
+    apply_write_options(&mut transfer, &args.write)?;
 
     let (src_sse_c, dst_sse_c) =
         stores::SseCKeys::for_sync(&args.sse_c, args.write.sse.as_deref(), &src_loc, &dst_loc)?;
@@ -334,6 +334,22 @@ async fn run_sync(cli: &Cli, args: &SyncArgs) -> Result<u8, Fatal> {
     }
     printer.summary(&summary);
     Ok(summary.exit_code() as u8)
+}
+
+/// `--content-type`, `--metadata`, ..., `--metadata-directive` into a transfer configuration.
+fn apply_write_options(transfer: &mut TransferConfig, w: &cli::WriteArgs) -> Result<(), Fatal> {
+    transfer.write = write_options(w)?;
+    if w.metadata_directive.as_deref() == Some("REPLACE") {
+        let w = &transfer.write;
+        transfer.copy_replace = Some(
+            s3ferry_store::PutOptions::new()
+                .content_type(w.content_type.clone())
+                .metadata(w.metadata.clone())
+                .headers(w.headers.clone())
+                .sse(w.sse.clone(), w.sse_kms_key_id.clone()),
+        );
+    }
+    Ok(())
 }
 
 /// `--content-type`, `--metadata`, `--cache-control`, ... as the transfers apply them.

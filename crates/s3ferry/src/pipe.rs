@@ -211,7 +211,7 @@ async fn up(g: &Global, a: &PipeUpArgs) -> Result<u8, Fatal> {
     Ok(0)
 }
 
-async fn down(g: &Global, a: &PipeDownArgs) -> Result<u8, Fatal> {
+pub async fn down(g: &Global, a: &PipeDownArgs) -> Result<u8, Fatal> {
     let (bucket, key) = object_uri(&a.uri)?;
     let opts = DownOptions {
         transfer: transfer(&a.common, 1)?,

@@ -189,6 +189,26 @@ pub async fn open(
     Ok((Arc::new(retry), Some(stats)))
 }
 
+/// Open a local directory as a store, wrapped like S3 stores (the limit layer also backs off
+/// when the process runs out of file descriptors). A destination directory is created unless
+/// `dry_run`.
+pub fn open_dir(
+    g: &Global,
+    path: &std::path::Path,
+    role: Role,
+    dry_run: bool,
+) -> Result<DynStore, Fatal> {
+    let s = LocalStore::new(path.to_path_buf());
+    let s = if role == Role::Destination && !dry_run {
+        s.create_root()?;
+        s.detect_case_folding()
+    } else {
+        s
+    };
+    let limited: DynStore = Arc::new(LimitStore::new(Arc::new(s)));
+    Ok(Arc::new(RetryStore::with_policy(limited, retry_policy(g))))
+}
+
 /// Open an S3 bucket for a pipe, wrapped in the retry and adaptive-limit layers (and the fault
 /// layer in test builds).
 pub async fn open_remote(

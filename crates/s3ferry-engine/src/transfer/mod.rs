@@ -319,8 +319,25 @@ pub async fn copy_object_as(
     reporter: &Arc<dyn Reporter>,
     mode: PutMode,
 ) -> Result<ObjectMeta> {
+    copy_object_to(src, dst, entry, &entry.rel, cfg, journal, reporter, mode).await
+}
+
+/// [`copy_object_as`] under another name: the destination key is `dst.key(dst_rel)` (one object
+/// copied to a name of its own, as in `cp a.txt s3://b/b.txt`). A Content-Type is still guessed
+/// from the source's name.
+#[allow(clippy::too_many_arguments)]
+pub async fn copy_object_to(
+    src: &Side,
+    dst: &Side,
+    entry: &Entry,
+    dst_rel: &str,
+    cfg: &TransferConfig,
+    journal: &Arc<Journal>,
+    reporter: &Arc<dyn Reporter>,
+    mode: PutMode,
+) -> Result<ObjectMeta> {
     let skey = src.key(&entry.rel);
-    let dkey = dst.key(&entry.rel);
+    let dkey = dst.key(dst_rel);
     let size = entry.meta.size;
     if can_copy_server_side(src, dst, cfg) {
         let limit = cfg
@@ -339,7 +356,7 @@ pub async fn copy_object_as(
                 .checksum_algorithm(cfg.copy_checksum.clone());
             dst.store.copy(&from, &dkey, opts).await.map(|r| r.etag)
         } else {
-            multipart_copy(src, dst, entry, cfg, journal).await
+            multipart_copy(src, dst, entry, &dkey, cfg, journal).await
         };
         match copied {
             Ok(etag) => {
@@ -452,11 +469,11 @@ async fn multipart_copy(
     src: &Side,
     dst: &Side,
     entry: &Entry,
+    dkey: &str,
     cfg: &TransferConfig,
     journal: &Arc<Journal>,
 ) -> Result<Option<String>> {
     let skey = src.key(&entry.rel);
-    let dkey = dst.key(&entry.rel);
     let smeta = src.store.head(&skey).await?;
     let layout = PartLayout::Uniform(part_size_for(smeta.size, cfg.part_size));
     let mut opts = put_options(SideKind::Remote, dst, &entry.rel, &smeta, cfg);
@@ -473,7 +490,7 @@ async fn multipart_copy(
         if_match: smeta.etag.clone(),
         version_id: None,
     };
-    let w = MultipartWriter::create(dst.store.clone(), &dkey, opts, layout, cfg, journal.clone())
+    let w = MultipartWriter::create(dst.store.clone(), dkey, opts, layout, cfg, journal.clone())
         .await?
         // Copy parts hold no data here: twice the window.
         .with_window(cfg.part_concurrency.max(1) * 2);

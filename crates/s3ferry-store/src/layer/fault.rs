@@ -980,6 +980,12 @@ impl Store for FaultStore {
         self.call(Op::DeleteMany, first, &detail, self.inner.delete_many(keys))
             .await
     }
+    async fn delete_versions(&self, ids: &[(String, String)]) -> Result<Vec<Result<()>>> {
+        let detail = format!(" (batch of {} versions)", ids.len());
+        let first = ids.first().map(|(k, _)| k.as_str());
+        self.call(Op::DeleteMany, first, &detail, self.inner.delete_versions(ids))
+            .await
+    }
 }
 
 #[cfg(test)]

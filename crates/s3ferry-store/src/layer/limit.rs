@@ -472,6 +472,9 @@ impl Store for LimitStore {
     async fn delete_many(&self, keys: &[String]) -> Result<Vec<Result<()>>> {
         self.run(self.inner.delete_many(keys)).await
     }
+    async fn delete_versions(&self, ids: &[(String, String)]) -> Result<Vec<Result<()>>> {
+        self.run(self.inner.delete_versions(ids)).await
+    }
 }
 
 #[cfg(test)]

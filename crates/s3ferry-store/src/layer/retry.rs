@@ -657,6 +657,14 @@ impl Store for RetryStore {
             .await
     }
 
+    async fn delete_versions(&self, ids: &[(String, String)]) -> Result<Vec<Result<()>>> {
+        // Deleting a given version is idempotent: a failed batch is sent again whole.
+        let first = ids.first().map(|(k, _)| k.as_str()).unwrap_or_default();
+        self.shared
+            .run("delete_versions", first, true, || self.inner.delete_versions(ids))
+            .await
+    }
+
     async fn delete_many(&self, keys: &[String]) -> Result<Vec<Result<()>>> {
         // Every slot is overwritten unless its key never failed.
         let mut results: Vec<Result<()>> = Vec::with_capacity(keys.len());
