@@ -370,3 +370,39 @@ fn run_executes_every_good_line_and_names_the_bad_ones() {
     assert_eq!(r.n("deleted"), 2);
     assert_eq!(r.n("copied"), 2);
 }
+
+#[test]
+fn rm_all_versions_deletes_every_version_and_delete_marker() {
+    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+    let Some(ctx) = Ctx::new() else { return };
+    let b = ctx.bucket("rmv");
+    b.block_on(
+        b.store
+            .client()
+            .put_bucket_versioning()
+            .bucket(&b.name)
+            .versioning_configuration(
+                VersioningConfiguration::builder()
+                    .status(BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send(),
+    )
+    .expect("enable versioning");
+    b.put("k/a", b"v1");
+    b.put("k/a", b"v2");
+    b.put("other", b"o");
+    j(&ctx, &["rm", &b.uri("k/a")]).assert_ok(); // leaves a delete marker
+    let versions = || {
+        b.block_on(async {
+            let v: Vec<_> = b.store.list_versions("k/").collect().await;
+            v.len()
+        })
+    };
+    assert_eq!(versions(), 3, "two versions and a delete marker");
+    let r = j(&ctx, &["rm", "-r", "--all-versions", &b.uri("k/")]);
+    r.assert_ok();
+    assert_eq!(r.n("deleted"), 3);
+    assert_eq!(versions(), 0);
+    assert_eq!(b.keys(""), vec!["other"]);
+}
