@@ -550,16 +550,7 @@ impl S3Store {
             }
         }
         self.delete_all_versions().await?;
-        match self
-            .client
-            .delete_bucket()
-            .bucket(&self.ctx.bucket)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => Err(self.err("delete_bucket", None, e)),
-        }
+        self.delete_bucket().await
     }
 
     async fn delete_all_versions(&self) -> Result<()> {
@@ -600,39 +591,13 @@ impl S3Store {
             if ids.is_empty() {
                 return Ok(());
             }
-            for chunk in ids.chunks(DELETE_BATCH) {
-                let objects = chunk
-                    .iter()
-                    .map(|(k, v)| {
-                        ObjectIdentifier::builder()
-                            .key(k)
-                            .set_version_id(v.clone())
-                            .build()
-                    })
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|e| build_error("delete_versions", None, e))?;
-                let del = Delete::builder()
-                    .set_objects(Some(objects))
-                    .quiet(true)
-                    .build()
-                    .map_err(|e| build_error("delete_versions", None, e))?;
-                let out = self
-                    .client
-                    .delete_objects()
-                    .bucket(&self.ctx.bucket)
-                    .delete(del)
-                    .send()
-                    .await
-                    .map_err(|e| self.err("delete_versions", None, e))?;
-                if let Some(e) = out.errors().first() {
-                    let kind = crate::error::kind_for(None, e.code());
-                    return Err(StoreError::new(
-                        kind,
-                        "delete_versions",
-                        e.message().unwrap_or("version not deleted").to_string(),
-                    )
-                    .with_key(e.key().unwrap_or_default()));
-                }
+            // A version without an id is the "null" version of an unversioned object.
+            let ids: Vec<(String, String)> = ids
+                .into_iter()
+                .map(|(k, v)| (k, v.unwrap_or_else(|| "null".into())))
+                .collect();
+            for r in Store::delete_versions(self, &ids).await? {
+                r?;
             }
         }
     }

@@ -436,15 +436,9 @@ pub struct PresignArgs {
 pub struct RunArgs {
     /// A file of commands, one per line; - reads stdin.
     pub file: String,
-    /// Objects (or delete batches) in flight at once, for all lines together (1 to 4096).
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    pub concurrency: usize,
-    /// Minimum multipart part size, 5 MiB to 5 GiB.
-    #[arg(long, default_value = "8MiB", value_name = "SIZE")]
-    pub part_size: String,
-    /// Memory budget for data in flight, for all lines together.
-    #[arg(long, default_value = "1GiB", value_name = "SIZE")]
-    pub max_memory: String,
+    /// For all lines together (a line's own transfer options are not used).
+    #[command(flatten)]
+    pub transfer: TransferArgs,
 }
 
 /// One line of a `run` file.

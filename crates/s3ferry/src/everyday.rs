@@ -137,12 +137,8 @@ fn parent_and_name(path: &Path, arg: &str) -> Result<(PathBuf, String), Fatal> {
 }
 
 /// The transfer settings of a command that copies.
-fn transfer_of(a: &CpArgs) -> Result<TransferConfig, Fatal> {
-    let (part, memory) = checks::object_job(
-        a.transfer.concurrency,
-        &a.transfer.part_size,
-        &a.transfer.max_memory,
-    )?;
+fn transfer_of(a: &cli::TransferArgs) -> Result<TransferConfig, Fatal> {
+    let (part, memory) = checks::object_job(a.concurrency, &a.part_size, &a.max_memory)?;
     let mut t = TransferConfig::new(memory);
     t.part_size = part;
     Ok(t)
@@ -320,7 +316,7 @@ pub async fn cp(g: &Global, a: &CpArgs, remove_source: bool) -> Result<u8, Fatal
     let job = if remove_source { "mv" } else { "cp" };
     let (printer, objects) = runner(g, a.transfer.concurrency, "the copies in flight")?;
     let opened = Opened::default();
-    let base = transfer_of(a)?;
+    let base = transfer_of(&a.transfer)?;
     let spec = copy_spec(g, &opened, a, remove_source, &base).await?;
     printer.begin(job, &a.src, &a.dst, a.dry_run);
     let ops = objects.plan(spec).await?;
@@ -542,10 +538,8 @@ pub async fn run(g: &Global, a: &RunArgs) -> Result<u8, Fatal> {
     } else {
         std::fs::read_to_string(&a.file).map_err(|e| Fatal(format!("{}: {}", a.file, io_why(&e))))?
     };
-    let (part, memory) = checks::object_job(a.concurrency, &a.part_size, &a.max_memory)?;
-    let mut base = TransferConfig::new(memory);
-    base.part_size = part;
-    let (printer, objects) = runner(g, a.concurrency, "the work in flight")?;
+    let base = transfer_of(&a.transfer)?;
+    let (printer, objects) = runner(g, a.transfer.concurrency, "the work in flight")?;
     printer.begin("run", &a.file, "", false);
     let lines: Vec<(usize, String)> = text
         .lines()
