@@ -514,9 +514,10 @@ impl S3Store {
     /// A URL that lets its holder GET `key` without credentials until it expires (SigV4 query
     /// signing; at most 7 days, as S3 allows).
     pub async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<String> {
-        let cfg = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in).map_err(|e| {
-            StoreError::new(ErrorKind::InvalidInput, "presign", e.to_string()).with_key(key)
-        })?;
+        let cfg =
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in).map_err(|e| {
+                StoreError::new(ErrorKind::InvalidInput, "presign", e.to_string()).with_key(key)
+            })?;
         let req = self
             .client
             .get_object()
@@ -1620,7 +1621,10 @@ impl Store for S3Store {
             let mut failed: HashMap<(&str, &str), (Option<&str>, Option<&str>)> = HashMap::new();
             for e in out.errors() {
                 if let Some(k) = e.key() {
-                    failed.insert((k, e.version_id().unwrap_or_default()), (e.code(), e.message()));
+                    failed.insert(
+                        (k, e.version_id().unwrap_or_default()),
+                        (e.code(), e.message()),
+                    );
                 }
             }
             for (k, v) in chunk {
@@ -1633,10 +1637,7 @@ impl Store for S3Store {
                     Some((code, msg)) => Err(StoreError::new(
                         crate::error::kind_for(None, *code),
                         "delete_versions",
-                        format!(
-                            "version {v}: {}",
-                            msg.or(*code).unwrap_or("not deleted")
-                        ),
+                        format!("version {v}: {}", msg.or(*code).unwrap_or("not deleted")),
                     )
                     .with_key(k.clone())),
                     None => Ok(()),

@@ -112,12 +112,18 @@ mod tests {
         assert!(w.matches("d/file-1.b"));
         assert!(!w.matches("d/file-12.b"));
         assert!(!w.matches("d/file-1.d"));
-        assert!(Wildcard::parse(r"a\*b").unwrap().is_none(), "escaped: no wildcard");
+        assert!(
+            Wildcard::parse(r"a\*b").unwrap().is_none(),
+            "escaped: no wildcard"
+        );
         assert_eq!(unescape(r"a\*b"), "a*b");
         let w = Wildcard::parse(r"x\*/*").unwrap().unwrap();
         assert_eq!(w.literal, "x*/");
         assert!(w.matches("x*/k"));
         assert!(!w.matches("xy/k"));
-        assert!(Wildcard::parse("a/[").is_err(), "an unclosed class is an error");
+        assert!(
+            Wildcard::parse("a/[").is_err(),
+            "an unclosed class is an error"
+        );
     }
 }

@@ -65,18 +65,21 @@ pub async fn run(spec: CheckSpec, exec: Arc<Executor>, journal: Arc<Journal>) ->
         }
     });
     let spec = Arc::new(spec);
-    exec.run_once(pairs, |item: std::result::Result<Pair, StoreError>, _pass| {
-        let (spec, journal) = (spec.clone(), journal.clone());
-        async move {
-            match item {
-                Ok(p) => compare(&spec, &journal, p).await,
-                Err(e) => {
-                    let key = e.key.clone().unwrap_or_default();
-                    Done::Failed(fail_record(&key, &e), e)
+    exec.run_once(
+        pairs,
+        |item: std::result::Result<Pair, StoreError>, _pass| {
+            let (spec, journal) = (spec.clone(), journal.clone());
+            async move {
+                match item {
+                    Ok(p) => compare(&spec, &journal, p).await,
+                    Err(e) => {
+                        let key = e.key.clone().unwrap_or_default();
+                        Done::Failed(fail_record(&key, &e), e)
+                    }
                 }
             }
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -107,13 +110,29 @@ async fn compare<I>(spec: &CheckSpec, journal: &Journal, p: Pair) -> Done<I> {
 async fn compare_pair(spec: &CheckSpec, journal: &Journal, p: Pair) -> Done<()> {
     let (a, b) = match (p.a, p.b) {
         (None, None) => return Done::Nothing,
-        (Some(a), None) => return differ(p.rel, format!("missing from {}", spec.b.describe()), a.meta.size),
-        (None, Some(b)) => return differ(p.rel, format!("extra: only in {}", spec.b.describe()), b.meta.size),
+        (Some(a), None) => {
+            return differ(
+                p.rel,
+                format!("missing from {}", spec.b.describe()),
+                a.meta.size,
+            )
+        }
+        (None, Some(b)) => {
+            return differ(
+                p.rel,
+                format!("extra: only in {}", spec.b.describe()),
+                b.meta.size,
+            )
+        }
         (Some(a), Some(b)) => (a, b),
     };
     let size = a.meta.size;
     if a.meta.size != b.meta.size {
-        return differ(p.rel, format!("size {} vs {}", a.meta.size, b.meta.size), size);
+        return differ(
+            p.rel,
+            format!("size {} vs {}", a.meta.size, b.meta.size),
+            size,
+        );
     }
     if spec.download {
         return match content_equal(spec, &a, &b).await {
@@ -135,8 +154,20 @@ async fn compare_pair(spec: &CheckSpec, journal: &Journal, p: Pair) -> Done<()> 
     };
     match plan(Some(&a), Some(&b), None, &opts) {
         Action::Check(Check::LocalEtag) => {
-            match resolve_check(Check::LocalEtag, &spec.a, &spec.b, &a, &b, journal, spec.part_size).await {
-                Ok(Action::Skip(_)) => same(p.rel, "same content (local file hashed as the ETag)", size),
+            match resolve_check(
+                Check::LocalEtag,
+                &spec.a,
+                &spec.b,
+                &a,
+                &b,
+                journal,
+                spec.part_size,
+            )
+            .await
+            {
+                Ok(Action::Skip(_)) => {
+                    same(p.rel, "same content (local file hashed as the ETag)", size)
+                }
                 Ok(_) => differ(p.rel, "content differs (ETag)", size),
                 Err(e) => Done::Failed(fail_record(&p.rel, &e), e),
             }

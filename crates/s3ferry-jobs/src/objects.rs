@@ -172,7 +172,10 @@ impl Objects {
     /// listed at all (missing bucket, denied) ends the stream with that error. `rm` lists
     /// everything first and refuses before deleting anything when more than its
     /// `max_delete` would go.
-    pub async fn plan(self: &Arc<Self>, spec: Spec) -> PlanResult<BoxStream<'static, PlanResult<Op>>> {
+    pub async fn plan(
+        self: &Arc<Self>,
+        spec: Spec,
+    ) -> PlanResult<BoxStream<'static, PlanResult<Op>>> {
         match &spec {
             Spec::Copy(c) => {
                 c.src.store.check().await?;
@@ -323,7 +326,12 @@ impl Objects {
         .await;
         match copied {
             Ok(_) if c.remove_source => match c.src.store.delete(&skey).await {
-                Ok(()) => Done::Record(Record::new(skey, Outcome::Copy, format!("moved {to}"), size)),
+                Ok(()) => Done::Record(Record::new(
+                    skey,
+                    Outcome::Copy,
+                    format!("moved {to}"),
+                    size,
+                )),
                 Err(e) => {
                     let mut r = fail_record(&skey, size, &e);
                     r.error = Some(format!("copied {to}, but the source was not deleted: {e}"));
@@ -358,8 +366,12 @@ fn none_matched(
     let end = stream::once(async move {
         let none = !s2.load(std::sync::atomic::Ordering::SeqCst);
         none.then(|| {
-            let e = StoreError::new(ErrorKind::NotFound, "list", "no object matches the wildcard")
-                .with_key(pattern.clone());
+            let e = StoreError::new(
+                ErrorKind::NotFound,
+                "list",
+                "no object matches the wildcard",
+            )
+            .with_key(pattern.clone());
             Ok(Op::Report(fail_record(&pattern, 0, &e)))
         })
     })
@@ -410,11 +422,16 @@ fn entry_op(
 }
 
 /// The entries of a side that a source names, relative to the side's prefix, in key order.
-fn listing(side: &Side, source: &Source, filters: &Filters) -> BoxStream<'static, s3ferry_store::Result<Entry>> {
+fn listing(
+    side: &Side,
+    source: &Source,
+    filters: &Filters,
+) -> BoxStream<'static, s3ferry_store::Result<Entry>> {
     match source {
         Source::One(rel) => {
             let (store, key, rel) = (side.store.clone(), side.key(rel), rel.clone());
-            stream::once(async move { store.head(&key).await.map(|meta| Entry { rel, meta }) }).boxed()
+            stream::once(async move { store.head(&key).await.map(|meta| Entry { rel, meta }) })
+                .boxed()
         }
         Source::All => side.list_reporting(filters, true),
         Source::Matching(w) => {
@@ -534,22 +551,23 @@ async fn rm_ops(id: usize, r: &RmSpec) -> PlanResult<BoxStream<'static, PlanResu
     }
     let all_versions = r.all_versions;
     let rows = keys.read_back().map_err(spill_err)?;
-    let batches = stream::iter(rows)
-        .chunks(DELETE_BATCH)
-        .map(move |chunk| {
-            let chunk = chunk
-                .into_iter()
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(spill_err)?;
-            Ok(if all_versions {
-                Op::DeleteVersions { spec: id, ids: chunk }
-            } else {
-                Op::Delete {
-                    spec: id,
-                    keys: chunk.into_iter().map(|(k, _, s)| (k, s)).collect(),
-                }
-            })
-        });
+    let batches = stream::iter(rows).chunks(DELETE_BATCH).map(move |chunk| {
+        let chunk = chunk
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(spill_err)?;
+        Ok(if all_versions {
+            Op::DeleteVersions {
+                spec: id,
+                ids: chunk,
+            }
+        } else {
+            Op::Delete {
+                spec: id,
+                keys: chunk.into_iter().map(|(k, _, s)| (k, s)).collect(),
+            }
+        })
+    });
     Ok(stream::iter(reports).chain(batches).boxed())
 }
 
@@ -573,44 +591,47 @@ fn delete_records(
 }
 
 impl Objects {
-async fn delete(&self, r: &RmSpec, keys: Vec<(String, u64)>) -> Done<Op> {
-    let results = if r.dry_run {
-        None
-    } else {
-        let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
-        match r.side.store.delete_many(&names).await {
-            Ok(rs) => Some(rs),
-            Err(e) => return self.batch_failed(keys.into_iter().map(|(k, s)| (k, s)), e),
-        }
-    };
-    let rows = keys.into_iter().map(|(k, s)| (k, s, String::from("rm")));
-    delete_records(r.dry_run, rows, results)
-}
-
-async fn delete_versions(&self, r: &RmSpec, ids: Vec<(String, String, u64)>) -> Done<Op> {
-    let results = if r.dry_run {
-        None
-    } else {
-        let pairs: Vec<(String, String)> = ids.iter().map(|(k, v, _)| (k.clone(), v.clone())).collect();
-        match r.side.store.delete_versions(&pairs).await {
-            Ok(rs) => Some(rs),
-            Err(e) => return self.batch_failed(ids.into_iter().map(|(k, _, s)| (k, s)), e),
-        }
-    };
-    let rows = ids.into_iter().map(|(k, v, s)| (k, s, format!("version {v}")));
-    delete_records(r.dry_run, rows, results)
-}
-
-/// A whole batch failed: each of its keys fails with the error (a fatal one stops the run).
-fn batch_failed(&self, keys: impl Iterator<Item = (String, u64)>, e: StoreError) -> Done<Op> {
-    let mut records = keys.map(|(k, s)| fail_record(&k, s, &e));
-    if e.kind.fatal() {
-        if let Some(first) = records.next() {
-            self.exec.fail(first, &e);
-        }
+    async fn delete(&self, r: &RmSpec, keys: Vec<(String, u64)>) -> Done<Op> {
+        let results = if r.dry_run {
+            None
+        } else {
+            let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+            match r.side.store.delete_many(&names).await {
+                Ok(rs) => Some(rs),
+                Err(e) => return self.batch_failed(keys.into_iter().map(|(k, s)| (k, s)), e),
+            }
+        };
+        let rows = keys.into_iter().map(|(k, s)| (k, s, String::from("rm")));
+        delete_records(r.dry_run, rows, results)
     }
-    Done::Records(records.collect())
-}
+
+    async fn delete_versions(&self, r: &RmSpec, ids: Vec<(String, String, u64)>) -> Done<Op> {
+        let results = if r.dry_run {
+            None
+        } else {
+            let pairs: Vec<(String, String)> =
+                ids.iter().map(|(k, v, _)| (k.clone(), v.clone())).collect();
+            match r.side.store.delete_versions(&pairs).await {
+                Ok(rs) => Some(rs),
+                Err(e) => return self.batch_failed(ids.into_iter().map(|(k, _, s)| (k, s)), e),
+            }
+        };
+        let rows = ids
+            .into_iter()
+            .map(|(k, v, s)| (k, s, format!("version {v}")));
+        delete_records(r.dry_run, rows, results)
+    }
+
+    /// A whole batch failed: each of its keys fails with the error (a fatal one stops the run).
+    fn batch_failed(&self, keys: impl Iterator<Item = (String, u64)>, e: StoreError) -> Done<Op> {
+        let mut records = keys.map(|(k, s)| fail_record(&k, s, &e));
+        if e.kind.fatal() {
+            if let Some(first) = records.next() {
+                self.exec.fail(first, &e);
+            }
+        }
+        Done::Records(records.collect())
+    }
 }
 
 /// `du`: objects and bytes under a side's source, by group.
@@ -645,7 +666,11 @@ pub async fn du(
         };
         let group = match group_by {
             GroupBy::None => String::new(),
-            GroupBy::StorageClass => e.meta.storage_class.clone().unwrap_or_else(|| "STANDARD".into()),
+            GroupBy::StorageClass => e
+                .meta
+                .storage_class
+                .clone()
+                .unwrap_or_else(|| "STANDARD".into()),
             GroupBy::Prefix => match e.rel.split_once('/') {
                 Some((dir, _)) => format!("{dir}/"),
                 None => ".".into(),

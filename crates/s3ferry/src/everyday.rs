@@ -95,8 +95,8 @@ async fn source_of(
             Ok((Side::new(store, dir), Source::One(name.clone()), Some(name)))
         }
         Location::Local(path) => {
-            let meta = std::fs::metadata(&path)
-                .map_err(|e| Fatal(format!("{arg}: {}", io_why(&e))))?;
+            let meta =
+                std::fs::metadata(&path).map_err(|e| Fatal(format!("{arg}: {}", io_why(&e))))?;
             if recursive {
                 if !meta.is_dir() {
                     return Err(Fatal(format!("{arg}: not a directory (--recursive)")));
@@ -157,7 +157,10 @@ async fn copy_spec(
     let (dst, dst_name) = match (Location::parse_exact(&a.dst)?, &name) {
         (Location::S3 { bucket, prefix }, one) => {
             if s3ferry_engine::wildcard::has_wildcard(&prefix) {
-                return Err(Fatal(format!("{}: a destination cannot have wildcards", a.dst)));
+                return Err(Fatal(format!(
+                    "{}: a destination cannot have wildcards",
+                    a.dst
+                )));
             }
             let store = opened.s3(g, &bucket, Role::Destination).await?;
             let prefix = unescape(&prefix);
@@ -195,9 +198,18 @@ async fn copy_spec(
         };
         let dst_loc = Location::parse(&a.dst)?;
         let rules = context::ordered_rules(&a.filter.include, &a.filter.exclude);
-        let src_endpoint = g.source_endpoint_url.as_deref().or(g.endpoint_url.as_deref());
-        crate::overlap::check(&src_loc, &dst_loc, src_endpoint, g.endpoint_url.as_deref(), &rules)
-            .map_err(Fatal)?;
+        let src_endpoint = g
+            .source_endpoint_url
+            .as_deref()
+            .or(g.endpoint_url.as_deref());
+        crate::overlap::check(
+            &src_loc,
+            &dst_loc,
+            src_endpoint,
+            g.endpoint_url.as_deref(),
+            &rules,
+        )
+        .map_err(Fatal)?;
     }
     let mut transfer = base.clone();
     transfer.storage_class = a.storage_class.clone();
@@ -392,7 +404,12 @@ pub async fn check(g: &Global, a: &CheckArgs) -> Result<u8, Fatal> {
         t += ", interrupted";
     }
     let code = s.exit_code() as u8;
-    printer.job_summary("check", serde_json::to_value(&s).unwrap_or_default(), t, code);
+    printer.job_summary(
+        "check",
+        serde_json::to_value(&s).unwrap_or_default(),
+        t,
+        code,
+    );
     Ok(code)
 }
 
@@ -440,14 +457,20 @@ fn print_du(g: &Global, uri: &str, group: &str, n: u64, b: u64) {
         } else {
             format!(" {group}")
         };
-        println!("{b:>15} {:>10} {n:>10} objects  {uri}{group}", human_bytes(b));
+        println!(
+            "{b:>15} {:>10} {n:>10} objects  {uri}{group}",
+            human_bytes(b)
+        );
     }
 }
 
 pub async fn rb(g: &Global, a: &RbArgs) -> Result<u8, Fatal> {
     let (bucket, prefix) = s3_key(&a.uri)?;
     if !prefix.is_empty() {
-        return Err(Fatal(format!("{}: rb takes a bucket (s3://bucket), not a prefix", a.uri)));
+        return Err(Fatal(format!(
+            "{}: rb takes a bucket (s3://bucket), not a prefix",
+            a.uri
+        )));
     }
     let admin = stores::s3_admin(g, &bucket).await?;
     if a.force {
@@ -486,11 +509,13 @@ pub async fn rb(g: &Global, a: &RbArgs) -> Result<u8, Fatal> {
             Some(Err(e)) => return Err(e.into()),
         }
     }
-    admin.delete_bucket().await.map_err(|e| match e.http.as_ref().and_then(|h| h.code.as_deref()) {
-        Some("BucketNotEmpty") => Fatal(format!(
-            "s3://{bucket} is not empty: give --force to delete everything in it first"
-        )),
-        _ => e.into(),
+    admin.delete_bucket().await.map_err(|e| {
+        match e.http.as_ref().and_then(|h| h.code.as_deref()) {
+            Some("BucketNotEmpty") => Fatal(format!(
+                "s3://{bucket} is not empty: give --force to delete everything in it first"
+            )),
+            _ => e.into(),
+        }
     })?;
     if !g.quiet && !g.json {
         println!("remove_bucket: s3://{bucket}");
@@ -508,7 +533,10 @@ async fn bucket_has_versions(store: &DynStore) -> bool {
 pub async fn presign(g: &Global, a: &cli::PresignArgs) -> Result<u8, Fatal> {
     let (bucket, key) = s3_key(&a.uri)?;
     if key.is_empty() || key.ends_with('/') {
-        return Err(Fatal(format!("{}: presign takes an object (s3://bucket/key)", a.uri)));
+        return Err(Fatal(format!(
+            "{}: presign takes an object (s3://bucket/key)",
+            a.uri
+        )));
     }
     let d = cli::parse_duration(&a.expires_in).map_err(|e| Fatal(format!("--expires-in: {e}")))?;
     if d.is_zero() || d > std::time::Duration::from_secs(7 * 24 * 3600) {
@@ -520,7 +548,10 @@ pub async fn presign(g: &Global, a: &cli::PresignArgs) -> Result<u8, Fatal> {
     let store = stores::s3_admin(g, &bucket).await?;
     let url = store.presign_get(&key, d).await?;
     if g.json {
-        println!("{}", serde_json::json!({"type": "presign", "uri": a.uri, "url": url, "expires_in_secs": d.as_secs()}));
+        println!(
+            "{}",
+            serde_json::json!({"type": "presign", "uri": a.uri, "url": url, "expires_in_secs": d.as_secs()})
+        );
     } else {
         println!("{url}");
     }
@@ -536,7 +567,8 @@ pub async fn run(g: &Global, a: &RunArgs) -> Result<u8, Fatal> {
             .map_err(|e| Fatal(format!("stdin: {e}")))?;
         s
     } else {
-        std::fs::read_to_string(&a.file).map_err(|e| Fatal(format!("{}: {}", a.file, io_why(&e))))?
+        std::fs::read_to_string(&a.file)
+            .map_err(|e| Fatal(format!("{}: {}", a.file, io_why(&e))))?
     };
     let base = transfer_of(&a.transfer)?;
     let (printer, objects) = runner(g, a.transfer.concurrency, "the work in flight")?;
@@ -547,7 +579,13 @@ pub async fn run(g: &Global, a: &RunArgs) -> Result<u8, Fatal> {
         .map(|(i, l)| (i + 1, l.trim().to_string()))
         .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    let ctx = Arc::new((g.clone(), Opened::default(), base, objects.clone(), a.file.clone()));
+    let ctx = Arc::new((
+        g.clone(),
+        Opened::default(),
+        base,
+        objects.clone(),
+        a.file.clone(),
+    ));
     let ops = stream::iter(lines)
         .then(move |(n, line)| {
             let ctx = ctx.clone();
@@ -556,9 +594,13 @@ pub async fn run(g: &Global, a: &RunArgs) -> Result<u8, Fatal> {
                 let at = format!("{file}:{n}");
                 match plan_line(g, opened, base, objects, &line).await {
                     Ok(ops) => ops
-                        .map(move |r| r.or_else(|e| Ok(Op::Report(line_failure(&at, &e.to_string())))))
+                        .map(move |r| {
+                            r.or_else(|e| Ok(Op::Report(line_failure(&at, &e.to_string()))))
+                        })
                         .boxed(),
-                    Err(Fatal(m)) => stream::once(async move { Ok(Op::Report(line_failure(&at, &m))) }).boxed(),
+                    Err(Fatal(m)) => {
+                        stream::once(async move { Ok(Op::Report(line_failure(&at, &m))) }).boxed()
+                    }
                 }
             }
         })
@@ -598,5 +640,8 @@ async fn plan_line(
         LineCommand::Mv(c) => copy_spec(g, opened, c, true, base).await?,
         LineCommand::Rm(r) => rm_spec(g, opened, r).await?,
     };
-    Ok(objects.plan(spec).await.map_err(|e: StoreError| Fatal(e.to_string()))?)
+    Ok(objects
+        .plan(spec)
+        .await
+        .map_err(|e: StoreError| Fatal(e.to_string()))?)
 }

@@ -37,7 +37,10 @@ fn cp_names_one_object_as_aws_cli_does_and_verifies_it() {
     assert_eq!(std::fs::read(d.join("x.bin")).unwrap(), data);
     assert_eq!(std::fs::read(d.join("report.pdf")).unwrap(), data);
     // S3 to S3 under a new name.
-    let r = j(&ctx, &["cp", &b.uri("renamed.bin"), &b.uri("copy/again.bin")]);
+    let r = j(
+        &ctx,
+        &["cp", &b.uri("renamed.bin"), &b.uri("copy/again.bin")],
+    );
     r.assert_ok();
     assert_eq!(r.n("copied"), 1);
     assert_eq!(b.get("copy/again.bin"), data);
@@ -63,14 +66,24 @@ fn cp_recursive_and_wildcards_keep_paths_below_the_base() {
     assert_eq!(b.objects("site/"), files);
     // A wildcard: only matches, relative to the last / before the first wildcard.
     let out = ctx.path("out");
-    let r = j(&ctx, &["cp", &b.uri("site/logs/2026-*/*.gz"), &format!("{}/", s(&out))]);
+    let r = j(
+        &ctx,
+        &[
+            "cp",
+            &b.uri("site/logs/2026-*/*.gz"),
+            &format!("{}/", s(&out)),
+        ],
+    );
     r.assert_ok();
     assert_eq!(
         read_tree(&out),
         tree(&[("2026-01/a.gz", b"jan"), ("2026-02/b.gz", b"feb")])
     );
     // A wildcard that matches nothing is a failure, not an empty success.
-    let r = j(&ctx, &["cp", &b.uri("site/nothing-*"), s(&ctx.path("none"))]);
+    let r = j(
+        &ctx,
+        &["cp", &b.uri("site/nothing-*"), s(&ctx.path("none"))],
+    );
     assert_eq!(r.code, 1, "{r}");
     assert_eq!(r.n("failed"), 1);
     // --dry-run writes nothing.
@@ -90,14 +103,21 @@ fn cp_conditions_leave_existing_objects_alone() {
     let src = ctx.path("src");
     write_tree(
         &src,
-        &tree(&[("same.txt", b"abcde"), ("other.txt", b"longer"), ("new.txt", b"n")]),
+        &tree(&[
+            ("same.txt", b"abcde"),
+            ("other.txt", b"longer"),
+            ("new.txt", b"n"),
+        ]),
     );
     let r = j(&ctx, &["cp", "-r", "--no-clobber", s(&src), &b.uri("d/")]);
     r.assert_ok();
     assert_eq!(r.keys("copy"), vec!["new.txt"]);
     assert_eq!(b.get("d/same.txt"), b"12345");
     assert_eq!(b.get("d/other.txt"), b"old");
-    let r = j(&ctx, &["cp", "-r", "--if-size-differ", s(&src), &b.uri("d/")]);
+    let r = j(
+        &ctx,
+        &["cp", "-r", "--if-size-differ", s(&src), &b.uri("d/")],
+    );
     r.assert_ok();
     assert_eq!(r.keys("copy"), vec!["other.txt"]);
     assert_eq!(b.get("d/same.txt"), b"12345", "same size: kept");
@@ -108,13 +128,21 @@ fn cp_conditions_leave_existing_objects_alone() {
 fn cp_refuses_keys_that_would_escape_a_local_destination() {
     let Some(ctx) = Ctx::new() else { return };
     let b = ctx.bucket("cp4");
-    for k in ["p/ok.txt", "p/../evil.txt", "p/a//b.txt", "p/q/./r", "p/ctl\u{1}char", "p/.."] {
+    for k in [
+        "p/ok.txt",
+        "p/../evil.txt",
+        "p/a//b.txt",
+        "p/q/./r",
+        "p/ctl\u{1}char",
+        "p/..",
+    ] {
         // What the server accepts, it keeps (perhaps normalised).
         let _ = b.block_on(b.store.put(k, b"data".to_vec().into(), PutOptions::new()));
     }
     let unsafe_rel = |k: &str| {
         k.chars().any(char::is_control)
-            || k.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+            || k.split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
     };
     let kept: Vec<String> = b.keys("p/");
     let refused = kept.iter().filter(|k| unsafe_rel(k)).count();
@@ -142,7 +170,7 @@ fn bad_input_is_one_line_and_exit_2_with_nothing_touched() {
         vec!["cp", &b.uri("p/"), s(&d)], // a prefix without --recursive
         vec!["cp", s(&ctx.path("missing.txt")), &b.uri("x")],
         vec!["cp", &b.uri("p/[a-"), s(&d)], // a bad wildcard
-        vec!["rm", &b.uri("p/")],          // a prefix without --recursive
+        vec!["rm", &b.uri("p/")],           // a prefix without --recursive
         vec!["rm", "s3://no-such-bucket-s3ferry-e2e/x"],
         vec!["mv", &b.uri("p/k"), &b.uri("q/*")], // wildcard destination
         vec!["presign", &b.uri("p/k"), "--expires-in", "30d"],
@@ -203,7 +231,10 @@ fn rm_batches_counts_first_and_refuses_above_the_limit() {
     assert!(line.contains("--max-delete"), "{line}");
     assert_eq!(b.keys("tmp/").len(), n);
     // A dry run lists them and deletes nothing.
-    let r = j(&ctx, &["rm", "-r", "-n", "--max-delete", "5000", &b.uri("tmp/")]);
+    let r = j(
+        &ctx,
+        &["rm", "-r", "-n", "--max-delete", "5000", &b.uri("tmp/")],
+    );
     r.assert_ok();
     assert_eq!(r.records("would-delete").len(), n);
     assert_eq!(b.keys("tmp/").len(), n);
@@ -225,7 +256,12 @@ fn check_reports_missing_extra_and_different_keys() {
     let src = ctx.path("src");
     write_tree(
         &src,
-        &tree(&[("same", b"same"), ("missing", b"m"), ("size", b"123"), ("content", b"abc")]),
+        &tree(&[
+            ("same", b"same"),
+            ("missing", b"m"),
+            ("size", b"123"),
+            ("content", b"abc"),
+        ]),
     );
     b.put("d/same", b"same");
     b.put("d/size", b"1234");
@@ -233,13 +269,30 @@ fn check_reports_missing_extra_and_different_keys() {
     b.put("d/extra", b"e");
     let r = j(&ctx, &["check", s(&src), &b.uri("d")]);
     assert_eq!(r.code, 1, "{r}");
-    assert_eq!(r.keys("differ"), vec!["content", "extra", "missing", "size"]);
+    assert_eq!(
+        r.keys("differ"),
+        vec!["content", "extra", "missing", "size"]
+    );
     assert_eq!(r.n("different"), 4);
     let r = j(&ctx, &["check", "--download", s(&src), &b.uri("d")]);
     assert_eq!(r.code, 1, "{r}");
-    assert_eq!(r.keys("differ"), vec!["content", "extra", "missing", "size"]);
+    assert_eq!(
+        r.keys("differ"),
+        vec!["content", "extra", "missing", "size"]
+    );
     // Made equal, both ways of comparing agree and exit 0.
-    j(&ctx, &["sync", "--delete", "--max-delete", "100%", s(&src), &b.uri("d")]).assert_ok();
+    j(
+        &ctx,
+        &[
+            "sync",
+            "--delete",
+            "--max-delete",
+            "100%",
+            s(&src),
+            &b.uri("d"),
+        ],
+    )
+    .assert_ok();
     for extra in [None, Some("--download")] {
         let (sd, bd) = (s(&src).to_string(), b.uri("d"));
         let mut args: Vec<&str> = vec!["check"];
@@ -313,7 +366,10 @@ fn http_get(url: &str) -> (u16, Vec<u8>) {
     let head = String::from_utf8_lossy(&buf[..at]).to_string();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     let mut body = buf[at + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     (status, body)

@@ -983,8 +983,13 @@ impl Store for FaultStore {
     async fn delete_versions(&self, ids: &[(String, String)]) -> Result<Vec<Result<()>>> {
         let detail = format!(" (batch of {} versions)", ids.len());
         let first = ids.first().map(|(k, _)| k.as_str());
-        self.call(Op::DeleteMany, first, &detail, self.inner.delete_versions(ids))
-            .await
+        self.call(
+            Op::DeleteMany,
+            first,
+            &detail,
+            self.inner.delete_versions(ids),
+        )
+        .await
     }
 }
 

@@ -661,7 +661,9 @@ impl Store for RetryStore {
         // Deleting a given version is idempotent: a failed batch is sent again whole.
         let first = ids.first().map(|(k, _)| k.as_str()).unwrap_or_default();
         self.shared
-            .run("delete_versions", first, true, || self.inner.delete_versions(ids))
+            .run("delete_versions", first, true, || {
+                self.inner.delete_versions(ids)
+            })
             .await
     }
 
