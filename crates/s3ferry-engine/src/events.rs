@@ -82,6 +82,16 @@ impl Record {
     }
 }
 
+impl Record {
+    /// The `fail` record of a key: the error's kind as the reason, its text as `error`.
+    pub fn failure(key: impl Into<String>, size: u64, e: &s3ferry_store::StoreError) -> Self {
+        Self {
+            error: Some(e.to_string()),
+            ..Self::new(key, Outcome::Fail, e.kind.as_str(), size)
+        }
+    }
+}
+
 /// The start of the reason of a skip record for an entry a listing left out (a symlink or a
 /// special file): such records are always shown, unlike routine "unchanged" skips.
 pub const NOT_SYNCED: &str = "not synced: ";

@@ -112,6 +112,13 @@ pub enum Done<I> {
     Nothing,
 }
 
+impl<I> Done<I> {
+    /// [`Done::Failed`] with the key's fail record ([`Record::failure`]).
+    pub fn failed(key: impl Into<String>, size: u64, e: StoreError) -> Self {
+        Done::Failed(Record::failure(key, size, &e), e)
+    }
+}
+
 /// Whether an action runs in the first pass or in the retry pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {

@@ -72,10 +72,7 @@ pub async fn run(spec: CheckSpec, exec: Arc<Executor>, journal: Arc<Journal>) ->
             async move {
                 match item {
                     Ok(p) => compare(&spec, &journal, p).await,
-                    Err(e) => {
-                        let key = e.key.clone().unwrap_or_default();
-                        Done::Failed(fail_record(&key, &e), e)
-                    }
+                    Err(e) => Done::failed(e.key.clone().unwrap_or_default(), 0, e),
                 }
             }
         },
@@ -83,31 +80,16 @@ pub async fn run(spec: CheckSpec, exec: Arc<Executor>, journal: Arc<Journal>) ->
     .await
 }
 
-fn fail_record(key: &str, e: &StoreError) -> Record {
-    Record {
-        error: Some(e.to_string()),
-        ..Record::new(key, Outcome::Fail, e.kind.as_str(), 0)
-    }
-}
-
-fn differ(rel: String, why: impl Into<String>, size: u64) -> Done<()> {
+fn differ<I>(rel: String, why: impl Into<String>, size: u64) -> Done<I> {
     Done::Record(Record::new(rel, Outcome::Differ, why, size))
 }
 
-fn same(rel: String, why: &str, size: u64) -> Done<()> {
+fn same<I>(rel: String, why: &str, size: u64) -> Done<I> {
     Done::Record(Record::new(rel, Outcome::Skip, why, size))
 }
 
+/// The record of one key.
 async fn compare<I>(spec: &CheckSpec, journal: &Journal, p: Pair) -> Done<I> {
-    let done = compare_pair(spec, journal, p).await;
-    match done {
-        Done::Record(r) => Done::Record(r),
-        Done::Failed(r, e) => Done::Failed(r, e),
-        _ => Done::Nothing,
-    }
-}
-
-async fn compare_pair(spec: &CheckSpec, journal: &Journal, p: Pair) -> Done<()> {
     let (a, b) = match (p.a, p.b) {
         (None, None) => return Done::Nothing,
         (Some(a), None) => {
@@ -138,7 +120,7 @@ async fn compare_pair(spec: &CheckSpec, journal: &Journal, p: Pair) -> Done<()> 
         return match content_equal(spec, &a, &b).await {
             Ok(true) => same(p.rel, "same content (read from both sides)", size),
             Ok(false) => differ(p.rel, "content differs (read from both sides)", size),
-            Err(e) => Done::Failed(fail_record(&p.rel, &e), e),
+            Err(e) => Done::failed(p.rel, 0, e),
         };
     }
     match same_content(&a.meta, &b.meta) {
@@ -169,7 +151,7 @@ async fn compare_pair(spec: &CheckSpec, journal: &Journal, p: Pair) -> Done<()> 
                     same(p.rel, "same content (local file hashed as the ETag)", size)
                 }
                 Ok(_) => differ(p.rel, "content differs (ETag)", size),
-                Err(e) => Done::Failed(fail_record(&p.rel, &e), e),
+                Err(e) => Done::failed(p.rel, 0, e),
             }
         }
         _ => match heads(spec, &a, &b).await {
@@ -182,7 +164,7 @@ async fn compare_pair(spec: &CheckSpec, journal: &Journal, p: Pair) -> Done<()> 
                     size,
                 ),
             },
-            Err(e) => Done::Failed(fail_record(&p.rel, &e), e),
+            Err(e) => Done::failed(p.rel, 0, e),
         },
     }
 }

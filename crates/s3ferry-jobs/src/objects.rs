@@ -291,7 +291,7 @@ impl Objects {
             Some(m) => m,
             None => match c.src.store.head(&skey).await {
                 Ok(m) => m,
-                Err(e) => return failed(&skey, 0, e),
+                Err(e) => return Done::failed(&skey, 0, e),
             },
         };
         let size = meta.size;
@@ -303,7 +303,7 @@ impl Objects {
                     }
                 }
                 Err(e) if e.kind == ErrorKind::NotFound => {}
-                Err(e) => return failed(&skey, size, e),
+                Err(e) => return Done::failed(&skey, size, e),
             }
         }
         if c.dry_run {
@@ -333,14 +333,14 @@ impl Objects {
                     size,
                 )),
                 Err(e) => {
-                    let mut r = fail_record(&skey, size, &e);
+                    let mut r = Record::failure(&skey, size, &e);
                     r.error = Some(format!("copied {to}, but the source was not deleted: {e}"));
                     Done::Failed(r, e)
                 }
             },
             Ok(_) => Done::Record(Record::new(skey, Outcome::Copy, to, size)),
             Err(e) if pass == Pass::First && e.retryable() => {
-                let r = fail_record(&skey, size, &e);
+                let r = Record::failure(&skey, size, &e);
                 // The retry pass looks the source up afresh.
                 let op = Op::Copy {
                     spec: id,
@@ -350,7 +350,7 @@ impl Objects {
                 };
                 Done::Retry(op, r, e)
             }
-            Err(e) => failed(&skey, size, e),
+            Err(e) => Done::failed(&skey, size, e),
         }
     }
 }
@@ -372,7 +372,7 @@ fn none_matched(
                 "no object matches the wildcard",
             )
             .with_key(pattern.clone());
-            Ok(Op::Report(fail_record(&pattern, 0, &e)))
+            Ok(Op::Report(Record::failure(&pattern, 0, &e)))
         })
     })
     .filter_map(std::future::ready);
@@ -387,17 +387,6 @@ fn place(side: &Side, key: &str) -> String {
         Some(p) => p.display().to_string(),
         None => format!("{}/{key}", side.store.describe().trim_end_matches('/')),
     }
-}
-
-fn fail_record(key: &str, size: u64, e: &StoreError) -> Record {
-    Record {
-        error: Some(e.to_string()),
-        ..Record::new(key, Outcome::Fail, e.kind.as_str(), size)
-    }
-}
-
-fn failed(key: &str, size: u64, e: StoreError) -> Done<Op> {
-    Done::Failed(fail_record(key, size, &e), e)
 }
 
 /// A listing entry as an op: skipped and failed entries become records; an error without a
@@ -415,7 +404,7 @@ fn entry_op(
         }
         Err(e) if e.key.is_some() => {
             let key = e.key.clone().unwrap_or_default();
-            Some(Ok(Op::Report(fail_record(&key, 0, &e))))
+            Some(Ok(Op::Report(Record::failure(&key, 0, &e))))
         }
         Err(e) => Some(Err(e)),
     }
@@ -583,7 +572,7 @@ fn delete_records(
         let r = match results.as_mut().and_then(Iterator::next) {
             None if dry_run => Record::new(key, Outcome::WouldDelete, what, size),
             Some(Ok(())) | None => Record::new(key, Outcome::Delete, what, size),
-            Some(Err(e)) => fail_record(&key, size, &e),
+            Some(Err(e)) => Record::failure(&key, size, &e),
         };
         out.push(r);
     }
@@ -624,7 +613,7 @@ impl Objects {
 
     /// A whole batch failed: each of its keys fails with the error (a fatal one stops the run).
     fn batch_failed(&self, keys: impl Iterator<Item = (String, u64)>, e: StoreError) -> Done<Op> {
-        let mut records = keys.map(|(k, s)| fail_record(&k, s, &e));
+        let mut records = keys.map(|(k, s)| Record::failure(&k, s, &e));
         if e.kind.fatal() {
             if let Some(first) = records.next() {
                 self.exec.fail(first, &e);

@@ -117,7 +117,7 @@ impl Shared {
     }
 
     fn fail(&self, rel: &str, size: u64, e: &StoreError) {
-        self.exec.fail(fail_record(rel, size, e), e);
+        self.exec.fail(Record::failure(rel, size, e), e);
     }
 
     fn remember(&self, s: &Entry, dst_meta: &s3ferry_store::ObjectMeta) {
@@ -169,7 +169,7 @@ impl Shared {
                         || (e.kind == ErrorKind::AlreadyExists
                             && self.dst.kind == SideKind::Local)) =>
             {
-                let r = fail_record(&s.rel, s.meta.size, &e);
+                let r = Record::failure(&s.rel, s.meta.size, &e);
                 let p = Planned {
                     s,
                     d: None,
@@ -177,7 +177,7 @@ impl Shared {
                 };
                 Done::Retry(p, r, e)
             }
-            Err(e) => Done::Failed(fail_record(&s.rel, s.meta.size, &e), e),
+            Err(e) => Done::failed(&s.rel, s.meta.size, e),
         }
     }
 
@@ -197,7 +197,7 @@ impl Shared {
                     };
                     self.copy(fresh, "retry", pass).await
                 }
-                Err(e) => Done::Failed(fail_record(&s.rel, s.meta.size, &e), e),
+                Err(e) => Done::failed(&s.rel, s.meta.size, e),
             };
         }
         match work {
@@ -223,18 +223,10 @@ impl Shared {
                     }
                     Ok(Action::Copy(r)) => self.copy(s, r.as_str(), pass).await,
                     Ok(_) => Done::Nothing,
-                    Err(e) => Done::Failed(fail_record(&s.rel, s.meta.size, &e), e),
+                    Err(e) => Done::failed(&s.rel, s.meta.size, e),
                 }
             }
         }
-    }
-}
-
-/// The `fail` record of a key.
-fn fail_record(rel: &str, size: u64, e: &StoreError) -> Record {
-    Record {
-        error: Some(e.to_string()),
-        ..Record::new(rel, Outcome::Fail, e.kind.as_str(), size)
     }
 }
 

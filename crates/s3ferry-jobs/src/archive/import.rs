@@ -777,13 +777,7 @@ fn fail_record(
     e: &StoreError,
 ) {
     o.failed += 1;
-    reporter.record(&Record {
-        key: key.to_string(),
-        action: Outcome::Fail,
-        reason: e.kind.as_str().into(),
-        size,
-        error: Some(e.to_string()),
-    });
+    reporter.record(&Record::failure(key, size, e));
 }
 
 async fn apply(
@@ -835,13 +829,7 @@ async fn apply(
         drop(p.held);
         match r {
             Ok(()) => Done::Record(Record::new(p.rel, Outcome::Copy, "put", n)),
-            Err(e) => Done::Failed(
-                Record {
-                    error: Some(e.to_string()),
-                    ..Record::new(p.rel, Outcome::Fail, e.kind.as_str(), n)
-                },
-                e,
-            ),
+            Err(e) => Done::failed(p.rel, n, e),
         }
     });
     let mut state =

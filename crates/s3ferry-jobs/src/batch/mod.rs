@@ -411,10 +411,7 @@ impl Runner {
                 (row, Done::Record(record))
             }
             Err(e) => {
-                let record = Record {
-                    error: Some(e.to_string()),
-                    ..Record::new(key, Outcome::Fail, e.kind.as_str(), size)
-                };
+                let record = Record::failure(key, size, &e);
                 self.state.lock().unwrap_or_else(|p| p.into_inner()).failed += 1;
                 let http = e.http.as_ref();
                 let row = ReportRow {

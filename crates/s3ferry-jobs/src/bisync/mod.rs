@@ -203,10 +203,7 @@ impl Round {
             return;
         }
         self.sum().failed += 1;
-        let r = Record {
-            error: Some(e.to_string()),
-            ..Record::new(rel, Outcome::Fail, e.kind.as_str(), size)
-        };
+        let r = Record::failure(rel, size, e);
         // A fatal error is kept with the key it stopped at.
         let key = e.key.clone().unwrap_or_else(|| rel.to_string());
         self.exec.fail(

@@ -243,13 +243,7 @@ pub async fn extract(
                 .await;
                 match r {
                     Ok(()) => Done::Record(Record::new(key, Outcome::Copy, "extracted", n)),
-                    Err(e) => Done::Failed(
-                        Record {
-                            error: Some(e.to_string()),
-                            ..Record::new(key, Outcome::Fail, e.kind.as_str(), n)
-                        },
-                        e,
-                    ),
+                    Err(e) => Done::failed(key, n, e),
                 }
             }
         })
