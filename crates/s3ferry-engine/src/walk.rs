@@ -73,10 +73,21 @@ impl Side {
         filters: &Filters,
         report_skipped: bool,
     ) -> BoxStream<'static, Result<Entry>> {
+        self.list_from(&self.prefix, filters, report_skipped)
+    }
+
+    /// [`Side::list_reporting`] of only the keys that start with `start`, a prefix at least as
+    /// long as the side's (a wildcard's literal text); keys stay relative to the side's prefix.
+    pub fn list_from(
+        &self,
+        start: &str,
+        filters: &Filters,
+        report_skipped: bool,
+    ) -> BoxStream<'static, Result<Entry>> {
         let plen = self.prefix.len();
         let filters = filters.clone();
         self.store
-            .list(ListOptions::prefix(self.prefix.clone()).report_skipped(report_skipped))
+            .list(ListOptions::prefix(start).report_skipped(report_skipped))
             .filter_map(move |r| {
                 let out = match r {
                     Ok(meta) => {

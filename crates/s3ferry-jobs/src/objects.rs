@@ -17,7 +17,7 @@ use s3ferry_engine::transfer::{cleanup_orphan_uploads, copy_object_to, TransferC
 use s3ferry_engine::walk::{is_skipped_entry, Entry, Side, SideKind};
 use s3ferry_engine::wildcard::Wildcard;
 use s3ferry_store::key::key_to_relpath;
-use s3ferry_store::{ErrorKind, ListOptions, ObjectMeta, PutMode, StoreError, StoreExt};
+use s3ferry_store::{DynStore, ErrorKind, ObjectMeta, PutMode, StoreError, StoreExt};
 use serde::{Deserialize, Serialize};
 
 /// Keys per DeleteObjects request (S3's limit).
@@ -118,15 +118,11 @@ pub enum Op {
         dst_rel: String,
         meta: Option<ObjectMeta>,
     },
-    /// Delete a batch of keys (full keys of the side) with their sizes.
+    /// Delete a batch of objects: (full key, version id, size); the version id is used only
+    /// when the spec deletes all versions.
     Delete {
         spec: usize,
-        keys: Vec<(String, u64)>,
-    },
-    /// Delete a batch of versions: (key, version id, size).
-    DeleteVersions {
-        spec: usize,
-        ids: Vec<(String, String, u64)>,
+        rows: Vec<(String, String, u64)>,
     },
     /// A record the planning made (a skipped symlink, a refused key, an entry that failed).
     Report(Record),
@@ -141,6 +137,9 @@ pub struct Objects {
     specs: RwLock<Vec<Arc<Spec>>>,
     journal: Arc<Journal>,
     reporter: Arc<dyn Reporter>,
+    /// Stores checked already (reachable, bucket there), by state id: a `run` file names the
+    /// same buckets on many lines, and one check each is enough.
+    checked: tokio::sync::Mutex<std::collections::HashSet<String>>,
     /// Destination stores whose uploads left by a killed run were cleaned up already.
     cleaned: tokio::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -156,6 +155,7 @@ impl Objects {
             specs: RwLock::new(Vec::new()),
             journal,
             reporter,
+            checked: Default::default(),
             cleaned: Default::default(),
         })
     }
@@ -178,12 +178,12 @@ impl Objects {
     ) -> PlanResult<BoxStream<'static, PlanResult<Op>>> {
         match &spec {
             Spec::Copy(c) => {
-                c.src.store.check().await?;
+                self.check_once(&c.src.store).await?;
                 if !c.dry_run {
                     self.clean_up(&c.dst).await;
                 }
             }
-            Spec::Rm(r) => r.side.store.check().await?,
+            Spec::Rm(r) => self.check_once(&r.side.store).await?,
         }
         let spec = Arc::new(spec);
         let id = {
@@ -199,6 +199,16 @@ impl Objects {
             Source::Matching(w) => none_matched(ops, w.pattern().to_string()),
             _ => ops,
         })
+    }
+
+    async fn check_once(&self, store: &DynStore) -> PlanResult<()> {
+        let id = store.state_id();
+        if self.checked.lock().await.contains(&id) {
+            return Ok(());
+        }
+        store.check().await?;
+        self.checked.lock().await.insert(id);
+        Ok(())
     }
 
     async fn clean_up(&self, dst: &Side) {
@@ -242,12 +252,8 @@ impl Objects {
                 Spec::Copy(c) => self.copy(spec, c, rel, dst_rel, meta, pass).await,
                 Spec::Rm(_) => Done::Nothing,
             },
-            Op::Delete { spec, keys } => match &*self.spec(spec) {
-                Spec::Rm(r) => self.delete(r, keys).await,
-                Spec::Copy(_) => Done::Nothing,
-            },
-            Op::DeleteVersions { spec, ids } => match &*self.spec(spec) {
-                Spec::Rm(r) => self.delete_versions(r, ids).await,
+            Op::Delete { spec, rows } => match &*self.spec(spec) {
+                Spec::Rm(r) => self.delete(r, rows).await,
                 Spec::Copy(_) => Done::Nothing,
             },
         }
@@ -424,22 +430,11 @@ fn listing(
         }
         Source::All => side.list_reporting(filters, true),
         Source::Matching(w) => {
-            let base = side.prefix.clone();
-            let (w, filters) = (w.clone(), filters.clone());
-            side.store
-                .list(ListOptions::prefix(w.literal.clone()).report_skipped(true))
-                .filter_map(move |r| {
-                    let out = match r {
-                        Ok(meta) => {
-                            let rel = meta.key.get(base.len()..).unwrap_or_default().to_string();
-                            (w.matches(&meta.key)
-                                && filters.includes(&rel)
-                                && !filters.before_since(meta.last_modified.or(meta.mtime)))
-                            .then_some(Ok(Entry { rel, meta }))
-                        }
-                        Err(e) => Some(Err(e)),
-                    };
-                    std::future::ready(out)
+            let w = w.clone();
+            side.list_from(&w.literal, filters, true)
+                .filter(move |r| {
+                    let keep = r.as_ref().map_or(true, |e| w.matches(&e.meta.key));
+                    std::future::ready(keep)
                 })
                 .boxed()
         }
@@ -538,24 +533,13 @@ async fn rm_ops(id: usize, r: &RmSpec) -> PlanResult<BoxStream<'static, PlanResu
             ));
         }
     }
-    let all_versions = r.all_versions;
     let rows = keys.read_back().map_err(spill_err)?;
     let batches = stream::iter(rows).chunks(DELETE_BATCH).map(move |chunk| {
-        let chunk = chunk
+        let rows = chunk
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(spill_err)?;
-        Ok(if all_versions {
-            Op::DeleteVersions {
-                spec: id,
-                ids: chunk,
-            }
-        } else {
-            Op::Delete {
-                spec: id,
-                keys: chunk.into_iter().map(|(k, _, s)| (k, s)).collect(),
-            }
-        })
+        Ok(Op::Delete { spec: id, rows })
     });
     Ok(stream::iter(reports).chain(batches).boxed())
 }
@@ -580,34 +564,34 @@ fn delete_records(
 }
 
 impl Objects {
-    async fn delete(&self, r: &RmSpec, keys: Vec<(String, u64)>) -> Done<Op> {
+    async fn delete(&self, r: &RmSpec, rows: Vec<(String, String, u64)>) -> Done<Op> {
         let results = if r.dry_run {
             None
         } else {
-            let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
-            match r.side.store.delete_many(&names).await {
+            let sent = if r.all_versions {
+                let ids: Vec<(String, String)> = rows
+                    .iter()
+                    .map(|(k, v, _)| (k.clone(), v.clone()))
+                    .collect();
+                r.side.store.delete_versions(&ids).await
+            } else {
+                let keys: Vec<String> = rows.iter().map(|(k, _, _)| k.clone()).collect();
+                r.side.store.delete_many(&keys).await
+            };
+            match sent {
                 Ok(rs) => Some(rs),
-                Err(e) => return self.batch_failed(keys.into_iter().map(|(k, s)| (k, s)), e),
+                Err(e) => return self.batch_failed(rows.into_iter().map(|(k, _, s)| (k, s)), e),
             }
         };
-        let rows = keys.into_iter().map(|(k, s)| (k, s, String::from("rm")));
-        delete_records(r.dry_run, rows, results)
-    }
-
-    async fn delete_versions(&self, r: &RmSpec, ids: Vec<(String, String, u64)>) -> Done<Op> {
-        let results = if r.dry_run {
-            None
-        } else {
-            let pairs: Vec<(String, String)> =
-                ids.iter().map(|(k, v, _)| (k.clone(), v.clone())).collect();
-            match r.side.store.delete_versions(&pairs).await {
-                Ok(rs) => Some(rs),
-                Err(e) => return self.batch_failed(ids.into_iter().map(|(k, _, s)| (k, s)), e),
-            }
-        };
-        let rows = ids
-            .into_iter()
-            .map(|(k, v, s)| (k, s, format!("version {v}")));
+        let all = r.all_versions;
+        let rows = rows.into_iter().map(|(k, v, s)| {
+            let what = if all {
+                format!("version {v}")
+            } else {
+                "rm".into()
+            };
+            (k, s, what)
+        });
         delete_records(r.dry_run, rows, results)
     }
 

@@ -278,27 +278,35 @@ fn journal() -> Result<Arc<Journal>, Fatal> {
     }
 }
 
-/// The printer, executor and object runner of one command.
-fn runner(
+/// The printer and executor of one command (`--concurrency` checked; the signal contract in
+/// place; `doing` is what finishes after a signal).
+fn executor(
     g: &Global,
     concurrency: usize,
     doing: &'static str,
-) -> Result<(Arc<Printer>, Arc<Objects>), Fatal> {
+) -> Result<(Arc<Printer>, Arc<Executor>), Fatal> {
     checks::numbers(&checks::Numbers {
         concurrency: &[("--concurrency", concurrency)],
         ..Default::default()
     })?;
     let printer = Arc::new(Printer::new(g.json, g.verbose, g.quiet, !g.no_progress));
     let reporter: Arc<dyn Reporter> = printer.clone();
-    let exec = Arc::new(Executor::new(
-        concurrency,
-        context::signals(doing),
-        reporter.clone(),
-    ));
+    let exec = Executor::new(concurrency, context::signals(doing), reporter);
+    Ok((printer, Arc::new(exec)))
+}
+
+/// [`executor`] with the object runner of `cp`, `mv`, `rm` and `run`.
+fn runner(
+    g: &Global,
+    concurrency: usize,
+    doing: &'static str,
+) -> Result<(Arc<Printer>, Arc<Objects>), Fatal> {
+    let (printer, exec) = executor(g, concurrency, doing)?;
+    let reporter: Arc<dyn Reporter> = printer.clone();
     Ok((printer, Objects::new(exec, journal()?, reporter)))
 }
 
-/// Run the ops and end with the summary and exit status (a fatal error: exit 2).
+/// Run the ops, then [`end`].
 async fn finish(
     printer: &Printer,
     objects: &Arc<Objects>,
@@ -308,7 +316,16 @@ async fn finish(
     let res = objects.run(ops).await;
     printer.finish_bar();
     res?;
-    let exec = objects.executor();
+    end(printer, objects.executor(), text)
+}
+
+/// The summary (as `text` words it, else as sync's) and the exit status; a fatal error that
+/// stopped the run is the command's error (exit 2).
+fn end(
+    printer: &Printer,
+    exec: &Executor,
+    text: fn(&Summary) -> Option<String>,
+) -> Result<u8, Fatal> {
     if let Some(e) = exec.take_fatal() {
         return Err(e.into());
     }
@@ -354,10 +371,7 @@ fn rm_text(s: &Summary) -> String {
 }
 
 pub async fn check(g: &Global, a: &CheckArgs) -> Result<u8, Fatal> {
-    checks::numbers(&checks::Numbers {
-        concurrency: &[("--concurrency", a.concurrency)],
-        ..Default::default()
-    })?;
+    let (printer, exec) = executor(g, a.concurrency, "the comparisons in flight")?;
     let side = |arg: &str| {
         let arg = arg.to_string();
         async move {
@@ -376,13 +390,6 @@ pub async fn check(g: &Global, a: &CheckArgs) -> Result<u8, Fatal> {
         }
     };
     let (sa, sb) = (side(&a.src).await?, side(&a.dst).await?);
-    let printer = Arc::new(Printer::new(g.json, g.verbose, g.quiet, !g.no_progress));
-    let reporter: Arc<dyn Reporter> = printer.clone();
-    let exec = Arc::new(Executor::new(
-        a.concurrency,
-        context::signals("the comparisons in flight"),
-        reporter,
-    ));
     printer.begin("check", &a.src, &a.dst, false);
     let spec = s3ferry_jobs::check::CheckSpec {
         a: sa,
@@ -391,26 +398,19 @@ pub async fn check(g: &Global, a: &CheckArgs) -> Result<u8, Fatal> {
         download: a.download,
         part_size: checks::MIN_PART_SIZE,
     };
-    s3ferry_jobs::check::run(spec, exec.clone(), journal()?).await?;
-    if let Some(e) = exec.take_fatal() {
-        return Err(e.into());
-    }
-    let s = exec.summary();
-    let mut t = format!(
-        "{} differ, {} the same, {} failed",
-        s.different, s.skipped, s.failed
-    );
-    if s.interrupted {
-        t += ", interrupted";
-    }
-    let code = s.exit_code() as u8;
-    printer.job_summary(
-        "check",
-        serde_json::to_value(&s).unwrap_or_default(),
-        t,
-        code,
-    );
-    Ok(code)
+    let res = s3ferry_jobs::check::run(spec, exec.clone(), journal()?).await;
+    printer.finish_bar();
+    res?;
+    end(&printer, &exec, |s| {
+        let mut t = format!(
+            "{} differ, {} the same, {} failed",
+            s.different, s.skipped, s.failed
+        );
+        if s.interrupted {
+            t += ", interrupted";
+        }
+        Some(t)
+    })
 }
 
 pub async fn du(g: &Global, a: &DuArgs) -> Result<u8, Fatal> {
