@@ -640,8 +640,8 @@ async fn plan_line(
         LineCommand::Mv(c) => copy_spec(g, opened, c, true, base).await?,
         LineCommand::Rm(r) => rm_spec(g, opened, r).await?,
     };
-    Ok(objects
+    objects
         .plan(spec)
         .await
-        .map_err(|e: StoreError| Fatal(e.to_string()))?)
+        .map_err(|e: StoreError| Fatal(e.to_string()))
 }
