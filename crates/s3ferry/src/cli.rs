@@ -311,9 +311,10 @@ EQUIVALENTS
 /// Options every command that copies objects shares.
 #[derive(Debug, Args, Clone)]
 pub struct TransferArgs {
-    /// Objects in flight at once (1 to 4096).
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    pub concurrency: usize,
+    /// Objects in flight at once (1 to 4096). Default 64, lowered as for sync so that 4 file
+    /// descriptors per transfer stay within half the open-files limit (`ulimit -n`).
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
     /// Minimum multipart part size, 5 MiB to 5 GiB (the rule is max(SIZE, size/10000)).
     #[arg(long, default_value = "8MiB", value_name = "SIZE")]
     pub part_size: String,

@@ -138,10 +138,21 @@ fn parent_and_name(path: &Path, arg: &str) -> Result<(PathBuf, String), Fatal> {
 
 /// The transfer settings of a command that copies.
 fn transfer_of(a: &cli::TransferArgs) -> Result<TransferConfig, Fatal> {
-    let (part, memory) = checks::object_job(a.concurrency, &a.part_size, &a.max_memory)?;
+    let (part, memory) = checks::object_job(concurrency_of(a), &a.part_size, &a.max_memory)?;
     let mut t = TransferConfig::new(memory);
     t.part_size = part;
     Ok(t)
+}
+
+/// `--concurrency`, or the default for this process's open-files limit (as sync has it), with
+/// sync's warning when a given number is too high for that limit.
+fn concurrency_of(a: &cli::TransferArgs) -> usize {
+    if let Some(w) = a.concurrency.and_then(crate::limits::concurrency_warning) {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| eprintln!("s3ferry: warning: {w}"));
+    }
+    a.concurrency
+        .unwrap_or_else(crate::limits::default_concurrency)
 }
 
 /// `cp`/`mv` as a spec. `base` gives the memory budget (shared across a `run`) and part size.
@@ -343,7 +354,7 @@ fn end(
 
 pub async fn cp(g: &Global, a: &CpArgs, remove_source: bool) -> Result<u8, Fatal> {
     let job = if remove_source { "mv" } else { "cp" };
-    let (printer, objects) = runner(g, a.transfer.concurrency, "the copies in flight")?;
+    let (printer, objects) = runner(g, concurrency_of(&a.transfer), "the copies in flight")?;
     let opened = Opened::default();
     let base = transfer_of(&a.transfer)?;
     let spec = copy_spec(g, &opened, a, remove_source, &base).await?;
@@ -571,7 +582,7 @@ pub async fn run(g: &Global, a: &RunArgs) -> Result<u8, Fatal> {
             .map_err(|e| Fatal(format!("{}: {}", a.file, io_why(&e))))?
     };
     let base = transfer_of(&a.transfer)?;
-    let (printer, objects) = runner(g, a.transfer.concurrency, "the work in flight")?;
+    let (printer, objects) = runner(g, concurrency_of(&a.transfer), "the work in flight")?;
     printer.begin("run", &a.file, "", false);
     let lines: Vec<(usize, String)> = text
         .lines()
