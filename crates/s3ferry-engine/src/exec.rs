@@ -449,6 +449,30 @@ impl Executor {
         self.drive(rows, Pass::Retry, &apply, None).await
     }
 
+    /// `fetch` applied to `items`, at most the executor's concurrency at a time, the results
+    /// handed back in the order of `items`: for a job whose one consumer must take its items in
+    /// order (members written into a tar, lines of an archive). Nothing new is fetched once the
+    /// run is stopping (a stop was requested, or an item failed fatally): the stream then ends
+    /// after the fetches already started. The consumer counts what a result means.
+    pub fn ordered<'a, I, T, S, F, Fut>(
+        self: &Arc<Self>,
+        items: S,
+        fetch: F,
+    ) -> impl Stream<Item = T> + 'a
+    where
+        S: Stream<Item = I> + 'a,
+        F: FnMut(I) -> Fut + 'a,
+        Fut: Future<Output = T> + 'a,
+        I: 'a,
+        T: 'a,
+    {
+        let me = self.clone();
+        items
+            .take_while(move |_| std::future::ready(!me.stopping()))
+            .map(fetch)
+            .buffered(self.concurrency)
+    }
+
     /// The totals so far (retries of the job-level tier included), `interrupted` when a stop was
     /// requested, and the time since the executor was made.
     pub fn summary(&self) -> Summary {
@@ -510,6 +534,48 @@ mod tests {
         assert_eq!((s.copied, s.copied_bytes), (50, 100));
         assert!(peak.load(Ordering::SeqCst) <= 3, "{peak:?}");
         assert!(!s.interrupted);
+    }
+
+    #[tokio::test]
+    async fn ordered_keeps_the_order_bounds_the_fetches_and_stops_taking_items() {
+        let e = exec(4);
+        let now = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let fetch = |i: u32| {
+            let (now, peak) = (now.clone(), peak.clone());
+            async move {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                // Later items finish first: the order must come from the executor.
+                for _ in 0..(20 - i % 20) {
+                    tokio::task::yield_now().await;
+                }
+                now.fetch_sub(1, Ordering::SeqCst);
+                i
+            }
+        };
+        let got: Vec<u32> = e
+            .ordered(futures::stream::iter(0..40), fetch)
+            .collect()
+            .await;
+        assert_eq!(got, (0..40).collect::<Vec<_>>());
+        assert!(peak.load(Ordering::SeqCst) <= 4, "{peak:?}");
+        // A stop: what was started comes back, nothing after it is fetched.
+        let fetched = Arc::new(AtomicUsize::new(0));
+        let f2 = fetched.clone();
+        let cancel = e.cancel().clone();
+        let got: Vec<u32> = e
+            .ordered(futures::stream::iter(0..100), move |i| {
+                f2.fetch_add(1, Ordering::SeqCst);
+                if i == 10 {
+                    cancel.request("test");
+                }
+                std::future::ready(i)
+            })
+            .collect()
+            .await;
+        assert_eq!(got, (0..=10).collect::<Vec<_>>());
+        assert_eq!(fetched.load(Ordering::SeqCst), 11);
     }
 
     #[tokio::test]

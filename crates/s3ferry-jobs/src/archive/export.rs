@@ -25,6 +25,7 @@ use bytes::Bytes;
 use futures::future::{self, BoxFuture};
 use futures::stream::{self, StreamExt};
 use s3ferry_engine::events::{Outcome, Record, Reporter};
+use s3ferry_engine::exec::{Cancel, Executor};
 use s3ferry_engine::filter::Filters;
 use s3ferry_engine::formats::tar::{safe_member_name, Member, TarWriter};
 use s3ferry_engine::plan::signature;
@@ -454,8 +455,15 @@ async fn scan_source(
         used: 0,
     };
     let (side, since, cfg, tags) = (src.clone(), opts.since, opts.transfer.clone(), opts.tags);
-    let mut steps = rows
-        .map(move |r| -> BoxFuture<'static, Result<Step, StoreError>> {
+    // Objects scanned concurrently by the engine's executor, taken in key order.
+    let exec = Arc::new(Executor::new(
+        opts.concurrency,
+        Cancel::new(),
+        reporter.clone(),
+    ));
+    let steps = exec.ordered(
+        rows,
+        move |r| -> BoxFuture<'static, Result<Step, StoreError>> {
             let class = match r.and_then(|j| classify(j, side.kind, since)) {
                 Ok(c) => c,
                 Err(e) => return Box::pin(future::ready(Err(e))),
@@ -497,8 +505,9 @@ async fn scan_source(
                 }
             };
             Box::pin(future::ready(Ok(step)))
-        })
-        .buffered(opts.concurrency.max(1));
+        },
+    );
+    futures::pin_mut!(steps);
 
     let mut puts: Spill<Line> = Spill::new().map_err(spill_err)?;
     let mut deletes: Spill<StateRec> = Spill::new().map_err(spill_err)?;
@@ -946,16 +955,21 @@ async fn write_volume(
         }
     });
     let (side, cfg) = (src.clone(), opts.transfer.clone());
-    let mut bodies = stream::iter(lines)
-        .map(move |l| {
-            let (side, cfg) = (side.clone(), cfg.clone());
-            async move {
-                let l = l?;
-                let body = open_body(&side, &l, &cfg).await?;
-                Ok::<_, ArchiveError>((l, body))
-            }
-        })
-        .buffered(opts.concurrency.max(1));
+    // Bodies opened ahead by the engine's executor, written in the manifest's order.
+    let exec = Arc::new(Executor::new(
+        opts.concurrency,
+        Cancel::new(),
+        reporter.clone(),
+    ));
+    let bodies = exec.ordered(stream::iter(lines), move |l| {
+        let (side, cfg) = (side.clone(), cfg.clone());
+        async move {
+            let l = l?;
+            let body = open_body(&side, &l, &cfg).await?;
+            Ok::<_, ArchiveError>((l, body))
+        }
+    });
+    futures::pin_mut!(bodies);
     while let Some(b) = bodies.next().await {
         let (l, (body, _held)) = b?;
         let want = l.piece_sha256.clone().or(l.sha256.clone());

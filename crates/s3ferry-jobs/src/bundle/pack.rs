@@ -432,7 +432,13 @@ pub async fn run_shard(
         .await?;
         let abort = writer.abort_handle();
         let mut tar = TarWriter::new(writer);
-        let fetches = stream::iter(small.into_iter().map(|row| {
+        // Fetched concurrently by the engine's executor, appended in manifest order.
+        let fetcher = Arc::new(Executor::new(
+            opts.concurrency,
+            stop.clone(),
+            reporter.clone(),
+        ));
+        let fetches = fetcher.ordered(stream::iter(small), |row| {
             let p = packer.clone();
             async move {
                 // The reservation travels with the bytes until they are in the tar.
@@ -442,8 +448,7 @@ pub async fn run_shard(
                 };
                 (row, got)
             }
-        }))
-        .buffered(opts.concurrency.max(1));
+        });
         futures::pin_mut!(fetches);
         let mut interrupted = false;
         let packed: Result<(), StoreError> = async {
