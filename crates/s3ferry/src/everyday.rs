@@ -209,18 +209,7 @@ async fn copy_spec(
         };
         let dst_loc = Location::parse(&a.dst)?;
         let rules = context::ordered_rules(&a.filter.include, &a.filter.exclude);
-        let src_endpoint = g
-            .source_endpoint_url
-            .as_deref()
-            .or(g.endpoint_url.as_deref());
-        crate::overlap::check(
-            &src_loc,
-            &dst_loc,
-            src_endpoint,
-            g.endpoint_url.as_deref(),
-            &rules,
-        )
-        .map_err(Fatal)?;
+        crate::overlap::check_cli(g, &src_loc, &dst_loc, &rules)?;
     }
     let mut transfer = base.clone();
     transfer.storage_class = a.storage_class.clone();

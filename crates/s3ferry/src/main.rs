@@ -249,18 +249,7 @@ async fn run_sync(cli: &Cli, args: &SyncArgs) -> Result<u8, Fatal> {
     if let Some(w) = args.concurrency.and_then(limits::concurrency_warning) {
         eprintln!("s3ferry: warning: {w}");
     }
-    let src_endpoint = g
-        .source_endpoint_url
-        .as_deref()
-        .or(g.endpoint_url.as_deref());
-    overlap::check(
-        &src_loc,
-        &dst_loc,
-        src_endpoint,
-        g.endpoint_url.as_deref(),
-        &rules,
-    )
-    .map_err(Fatal)?;
+    overlap::check_cli(g, &src_loc, &dst_loc, &rules)?;
     let mut transfer = TransferConfig::new(max_memory);
     transfer.part_size = part_size;
     transfer.part_concurrency = args.part_concurrency.max(1);

@@ -10,6 +10,21 @@ use s3ferry_store::Location;
 /// One rule of the command line: `(is_include, pattern)`, in order.
 pub type Rules<'a> = &'a [(bool, String)];
 
+/// [`check`] with the endpoints the command line gives each side (`--source-endpoint-url`
+/// for the source, else `--endpoint-url`).
+pub fn check_cli(
+    g: &crate::cli::Global,
+    src: &Location,
+    dst: &Location,
+    rules: Rules<'_>,
+) -> Result<(), crate::Fatal> {
+    let src_endpoint = g
+        .source_endpoint_url
+        .as_deref()
+        .or(g.endpoint_url.as_deref());
+    check(src, dst, src_endpoint, g.endpoint_url.as_deref(), rules).map_err(crate::Fatal)
+}
+
 /// `Err(message)` when `src` and `dst` overlap and the filters do not exclude the overlap.
 /// `src_endpoint`/`dst_endpoint` are the endpoints each S3 side would use (`None`: AWS).
 pub fn check(
