@@ -19,6 +19,23 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order of [`Outcome::index`].
+    pub const ALL: [Outcome; 8] = [
+        Self::Copy,
+        Self::Delete,
+        Self::Skip,
+        Self::Refuse,
+        Self::Fail,
+        Self::WouldCopy,
+        Self::WouldDelete,
+        Self::Differ,
+    ];
+
+    /// The position of this outcome in [`Outcome::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Copy => "copy",
@@ -156,6 +173,8 @@ pub trait Reporter: Send + Sync {
     fn record(&self, _r: &Record) {}
     /// A message for the user (warnings, notes).
     fn note(&self, _msg: &str) {}
+    /// Every item of a pass has been planned: the totals of [`Reporter::planned`] are final.
+    fn listed(&self) {}
 }
 
 pub struct NullReporter;

@@ -269,6 +269,7 @@ impl Executor {
 
     /// Add to the summary's retry count (the job-level tier counts here itself).
     fn add_retries(&self, n: u64) {
+        crate::metrics::global().item_retries(n);
         self.retries.fetch_add(n, Ordering::Relaxed);
     }
 
@@ -393,7 +394,13 @@ impl Executor {
                 n = items.next() => n,
             };
             let item = match next {
-                None => break Ok(()),
+                None => {
+                    if pass == Pass::First {
+                        self.reporter.listed();
+                        crate::metrics::global().listing_done();
+                    }
+                    break Ok(());
+                }
                 Some(Err(e)) => break Err(e),
                 Some(Ok(i)) => i,
             };
@@ -404,9 +411,12 @@ impl Executor {
             let me = self.clone();
             // Only the first pass keeps items for another.
             let keep = keep.clone().filter(|_| pass == Pass::First);
+            let metrics = crate::metrics::global();
+            metrics.in_flight(1);
             tasks.spawn(async move {
                 let done = fut.await;
                 me.settle(done, keep.as_deref()).await;
+                metrics.in_flight(-1);
                 drop(permit);
             });
             while let Some(r) = tasks.try_join_next() {

@@ -12,6 +12,7 @@ pub mod formats;
 pub mod identity;
 pub mod journal;
 pub mod lease;
+pub mod metrics;
 pub mod plan;
 pub mod ports;
 pub mod spill;

@@ -196,7 +196,8 @@ pub async fn run(g: &Global, cmd: &ArchiveCommand) -> Result<u8, Fatal> {
                     } else {
                         format!(" (volumes not given: {:?})", v.missing)
                     };
-                    eprintln!(
+                    crate::logs::say!(
+                        Info,
                         "archive {} ({} export, seq {}) of {}: {} of {} volume(s) verified{missing}: {} put ({}), {} moves, {} deletes",
                         h.archive,
                         h.kind.as_str(),

@@ -88,7 +88,8 @@ pub async fn run(g: &Global, cmd: &BatchCommand) -> Result<u8, Fatal> {
             }
             let s = batch::cancel(&j, &a.job).await?;
             if !g.quiet {
-                eprintln!(
+                crate::logs::say!(
+                    Info,
                     "s3ferry: {}: {}",
                     a.job,
                     if s.state == "Active" {
@@ -112,7 +113,7 @@ pub async fn run(g: &Global, cmd: &BatchCommand) -> Result<u8, Fatal> {
                 let s = batch::status(&j, &a.job).await?;
                 let line = s.summary_line();
                 if line != last && !g.quiet && !g.json {
-                    eprintln!("{line}");
+                    crate::logs::say!(Info, "{line}");
                 }
                 last = line;
                 if s.is_terminal() || s.state == "Interrupted" {
@@ -243,7 +244,7 @@ async fn manifest(g: &Global, a: &BatchManifestArgs) -> Result<u8, Fatal> {
             .await?;
     }
     if !g.quiet {
-        eprintln!("s3ferry: {n} entries written to {}", a.out);
+        crate::logs::say!(Info, "s3ferry: {n} entries written to {}", a.out);
     }
     Ok(0)
 }
@@ -379,7 +380,8 @@ async fn run_job(g: &Global, a: &BatchRunArgs) -> Result<u8, Fatal> {
                 );
             } else {
                 println!("{}", spec.id);
-                eprintln!(
+                crate::logs::say!(
+                    Info,
                     "s3ferry: S3 Batch Operations job(s): {}",
                     sj.jobs.join(", ")
                 );
@@ -419,7 +421,7 @@ async fn attached(g: &Global, spec: JobSpec, j: Arc<Journal>) -> Result<u8, Fata
         .unwrap_or_else(|| "each pair's destination".into());
     printer.begin("batch", &input, &to, false);
     if !g.quiet && !g.json {
-        eprintln!("s3ferry: batch job {}", spec.id);
+        crate::logs::say!(Info, "s3ferry: batch job {}", spec.id);
     }
     let max_memory = spec.cli["max_memory"].as_u64().unwrap_or(1 << 30);
     let mut t = TransferConfig::new(max_memory);
@@ -822,7 +824,7 @@ async fn wait_service(
         let quiet = g.quiet || g.json;
         let mut show = |s: &JobStatus| {
             if !quiet {
-                eprintln!("{}: {}", s.id, s.summary_line());
+                crate::logs::say!(Info, "{}: {}", s.id, s.summary_line());
             }
         };
         finals.push(ops.wait(j, poll, &mut show).await?);

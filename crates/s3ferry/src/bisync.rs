@@ -168,7 +168,11 @@ pub async fn run(g: &Global, a: &BisyncArgs) -> Result<u8, Fatal> {
             v["retries"] = stats.retries().into();
             p2.json(v);
         } else if !quiet {
-            eprintln!("{}", round_line(s));
+            crate::logs::say_with(
+                crate::logs::Level::Info,
+                &round_line(s),
+                serde_json::to_value(s).unwrap_or_default(),
+            );
         }
     };
     let p3 = printer.clone();
@@ -180,7 +184,7 @@ pub async fn run(g: &Global, a: &BisyncArgs) -> Result<u8, Fatal> {
         if json {
             p3.json(serde_json::json!({"type": "round_error", "round": n, "error": e.to_string()}));
         } else {
-            eprintln!("s3ferry: round {n} failed: {e}");
+            crate::logs::say!(Error, "s3ferry: round {n} failed: {e}");
         }
     };
     let ended = bisync::run(
@@ -196,7 +200,8 @@ pub async fn run(g: &Global, a: &BisyncArgs) -> Result<u8, Fatal> {
         Ok(Ended::Once { failures: true }) => 1,
         Ok(Ended::Stopped) => {
             if !quiet && !json {
-                eprintln!(
+                crate::logs::say!(
+                    Info,
                     "s3ferry: bisync stopped ({}); the lease is released",
                     opts.cancel.reason().unwrap_or_else(|| "on request".into())
                 );

@@ -74,7 +74,8 @@ pub async fn run(g: &Global, cmd: &BundleCommand) -> Result<u8, Fatal> {
                 }
             }
             if g.verbose > 0 && !g.quiet {
-                eprintln!(
+                crate::logs::say!(
+                    Info,
                     "s3ferry: {} ({}) from {}",
                     a.key,
                     human_bytes(f.row.size),
@@ -127,9 +128,10 @@ fn shard_line(g: &Global, s: &ShardSummary) {
         println!("{v}");
     } else if !g.quiet {
         if s.skipped {
-            eprintln!("{}: complete already, skipped", s.shard);
+            crate::logs::say!(Info, "{}: complete already, skipped", s.shard);
         } else {
-            eprintln!(
+            crate::logs::say!(
+                Info,
                 "{}: packed {}, copied directly {}, dead letters {}, {} in {:.2}s -> {}",
                 s.shard,
                 s.packed,
@@ -301,7 +303,10 @@ async fn run_shards(g: &Global, a: &BundleRunArgs) -> Result<u8, Fatal> {
             Ok(s) => s,
             Err(BundleError::Interrupted) => {
                 p.finish_bar();
-                eprintln!("s3ferry: interrupted: {uri} was not completed (run again to finish)");
+                crate::logs::say!(
+                    Warn,
+                    "s3ferry: interrupted: {uri} was not completed (run again to finish)"
+                );
                 return Ok(130);
             }
             Err(e) => return Err(e.into()),

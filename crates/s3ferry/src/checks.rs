@@ -112,8 +112,10 @@ pub fn numbers(n: &Numbers) -> Result<Sizes, Fatal> {
 /// one started, with one warning line. `hint` ends other errors (`use --state-dir`).
 pub fn open_state(path: &Path, hint: &str) -> Result<Journal, Fatal> {
     let (j, moved) = Journal::open_or_rebuild(path).map_err(|e| Fatal(format!("{e} ({hint})")))?;
+    s3ferry_engine::metrics::global().set_state_db(path.to_path_buf());
     if let Some((aside, why)) = moved {
-        eprintln!(
+        crate::logs::say!(
+            Warn,
             "s3ferry: warning: state database {} was corrupt ({why}); moved it to {} and started a new one (this run compares content afresh)",
             path.display(),
             aside.display()

@@ -107,9 +107,74 @@ pub struct Global {
     /// Log level (overrides -v/-q for logs): error, warn, info or debug.
     #[arg(long, global = true, env = "S3FERRY_LOG_LEVEL", value_parser = ["error", "warn", "info", "debug"], value_name = "LEVEL")]
     pub log_level: Option<String>,
-    /// Never draw progress bars (they are drawn only when stderr is a terminal).
+    /// Never show progress: no bar on a terminal, no progress lines otherwise.
     #[arg(long, global = true)]
     pub no_progress: bool,
+    /// When stderr is not a terminal (CI logs, containers), write a progress line this often
+    /// ("1,234 of 10,000 objects, 1.2 GiB of 9.8 GiB, 45 MiB/s, ETA 3m"); 0 for none.
+    #[arg(
+        long,
+        global = true,
+        env = "S3FERRY_PROGRESS_INTERVAL",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    pub progress_interval: String,
+    /// Log lines on stderr as text, or as one JSON object per line (with the job, the run id
+    /// and the key where there is one) for log pipelines.
+    #[arg(
+        long,
+        global = true,
+        env = "S3FERRY_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics, with /healthz (alive) and /readyz
+    /// (bisync: the last round succeeded lately; a worker: its queue answers) for container
+    /// probes. Port 0 picks a free port (the address is printed on stderr).
+    #[arg(
+        long,
+        global = true,
+        env = "S3FERRY_METRICS_ADDR",
+        value_name = "HOST:PORT"
+    )]
+    pub metrics_addr: Option<String>,
+    /// Write the same metrics as CloudWatch Embedded Metric Format lines to FILE (appended), or
+    /// to stderr with `-`: every --metrics-interval and once at the end of the run. Counters are
+    /// the increase since the previous line, so CloudWatch's Sum adds up.
+    #[arg(
+        long,
+        global = true,
+        env = "S3FERRY_METRICS_EMF",
+        value_name = "FILE|-"
+    )]
+    pub metrics_emf: Option<String>,
+    /// The CloudWatch namespace of --metrics-emf.
+    #[arg(
+        long,
+        global = true,
+        env = "S3FERRY_METRICS_NAMESPACE",
+        default_value = "s3ferry",
+        value_name = "NAME"
+    )]
+    pub metrics_namespace: String,
+    /// How often --metrics-emf writes (CloudWatch's standard resolution is one minute).
+    #[arg(
+        long,
+        global = true,
+        env = "S3FERRY_METRICS_INTERVAL",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    pub metrics_interval: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -1088,6 +1153,10 @@ pub struct BisyncArgs {
     /// Seconds between rounds, 0 to 3600; 0 runs one round and exits.
     #[arg(long, env = "S3FERRY_POLL", default_value = "30", value_parser = parse_poll, value_name = "SECS")]
     pub poll: u64,
+    /// With --metrics-addr: /readyz answers 200 while the last round succeeded and a round
+    /// succeeded within the last N polls (N x --poll seconds, at least 60 s); 503 otherwise.
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub ready_polls: u32,
     /// Make one side authoritative in the first round (a one-way sync that deletes, under
     /// --max-delete), then go on two-way.
     #[arg(

@@ -56,10 +56,13 @@ pub fn signals(doing: &'static str) -> Cancel {
                 _ = term.recv() => "SIGTERM",
             };
             if n == 0 {
-                eprintln!("s3ferry: {sig}: stopping after {doing} (again to stop at once)");
+                crate::logs::say!(
+                    Warn,
+                    "s3ferry: {sig}: stopping after {doing} (again to stop at once)"
+                );
                 c.request(sig);
             } else {
-                eprintln!("s3ferry: {sig}: stopping now; the next run cleans up");
+                crate::logs::say!(Warn, "s3ferry: {sig}: stopping now; the next run cleans up");
                 std::process::exit(EXIT_INTERRUPTED.into());
             }
         }

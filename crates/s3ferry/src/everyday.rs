@@ -149,7 +149,7 @@ fn transfer_of(a: &cli::TransferArgs) -> Result<TransferConfig, Fatal> {
 fn concurrency_of(a: &cli::TransferArgs) -> usize {
     if let Some(w) = a.concurrency.and_then(crate::limits::concurrency_warning) {
         static SAID: std::sync::Once = std::sync::Once::new();
-        SAID.call_once(|| eprintln!("s3ferry: warning: {w}"));
+        SAID.call_once(|| crate::logs::say!(Warn, "s3ferry: warning: {w}"));
     }
     a.concurrency
         .unwrap_or_else(crate::limits::default_concurrency)

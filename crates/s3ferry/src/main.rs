@@ -11,6 +11,8 @@ mod cli;
 mod context;
 mod everyday;
 mod limits;
+mod logs;
+mod ops;
 mod output;
 mod overlap;
 mod pipe;
@@ -51,15 +53,18 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     context::init(&matches);
-    init_logging(
+    logs::init(
         cli.global.verbose,
         cli.global.quiet,
         cli.global.log_level.as_deref(),
+        cli.global.log_format,
     );
+    output::configure(&cli.global);
     match cli::parse_duration(&cli.global.read_timeout) {
         Ok(d) if !d.is_zero() => {}
         _ => {
-            eprintln!(
+            logs::say!(
+                Error,
                 "s3ferry: error: --read-timeout {:?}: use a duration like 30s or 5m",
                 cli.global.read_timeout
             );
@@ -72,7 +77,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("s3ferry: error: cannot start the runtime: {e}");
+            logs::say!(Error, "s3ferry: error: cannot start the runtime: {e}");
             return ExitCode::from(2);
         }
     };
@@ -83,44 +88,23 @@ fn main() -> ExitCode {
     match res {
         Ok(code) => ExitCode::from(code),
         Err(Fatal(msg)) => {
-            eprintln!("s3ferry: error: {msg}");
+            logs::say!(Error, "s3ferry: error: {msg}");
             context::fatal_summary(json, &msg);
             ExitCode::from(2)
         }
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool, log_level: Option<&str>) {
-    let level = match (log_level, quiet, verbose) {
-        (Some(l), _, _) => l,
-        (None, true, _) => "error",
-        (None, _, 0) => "warn",
-        (None, _, 1) => "info",
-        _ => "debug",
-    };
-    // aws_config warns for every credential provider that fails; when none works we say so in
-    // our one error line, so its warnings only show with -v.
-    let sdk = if verbose > 0 && !quiet {
-        "warn"
-    } else {
-        "error"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("S3FERRY_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{level},aws_smithy_runtime=warn,aws_config={sdk},hyper=warn"
-        ))
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+async fn run(cli: Cli) -> Result<u8, Fatal> {
+    let ops = ops::start(&cli).await?;
+    let r = dispatch(&cli).await;
+    ops.finish();
+    r
 }
 
-async fn run(cli: Cli) -> Result<u8, Fatal> {
+async fn dispatch(cli: &Cli) -> Result<u8, Fatal> {
     match &cli.command {
-        Command::Sync(args) => run_sync(&cli, args).await,
+        Command::Sync(args) => run_sync(cli, args).await,
         Command::Pipe(p) => pipe::run(&cli.global, p).await,
         Command::Bisync(a) => bisync::run(&cli.global, a).await,
         Command::Batch(b) => batch::run(&cli.global, b).await,
@@ -247,7 +231,7 @@ async fn run_sync(cli: &Cli, args: &SyncArgs) -> Result<u8, Fatal> {
     let part_size = sizes.part_size.unwrap_or(checks::MIN_PART_SIZE);
     let max_memory = sizes.max_memory.unwrap_or(part_size);
     if let Some(w) = args.concurrency.and_then(limits::concurrency_warning) {
-        eprintln!("s3ferry: warning: {w}");
+        logs::say!(Warn, "s3ferry: warning: {w}");
     }
     overlap::check_cli(g, &src_loc, &dst_loc, &rules)?;
     let mut transfer = TransferConfig::new(max_memory);

@@ -9,26 +9,171 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use s3ferry_engine::events::{Outcome, Record, Reporter, Summary};
+use s3ferry_engine::metrics;
+
+use crate::logs::{say_with, Level};
+
+/// How often a progress line is written when stderr is not a terminal (`--progress-interval`;
+/// none when zero).
+static PROGRESS_EVERY: OnceLock<Duration> = OnceLock::new();
+
+/// Take the output settings of the command line (before any printer is made).
+pub fn configure(g: &crate::cli::Global) {
+    let every = crate::cli::parse_duration(&g.progress_interval).unwrap_or_else(|_| {
+        crate::logs::say!(
+            Warn,
+            "s3ferry: warning: --progress-interval {:?} is not a duration (like 10s); using 10s",
+            g.progress_interval
+        );
+        Duration::from_secs(10)
+    });
+    let _ = PROGRESS_EVERY.set(every);
+}
+
+/// What has been planned and done, for the bar and the progress lines.
+struct Progress {
+    objects_planned: AtomicU64,
+    objects_done: AtomicU64,
+    bytes_planned: AtomicU64,
+    bytes_done: AtomicU64,
+    /// Every item has been planned: the totals are final.
+    listed: AtomicBool,
+    finished: AtomicBool,
+    started: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            objects_planned: AtomicU64::new(0),
+            objects_done: AtomicU64::new(0),
+            bytes_planned: AtomicU64::new(0),
+            bytes_done: AtomicU64::new(0),
+            listed: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            started: Instant::now(),
+        }
+    }
+
+    /// `1,234 of 10,000 objects, 1.2 GiB of 9.8 GiB, 45.0 MiB/s, ETA 3m` ("of at least" while
+    /// listing runs; no ETA until the totals are known), with the figures as JSON fields.
+    /// `rate` is the bytes per second since the previous line.
+    fn line(&self, rate: f64) -> (String, serde_json::Value) {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (od, op, bd, bp) = (
+            l(&self.objects_done),
+            l(&self.objects_planned),
+            l(&self.bytes_done),
+            l(&self.bytes_planned),
+        );
+        let listed = self.listed.load(Ordering::Relaxed);
+        let of = if listed { "of" } else { "of at least" };
+        let mut text = format!(
+            "{} {of} {} objects, {} {of} {}, {}/s",
+            thousands(od),
+            thousands(op),
+            human_bytes(bd),
+            human_bytes(bp),
+            human_bytes(rate as u64)
+        );
+        let avg = bd as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        let eta = (listed && avg > 0.0 && bp >= bd).then(|| ((bp - bd) as f64 / avg).ceil() as u64);
+        if let Some(e) = eta {
+            text += &format!(", ETA {}", human_duration(e));
+        }
+        let fields = serde_json::json!({
+            "objects_done": od, "objects_planned": op, "bytes_done": bd, "bytes_planned": bp,
+            "bytes_per_sec": rate as u64, "listing_complete": listed, "eta_secs": eta,
+        });
+        (text, fields)
+    }
+}
+
+/// Write a progress line every `every` until the printer finishes.
+fn progress_lines(p: std::sync::Weak<Progress>, every: Duration) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            tick.tick().await;
+            let Some(p) = p.upgrade() else { return };
+            if p.finished.load(Ordering::Relaxed) {
+                return;
+            }
+            let done = p.bytes_done.load(Ordering::Relaxed);
+            if p.objects_planned.load(Ordering::Relaxed) == 0 && done == 0 {
+                continue;
+            }
+            let rate =
+                done.saturating_sub(last.1) as f64 / last.0.elapsed().as_secs_f64().max(0.001);
+            last = (Instant::now(), done);
+            let (text, fields) = p.line(rate);
+            say_with(Level::Info, &text, fields);
+        }
+    });
+}
+
+/// `1234567` -> `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Seconds as `45s`, `3m`, `2h05m`.
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s.div_ceil(60)),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
 
 pub struct Printer {
     pub json: bool,
     pub verbose: u8,
     pub quiet: bool,
     bar: Option<ProgressBar>,
-    objects_planned: AtomicU64,
-    objects_done: AtomicU64,
+    progress: Arc<Progress>,
     out: Mutex<Box<dyn Write + Send>>,
+}
+
+impl Drop for Printer {
+    fn drop(&mut self) {
+        self.progress.finished.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Printer {
     pub fn new(json: bool, verbose: u8, quiet: bool, progress: bool) -> Self {
         use std::io::IsTerminal;
-        let bar = (progress && !json && !quiet && std::io::stderr().is_terminal()).then(|| {
+        let state = Arc::new(Progress::new());
+        let tty = std::io::stderr().is_terminal();
+        // Without a terminal: a progress line now and then (not among --json records on the
+        // same stream, unless the log lines are JSON too).
+        if progress && !quiet && !tty && (!json || crate::logs::json()) {
+            if let Some(every) = PROGRESS_EVERY.get().filter(|d| !d.is_zero()) {
+                progress_lines(Arc::downgrade(&state), *every);
+            }
+        }
+        let bar = (progress && !json && !quiet && tty).then(|| {
             let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(8));
             b.set_style(
                 ProgressStyle::with_template(
@@ -44,8 +189,7 @@ impl Printer {
             verbose,
             quiet,
             bar,
-            objects_planned: AtomicU64::new(0),
-            objects_done: AtomicU64::new(0),
+            progress: state,
             out: Mutex::new(Box::new(std::io::stdout())),
         }
     }
@@ -67,10 +211,15 @@ impl Printer {
         }
     }
 
-    fn err_line(&self, s: &str) {
+    /// A line on stderr (a JSON log line with `--log-format json`), about `key` if given.
+    fn err_line(&self, level: Level, s: &str, key: Option<&str>) {
         match &self.bar {
             Some(b) => b.println(s),
-            None => eprintln!("{s}"),
+            None => say_with(
+                level,
+                s,
+                key.map_or(serde_json::Value::Null, |k| serde_json::json!({"key": k})),
+            ),
         }
     }
 
@@ -87,9 +236,7 @@ impl Printer {
     }
 
     pub fn summary(&self, s: &Summary) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
+        self.finish_bar();
         let code = s.exit_code();
         if self.json {
             crate::context::ended();
@@ -131,13 +278,18 @@ impl Printer {
             s.elapsed_secs,
             human_bytes(rate as u64)
         );
-        eprintln!("{msg}");
+        say_with(
+            Level::Info,
+            &msg,
+            serde_json::to_value(s).unwrap_or_default(),
+        );
         if let Some(w) = &s.deletes_suppressed {
-            eprintln!("warning: {w}");
+            crate::logs::say!(Warn, "warning: {w}");
         }
     }
 
     pub fn finish_bar(&self) {
+        self.progress.finished.store(true, Ordering::Relaxed);
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
@@ -161,32 +313,63 @@ pub fn human_bytes(n: u64) -> String {
 
 impl Reporter for Printer {
     fn planned(&self, objects: u64, bytes: u64) {
-        let n = self.objects_planned.fetch_add(objects, Ordering::Relaxed) + objects;
+        metrics::global().planned(objects, bytes);
+        let p = &self.progress;
+        let n = p.objects_planned.fetch_add(objects, Ordering::Relaxed) + objects;
+        p.bytes_planned.fetch_add(bytes, Ordering::Relaxed);
         if let Some(b) = &self.bar {
             b.inc_length(bytes);
             b.set_message(format!(
                 "{}/{n} objects",
-                self.objects_done.load(Ordering::Relaxed)
+                p.objects_done.load(Ordering::Relaxed)
             ));
         }
     }
 
     fn bytes(&self, n: u64) {
+        metrics::global().transferred(n);
+        self.progress.bytes_done.fetch_add(n, Ordering::Relaxed);
         if let Some(b) = &self.bar {
             b.inc(n);
         }
     }
 
+    fn listed(&self) {
+        self.progress.listed.store(true, Ordering::Relaxed);
+    }
+
     fn record(&self, r: &Record) {
+        self.tally(r);
+        self.show(r);
+    }
+
+    fn note(&self, msg: &str) {
+        if self.json {
+            self.json(serde_json::json!({"type": "note", "message": msg}));
+        } else if !self.quiet {
+            self.err_line(Level::Info, &format!("note: {msg}"), None);
+        }
+    }
+}
+
+impl Printer {
+    /// Count a record: the metrics and the progress (whether or not it is shown).
+    fn tally(&self, r: &Record) {
+        metrics::global().item(r.action, r.size);
         if r.action.finishes_work() {
-            let d = self.objects_done.fetch_add(1, Ordering::Relaxed) + 1;
+            let p = &self.progress;
+            let d = p.objects_done.fetch_add(1, Ordering::Relaxed) + 1;
             if let Some(b) = &self.bar {
                 b.set_message(format!(
                     "{d}/{} objects",
-                    self.objects_planned.load(Ordering::Relaxed)
+                    p.objects_planned.load(Ordering::Relaxed)
                 ));
             }
         }
+    }
+
+    /// Show a record: a JSON record, a line, or nothing (routine skips without -v).
+    fn show(&self, r: &Record) {
         if self.json {
             let mut v = serde_json::to_value(r).unwrap_or_default();
             v["type"] = "object".into();
@@ -196,25 +379,24 @@ impl Reporter for Printer {
             return;
         }
         match r.action {
-            Outcome::Fail => self.err_line(&format!(
-                "error: {}",
-                r.error.as_deref().unwrap_or(&r.reason)
-            )),
-            Outcome::Refuse => self.err_line(&format!("refused: {:?}: {}", r.key, r.reason)),
-            Outcome::Skip if r.is_reported_skip() && !self.quiet => {
-                self.err_line(&format!("skipped: {:?}: {}", r.key, r.reason))
-            }
+            Outcome::Fail => self.err_line(
+                Level::Error,
+                &format!("error: {}", r.error.as_deref().unwrap_or(&r.reason)),
+                Some(&r.key),
+            ),
+            Outcome::Refuse => self.err_line(
+                Level::Warn,
+                &format!("refused: {:?}: {}", r.key, r.reason),
+                Some(&r.key),
+            ),
+            Outcome::Skip if r.is_reported_skip() && !self.quiet => self.err_line(
+                Level::Warn,
+                &format!("skipped: {:?}: {}", r.key, r.reason),
+                Some(&r.key),
+            ),
             Outcome::Skip if self.verbose == 0 => {}
             _ if self.quiet => {}
             a => self.line(&format!("{:<12} {} ({})", a.as_str(), r.key, r.reason)),
-        }
-    }
-
-    fn note(&self, msg: &str) {
-        if self.json {
-            self.json(serde_json::json!({"type": "note", "message": msg}));
-        } else if !self.quiet {
-            self.err_line(&format!("note: {msg}"));
         }
     }
 }
@@ -234,12 +416,16 @@ impl Reporter for JobLines {
         self.printer.bytes(n)
     }
     fn record(&self, r: &Record) {
+        self.printer.tally(r);
         if self.verbose || !matches!(r.action, Outcome::Copy | Outcome::WouldCopy) {
-            self.printer.record(r)
+            self.printer.show(r)
         }
     }
     fn note(&self, msg: &str) {
         self.printer.note(msg)
+    }
+    fn listed(&self) {
+        self.printer.listed()
     }
 }
 
@@ -270,7 +456,42 @@ impl Printer {
             v["job"] = job.into();
             self.json(v);
         } else if !self.quiet {
-            eprintln!("{text}");
+            say_with(Level::Info, &text, v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_say_at_least_while_listing_and_an_eta_once_the_totals_are_known() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_234), "1,234");
+        assert_eq!(thousands(10_000_000), "10,000,000");
+        assert_eq!(human_duration(45), "45s");
+        assert_eq!(human_duration(150), "3m");
+        assert_eq!(human_duration(7_500), "2h05m");
+        let p = Progress::new();
+        p.objects_planned.store(10_000, Ordering::Relaxed);
+        p.objects_done.store(1_234, Ordering::Relaxed);
+        p.bytes_planned.store(10 << 30, Ordering::Relaxed);
+        p.bytes_done.store(1 << 30, Ordering::Relaxed);
+        let (text, v) = p.line(45.0 * 1024.0 * 1024.0);
+        assert_eq!(
+            text,
+            "1,234 of at least 10,000 objects, 1.0 GiB of at least 10.0 GiB, 45.0 MiB/s"
+        );
+        assert_eq!(v["listing_complete"], false);
+        assert!(v["eta_secs"].is_null());
+        p.listed.store(true, Ordering::Relaxed);
+        let (text, v) = p.line(0.0);
+        assert!(
+            text.starts_with("1,234 of 10,000 objects, 1.0 GiB of 10.0 GiB, 0 B/s, ETA "),
+            "{text}"
+        );
+        assert!(v["eta_secs"].as_u64().is_some_and(|s| s > 0));
     }
 }

@@ -108,7 +108,7 @@ fn interrupted(g: &Global, what: &str, msg: &str) -> u8 {
                 "exit_code": crate::context::EXIT_INTERRUPTED})
         );
     } else {
-        eprintln!("s3ferry: {what}: {msg}");
+        crate::logs::say!(Warn, "s3ferry: {what}: {msg}");
     }
     crate::context::EXIT_INTERRUPTED
 }
@@ -120,13 +120,16 @@ fn report(g: &Global, what: &str, value: serde_json::Value, text: String) {
         v["job"] = serde_json::json!(what);
         eprintln!("{v}");
     } else if g.verbose > 0 && !g.quiet {
-        eprintln!("{text}");
+        crate::logs::say!(Info, "{text}");
     }
 }
 
 fn note_cleaned(g: &Global, n: u64) {
     if n > 0 && !g.quiet {
-        eprintln!("s3ferry: cleaned up {n} unfinished upload(s) from an earlier run");
+        crate::logs::say!(
+            Info,
+            "s3ferry: cleaned up {n} unfinished upload(s) from an earlier run"
+        );
     }
 }
 

@@ -183,10 +183,12 @@ pub async fn open(
         .then(|| pacer(g))
         .flatten();
     let backend = with_faults(backend, role)?;
-    let limited: DynStore = Arc::new(LimitStore::new(backend).with_pacer(paced));
-    let retry = RetryStore::with_policy(limited, retry_policy(g));
-    let stats = retry.stats();
-    Ok((Arc::new(retry), Some(stats)))
+    let kind = match loc {
+        Location::Local(_) => "local",
+        Location::S3 { .. } => "s3",
+    };
+    let (store, stats) = layered(g, backend, paced, role, kind);
+    Ok((store, Some(stats)))
 }
 
 /// Open a local directory as a store, wrapped like S3 stores (the limit layer also backs off
@@ -205,8 +207,7 @@ pub fn open_dir(
     } else {
         s
     };
-    let limited: DynStore = Arc::new(LimitStore::new(Arc::new(s)));
-    Ok(Arc::new(RetryStore::with_policy(limited, retry_policy(g))))
+    Ok(layered(g, Arc::new(s), None, role, "local").0)
 }
 
 /// Open an S3 bucket for a pipe, wrapped in the retry and adaptive-limit layers (and the fault
@@ -231,10 +232,28 @@ pub async fn open_remote_with(
     cfg.copy_source_sse_customer_key = sse_c.copy_source;
     let backend: DynStore = Arc::new(S3Store::connect(cfg).await?);
     let backend = with_faults(backend, role)?;
-    let limited: DynStore = Arc::new(LimitStore::new(backend).with_pacer(pacer(g)));
-    let retry = RetryStore::with_policy(limited, retry_policy(g));
+    Ok(layered(g, backend, pacer(g), role, "s3"))
+}
+
+/// `backend` wrapped in the adaptive-limit layer (paced by `pacer`) and the retry layer, its
+/// requests and limit counted in the process's metrics.
+fn layered(
+    g: &Global,
+    backend: DynStore,
+    pacer: Option<Arc<Pacer>>,
+    role: Role,
+    kind: &'static str,
+) -> (DynStore, Arc<RetryStats>) {
+    let limited = LimitStore::new(backend).with_pacer(pacer);
+    let gauge = limited.gauge();
+    let retry = RetryStore::with_policy(Arc::new(limited), retry_policy(g));
     let stats = retry.stats();
-    Ok((Arc::new(retry), stats))
+    let side = match role {
+        Role::Source => "source",
+        Role::Destination => "destination",
+    };
+    s3ferry_engine::metrics::global().add_store(side, kind, stats.clone(), Some(gauge));
+    (Arc::new(retry), stats)
 }
 
 /// Test builds (feature "fault") read S3FERRY_FAULTS (all sides) or S3FERRY_FAULTS_SOURCE /

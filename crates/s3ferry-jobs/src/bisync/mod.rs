@@ -23,6 +23,7 @@ use s3ferry_engine::filter::Filters;
 use s3ferry_engine::identity::resolve_check;
 use s3ferry_engine::journal::{is_reserved, reserved_keys, Journal};
 use s3ferry_engine::lease::{Lease, LeaseConfig, LeaseError};
+use s3ferry_engine::metrics::{self, RoundChanges, RoundResult};
 use s3ferry_engine::plan::{same_content, signature, Action, BaseRecord, Check, MaxDelete};
 use s3ferry_engine::ports::{
     invalidation_paths, Invalidator, MAX_INVALIDATION_PATHS, MAX_INVALIDATION_WILDCARDS,
@@ -811,6 +812,7 @@ pub async fn run(
     let mut n = 0u64;
     loop {
         n += 1;
+        let started = std::time::Instant::now();
         let attempt: Result<Option<RoundSummary>, BisyncError> = async {
             if stop.is_requested() {
                 return Ok(None);
@@ -857,6 +859,7 @@ pub async fn run(
         };
         let failed_objects = match r {
             Ok(s) => {
+                count_round(&s, started.elapsed());
                 on_round(&s);
                 init = Init::None;
                 s.failed + s.refused > 0
@@ -872,6 +875,11 @@ pub async fn run(
                 ) {
                     return Err(e);
                 }
+                metrics::global().round(
+                    RoundResult::Failed,
+                    started.elapsed(),
+                    RoundChanges::default(),
+                );
                 if lo.poll.is_none() {
                     return Err(e); // reported once, by the caller
                 }
@@ -901,6 +909,39 @@ pub async fn run(
     }
 }
 
+/// A round that ran to its end, in the process's metrics.
+fn count_round(s: &RoundSummary, took: Duration) {
+    let result = if s.failed + s.refused > 0 {
+        RoundResult::Partial
+    } else {
+        RoundResult::Ok
+    };
+    let changes = RoundChanges {
+        up: s.up,
+        down: s.down,
+        deleted_local: s.deleted_local,
+        deleted_remote: s.deleted_remote,
+        conflicts: s.conflicts,
+    };
+    metrics::global().round(result, took, changes);
+}
+
+/// `s3ferry_lease_held` is 1 while this lives.
+struct Held;
+
+impl Held {
+    fn new() -> Self {
+        metrics::global().lease_held(true);
+        Held
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        metrics::global().lease_held(false);
+    }
+}
+
 /// Run `work` while holding `lease` (renewed in the background at a third of its timeout),
 /// then release it. A lease lost to a takeover stops the work at once. (A stop request is the
 /// work's own to honour: it finishes what is in flight first.)
@@ -912,6 +953,7 @@ async fn with_lease<T>(
     let Some(mut lease) = lease else {
         return work.await;
     };
+    let _held = Held::new();
     let every = lease.renew_every().max(Duration::from_millis(100));
     let r = loop {
         tokio::select! {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use s3ferry_engine::events::{Outcome, Record};
+use s3ferry_engine::metrics;
 use s3ferry_engine::ports::{Queue, QueueMessage};
 use serde::{Deserialize, Serialize};
 
@@ -87,8 +88,9 @@ fn heartbeat(
         let every = (visibility / 3).max(Duration::from_millis(200));
         loop {
             tokio::time::sleep(every).await;
-            if let Err(e) = queue.set_visibility(&receipt, visibility).await {
-                tracing::warn!("heartbeat of the shard in hand failed: {e}");
+            match queue.set_visibility(&receipt, visibility).await {
+                Ok(()) => metrics::global().heartbeat(Some(Instant::now())),
+                Err(e) => tracing::warn!("heartbeat of the shard in hand failed: {e}"),
             }
         }
     })
@@ -118,6 +120,7 @@ pub async fn work(
         };
         let msgs = match got {
             Ok(m) => {
+                metrics::global().received();
                 receive_errors = 0;
                 m
             }
@@ -145,8 +148,13 @@ pub async fn work(
             continue;
         };
         handled += 1;
+        metrics::global().heartbeat(Some(Instant::now()));
         let r = one(&queue, msg, cx, opts, &stop).await;
+        metrics::global().heartbeat(None);
         idle_since = Instant::now();
+        if !matches!(r, Err(BundleError::Interrupted)) {
+            metrics::global().shard(r.is_ok());
+        }
         match r {
             Ok(s) => {
                 summary.shards += 1;

@@ -97,6 +97,23 @@ fn error_outcome(kind: ErrorKind) -> Outcome {
     }
 }
 
+/// Reads a [`LimitStore`]'s limit (see [`LimitStore::gauge`]).
+#[derive(Clone)]
+pub struct LimitGauge(Arc<Shared>);
+
+impl LimitGauge {
+    /// The limit in force now.
+    pub fn limit(&self) -> usize {
+        self.0.lock().limit
+    }
+}
+
+impl std::fmt::Debug for LimitGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LimitGauge").field(&self.limit()).finish()
+    }
+}
+
 /// A running request's share of the limit.
 struct Permit {
     shared: Arc<Shared>,
@@ -256,6 +273,11 @@ impl LimitStore {
     /// The limit in force now.
     pub fn current_limit(&self) -> usize {
         self.shared.lock().limit
+    }
+
+    /// A handle that reads the limit later (for metrics), without keeping the store open.
+    pub fn gauge(&self) -> LimitGauge {
+        LimitGauge(self.shared.clone())
     }
 
     pub fn config(&self) -> LimitConfig {

@@ -28,5 +28,5 @@ pub(crate) mod testutil;
 
 #[cfg(feature = "fault")]
 pub use fault::{FaultSpec, FaultSpecError, FaultStore};
-pub use limit::{LimitConfig, LimitStore, Pacer};
-pub use retry::{RetryBudget, RetryCounts, RetryPolicy, RetryStats, RetryStore};
+pub use limit::{LimitConfig, LimitGauge, LimitStore, Pacer};
+pub use retry::{OpCounts, RetryBudget, RetryCounts, RetryPolicy, RetryStats, RetryStore};

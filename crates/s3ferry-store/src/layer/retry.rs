@@ -31,6 +31,7 @@
 //! Put it outside [`LimitStore`](super::LimitStore) so that every attempt takes its own
 //! concurrency permit and a request sleeping in backoff holds none.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,6 +135,18 @@ pub struct RetryStats {
     throttles: AtomicU64,
     gave_up: AtomicU64,
     budget_exhausted: AtomicU64,
+    /// Attempts and retries by (operation, result): `ok` or the error kind
+    /// ([`ErrorKind::as_str`]). Both label sets are bounded (the store's operations, the kinds).
+    by_op: Mutex<BTreeMap<(&'static str, &'static str), OpCounts>>,
+}
+
+/// Requests of one operation that ended one way (see [`RetryStats::by_operation`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    /// Attempts (each one request to the store) that ended this way.
+    pub requests: u64,
+    /// Of those, the failed ones that were tried again.
+    pub retries: u64,
 }
 
 /// A snapshot of [`RetryStats`].
@@ -163,6 +176,20 @@ impl RetryStats {
     }
     pub fn throttles(&self) -> u64 {
         self.throttles.load(Ordering::Relaxed)
+    }
+
+    /// Requests and retries by (operation, result), `result` being `ok` or an error kind. A
+    /// listing counts one request per listing (and one per page listed again after an error).
+    pub fn by_operation(&self) -> Vec<((&'static str, &'static str), OpCounts)> {
+        let m = self.by_op.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    fn count(&self, op: &'static str, result: &'static str, retried: bool) {
+        let mut m = self.by_op.lock().unwrap_or_else(|p| p.into_inner());
+        let c = m.entry((op, result)).or_default();
+        c.requests += 1;
+        c.retries += u64::from(retried);
     }
 }
 
@@ -197,6 +224,19 @@ enum GiveUp {
 impl Shared {
     /// After a failed attempt (`attempt` is 1-based): `Ok(wait)` to retry, `Err` to give up.
     fn on_error(
+        &self,
+        op: &'static str,
+        key: &str,
+        err: &StoreError,
+        attempt: u32,
+        idempotent: bool,
+    ) -> Result<Duration, GiveUp> {
+        let verdict = self.judge(op, key, err, attempt, idempotent);
+        self.stats.count(op, err.kind.as_str(), verdict.is_ok());
+        verdict
+    }
+
+    fn judge(
         &self,
         op: &'static str,
         key: &str,
@@ -246,7 +286,8 @@ impl Shared {
         Ok(delay)
     }
 
-    fn on_success(&self, retried: bool) {
+    fn on_success(&self, op: &'static str, retried: bool) {
+        self.stats.count(op, "ok", false);
         let b = &self.policy.budget;
         let refund = if retried {
             b.retry_cost
@@ -299,7 +340,7 @@ impl Shared {
             attempt += 1;
             match f().await {
                 Ok(v) => {
-                    self.on_success(attempt > 1);
+                    self.on_success(op, attempt > 1);
                     return Ok(v);
                 }
                 Err(e) => match self.on_error(op, key, &e, attempt, idempotent) {
@@ -416,13 +457,13 @@ impl ListState {
         loop {
             match self.cur.next().await {
                 None => {
-                    self.shared.on_success(self.attempt > 0);
+                    self.shared.on_success("list", self.attempt > 0);
                     return None;
                 }
                 Some(Ok(m)) => {
                     if self.attempt > 0 {
                         // The restarted page arrived: that request succeeded.
-                        self.shared.on_success(true);
+                        self.shared.on_success("list", true);
                         self.attempt = 0;
                     }
                     self.advance(&m.key);
@@ -714,7 +755,7 @@ impl Store for RetryStore {
                 }
             }
             let Some(e) = retry_errors.first() else {
-                self.shared.on_success(attempt > 1);
+                self.shared.on_success("delete_many", attempt > 1);
                 break;
             };
             let key = e.key.clone().unwrap_or_default();

@@ -30,6 +30,11 @@ const SCRUB: &[&str] = &[
     "AWS_PROFILE",
     "AWS_ENDPOINT_URL_S3",
     "AWS_MAX_ATTEMPTS",
+    "S3FERRY_LOG_FORMAT",
+    "S3FERRY_METRICS_ADDR",
+    "S3FERRY_METRICS_EMF",
+    "S3FERRY_METRICS_NAMESPACE",
+    "S3FERRY_METRICS_INTERVAL",
 ];
 
 fn env_or(name: &str, default: &str) -> String {
@@ -98,6 +103,8 @@ impl Ctx {
             .env("AWS_REGION", region())
             .env("S3FERRY_STATE_DIR", &self.state)
             .env("NO_COLOR", "1")
+            // No progress lines on the captured stderr unless a test asks for them.
+            .env("S3FERRY_PROGRESS_INTERVAL", "0")
             .stdin(Stdio::null());
         c
     }
