@@ -411,12 +411,11 @@ impl Executor {
             let me = self.clone();
             // Only the first pass keeps items for another.
             let keep = keep.clone().filter(|_| pass == Pass::First);
-            let metrics = crate::metrics::global();
-            metrics.in_flight(1);
+            let in_flight = InFlight::new();
             tasks.spawn(async move {
                 let done = fut.await;
                 me.settle(done, keep.as_deref()).await;
-                metrics.in_flight(-1);
+                drop(in_flight);
                 drop(permit);
             });
             while let Some(r) = tasks.try_join_next() {
@@ -495,6 +494,22 @@ impl Executor {
         s.interrupted = self.interrupted();
         s.elapsed_secs = self.started.elapsed().as_secs_f64();
         s
+    }
+}
+
+/// One item in the metrics' in-flight gauge while this lives (also when its task is aborted).
+struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        crate::metrics::global().in_flight(1);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        crate::metrics::global().in_flight(-1);
     }
 }
 

@@ -15,8 +15,9 @@
 //! - **Service loops** (`bisync --poll`, `bundle worker`) report rounds, shards, the lease and
 //!   the queue; [`Metrics::readiness`] turns them into `/readyz`.
 //!
-//! Label sets are bounded: job and outcome names, store operations, error kinds, the side of a
-//! store. A key or a bucket is never a label.
+//! Label sets are bounded: the command, outcome names, store operations, error kinds, the side
+//! and backend of a store. A key or a bucket is never a label. (The command's label is `command`,
+//! not `job`: Prometheus keeps `job` for its own scrape job.)
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -46,7 +47,6 @@ struct Store {
     side: &'static str,
     backend: &'static str,
     stats: Arc<RetryStats>,
-    limit: Option<LimitGauge>,
 }
 
 /// What `/readyz` asks of the command.
@@ -54,11 +54,13 @@ struct Store {
 pub enum Readiness {
     /// Ready while it runs (a one-shot command).
     Running,
-    /// A loop of rounds (`bisync --poll`): ready when the last round succeeded and the last
-    /// successful round ended within `within`.
+    /// A loop of rounds (`bisync --poll`): ready when a round succeeded within `within` (a
+    /// failed round or two in between are tolerated), and while a round runs that started
+    /// within `within` of the last success (a long round is work, not a fault).
     Rounds { within: Duration },
-    /// A queue worker: ready when a receive from its queue succeeded within `within`.
-    Receiving { within: Duration },
+    /// A queue worker: ready when a receive from its queue succeeded within `within`, or while
+    /// it holds a shard whose lease (visibility) was taken or extended within `lease`.
+    Receiving { within: Duration, lease: Duration },
 }
 
 /// How a round of a loop ended.
@@ -80,6 +82,8 @@ struct Service {
     round_buckets: [u64; ROUND_BUCKETS.len()],
     round_seconds: f64,
     last_round_ok: Option<bool>,
+    /// When the round running now started.
+    running_since: Option<Instant>,
     last_ok: Option<Instant>,
     last_ok_wall: Option<SystemTime>,
     changes_up: u64,
@@ -104,6 +108,8 @@ pub struct Metrics {
     item_retries: AtomicU64,
     in_flight: AtomicI64,
     stores: Mutex<Vec<Store>>,
+    /// The limits of the stores open now (a store's gauge ends with it).
+    limits: Mutex<Vec<(&'static str, &'static str, LimitGauge)>>,
     service: Mutex<Service>,
     lease: AtomicI64,
     readiness: Mutex<Readiness>,
@@ -129,6 +135,7 @@ impl Metrics {
             item_retries: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             stores: Mutex::new(Vec::new()),
+            limits: Mutex::new(Vec::new()),
             service: Mutex::new(Service::default()),
             lease: AtomicI64::new(-1),
             readiness: Mutex::new(Readiness::Running),
@@ -180,7 +187,9 @@ impl Metrics {
     }
 
     /// Count the requests of a store (`side`: `source` or `destination`; `backend`: `s3` or
-    /// `local`) and read its adaptive concurrency.
+    /// `local`) and read its adaptive concurrency while it is open. Stores that share their
+    /// stats are counted once, so a process that opens a store per unit of work (a worker, per
+    /// shard) shares one set of stats per side and backend and keeps this list short.
     pub fn add_store(
         &self,
         side: &'static str,
@@ -188,8 +197,12 @@ impl Metrics {
         stats: Arc<RetryStats>,
         limit: Option<LimitGauge>,
     ) {
+        if let Some(l) = limit {
+            let mut v = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+            v.retain(|(_, _, g)| g.limit().is_some());
+            v.push((side, backend, l));
+        }
         let mut v = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        // Stores that share their stats (and the same limit) are counted once.
         if v.iter().any(|s| Arc::ptr_eq(&s.stats, &stats)) {
             return;
         }
@@ -197,7 +210,6 @@ impl Metrics {
             side,
             backend,
             stats,
-            limit,
         });
     }
 
@@ -214,11 +226,17 @@ impl Metrics {
         self.service.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A round of a service loop starts.
+    pub fn round_started(&self) {
+        self.service().running_since = Some(Instant::now());
+    }
+
     /// A round of a service loop ended, how long it took and what it changed. A round that ran
     /// to its end (also [`RoundResult::Partial`]) counts as a success for `/readyz`: the loop
     /// works; its failed keys show in `s3ferry_objects_total{outcome="fail"}`.
     pub fn round(&self, result: RoundResult, took: Duration, changes: RoundChanges) {
         let mut s = self.service();
+        s.running_since = None;
         let secs = took.as_secs_f64();
         match result {
             RoundResult::Ok => s.rounds_ok += 1,
@@ -271,47 +289,80 @@ impl Metrics {
 
     /// `/readyz`: ready or not, and why.
     pub fn ready(&self) -> (bool, String) {
+        self.ready_at(Instant::now())
+    }
+
+    /// [`Metrics::ready`] as it is at `now`.
+    pub fn ready_at(&self, now: Instant) -> (bool, String) {
+        let since = |t: Instant| now.saturating_duration_since(t);
         let r = *self.readiness.lock().unwrap_or_else(|p| p.into_inner());
         let s = self.service();
         match r {
             Readiness::Running => (true, "running".into()),
-            Readiness::Rounds { within } => match (s.last_round_ok, s.last_ok) {
-                (None, _) => (false, "no round has ended yet".into()),
-                (Some(false), _) => (false, "the last round failed".into()),
-                (Some(true), Some(t)) if t.elapsed() <= within => (
-                    true,
-                    format!(
-                        "last round succeeded {:.0} s ago",
-                        t.elapsed().as_secs_f64()
+            Readiness::Rounds { within } => {
+                let Some(ok) = s.last_ok else {
+                    return (false, "no round has succeeded yet".into());
+                };
+                let ago = since(ok);
+                if ago <= within {
+                    let last = if s.last_round_ok == Some(false) {
+                        " (the last one failed)"
+                    } else {
+                        ""
+                    };
+                    return (
+                        true,
+                        format!("a round succeeded {:.0} s ago{last}", ago.as_secs_f64()),
+                    );
+                }
+                match s.running_since {
+                    // Started while the loop was healthy: a long round is work, not a fault.
+                    Some(t) if since(ok).saturating_sub(since(t)) <= within => (
+                        true,
+                        format!(
+                            "a round has been running for {:.0} s",
+                            since(t).as_secs_f64()
+                        ),
                     ),
-                ),
-                (Some(true), t) => (
-                    false,
-                    format!(
-                        "no round has succeeded in the last {} s (last {:.0} s ago)",
-                        within.as_secs(),
-                        t.map_or(0.0, |t| t.elapsed().as_secs_f64())
+                    _ => (
+                        false,
+                        format!(
+                            "no round has succeeded in the last {} s (last {:.0} s ago)",
+                            within.as_secs(),
+                            ago.as_secs_f64()
+                        ),
                     ),
-                ),
-            },
-            Readiness::Receiving { within } => match s.last_receive {
-                Some(t) if t.elapsed() <= within => (true, "receiving".into()),
-                Some(t) => (
-                    false,
-                    format!(
-                        "no receive from the queue has succeeded for {:.0} s",
-                        t.elapsed().as_secs_f64()
+                }
+            }
+            Readiness::Receiving { within, lease } => {
+                if let Some(b) = s.beat.filter(|b| since(*b) <= lease) {
+                    return (
+                        true,
+                        format!(
+                            "a shard in hand, its lease extended {:.0} s ago",
+                            since(b).as_secs_f64()
+                        ),
+                    );
+                }
+                match s.last_receive {
+                    Some(t) if since(t) <= within => (true, "receiving".into()),
+                    Some(t) => (
+                        false,
+                        format!(
+                            "no receive from the queue has succeeded for {:.0} s",
+                            since(t).as_secs_f64()
+                        ),
                     ),
-                ),
-                None => (false, "no receive from the queue has succeeded yet".into()),
-            },
+                    None => (false, "no receive from the queue has succeeded yet".into()),
+                }
+            }
         }
     }
 
     /// Every metric now, in a form both renderers take.
     pub fn snapshot(&self) -> Vec<Family> {
         let job = self.job().to_string();
-        let jl = || vec![("job", job.clone())];
+        let jl = || vec![("command", job.clone())];
         let mut out = Vec::new();
 
         let mut objects = Family::new(
@@ -328,7 +379,10 @@ impl Metrics {
         );
         for o in Outcome::ALL {
             let i = &self.items[o.index()];
-            let labels = vec![("job", job.clone()), ("outcome", o.as_str().to_string())];
+            let labels = vec![
+                ("command", job.clone()),
+                ("outcome", o.as_str().to_string()),
+            ];
             objects.push(labels.clone(), i.count.load(Ordering::Relaxed) as f64);
             bytes.push(labels, i.bytes.load(Ordering::Relaxed) as f64);
         }
@@ -428,25 +482,27 @@ impl Metrics {
 
     fn store_families(&self, out: &mut Vec<Family>) {
         let stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        let mut req = std::collections::BTreeMap::<(&str, &str, &str), (u64, u64)>::new();
+        let mut req = std::collections::BTreeMap::<(&str, &str, &str, &str), (u64, u64)>::new();
         let mut throttled = 0u64;
         let mut limits = std::collections::BTreeMap::<(&str, &str), usize>::new();
+        for (side, backend, g) in self.limits.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Some(l) = g.limit() {
+                *limits.entry((*side, *backend)).or_default() += l;
+            }
+        }
         for s in stores.iter() {
             for ((op, result), c) in s.stats.by_operation() {
-                let e = req.entry((s.backend, op, result)).or_default();
+                let e = req.entry((s.side, s.backend, op, result)).or_default();
                 e.0 += c.requests;
                 e.1 += c.retries;
             }
             throttled += s.stats.throttles();
-            if let Some(l) = &s.limit {
-                *limits.entry((s.side, s.backend)).or_default() += l.limit();
-            }
         }
         drop(stores);
         let job = self.job().to_string();
         let mut requests = Family::new(
             "s3ferry_requests_total",
-            "Requests to the stores, by backend (s3, local), operation and result (ok, or the error class).",
+            "Requests to the stores, by side, backend (s3, local), operation and result (ok, or the error class).",
             Kind::Counter,
             Emf::new("Requests", "Count"),
         );
@@ -456,9 +512,10 @@ impl Metrics {
             Kind::Counter,
             Emf::new("RequestRetries", "Count"),
         );
-        for ((backend, op, result), (n, r)) in req {
+        for ((side, backend, op, result), (n, r)) in req {
             let l = vec![
-                ("job", job.clone()),
+                ("command", job.clone()),
+                ("side", side.to_string()),
                 ("backend", backend.to_string()),
                 ("operation", op.to_string()),
                 ("result", result.to_string()),
@@ -474,17 +531,17 @@ impl Metrics {
             Kind::Counter,
             Emf::new("Throttles", "Count"),
         );
-        thr.push(vec![("job", job.clone())], throttled as f64);
+        thr.push(vec![("command", job.clone())], throttled as f64);
         let mut conc = Family::new(
             "s3ferry_concurrency_limit",
-            "The adaptive concurrency limit now, summed over the stores of a side and backend.",
+            "The adaptive concurrency limit now, summed over the open stores of a side and backend.",
             Kind::Gauge,
             Emf::new("ConcurrencyLimit", "Count"),
         );
         for ((side, backend), l) in limits {
             conc.push(
                 vec![
-                    ("job", job.clone()),
+                    ("command", job.clone()),
                     ("side", side.to_string()),
                     ("backend", backend.to_string()),
                 ],
@@ -962,7 +1019,7 @@ mod tests {
         );
         let text = prometheus_text(&f);
         assert!(
-            text.contains("s3ferry_objects_total{job=\"cp\",outcome=\"fail\"} 1\n"),
+            text.contains("s3ferry_objects_total{command=\"cp\",outcome=\"fail\"} 1\n"),
             "{text}"
         );
         assert!(text.contains("# TYPE s3ferry_objects_total counter\n"));
@@ -986,23 +1043,49 @@ mod tests {
         );
         let text = prometheus_text(&m.snapshot());
         for line in [
-            "s3ferry_round_duration_seconds_bucket{job=\"s3ferry\",le=\"0.1\"} 0",
-            "s3ferry_round_duration_seconds_bucket{job=\"s3ferry\",le=\"0.5\"} 1",
-            "s3ferry_round_duration_seconds_bucket{job=\"s3ferry\",le=\"30\"} 2",
-            "s3ferry_round_duration_seconds_bucket{job=\"s3ferry\",le=\"+Inf\"} 2",
-            "s3ferry_round_duration_seconds_count{job=\"s3ferry\"} 2",
-            "s3ferry_rounds_total{job=\"s3ferry\",result=\"failed\"} 1",
+            "s3ferry_round_duration_seconds_bucket{command=\"s3ferry\",le=\"0.1\"} 0",
+            "s3ferry_round_duration_seconds_bucket{command=\"s3ferry\",le=\"0.5\"} 1",
+            "s3ferry_round_duration_seconds_bucket{command=\"s3ferry\",le=\"30\"} 2",
+            "s3ferry_round_duration_seconds_bucket{command=\"s3ferry\",le=\"+Inf\"} 2",
+            "s3ferry_round_duration_seconds_count{command=\"s3ferry\"} 2",
+            "s3ferry_rounds_total{command=\"s3ferry\",result=\"failed\"} 1",
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }
-        // The last round failed: not ready.
-        assert!(!m.ready().0);
+        // The last round failed, but one succeeded within the window.
+        let (ready, why) = m.ready();
+        assert!(ready && why.contains("the last one failed"), "{why}");
         m.round(
             RoundResult::Partial,
             Duration::from_millis(1),
             RoundChanges::default(),
         );
         assert!(m.ready().0, "a round that ran to its end");
+        // No success within the window: not ready.
+        assert!(!m.ready_at(Instant::now() + Duration::from_secs(60)).0);
+        // Before the first success, a running round does not make the loop ready.
+        let fresh = Metrics::new();
+        fresh.set_readiness(Readiness::Rounds {
+            within: Duration::from_secs(60),
+        });
+        assert_eq!(fresh.ready(), (false, "no round has succeeded yet".into()));
+        fresh.round_started();
+        assert!(!fresh.ready().0);
+        // A long round that started while the loop was healthy keeps it ready.
+        let m = Metrics::new();
+        let min = Duration::from_secs(60);
+        m.set_readiness(Readiness::Rounds { within: min });
+        m.round(RoundResult::Ok, Duration::ZERO, RoundChanges::default());
+        m.round_started();
+        let later = Instant::now() + min * 10;
+        let (ready, why) = m.ready_at(later);
+        assert!(
+            ready && why.starts_with("a round has been running"),
+            "{why}"
+        );
+        // Not once it has ended without success.
+        m.round(RoundResult::Failed, Duration::ZERO, RoundChanges::default());
+        assert!(!m.ready_at(later).0);
     }
 
     #[test]
@@ -1034,13 +1117,22 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_is_ready_while_it_receives() {
+    fn a_worker_is_ready_while_it_receives_or_holds_a_shard_it_keeps() {
         let m = Metrics::new();
         m.set_readiness(Readiness::Receiving {
             within: Duration::from_secs(60),
+            lease: Duration::from_secs(300),
         });
         assert!(!m.ready().0);
         m.received();
-        assert!(m.ready().0);
+        assert_eq!(m.ready(), (true, "receiving".into()));
+        // Busy with a long shard: no receive for a while, but the lease is kept.
+        let later = Instant::now() + Duration::from_secs(120);
+        assert!(!m.ready_at(later).0);
+        m.heartbeat(Some(Instant::now()));
+        let (ready, why) = m.ready_at(later);
+        assert!(ready && why.starts_with("a shard in hand"), "{why}");
+        m.heartbeat(None);
+        assert!(!m.ready_at(later).0);
     }
 }

@@ -1153,8 +1153,9 @@ pub struct BisyncArgs {
     /// Seconds between rounds, 0 to 3600; 0 runs one round and exits.
     #[arg(long, env = "S3FERRY_POLL", default_value = "30", value_parser = parse_poll, value_name = "SECS")]
     pub poll: u64,
-    /// With --metrics-addr: /readyz answers 200 while the last round succeeded and a round
-    /// succeeded within the last N polls (N x --poll seconds, at least 60 s); 503 otherwise.
+    /// With --metrics-addr: /readyz answers 200 while a round succeeded within the last N polls
+    /// (N x --poll seconds, at least 60 s), or a round runs that started while that held; 503
+    /// otherwise.
     #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub ready_polls: u32,
     /// Make one side authoritative in the first round (a one-way sync that deletes, under

@@ -114,14 +114,17 @@ pub async fn start(cli: &Cli) -> Result<Ops, Fatal> {
 /// What `/readyz` means for a service command (one-shot commands are ready while they run).
 fn readiness(c: &Command) -> Option<metrics::Readiness> {
     match c {
-        // Ready while the rounds work: the last one ran to its end, and one succeeded within
-        // --ready-polls polls (at least a minute, so a slow round is not "unready" at once).
+        // Ready while the rounds work: one succeeded within --ready-polls polls (at least a
+        // minute), or a round runs that started while that was so.
         Command::Bisync(a) if a.poll > 0 => Some(metrics::Readiness::Rounds {
             within: (Duration::from_secs(a.poll) * a.ready_polls).max(Duration::from_secs(60)),
         }),
-        // Ready while receives from the queue succeed: a long poll answers within 20 s.
-        Command::Bundle(BundleCommand::Worker(_)) => Some(metrics::Readiness::Receiving {
+        // Ready while receives from the queue succeed (a long poll answers within 20 s), or
+        // while the shard in hand keeps its lease (extended every third of the visibility).
+        Command::Bundle(BundleCommand::Worker(w)) => Some(metrics::Readiness::Receiving {
             within: Duration::from_secs(60),
+            lease: crate::cli::parse_duration(&w.visibility_timeout)
+                .unwrap_or(Duration::from_secs(300)),
         }),
         _ => None,
     }
@@ -136,14 +139,24 @@ impl Ops {
     }
 }
 
+/// Connections answered at once at most: scrapers and probes need a few; idle or slow clients
+/// beyond that wait for the accept, and never take the file descriptors the transfers need.
+const MAX_CONNECTIONS: usize = 16;
+
 async fn serve(l: tokio::net::TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((conn, _)) = l.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer(conn)).await;
+            // A request must arrive and be answered within this: a silent client is dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer(conn)).await;
+            drop(slot);
         });
     }
 }

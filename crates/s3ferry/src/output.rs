@@ -73,6 +73,8 @@ impl Progress {
             l(&self.bytes_planned),
         );
         let listed = self.listed.load(Ordering::Relaxed);
+        // Done can run ahead of planned (deletes and failures a job did not plan as transfers).
+        let (op, bp) = (op.max(od), bp.max(bd));
         let of = if listed { "of" } else { "of at least" };
         let mut text = format!(
             "{} {of} {} objects, {} {of} {}, {}/s",
@@ -83,7 +85,7 @@ impl Progress {
             human_bytes(rate as u64)
         );
         let avg = bd as f64 / self.started.elapsed().as_secs_f64().max(0.001);
-        let eta = (listed && avg > 0.0 && bp >= bd).then(|| ((bp - bd) as f64 / avg).ceil() as u64);
+        let eta = (listed && avg > 0.0).then(|| ((bp - bd) as f64 / avg).ceil() as u64);
         if let Some(e) = eta {
             text += &format!(", ETA {}", human_duration(e));
         }
@@ -105,6 +107,7 @@ fn progress_lines(p: std::sync::Weak<Progress>, every: Duration) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         let mut last = (Instant::now(), 0u64);
+        let mut said = (0u64, 0u64, 0u64);
         loop {
             tick.tick().await;
             let Some(p) = p.upgrade() else { return };
@@ -112,9 +115,16 @@ fn progress_lines(p: std::sync::Weak<Progress>, every: Duration) {
                 return;
             }
             let done = p.bytes_done.load(Ordering::Relaxed);
-            if p.objects_planned.load(Ordering::Relaxed) == 0 && done == 0 {
+            let now = (
+                p.objects_planned.load(Ordering::Relaxed),
+                p.objects_done.load(Ordering::Relaxed),
+                done,
+            );
+            // Nothing yet, or nothing new since the last line (an idle worker): no line.
+            if now == (0, 0, 0) || now == said {
                 continue;
             }
+            said = now;
             let rate =
                 done.saturating_sub(last.1) as f64 / last.0.elapsed().as_secs_f64().max(0.001);
             last = (Instant::now(), done);
@@ -166,14 +176,15 @@ impl Printer {
         use std::io::IsTerminal;
         let state = Arc::new(Progress::new());
         let tty = std::io::stderr().is_terminal();
-        // Without a terminal: a progress line now and then (not among --json records on the
-        // same stream, unless the log lines are JSON too).
-        if progress && !quiet && !tty && (!json || crate::logs::json()) {
+        // Without a terminal (or with JSON log lines): a progress line now and then (not among
+        // --json records on the same stream, unless the log lines are JSON too).
+        if progress && !quiet && (!tty || crate::logs::json()) && (!json || crate::logs::json()) {
             if let Some(every) = PROGRESS_EVERY.get().filter(|d| !d.is_zero()) {
                 progress_lines(Arc::downgrade(&state), *every);
             }
         }
-        let bar = (progress && !json && !quiet && tty).then(|| {
+        // No bar under --log-format json: every stderr line is a JSON object then.
+        let bar = (progress && !json && !quiet && tty && !crate::logs::json()).then(|| {
             let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(8));
             b.set_style(
                 ProgressStyle::with_template(
@@ -315,6 +326,10 @@ impl Reporter for Printer {
     fn planned(&self, objects: u64, bytes: u64) {
         metrics::global().planned(objects, bytes);
         let p = &self.progress;
+        // Planned after a pass was complete: another pass (a worker's next shard) is listing.
+        if objects > 0 {
+            p.listed.store(false, Ordering::Relaxed);
+        }
         let n = p.objects_planned.fetch_add(objects, Ordering::Relaxed) + objects;
         p.bytes_planned.fetch_add(bytes, Ordering::Relaxed);
         if let Some(b) = &self.bar {

@@ -124,6 +124,13 @@ fn report(g: &Global, what: &str, value: serde_json::Value, text: String) {
     }
 }
 
+/// A stream is one object: counted (with its bytes) in the metrics once it is complete.
+fn count_object(bytes: u64) {
+    let m = s3ferry_engine::metrics::global();
+    m.item(s3ferry_engine::events::Outcome::Copy, bytes);
+    m.transferred(bytes);
+}
+
 fn note_cleaned(g: &Global, n: u64) {
     if n > 0 && !g.quiet {
         crate::logs::say!(
@@ -194,6 +201,7 @@ async fn up(g: &Global, a: &PipeUpArgs) -> Result<u8, Fatal> {
         r => r?,
     };
     note_cleaned(g, rep.cleaned_up);
+    count_object(rep.bytes);
     report(
         g,
         "pipe up",
@@ -234,6 +242,7 @@ pub async fn down(g: &Global, a: &PipeDownArgs) -> Result<u8, Fatal> {
         // The reader went away (`| head`): that is how it ends, not an error.
         return Ok(0);
     }
+    count_object(rep.bytes);
     report(
         g,
         "pipe down",

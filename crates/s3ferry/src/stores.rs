@@ -246,14 +246,30 @@ fn layered(
 ) -> (DynStore, Arc<RetryStats>) {
     let limited = LimitStore::new(backend).with_pacer(pacer);
     let gauge = limited.gauge();
-    let retry = RetryStore::with_policy(Arc::new(limited), retry_policy(g));
-    let stats = retry.stats();
     let side = match role {
         Role::Source => "source",
         Role::Destination => "destination",
     };
+    // One set of request counters per side and backend for the whole process: a worker opens
+    // stores per shard, and the metrics must neither lose their counts nor keep every store.
+    let stats = process_stats(side, kind);
+    let retry =
+        RetryStore::with_policy(Arc::new(limited), retry_policy(g)).with_stats(stats.clone());
     s3ferry_engine::metrics::global().add_store(side, kind, stats.clone(), Some(gauge));
     (Arc::new(retry), stats)
+}
+
+/// The request counters of every store of one side and backend (see [`layered`]).
+fn process_stats(side: &'static str, kind: &'static str) -> Arc<RetryStats> {
+    static ALL: std::sync::Mutex<Vec<(&str, &str, Arc<RetryStats>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut all = ALL.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, _, s)) = all.iter().find(|(a, b, _)| *a == side && *b == kind) {
+        return s.clone();
+    }
+    let s = Arc::new(RetryStats::default());
+    all.push((side, kind, s.clone()));
+    s
 }
 
 /// Test builds (feature "fault") read S3FERRY_FAULTS (all sides) or S3FERRY_FAULTS_SOURCE /

@@ -291,7 +291,7 @@ fn a_sync_is_scraped_mid_job_and_its_emf_totals_equal_its_summary() {
         &b.uri("p"),
     ])
     // Slow puts keep the job running while it is scraped; two throttles give retries.
-    .env("S3FERRY_FAULTS_DEST", "put:latency=30ms;put:throttle@3x2");
+    .env("S3FERRY_FAULTS_DEST", "put:latency=60ms;put:throttle@3x2");
     let run = Running::spawn(c);
     let addr = run.metrics_addr();
     assert_eq!(http_get(&addr, "/healthz").0, 200);
@@ -313,7 +313,8 @@ fn a_sync_is_scraped_mid_job_and_its_emf_totals_equal_its_summary() {
             &scrape,
             "s3ferry_requests_total",
             &[
-                ("job", "sync"),
+                ("command", "sync"),
+                ("side", "destination"),
                 ("backend", "s3"),
                 ("operation", "put"),
                 ("result", "ok")
@@ -340,9 +341,16 @@ fn a_sync_is_scraped_mid_job_and_its_emf_totals_equal_its_summary() {
         .expect("a summary");
     let text = std::fs::read_to_string(&emf).unwrap();
     let lines: Vec<Value> = text.lines().map(|l| check_emf(l, "ferry/test")).collect();
-    assert!(lines.len() >= 2, "{text}");
+    let stamps: std::collections::BTreeSet<u64> = lines
+        .iter()
+        .map(|l| l["_aws"]["Timestamp"].as_u64().unwrap())
+        .collect();
+    assert!(
+        stamps.len() >= 2,
+        "written every interval and at the end: {text}"
+    );
     let n = |f: &str| summary[f].as_f64().unwrap();
-    let per = |o: &str, m: &str| emf_sum(&lines, m, &[("Job", "sync"), ("Outcome", o)]);
+    let per = |o: &str, m: &str| emf_sum(&lines, m, &[("Command", "sync"), ("Outcome", o)]);
     assert_eq!(n("copied"), 135.0);
     assert_eq!(per("copy", "Objects"), n("copied"), "{text}");
     assert_eq!(per("copy", "ObjectBytes"), n("copied_bytes"));
@@ -351,11 +359,11 @@ fn a_sync_is_scraped_mid_job_and_its_emf_totals_equal_its_summary() {
     assert_eq!(per("delete", "Objects"), n("deleted"));
     assert!(n("throttled") >= 2.0 && n("retries") >= 2.0, "{summary}");
     assert_eq!(
-        emf_sum(&lines, "Throttles", &[("Job", "sync")]),
+        emf_sum(&lines, "Throttles", &[("Command", "sync")]),
         n("throttled")
     );
-    let retries = emf_sum(&lines, "RequestRetries", &[("Job", "sync")])
-        + emf_sum(&lines, "ItemRetries", &[("Job", "sync")]);
+    let retries = emf_sum(&lines, "RequestRetries", &[("Command", "sync")])
+        + emf_sum(&lines, "ItemRetries", &[("Command", "sync")]);
     assert_eq!(retries, n("retries"), "{text}");
 }
 
@@ -381,9 +389,18 @@ fn a_polling_bisync_is_ready_after_a_round_and_counts_its_rounds() {
     let run = Running::spawn(c);
     let addr = run.metrics_addr();
     assert_eq!(http_get(&addr, "/healthz").0, 200);
+    let (code, why) = http_get(&addr, "/readyz");
+    assert!(
+        code == 503 || why.contains("a round succeeded"),
+        "{code} {why}"
+    );
+    let mut why = String::new();
     wait_until("/readyz to answer 200 after a round", || {
-        http_get(&addr, "/readyz").0 == 200
+        let (code, w) = http_get(&addr, "/readyz");
+        why = w;
+        code == 200
     });
+    assert!(why.starts_with("ready: a round succeeded"), "{why}");
     std::fs::write(dir.join("one.txt"), "1").unwrap();
     let mut scrape = String::new();
     wait_until("an upload counted as a round's change", || {
@@ -395,7 +412,7 @@ fn a_polling_bisync_is_ready_after_a_round_and_counts_its_rounds() {
         sample(
             &scrape,
             "s3ferry_rounds_total",
-            &[("job", "bisync"), ("result", "ok")]
+            &[("command", "bisync"), ("result", "ok")]
         )
         .unwrap()
             >= 2.0,
@@ -411,6 +428,39 @@ fn a_polling_bisync_is_ready_after_a_round_and_counts_its_rounds() {
     run.signal("-TERM");
     let (code, _) = run.wait();
     assert_eq!(code, Some(0), "a service stopped by a signal exits 0");
+
+    // A loop whose rounds fail is not ready, and says why.
+    let mut c = cx.cmd();
+    c.args([
+        "bisync",
+        "--poll",
+        "1",
+        "--max-failures",
+        "0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        s(&dir),
+        &b.uri("w"),
+    ])
+    .env("S3FERRY_STATE_DIR", cx.path("st2"))
+    .env("S3FERRY_FAULTS_DEST", "list:denied");
+    let run = Running::spawn(c);
+    let addr = run.metrics_addr();
+    let mut scrape = String::new();
+    wait_until("a failed round", || {
+        scrape = http_get(&addr, "/metrics").1;
+        sample(&scrape, "s3ferry_rounds_total", &[("result", "failed")]).unwrap_or(0.0) >= 1.0
+    });
+    assert_eq!(
+        sample(&scrape, "s3ferry_rounds_total", &[("result", "ok")]),
+        Some(0.0)
+    );
+    let (code, why) = http_get(&addr, "/readyz");
+    assert_eq!(
+        (code, why.as_str()),
+        (503, "not ready: no round has succeeded yet\n")
+    );
+    promtool_check(&promtool, &scrape);
 }
 
 #[test]
@@ -475,9 +525,16 @@ fn a_bundle_worker_reports_shards_and_readiness_while_it_runs() {
     .env("S3FERRY_FAULTS_SOURCE", "get:latency=30ms");
     let run = Running::spawn(c);
     let addr = run.metrics_addr();
+    let mut why = String::new();
     wait_until("/readyz to answer 200 once the queue answers", || {
-        http_get(&addr, "/readyz").0 == 200
+        let (code, w) = http_get(&addr, "/readyz");
+        why = w;
+        code == 200
     });
+    assert!(
+        why == "ready: receiving\n" || why.starts_with("ready: a shard in hand"),
+        "{why}"
+    );
     let mut scrape = String::new();
     wait_until("a shard in hand", || {
         scrape = http_get(&addr, "/metrics").1;
@@ -487,7 +544,7 @@ fn a_bundle_worker_reports_shards_and_readiness_while_it_runs() {
         sample(
             &scrape,
             "s3ferry_worker_heartbeat_age_seconds",
-            &[("job", "bundle")]
+            &[("command", "bundle")]
         )
         .is_some(),
         "{scrape}"

@@ -813,6 +813,7 @@ pub async fn run(
     loop {
         n += 1;
         let started = std::time::Instant::now();
+        metrics::global().round_started();
         let attempt: Result<Option<RoundSummary>, BisyncError> = async {
             if stop.is_requested() {
                 return Ok(None);

@@ -97,14 +97,14 @@ fn error_outcome(kind: ErrorKind) -> Outcome {
     }
 }
 
-/// Reads a [`LimitStore`]'s limit (see [`LimitStore::gauge`]).
+/// Reads a [`LimitStore`]'s limit (see [`LimitStore::gauge`]) while the store is open.
 #[derive(Clone)]
-pub struct LimitGauge(Arc<Shared>);
+pub struct LimitGauge(std::sync::Weak<Shared>);
 
 impl LimitGauge {
-    /// The limit in force now.
-    pub fn limit(&self) -> usize {
-        self.0.lock().limit
+    /// The limit in force now; `None` once the store is gone.
+    pub fn limit(&self) -> Option<usize> {
+        self.0.upgrade().map(|s| s.lock().limit)
     }
 }
 
@@ -277,7 +277,7 @@ impl LimitStore {
 
     /// A handle that reads the limit later (for metrics), without keeping the store open.
     pub fn gauge(&self) -> LimitGauge {
-        LimitGauge(self.shared.clone())
+        LimitGauge(Arc::downgrade(&self.shared))
     }
 
     pub fn config(&self) -> LimitConfig {
