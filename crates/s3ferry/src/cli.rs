@@ -56,10 +56,14 @@ pub struct Global {
     /// When to send request checksums: when-supported (default) or when-required, for
     /// S3-compatible servers that reject the SDK's default checksums. s3ferry verifies the data
     /// itself either way.
+    /// AWS_REQUEST_CHECKSUM_CALCULATION (when_supported, when_required) sets it as for the AWS
+    /// CLI and SDKs.
     #[arg(
         long,
         global = true,
         value_enum,
+        ignore_case = true,
+        env = "AWS_REQUEST_CHECKSUM_CALCULATION",
         default_value = "when-supported",
         value_name = "MODE"
     )]
@@ -74,8 +78,8 @@ pub struct Global {
     /// More output: -v lists skipped objects and logs retries, -vv debug logs.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Only errors.
-    #[arg(short, long, global = true)]
+    /// Only errors (aws-cli's --only-show-errors is the same).
+    #[arg(short, long, global = true, alias = "only-show-errors")]
     pub quiet: bool,
     /// Give up on an S3 request whose answer has not started after this long (retried like
     /// any timeout).
@@ -185,7 +189,9 @@ pub enum Addressing {
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum ChecksumMode {
+    #[value(alias = "when_supported")]
     WhenSupported,
+    #[value(alias = "when_required")]
     WhenRequired,
 }
 
@@ -399,7 +405,7 @@ pub struct CpArgs {
     #[arg(short, long)]
     pub recursive: bool,
     /// Show what would be copied; change nothing.
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, alias = "dryrun")]
     pub dry_run: bool,
     /// Never replace an existing destination object.
     #[arg(long)]
@@ -433,7 +439,7 @@ pub struct RmArgs {
     #[arg(long)]
     pub all_versions: bool,
     /// Show what would be deleted; delete nothing.
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, alias = "dryrun")]
     pub dry_run: bool,
     /// Most objects (or versions) deleted; more is refused before anything is deleted.
     #[arg(long, default_value_t = 1000, value_name = "N")]
@@ -656,7 +662,7 @@ pub struct ArchiveImportArgs {
     #[arg(long)]
     pub force: bool,
     /// Verify and print what would be done; change nothing.
-    #[arg(long)]
+    #[arg(long, alias = "dryrun")]
     pub dry_run: bool,
     /// Deletions allowed per archive: a count, or a percentage of the source's objects.
     #[arg(long, default_value = "50%", value_name = "N|N%")]
@@ -1277,7 +1283,7 @@ pub struct BisyncArgs {
     )]
     pub max_memory: String,
     /// Show what a round would do; change nothing.
-    #[arg(short = 'n', long, env = "S3FERRY_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(short = 'n', long, alias = "dryrun", env = "S3FERRY_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
     pub dry_run: bool,
     /// Where the state database lives (default ~/.local/state/s3ferry).
     #[arg(long, env = "S3FERRY_STATE_DIR", value_name = "DIR")]
@@ -1553,7 +1559,7 @@ pub struct SyncArgs {
     #[arg(long, value_name = "N|N%")]
     pub max_delete: Option<String>,
     /// Show what would be done; change nothing.
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, alias = "dryrun")]
     pub dry_run: bool,
     #[command(flatten)]
     pub filter: FilterArgs,

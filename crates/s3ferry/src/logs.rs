@@ -95,9 +95,13 @@ pub fn init(verbose: u8, quiet: bool, log_level: Option<&str>, format: LogFormat
     } else {
         "error"
     };
+    // The SDK warns that it cannot validate the part-level checksum of a multipart object
+    // (every aws-cli upload over 8 MB): s3ferry checks every byte itself (whole-object
+    // CRC64NVME or the ETag's MD5s), so that warning is noise on stderr.
     let filter = tracing_subscriber::EnvFilter::try_from_env("S3FERRY_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
-            "{level},aws_smithy_runtime=warn,aws_config={sdk},hyper=warn"
+            "{level},aws_smithy_runtime=warn,aws_config={sdk},hyper=warn,\
+             aws_sdk_s3::http_response_checksum=error"
         ))
     });
     let b = tracing_subscriber::fmt()

@@ -54,9 +54,17 @@ fn report_rows(cx: &Ctx, job: &str) -> Vec<ReportRow> {
             s3ferry_store::checksum::md5_hex(&data),
             "{path:?}"
         );
+        assert!(
+            f.get("Bucket").is_none(),
+            "a local report names no bucket: {m}"
+        );
         for line in String::from_utf8(data).unwrap().lines() {
             let r = ReportRow::parse_row(line).unwrap();
-            assert_eq!(r.succeeded, f["TaskState"] == "succeeded");
+            assert_eq!(r.succeeded, f["TaskExecutionStatus"] == "succeeded");
+            // As real reports: the HTTP status in column 5, the error code in column 6.
+            let cols = s3ferry_engine::formats::csv::split_line(line).unwrap();
+            assert_eq!(cols[4], r.http_status.to_string(), "{line}");
+            assert_eq!(cols[5], r.error_code, "{line}");
             rows.push(r);
         }
     }
@@ -561,7 +569,7 @@ fn skip_existing_and_a_report_in_s3() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["TaskState"] == "succeeded")
+        .find(|r| r["TaskExecutionStatus"] == "succeeded")
         .unwrap()
         .clone();
     assert_eq!(ok["Bucket"].as_str(), Some(b.name.as_str()));

@@ -186,6 +186,17 @@ fn a_server_rejecting_checksum_headers_gets_a_hint_and_when_required_works() {
     assert_eq!(got[0].0, "a.txt");
     assert_eq!(got[0].1, b"checked on the way in");
     assert!(got[0].2, "the body carried a Content-MD5");
+    // The AWS setting people already have (any case) means the same.
+    std::fs::write(src.path().join("b.txt"), b"the env var too").expect("write");
+    let (r, _h) = run_at(
+        &endpoint,
+        &[("AWS_REQUEST_CHECKSUM_CALCULATION", "WHEN_REQUIRED")],
+        &["sync", s(src.path()), "s3://ck-bucket/"],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let got = stored.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!((got[1].0.as_str(), got[1].2), ("b.txt", true));
 }
 
 /// F12: temporary credentials (here from a container credentials endpoint, as on ECS) that S3

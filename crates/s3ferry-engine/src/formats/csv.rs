@@ -100,6 +100,11 @@ pub fn field(s: &str) -> String {
     }
 }
 
+/// `line` without a leading UTF-8 byte order mark.
+fn without_bom(line: &str) -> &str {
+    line.strip_prefix('\u{feff}').unwrap_or(line)
+}
+
 /// One entry of a Batch Operations manifest.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ManifestEntry {
@@ -119,9 +124,10 @@ impl ManifestEntry {
         s
     }
 
-    /// Parse a manifest row. Errors name what is wrong (the caller adds the line number).
+    /// Parse a manifest row. Errors name what is wrong (the caller adds the line number). A
+    /// UTF-8 byte order mark (spreadsheets save one at the start of the file) is not data.
     pub fn parse_row(line: &str) -> Result<Self, String> {
-        let line = line.strip_suffix('\r').unwrap_or(line);
+        let line = without_bom(line.strip_suffix('\r').unwrap_or(line));
         let f = split_line(line)?;
         let (bucket, key, version) = match f.as_slice() {
             [b, k] => (b, k, None),
@@ -160,7 +166,10 @@ pub struct ReportRow {
 }
 
 impl ReportRow {
-    /// `Bucket,Key,VersionId,TaskStatus,ErrorCode,HTTPStatusCode,ResultMessage`.
+    /// `Bucket,Key,VersionId,TaskStatus,HTTPStatusCode,ErrorCode,ResultMessage`: the order of
+    /// real completion reports and of AWS's own examples (`…,succeeded,200,,Successful`), which
+    /// puts the HTTP status before the error code although the report's `ReportSchema` string
+    /// names them the other way round.
     pub fn to_row(&self) -> String {
         format!(
             "{},{},{},{},{},{},{}",
@@ -172,16 +181,23 @@ impl ReportRow {
             } else {
                 "failed"
             },
-            field(&self.error_code),
             self.http_status,
+            field(&self.error_code),
             field(&self.message),
         )
     }
 
+    /// A row as [`ReportRow::to_row`] writes it; a row of an older s3ferry, with the error code
+    /// before the HTTP status, is read too (the status is the field that is a number).
     pub fn parse_row(line: &str) -> Result<Self, String> {
         let f = split_line(line.strip_suffix('\r').unwrap_or(line))?;
-        let [b, k, v, status, code, http, msg] = f.as_slice() else {
+        let [b, k, v, status, x, y, msg] = f.as_slice() else {
             return Err(format!("expected 7 fields, got {}", f.len()));
+        };
+        let (http, code) = match (x.parse::<u16>(), y.parse::<u16>()) {
+            (Ok(h), _) => (h, y),
+            (Err(_), Ok(h)) => (h, x),
+            _ => return Err(format!("bad HTTPStatusCode {x:?}")),
         };
         Ok(Self {
             entry: ManifestEntry {
@@ -195,9 +211,7 @@ impl ReportRow {
                 s => return Err(format!("bad TaskStatus {s:?}")),
             },
             error_code: code.clone(),
-            http_status: http
-                .parse()
-                .map_err(|_| format!("bad HTTPStatusCode {http:?}"))?,
+            http_status: http,
             message: msg.clone(),
         })
     }
@@ -212,8 +226,9 @@ pub struct BucketPair {
 }
 
 impl BucketPair {
+    /// Parse a `--pairs` row (a leading byte order mark is dropped, as in a manifest).
     pub fn parse_row(line: &str) -> Result<Self, String> {
-        let f = split_line(line.strip_suffix('\r').unwrap_or(line))?;
+        let f = split_line(without_bom(line.strip_suffix('\r').unwrap_or(line)))?;
         let (s, d, p) = match f.as_slice() {
             [s, d] => (s, d, ""),
             [s, d, p] => (s, d, p.as_str()),
@@ -309,6 +324,30 @@ mod tests {
             message: "The specified key does not exist, really".into(),
         };
         assert_eq!(ReportRow::parse_row(&r.to_row()).unwrap(), r);
+        // As AWS writes them: the HTTP status in column 5, the error code in column 6.
+        let ok = ReportRow::parse_row("b,k,,succeeded,200,,Successful").unwrap();
+        assert!(ok.succeeded && ok.http_status == 200 && ok.error_code.is_empty());
+        let bad = ReportRow::parse_row("b,k,,failed,404,NoSuchKey,\"gone\"").unwrap();
+        assert_eq!(
+            (bad.http_status, bad.error_code.as_str()),
+            (404, "NoSuchKey")
+        );
+        assert!(ok.to_row().starts_with("b,k,,succeeded,200,,"));
+        // A row of an older s3ferry (error code first) still reads the same.
+        let old = ReportRow::parse_row("b,k,,failed,NoSuchKey,404,gone").unwrap();
+        assert_eq!(
+            (old.http_status, old.error_code.as_str()),
+            (404, "NoSuchKey")
+        );
+    }
+
+    /// Manifests and pairs files saved by a spreadsheet start with a byte order mark.
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_bucket() {
+        let e = ManifestEntry::parse_row("\u{feff}src,a.txt\r").unwrap();
+        assert_eq!((e.bucket.as_str(), e.key.as_str()), ("src", "a.txt"));
+        let p = BucketPair::parse_row("\u{feff}src,dst").unwrap();
+        assert_eq!(p.source, "src");
     }
 
     #[test]

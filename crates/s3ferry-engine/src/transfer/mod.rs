@@ -123,6 +123,27 @@ impl TransferConfig {
     }
 }
 
+/// An object's tags. Tags are optional data: a store that does not implement tagging (a 501
+/// NotImplemented from Garage, an S3 Express directory bucket) means "no tags", said once per
+/// process as a warning, never a failed object.
+pub async fn optional_tags(
+    store: &s3ferry_store::DynStore,
+    key: &str,
+) -> Result<Vec<(String, String)>, StoreError> {
+    match store.get_tags(key).await {
+        Err(e) if e.kind == ErrorKind::Unsupported => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "the server does not implement object tags ({e}): objects are copied without them"
+                )
+            });
+            Ok(Vec::new())
+        }
+        r => r,
+    }
+}
+
 /// Put options for the destination copy of an object described by `src_meta`.
 fn put_options(
     src_kind: SideKind,
@@ -146,8 +167,15 @@ fn put_options(
     } else {
         Default::default()
     };
+    // A file downloaded from an object that carries no mtime of ours (written by aws-cli, s5cmd,
+    // the console) gets the object's LastModified, as aws-cli and rclone do: the download time
+    // would make the next upload see every file as newer.
+    let mtime = match dst.kind {
+        SideKind::Local => src_meta.mtime.or(src_meta.last_modified),
+        SideKind::Remote => src_meta.mtime,
+    };
     let mut opts = PutOptions::new()
-        .mtime(src_meta.mtime)
+        .mtime(mtime)
         .storage_class(cfg.storage_class.clone());
     if dst.kind == SideKind::Remote {
         metadata.extend(w.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -390,7 +418,7 @@ pub async fn copy_object_to(
             .crc64nvme(Some(crc))
             .mode(mode.clone());
         if src.kind == SideKind::Remote && dst.kind == SideKind::Remote && both_tag(src, dst) {
-            opts.tags = src.store.get_tags(&skey).await?;
+            opts.tags = optional_tags(&src.store, &skey).await?;
         }
         let res = dst.store.put(&dkey, data, opts).await?;
         reporter.bytes(size);
@@ -406,7 +434,7 @@ pub async fn copy_object_to(
         .size(Some(reader.size()))
         .mode(mode);
     if src.kind == SideKind::Remote && dst.kind == SideKind::Remote && both_tag(src, dst) {
-        opts.tags = src.store.get_tags(&skey).await?;
+        opts.tags = optional_tags(&src.store, &skey).await?;
     }
     let layout = PartLayout::Uniform(part_size_for(reader.size(), cfg.part_size));
     let w = MultipartWriter::create(dst.store.clone(), &dkey, opts, layout, cfg, journal.clone())
@@ -482,7 +510,7 @@ async fn multipart_copy(
         opts.content_type = r.content_type.clone();
     }
     if both_tag(src, dst) {
-        opts.tags = src.store.get_tags(&skey).await?;
+        opts.tags = optional_tags(&src.store, &skey).await?;
     }
     let from = CopySource {
         bucket: src.store.bucket().unwrap_or_default().to_string(),

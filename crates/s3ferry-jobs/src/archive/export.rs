@@ -30,7 +30,7 @@ use s3ferry_engine::filter::Filters;
 use s3ferry_engine::formats::tar::{safe_member_name, Member, TarWriter};
 use s3ferry_engine::plan::signature;
 use s3ferry_engine::spill::Spill;
-use s3ferry_engine::transfer::{RangedReader, TransferConfig};
+use s3ferry_engine::transfer::{optional_tags, RangedReader, TransferConfig};
 use s3ferry_engine::walk::{entries, records, Entry, Join, Joined, Side, SideKind};
 use s3ferry_store::checksum::{crc64_to_b64, Crc64};
 use s3ferry_store::{ByteStream, ErrorKind, GetOptions, ObjectMeta, StoreError};
@@ -264,7 +264,7 @@ async fn scan(
             .with_key(&key));
         }
         let tags = if tags && src.store.capabilities().tags {
-            src.store.get_tags(&key).await?
+            optional_tags(&src.store, &key).await?
         } else {
             vec![]
         };

@@ -1,7 +1,8 @@
 //! The completion report, laid out as S3 Batch Operations writes it:
 //! `<prefix>/job-<id>/manifest.json` naming `results/succeeded.csv` and `results/failed.csv`
-//! (rows `Bucket,Key,VersionId,TaskStatus,ErrorCode,HTTPStatusCode,ResultMessage`, no header),
-//! each with its MD5. Written to a local directory and/or an `s3://bucket/prefix`.
+//! (rows `Bucket,Key,VersionId,TaskStatus,HTTPStatusCode,ErrorCode,ResultMessage`, no header: the
+//! order of real reports, whatever the `ReportSchema` string says), each with its MD5, listed
+//! under `TaskExecutionStatus` as AWS's own manifest.json does. Written to a local directory and/or an `s3://bucket/prefix`.
 
 use std::io::Write;
 
@@ -26,7 +27,9 @@ pub struct ReportSummary {
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct ResultFile {
-    task_state: &'static str,
+    task_execution_status: &'static str,
+    /// Empty for a report written to a local directory: then left out.
+    #[serde(skip_serializing_if = "String::is_empty")]
     bucket: String,
     #[serde(rename = "MD5Checksum")]
     md5_checksum: String,
@@ -55,9 +58,12 @@ pub async fn write_report(
     let mut rows = journal.scan(JOB, &spec.id, "done");
     while let Some(r) = rows.next().await {
         let (_, line) = r.map_err(|e| BatchError::Journal(e.to_string()))?;
-        let succeeded = ReportRow::parse_row(&line)
-            .map(|r| r.succeeded)
-            .unwrap_or(false);
+        // Written anew: a row recorded by an older s3ferry (error code first) comes out in the
+        // order of real reports too.
+        let (succeeded, line) = match ReportRow::parse_row(&line) {
+            Ok(r) => (r.succeeded, r.to_row()),
+            Err(_) => (false, line),
+        };
         if succeeded {
             n_ok += 1;
             if !spec.report_failed_only {
@@ -89,7 +95,7 @@ pub async fn write_report(
             results: files
                 .iter()
                 .map(|(state, data)| ResultFile {
-                    task_state: state,
+                    task_execution_status: state,
                     bucket: bucket.to_string(),
                     md5_checksum: md5_hex(data),
                     key: format!("{prefix}{dir}/results/{state}.csv"),

@@ -11,7 +11,7 @@ use s3ferry_engine::exec::{Cancel, Done, Executor};
 use s3ferry_engine::formats::tar::{Member, TarWriter};
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::transfer::{
-    copy_object, read_verified, MultipartWriter, TransferConfig, VerifiedRead,
+    copy_object, optional_tags, read_verified, MultipartWriter, TransferConfig, VerifiedRead,
 };
 use s3ferry_engine::walk::{Entry, Side};
 use s3ferry_store::checksum::{crc64_to_b64, crc64nvme, PartLayout};
@@ -166,7 +166,7 @@ impl Packer {
             read_verified(&store, &row.key, row.etag.clone(), Some(row.size)).await?;
         let crc = crc64nvme(&data);
         let tags = if self.opts.tags && store.capabilities().tags {
-            store.get_tags(&row.key).await?
+            optional_tags(&store, &row.key).await?
         } else {
             vec![]
         };
@@ -207,7 +207,7 @@ impl Packer {
         };
         let copied = copy_object(&src, &dst, &entry, &self.transfer, journal, reporter).await?;
         let tags = if self.opts.tags && src_store.capabilities().tags {
-            src_store.get_tags(&row.key).await?
+            optional_tags(&src_store, &row.key).await?
         } else {
             vec![]
         };

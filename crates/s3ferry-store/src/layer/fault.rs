@@ -31,6 +31,8 @@
 //!         / notfound | 404                   NotFound
 //!         / denied | 403                     PermissionDenied
 //!         / corrupt | 400                    Corrupt (BadDigest)
+//!         / unsupported | 501                Unsupported (NotImplemented: a server without
+//!                                            the operation, e.g. GetObjectTagging on Garage)
 //! when    = K                                only the K-th call (1-based)
 //!         / K "x" M                          M calls: the K-th to the (K+M-1)-th
 //!         / K "+"                            the K-th call and every later one
@@ -134,10 +136,11 @@ enum FailKind {
     NotFound,
     Denied,
     Corrupt,
+    Unsupported,
 }
 
 /// Each kind's names; the first is the canonical one.
-const KINDS: [(FailKind, &[&str]); 10] = [
+const KINDS: [(FailKind, &[&str]); 11] = [
     (FailKind::Throttle, &["throttle", "503"]),
     (FailKind::Transient, &["transient", "500"]),
     (FailKind::Reset, &["reset"]),
@@ -148,6 +151,7 @@ const KINDS: [(FailKind, &[&str]); 10] = [
     (FailKind::NotFound, &["notfound", "404"]),
     (FailKind::Denied, &["denied", "403"]),
     (FailKind::Corrupt, &["corrupt", "400"]),
+    (FailKind::Unsupported, &["unsupported", "501"]),
 ];
 
 impl FailKind {
@@ -200,6 +204,12 @@ impl FailKind {
                 "access denied",
             ),
             Self::Corrupt => (K::Corrupt, Some(400), Some("BadDigest"), "bad digest"),
+            Self::Unsupported => (
+                K::Unsupported,
+                Some(501),
+                Some("NotImplemented"),
+                "not implemented",
+            ),
         };
         let mut e = StoreError::new(kind, op, format!("injected {what}{detail}"));
         if let Some(k) = key {

@@ -1,0 +1,172 @@
+//! Interop (issue 23) against the local S3 server: objects other tools wrote (no mtime of ours)
+//! round-trip without being sent again, manifests saved by spreadsheets (a byte order mark), and
+//! aws-cli's spellings of options.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+
+/// aws-cli, s5cmd and the console store no mtime: a download takes the object's LastModified (as
+/// aws-cli and rclone do), so syncing the files straight back up sends nothing.
+#[test]
+fn objects_without_our_mtime_download_with_last_modified_and_sync_back_as_a_no_op() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("interop-mtime");
+    let files: BTreeMap<String, Vec<u8>> = [
+        ("a.txt".to_string(), b"written by another tool".to_vec()),
+        ("d/b.bin".to_string(), random_bytes(100_000, 3)),
+        // multipart at the default part size: its ETag is not an MD5
+        ("big.bin".to_string(), random_bytes(9 << 20, 4)),
+    ]
+    .into_iter()
+    .collect();
+    b.put_all("p/", &files);
+    for k in files.keys() {
+        assert!(
+            b.head(&format!("p/{k}")).mtime.is_none(),
+            "the object carries no mtime of ours"
+        );
+    }
+    // Downloaded later than written (as in life): a file stamped with the download time would
+    // then be newer than its object.
+    let newest = files
+        .keys()
+        .filter_map(|k| b.head(&format!("p/{k}")).last_modified)
+        .max()
+        .unwrap();
+    wait_until(
+        "the clock two seconds past the objects' LastModified",
+        || std::time::SystemTime::now() >= newest + std::time::Duration::from_secs(2),
+    );
+    let dir = cx.path("down");
+    let r = cx.sync(&[&b.uri("p"), s(&dir)]);
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 3);
+    for k in files.keys() {
+        let lm = b.head(&format!("p/{k}")).last_modified.unwrap();
+        let lm = lm.duration_since(std::time::UNIX_EPOCH).unwrap();
+        let got = mtime_ns(&dir.join(k));
+        // LastModified has whole seconds on S3.
+        assert_eq!(
+            got.div_euclid(1_000_000_000),
+            lm.as_secs() as i128,
+            "{k}: the file's mtime is LastModified"
+        );
+    }
+    // Straight back up (another state database, as on another machine): nothing is sent.
+    let r = cx.sync_env(
+        &[s(&dir), &b.uri("p")],
+        &[("S3FERRY_STATE_DIR", s(&cx.path("other-state")))],
+    );
+    r.assert_ok();
+    assert_eq!(r.n("copied"), 0, "{r}");
+    assert_eq!(r.n("skipped"), 3, "{r}");
+}
+
+/// A manifest and a pairs file saved by a spreadsheet start with a UTF-8 byte order mark.
+#[test]
+fn a_manifest_with_a_byte_order_mark_runs() {
+    let Some(cx) = Ctx::new() else { return };
+    let (a, b) = (cx.bucket("interop-bom-src"), cx.bucket("interop-bom-dst"));
+    a.put("x.txt", b"x");
+    a.put("y.txt", b"y");
+    let m = cx.path("m.csv");
+    std::fs::write(&m, format!("\u{feff}{0},x.txt\r\n{0},y.txt\r\n", a.name)).unwrap();
+    let r = cx.run(&[
+        "--json",
+        "batch",
+        "run",
+        "--manifest",
+        s(&m),
+        "--to",
+        &b.uri("c/"),
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(b.keys("c/"), vec!["x.txt", "y.txt"]);
+}
+
+/// aws-cli's `--dryrun` and `--only-show-errors` are accepted as they are typed there.
+#[test]
+fn aws_cli_spellings_of_dry_run_and_quiet_work() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("interop-alias");
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[("a.txt", b"a")]));
+    let r = cx.run(&["sync", "--dryrun", s(&src), &b.uri("p")]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("would-copy"), "{r}");
+    assert!(b.keys("p/").is_empty(), "a dry run writes nothing");
+    let r = cx.run(&["--only-show-errors", "sync", s(&src), &b.uri("p")]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(b.keys("p/"), vec!["a.txt"]);
+    assert!(r.stdout.is_empty() && r.stderr.is_empty(), "{r}");
+}
+
+/// A server without object tagging (Garage answers GetObjectTagging with 501 NotImplemented, as
+/// an S3 Express directory bucket has none either) means "no tags": one warning, no failed
+/// object, in bundle and in archive export alike.
+#[cfg(feature = "fault")]
+#[test]
+fn a_server_without_tagging_means_no_tags_not_failed_objects() {
+    let Some(cx) = Ctx::new() else { return };
+    let (src, arch) = (
+        cx.bucket("interop-tags-src"),
+        cx.bucket("interop-tags-arch"),
+    );
+    for i in 0..12 {
+        src.put(&format!("k{i:02}"), format!("value {i}").as_bytes());
+    }
+    let no_tags = [("S3FERRY_FAULTS_SOURCE", "get_tags:unsupported")];
+    let shards = cx.path("shards");
+    let r = cx.run(&[
+        "--json",
+        "bundle",
+        "group",
+        "--source",
+        &src.uri(""),
+        "--out",
+        s(&shards),
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+    let r = cx.run_env(
+        &[
+            "--json",
+            "bundle",
+            "run",
+            s(&shards.join("shard-000001.csv")),
+            "--to",
+            &arch.uri("a/"),
+        ],
+        &no_tags,
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let sum = r.summary();
+    assert_eq!(
+        (sum["packed"].as_u64(), sum["failed"].as_u64()),
+        (Some(12), Some(0)),
+        "{r}"
+    );
+    let warnings = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("does not implement object tags"))
+        .count();
+    assert_eq!(warnings, 1, "said once: {r}");
+
+    let out = cx.path("a.tar");
+    let r = cx.run_env(
+        &[
+            "--json",
+            "archive",
+            "export",
+            &src.uri(""),
+            "--out",
+            s(&out),
+        ],
+        &no_tags,
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!((r.n("puts"), r.n("failed")), (12, 0), "{r}");
+}
