@@ -73,6 +73,9 @@ pub struct S3Config {
     /// `secret_access_key` are both set.
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    /// Send requests unsigned (public buckets; aws-cli's `--no-sign-request`): no credentials
+    /// are looked for.
+    pub anonymous: bool,
     pub session_token: Option<String>,
     /// Attempts the SDK makes per request; 0 or 1 = no SDK retries (our retry layer retries).
     pub max_attempts_sdk: u32,
@@ -322,7 +325,9 @@ impl S3Store {
         if let Some(u) = &cfg.endpoint_url {
             loader = loader.endpoint_url(u);
         }
-        if let (Some(ak), Some(sk)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+        if cfg.anonymous {
+            loader = loader.no_credentials();
+        } else if let (Some(ak), Some(sk)) = (&cfg.access_key_id, &cfg.secret_access_key) {
             loader = loader.credentials_provider(Credentials::new(
                 ak,
                 sk,
@@ -416,6 +421,7 @@ impl S3Store {
                     .with_source(e))
                 }
             },
+            None if cfg.anonymous => "anonymous".to_string(),
             None => {
                 return Err(StoreError::new(ErrorKind::PermissionDenied, "connect", "no AWS credentials provider configured"))
             }

@@ -68,6 +68,10 @@ pub struct Global {
         value_name = "MODE"
     )]
     pub checksum_mode: ChecksumMode,
+    /// Send S3 requests unsigned, without looking for credentials: public buckets, as aws-cli's
+    /// --no-sign-request (both sides).
+    #[arg(long, global = true)]
+    pub no_sign_request: bool,
     /// Requester Pays buckets: `requester` sends `x-amz-request-payer: requester` on every S3
     /// request (both sides), so this account is charged for the requests and the data sent.
     #[arg(long, global = true, value_parser = ["requester"], value_name = "PAYER")]

@@ -37,6 +37,7 @@ fn s3_config(g: &Global, bucket: &str, role: Role) -> S3Config {
     cfg.force_path_style = g.addressing_style.map(|a| a == Addressing::Path);
     cfg.checksum_when_required = g.checksum_mode == ChecksumMode::WhenRequired;
     cfg.request_payer = g.request_payer.is_some();
+    cfg.anonymous = g.no_sign_request;
     // Checked when the command line is read (main), so a bad value never gets here.
     cfg.read_timeout = crate::cli::parse_duration(&g.read_timeout).ok();
     cfg.clock_offset_secs = test_clock_offset();

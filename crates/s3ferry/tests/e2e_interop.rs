@@ -65,6 +65,35 @@ fn objects_without_our_mtime_download_with_last_modified_and_sync_back_as_a_no_o
     assert_eq!(r.n("skipped"), 3, "{r}");
 }
 
+/// `--no-sign-request` (public buckets) sends unsigned requests and looks for no credentials:
+/// it works where no credentials exist at all (the local server lets anyone in).
+#[test]
+fn no_sign_request_needs_no_credentials() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("interop-anon");
+    b.put("pub/a.txt", b"public");
+    let home = cx.path("empty-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let run = |extra: &[&str]| {
+        let mut c = cx.cmd();
+        c.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("HOME", &home)
+            .env("AWS_CONFIG_FILE", home.join("none"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", home.join("none"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args(extra)
+            .args(["ls", &b.uri("pub/")]);
+        run_cmd(c, std::time::Duration::from_secs(60))
+    };
+    let r = run(&[]);
+    assert_eq!(r.code, 2, "without credentials: {r}");
+    let r = run(&["--no-sign-request"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("a.txt"), "{r}");
+}
+
 /// A manifest and a pairs file saved by a spreadsheet start with a UTF-8 byte order mark.
 #[test]
 fn a_manifest_with_a_byte_order_mark_runs() {
@@ -169,4 +198,141 @@ fn a_server_without_tagging_means_no_tags_not_failed_objects() {
     );
     assert_eq!(r.code, 0, "{r}");
     assert_eq!((r.n("puts"), r.n("failed")), (12, 0), "{r}");
+}
+
+/// An inventory of all versions (VersionId, IsLatest, IsDeleteMarker): every version is copied
+/// with its version id, as Batch Operations does, the latest last (so it is the destination's
+/// current object); delete markers are skipped; the report names each version.
+#[test]
+fn an_all_versions_inventory_copies_every_version_with_its_id() {
+    use md5::{Digest as _, Md5};
+    use std::io::Write as _;
+    let Some(cx) = Ctx::new() else { return };
+    let (a, b, inv) = (
+        cx.bucket("interop-inv-src"),
+        cx.bucket("interop-inv-dst"),
+        cx.bucket("interop-inv-rep"),
+    );
+    for bucket in [&a, &b] {
+        b.block_on(async {
+            use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+            bucket
+                .store
+                .client()
+                .put_bucket_versioning()
+                .bucket(&bucket.name)
+                .versioning_configuration(
+                    VersioningConfiguration::builder()
+                        .status(BucketVersioningStatus::Enabled)
+                        .build(),
+                )
+                .send()
+                .await
+                .expect("enable versioning");
+        });
+    }
+    a.put("doc.txt", b"version one");
+    a.put("doc.txt", b"version two");
+    a.put("solo.txt", b"only one");
+    // (key, version id, latest, size, etag), newest first per key as an inventory lists them.
+    let versions: Vec<(String, String, bool, u64, String)> = b.block_on(async {
+        let out = a
+            .store
+            .client()
+            .list_object_versions()
+            .bucket(&a.name)
+            .send()
+            .await
+            .expect("list versions");
+        out.versions()
+            .iter()
+            .map(|v| {
+                (
+                    v.key().unwrap().to_string(),
+                    v.version_id().unwrap().to_string(),
+                    v.is_latest().unwrap_or(false),
+                    v.size().unwrap_or(0) as u64,
+                    v.e_tag().unwrap().trim_matches('"').to_string(),
+                )
+            })
+            .collect()
+    });
+    assert_eq!(versions.len(), 3, "{versions:?}");
+    let mut csv = String::new();
+    for (k, v, latest, size, etag) in &versions {
+        csv += &format!(
+            "\"{}\",\"{k}\",\"{v}\",\"{latest}\",\"false\",\"{size}\",\"2026-12-01T00:00:00.000Z\",\"{etag}\",\"STANDARD\"\n",
+            a.name
+        );
+    }
+    // A delete marker of a key whose object is gone: nothing to copy.
+    csv += &format!(
+        "\"{}\",\"gone.txt\",\"dm1\",\"true\",\"true\",\"\",\"2026-12-01T00:00:00.000Z\",\"\",\"\"\n",
+        a.name
+    );
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(csv.as_bytes()).unwrap();
+    let gz = e.finish().unwrap();
+    inv.put("inv/data/part-0.csv.gz", &gz);
+    let manifest = serde_json::json!({
+        "sourceBucket": a.name,
+        "destinationBucket": format!("arn:aws:s3:::{}", inv.name),
+        "version": "2016-11-30",
+        "fileFormat": "CSV",
+        "fileSchema": "Bucket, Key, VersionId, IsLatest, IsDeleteMarker, Size, LastModifiedDate, ETag, StorageClass",
+        "files": [{"key": "inv/data/part-0.csv.gz", "size": gz.len(), "MD5checksum": hex::encode(Md5::digest(&gz))}],
+    });
+    inv.put("inv/manifest.json", manifest.to_string().as_bytes());
+    let reports = cx.path("reports");
+    let r = cx.run(&[
+        "--json",
+        "batch",
+        "run",
+        "--inventory",
+        &inv.uri("inv/manifest.json"),
+        "--to",
+        &b.uri("c/"),
+        "--report-dir",
+        s(&reports),
+        "--concurrency",
+        "4",
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(b.get("c/doc.txt"), b"version two", "the latest is current");
+    assert_eq!(b.get("c/solo.txt"), b"only one");
+    assert!(b.keys("c/gone.txt").is_empty());
+    // Both versions of doc.txt were copied: the destination has two versions of it.
+    let dst_versions = b.block_on(async {
+        b.store
+            .client()
+            .list_object_versions()
+            .bucket(&b.name)
+            .prefix("c/doc.txt")
+            .send()
+            .await
+            .expect("list versions")
+            .versions()
+            .len()
+    });
+    assert_eq!(dst_versions, 2);
+    // The report names every version it copied.
+    let succeeded = walk_files(&reports)
+        .into_iter()
+        .find(|(rel, _)| rel.ends_with("results/succeeded.csv"))
+        .expect("a succeeded.csv");
+    let mut ids: Vec<String> = std::fs::read_to_string(&succeeded.1)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            s3ferry_engine::formats::csv::ReportRow::parse_row(l)
+                .unwrap()
+                .entry
+                .version_id
+                .unwrap_or_default()
+        })
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = versions.iter().map(|v| v.1.clone()).collect();
+    want.sort();
+    assert_eq!(ids, want);
 }
