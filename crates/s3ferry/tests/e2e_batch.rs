@@ -418,21 +418,7 @@ fn s3_batch_engine_arguments_are_checked_first() {
 fn versions_are_listed_and_a_given_version_is_copied() {
     let Some(cx) = Ctx::new() else { return };
     let (a, b) = (cx.bucket("batch-va"), cx.bucket("batch-vb"));
-    b.block_on(async {
-        use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
-        a.store
-            .client()
-            .put_bucket_versioning()
-            .bucket(&a.name)
-            .versioning_configuration(
-                VersioningConfiguration::builder()
-                    .status(BucketVersioningStatus::Enabled)
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("enable versioning");
-    });
+    a.enable_versioning();
     a.put("doc.txt", b"version one");
     a.put("doc.txt", b"version two");
     let m = cx.path("v.csv");

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use md5::{Digest as _, Md5};
-use s3ferry_aws::{SqsConfig, SqsQueue};
 use serde_json::Value;
 
 fn ok(r: Run) -> Run {
@@ -25,25 +24,6 @@ fn bundle(cx: &Ctx, env: &[(&str, &str)], args: &[&str]) -> Run {
     let mut all = vec!["--json", "--no-progress", "bundle"];
     all.extend_from_slice(args);
     cx.run_env(&all, env)
-}
-
-/// A fresh SQS queue on moto (with `visibility`), or `None` when moto is not configured.
-fn queue(b: &Bucket, name: &str, visibility: Duration) -> Option<(String, String)> {
-    let aws = s3ferry_testkit::aws_test_endpoint()?;
-    let url = b.block_on(async {
-        let q = SqsQueue::connect(SqsConfig {
-            queue_url: format!("{aws}/000000000000/setup"),
-            endpoint_url: Some(aws.clone()),
-            region: Some("us-east-1".into()),
-            ..Default::default()
-        })
-        .await
-        .expect("connect to moto");
-        q.create_queue(&format!("{name}-{}", b.name), visibility, None)
-            .await
-            .expect("create queue")
-    });
-    Some((url, aws))
 }
 
 fn gz(data: &[u8]) -> Vec<u8> {
@@ -149,7 +129,7 @@ fn an_inventory_is_grouped_packed_by_two_workers_and_every_object_comes_back() {
         cx.bucket("bundle-work"),
         cx.bucket("bundle-arch"),
     );
-    let Some((qurl, aws)) = queue(&work, "shards", Duration::from_secs(60)) else {
+    let Some((qurl, aws)) = sqs_queue(&work, "shards", Duration::from_secs(60)) else {
         return;
     };
     let n = 20_000;
@@ -427,7 +407,7 @@ fn a_killed_workers_shard_is_completed_by_another_worker() {
         cx.bucket("bundle-k-work"),
         cx.bucket("bundle-k-arch"),
     );
-    let Some((qurl, aws)) = queue(&work, "kill", Duration::from_secs(2)) else {
+    let Some((qurl, aws)) = sqs_queue(&work, "kill", Duration::from_secs(2)) else {
         return;
     };
     let files: BTreeMap<String, Vec<u8>> = (0..300)

@@ -429,22 +429,9 @@ fn run_executes_every_good_line_and_names_the_bad_ones() {
 
 #[test]
 fn rm_all_versions_deletes_every_version_and_delete_marker() {
-    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
     let Some(ctx) = Ctx::new() else { return };
     let b = ctx.bucket("rmv");
-    b.block_on(
-        b.store
-            .client()
-            .put_bucket_versioning()
-            .bucket(&b.name)
-            .versioning_configuration(
-                VersioningConfiguration::builder()
-                    .status(BucketVersioningStatus::Enabled)
-                    .build(),
-            )
-            .send(),
-    )
-    .expect("enable versioning");
+    b.enable_versioning();
     b.put("k/a", b"v1");
     b.put("k/a", b"v2");
     b.put("other", b"o");

@@ -213,24 +213,8 @@ fn an_all_versions_inventory_copies_every_version_with_its_id() {
         cx.bucket("interop-inv-dst"),
         cx.bucket("interop-inv-rep"),
     );
-    for bucket in [&a, &b] {
-        b.block_on(async {
-            use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
-            bucket
-                .store
-                .client()
-                .put_bucket_versioning()
-                .bucket(&bucket.name)
-                .versioning_configuration(
-                    VersioningConfiguration::builder()
-                        .status(BucketVersioningStatus::Enabled)
-                        .build(),
-                )
-                .send()
-                .await
-                .expect("enable versioning");
-        });
-    }
+    a.enable_versioning();
+    b.enable_versioning();
     a.put("doc.txt", b"version one");
     a.put("doc.txt", b"version two");
     a.put("solo.txt", b"only one");

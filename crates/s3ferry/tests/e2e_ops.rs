@@ -467,27 +467,14 @@ fn a_polling_bisync_is_ready_after_a_round_and_counts_its_rounds() {
 fn a_bundle_worker_reports_shards_and_readiness_while_it_runs() {
     let Some(cx) = Ctx::new() else { return };
     let Some(promtool) = promtool() else { return };
-    let Some(aws) = s3ferry_testkit::aws_test_endpoint() else {
-        return;
-    };
     let (src, work, arch) = (
         cx.bucket("ops-w-src"),
         cx.bucket("ops-w-work"),
         cx.bucket("ops-w-arch"),
     );
-    let qurl = work.block_on(async {
-        let q = s3ferry_aws::SqsQueue::connect(s3ferry_aws::SqsConfig {
-            queue_url: format!("{aws}/000000000000/setup"),
-            endpoint_url: Some(aws.clone()),
-            region: Some("us-east-1".into()),
-            ..Default::default()
-        })
-        .await
-        .expect("connect to moto");
-        q.create_queue(&format!("ops-{}", work.name), Duration::from_secs(30), None)
-            .await
-            .expect("create queue")
-    });
+    let Some((qurl, aws)) = sqs_queue(&work, "ops", Duration::from_secs(30)) else {
+        return;
+    };
     let files: BTreeMap<String, Vec<u8>> = (0..60)
         .map(|i| (format!("f{i:03}"), random_bytes(3000, i)))
         .collect();

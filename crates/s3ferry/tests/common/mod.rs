@@ -392,7 +392,45 @@ impl Drop for Bucket {
     }
 }
 
+/// A fresh SQS queue on moto (with `visibility`) named after `b`, and moto's endpoint; `None`
+/// (after a loud skip line) when moto is not configured.
+pub fn sqs_queue(b: &Bucket, name: &str, visibility: Duration) -> Option<(String, String)> {
+    let aws = s3ferry_testkit::aws_test_endpoint()?;
+    let url = b.block_on(async {
+        let q = s3ferry_aws::SqsQueue::connect(s3ferry_aws::SqsConfig {
+            queue_url: format!("{aws}/000000000000/setup"),
+            endpoint_url: Some(aws.clone()),
+            region: Some("us-east-1".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("connect to moto");
+        q.create_queue(&format!("{name}-{}", b.name), visibility, None)
+            .await
+            .expect("create queue")
+    });
+    Some((url, aws))
+}
+
 impl Bucket {
+    /// Turn versioning on.
+    pub fn enable_versioning(&self) {
+        use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+        self.block_on(
+            self.store
+                .client()
+                .put_bucket_versioning()
+                .bucket(&self.name)
+                .versioning_configuration(
+                    VersioningConfiguration::builder()
+                        .status(BucketVersioningStatus::Enabled)
+                        .build(),
+                )
+                .send(),
+        )
+        .expect("enable versioning");
+    }
+
     /// `s3://bucket/prefix`.
     pub fn uri(&self, prefix: &str) -> String {
         format!("s3://{}/{}", self.name, prefix)
