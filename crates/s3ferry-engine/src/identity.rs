@@ -5,6 +5,7 @@
 
 use std::time::SystemTime;
 
+use base64::Engine as _;
 use futures::StreamExt;
 use s3ferry_store::checksum::{candidate_part_sizes, crc64_to_b64, Crc64, EtagBuilder, EtagShape};
 use s3ferry_store::{ErrorKind, GetOptions, ObjectMeta, Result, StoreError};
@@ -105,6 +106,9 @@ async fn mtime_of(side: &Side, e: &Entry) -> Result<Option<SystemTime>> {
     }
 }
 
+/// The user metadata rclone stores with a multipart upload: the whole object's MD5, base64.
+const RCLONE_MD5: &str = "md5chksum";
+
 /// Resolve a [`Check`] into `Copy(Changed)` or a skip.
 pub async fn resolve_check(
     check: Check,
@@ -138,7 +142,42 @@ pub async fn resolve_check(
                     return Ok(Action::Skip(SkipReason::SameContent));
                 }
             }
-            Ok(changed)
+            if !matches!(re.meta.etag_shape(), EtagShape::Multipart(_)) {
+                return Ok(changed);
+            }
+            // A multipart ETag none of our part sizes reproduces (aws-cli with another
+            // multipart_chunksize, s5cmd -p, rclone --s3-chunk-size): whole-object hashes the
+            // object may carry decide instead, from one HEAD.
+            let rside = if std::ptr::eq(lside, src) { dst } else { src };
+            let head = remote_head(rside, re).await?;
+            if let Some(crc) = head.crc64nvme {
+                let local = local_hash(lside, le, "crc64", journal).await?;
+                return Ok(if local == crc64_to_b64(crc) {
+                    Action::Skip(SkipReason::SameContent)
+                } else {
+                    changed
+                });
+            }
+            if let Some(md5) = head
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get(RCLONE_MD5))
+                .and_then(|b| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b.trim())
+                        .ok()
+                })
+                .filter(|d| d.len() == 16)
+            {
+                let algo = format!("etag:{}:0", le.meta.size.max(1));
+                let local = local_hash(lside, le, &algo, journal).await?;
+                return Ok(if local == hex::encode(md5) {
+                    Action::Skip(SkipReason::SameContent)
+                } else {
+                    changed
+                });
+            }
+            Ok(Action::Copy(CopyReason::NotComparable))
         }
         Check::Checksum => match (
             crc_of(src, s, journal).await?,

@@ -31,6 +31,9 @@ pub enum CopyReason {
     Newer,
     /// Content identity differs (ETag/checksum/time check).
     Changed,
+    /// The content could not be compared (a multipart ETag whose part size is none we know,
+    /// with no whole-object hash beside it): copied, by the rule "when in doubt, copy".
+    NotComparable,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +93,9 @@ impl CopyReason {
             Self::Size => "size differs",
             Self::Newer => "source is newer",
             Self::Changed => "content differs",
+            Self::NotComparable => {
+                "content not comparable (multipart ETag of an unknown part size, no whole-object checksum)"
+            }
         }
     }
 }

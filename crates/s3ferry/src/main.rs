@@ -59,7 +59,10 @@ fn main() -> ExitCode {
         cli.global.log_level.as_deref(),
         cli.global.log_format,
     );
-    output::configure(&cli.global);
+    if let Err(msg) = output::configure(&cli.global) {
+        logs::say!(Error, "s3ferry: error: {msg}");
+        return ExitCode::from(2);
+    }
     match cli::parse_duration(&cli.global.read_timeout) {
         Ok(d) if !d.is_zero() => {}
         _ => {

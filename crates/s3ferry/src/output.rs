@@ -23,17 +23,17 @@ use crate::logs::{say_with, Level};
 /// none when zero).
 static PROGRESS_EVERY: OnceLock<Duration> = OnceLock::new();
 
-/// Take the output settings of the command line (before any printer is made).
-pub fn configure(g: &crate::cli::Global) {
-    let every = crate::cli::parse_duration(&g.progress_interval).unwrap_or_else(|_| {
-        crate::logs::say!(
-            Warn,
-            "s3ferry: warning: --progress-interval {:?} is not a duration (like 10s); using 10s",
+/// Take the output settings of the command line (before any printer is made); a bad
+/// `--progress-interval` is the error.
+pub fn configure(g: &crate::cli::Global) -> Result<(), String> {
+    let every = crate::cli::parse_duration(&g.progress_interval).map_err(|_| {
+        format!(
+            "--progress-interval {:?}: use a duration like 10s or 1m (0 for none)",
             g.progress_interval
-        );
-        Duration::from_secs(10)
-    });
+        )
+    })?;
     let _ = PROGRESS_EVERY.set(every);
+    Ok(())
 }
 
 /// What has been planned and done, for the bar and the progress lines.

@@ -320,3 +320,103 @@ fn an_all_versions_inventory_copies_every_version_with_its_id() {
     want.sort();
     assert_eq!(ids, want);
 }
+
+/// Upload `data` as `key` in parts of `part` bytes with the SDK, as another tool would (no
+/// metadata of ours; `meta` as given).
+fn multipart_as_another_tool(
+    b: &Bucket,
+    key: &str,
+    data: &[u8],
+    part: usize,
+    meta: &[(&str, &str)],
+) {
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    b.block_on(async {
+        let c = b.store.client();
+        let mut req = c.create_multipart_upload().bucket(&b.name).key(key);
+        for (k, v) in meta {
+            req = req.metadata(*k, *v);
+        }
+        let id = req
+            .send()
+            .await
+            .expect("create")
+            .upload_id()
+            .unwrap()
+            .to_string();
+        let mut parts = Vec::new();
+        for (i, chunk) in data.chunks(part).enumerate() {
+            let n = i as i32 + 1;
+            let out = c
+                .upload_part()
+                .bucket(&b.name)
+                .key(key)
+                .upload_id(&id)
+                .part_number(n)
+                .body(ByteStream::from(chunk.to_vec()))
+                .send()
+                .await
+                .expect("part");
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(n)
+                    .e_tag(out.e_tag().unwrap())
+                    .build(),
+            );
+        }
+        c.complete_multipart_upload()
+            .bucket(&b.name)
+            .key(key)
+            .upload_id(&id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("complete");
+    });
+}
+
+/// A multipart object whose part size is none s3ferry guesses (rclone `--s3-chunk-size 6M`):
+/// rclone's whole-object MD5 (`md5chksum`) decides; without any whole-object hash the reason
+/// says the content could not be compared, instead of "content differs".
+#[test]
+fn a_multipart_object_of_an_unknown_part_size_is_compared_by_whole_object_hashes() {
+    use base64::Engine as _;
+    use md5::{Digest as _, Md5};
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("interop-parts");
+    let dir = cx.path("src");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (one, two) = (random_bytes(13 << 20, 5), random_bytes(13 << 20, 6));
+    std::fs::write(dir.join("rclone.bin"), &one).unwrap();
+    std::fs::write(dir.join("plain.bin"), &two).unwrap();
+    let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&one));
+    multipart_as_another_tool(&b, "p/rclone.bin", &one, 6 << 20, &[("md5chksum", &md5)]);
+    multipart_as_another_tool(&b, "p/plain.bin", &two, 6 << 20, &[]);
+    for k in ["p/rclone.bin", "p/plain.bin"] {
+        let etag = b.head(k).etag.unwrap();
+        assert!(etag.ends_with("-3"), "three parts of 6 MiB: {etag}");
+    }
+    // The files are older than the objects: only content can decide.
+    let old = now_secs() - 3600;
+    set_mtime(&dir.join("rclone.bin"), old, 0);
+    set_mtime(&dir.join("plain.bin"), old, 0);
+    let r = cx.sync(&["-v", s(&dir), &b.uri("p")]);
+    r.assert_ok();
+    let skips = r.skips();
+    assert!(
+        skips
+            .iter()
+            .any(|(k, why)| k == "rclone.bin" && why.contains("same content")),
+        "{r}"
+    );
+    let copies = r.records("copy");
+    assert_eq!(copies.len(), 1, "{r}");
+    assert_eq!(copies[0]["key"], "plain.bin");
+    let why = copies[0]["reason"].as_str().unwrap();
+    assert!(why.starts_with("content not comparable"), "{why}");
+}

@@ -674,6 +674,15 @@ fn a_bad_or_busy_metrics_address_is_one_line_and_status_2() {
     let r = cx.run(&["--metrics-emf", "/nonexistent-dir/emf.log", "du", s(&d)]);
     assert_eq!(r.code, 2, "{r}");
     assert!(assert_one_error_line(&r.stderr).contains("--metrics-emf"));
+    for (flag, v) in [
+        ("--progress-interval", "soon"),
+        ("--metrics-interval", "0s"),
+        ("--metrics-namespace", ":bad"),
+    ] {
+        let r = cx.run(&[flag, v, "--metrics-emf", "-", "du", s(&d)]);
+        assert_eq!(r.code, 2, "{r}");
+        assert!(assert_one_error_line(&r.stderr).contains(flag), "{r}");
+    }
 }
 
 /// The deployment files pass the ecosystem's own checkers (installed by scripts/ops-tools).
