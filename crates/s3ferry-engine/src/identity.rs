@@ -122,61 +122,74 @@ pub async fn resolve_check(
     let changed = Action::Copy(CopyReason::Changed);
     match check {
         Check::LocalEtag => {
-            let (lside, le, re) = if src.kind == SideKind::Local {
-                (src, s, d)
+            let (lside, rside, le, re) = if src.kind == SideKind::Local {
+                (src, dst, s, d)
             } else {
-                (dst, d, s)
+                (dst, src, d, s)
             };
             let etag = re.meta.etag.clone().unwrap_or_default();
-            let algos: Vec<String> = match re.meta.etag_shape() {
-                EtagShape::Md5 => vec![format!("etag:{}:0", le.meta.size.max(1))],
-                EtagShape::Multipart(n) => candidate_part_sizes(le.meta.size, n, part_size)
-                    .into_iter()
-                    .take(MAX_CANDIDATES)
-                    .map(|p| format!("etag:{p}:1"))
-                    .collect(),
-                EtagShape::Opaque => vec![],
+            let same = |yes: bool| {
+                if yes {
+                    Action::Skip(SkipReason::SameContent)
+                } else {
+                    Action::Copy(CopyReason::Changed)
+                }
             };
-            for algo in algos {
-                if local_hash(lside, le, &algo, journal).await? == etag {
+            let parts = match re.meta.etag_shape() {
+                EtagShape::Md5 => {
+                    let algo = format!("etag:{}:0", le.meta.size.max(1));
+                    return Ok(same(local_hash(lside, le, &algo, journal).await? == etag));
+                }
+                EtagShape::Multipart(n) => n,
+                EtagShape::Opaque => return Ok(changed),
+            };
+            // A multipart ETag: a whole-object hash the object carries decides with one read of
+            // the file (a full-object CRC64NVME, as s3ferry and recent AWS tools write, or
+            // rclone's md5chksum), from one HEAD. A HEAD we may not make (denied, gone, SSE-C)
+            // leaves the ETag to decide.
+            match remote_head(rside, re).await {
+                Ok(head) => {
+                    if let Some(crc) = head.crc64nvme {
+                        let local = local_hash(lside, le, "crc64", journal).await?;
+                        return Ok(same(local == crc64_to_b64(crc)));
+                    }
+                    if let Some(md5) = head
+                        .metadata
+                        .as_ref()
+                        .and_then(|m| m.get(RCLONE_MD5))
+                        .and_then(|b| {
+                            base64::engine::general_purpose::STANDARD
+                                .decode(b.trim())
+                                .ok()
+                        })
+                        .filter(|d| d.len() == 16)
+                    {
+                        let algo = format!("etag:{}:0", le.meta.size.max(1));
+                        let local = local_hash(lside, le, &algo, journal).await?;
+                        return Ok(same(local == hex::encode(md5)));
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        ErrorKind::NotFound
+                            | ErrorKind::PermissionDenied
+                            | ErrorKind::InvalidInput
+                            | ErrorKind::Unsupported
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+            // The ETag, recomputed with the part sizes that give its part count (ours first).
+            for p in candidate_part_sizes(le.meta.size, parts, part_size)
+                .into_iter()
+                .take(MAX_CANDIDATES)
+            {
+                if local_hash(lside, le, &format!("etag:{p}:1"), journal).await? == etag {
                     return Ok(Action::Skip(SkipReason::SameContent));
                 }
             }
-            if !matches!(re.meta.etag_shape(), EtagShape::Multipart(_)) {
-                return Ok(changed);
-            }
-            // A multipart ETag none of our part sizes reproduces (aws-cli with another
-            // multipart_chunksize, s5cmd -p, rclone --s3-chunk-size): whole-object hashes the
-            // object may carry decide instead, from one HEAD.
-            let rside = if std::ptr::eq(lside, src) { dst } else { src };
-            let head = remote_head(rside, re).await?;
-            if let Some(crc) = head.crc64nvme {
-                let local = local_hash(lside, le, "crc64", journal).await?;
-                return Ok(if local == crc64_to_b64(crc) {
-                    Action::Skip(SkipReason::SameContent)
-                } else {
-                    changed
-                });
-            }
-            if let Some(md5) = head
-                .metadata
-                .as_ref()
-                .and_then(|m| m.get(RCLONE_MD5))
-                .and_then(|b| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b.trim())
-                        .ok()
-                })
-                .filter(|d| d.len() == 16)
-            {
-                let algo = format!("etag:{}:0", le.meta.size.max(1));
-                let local = local_hash(lside, le, &algo, journal).await?;
-                return Ok(if local == hex::encode(md5) {
-                    Action::Skip(SkipReason::SameContent)
-                } else {
-                    changed
-                });
-            }
+            // None reproduces it (aws-cli with another multipart_chunksize, s5cmd -p, rclone
+            // --s3-chunk-size, and nothing else to go by): not known to differ.
             Ok(Action::Copy(CopyReason::NotComparable))
         }
         Check::Checksum => match (

@@ -15,7 +15,7 @@ use s3ferry_engine::exec::{Done, Executor};
 use s3ferry_engine::filter::Filters;
 use s3ferry_engine::identity::resolve_check;
 use s3ferry_engine::journal::Journal;
-use s3ferry_engine::plan::{plan, same_content, Action, Check, PlanOptions};
+use s3ferry_engine::plan::{plan, same_content, Action, Check, CopyReason, PlanOptions};
 use s3ferry_engine::walk::{entries, Entry, Join, Joined, Side};
 use s3ferry_store::checksum::Crc64;
 use s3ferry_store::{GetOptions, ObjectMeta, Result, StoreError};
@@ -147,9 +147,12 @@ async fn compare<I>(spec: &CheckSpec, journal: &Journal, p: Pair) -> Done<I> {
             )
             .await
             {
-                Ok(Action::Skip(_)) => {
-                    same(p.rel, "same content (local file hashed as the ETag)", size)
-                }
+                Ok(Action::Skip(_)) => same(p.rel, "same content (local file hashed)", size),
+                Ok(Action::Copy(CopyReason::NotComparable)) => differ(
+                    p.rel,
+                    "unverified: a multipart ETag of an unknown part size and no whole-object checksum (--download compares content)",
+                    size,
+                ),
                 Ok(_) => differ(p.rel, "content differs (ETag)", size),
                 Err(e) => Done::failed(p.rel, 0, e),
             }

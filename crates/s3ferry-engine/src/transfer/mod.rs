@@ -148,10 +148,11 @@ pub async fn optional_tags(
 fn put_options(
     src_kind: SideKind,
     dst: &Side,
-    rel: &str,
+    entry: &Entry,
     src_meta: &ObjectMeta,
     cfg: &TransferConfig,
 ) -> PutOptions {
+    let rel = entry.rel.as_str();
     let mut metadata = src_meta.metadata.clone().unwrap_or_default();
     metadata.remove(MTIME_META);
     let w = &cfg.write;
@@ -170,8 +171,17 @@ fn put_options(
     // A file downloaded from an object that carries no mtime of ours (written by aws-cli, s5cmd,
     // the console) gets the object's LastModified, as aws-cli and rclone do: the download time
     // would make the next upload see every file as newer.
+    // The listing's LastModified first (when the listing saw the content that was read): a
+    // GET's Last-Modified header has whole seconds, and on servers that list milliseconds the
+    // file would otherwise be older than its object.
     let mtime = match dst.kind {
-        SideKind::Local => src_meta.mtime.or(src_meta.last_modified),
+        SideKind::Local => src_meta
+            .mtime
+            .or(entry
+                .meta
+                .last_modified
+                .filter(|_| entry.meta.etag.is_some() && entry.meta.etag == src_meta.etag))
+            .or(src_meta.last_modified),
         SideKind::Remote => src_meta.mtime,
     };
     let mut opts = PutOptions::new()
@@ -414,7 +424,7 @@ pub async fn copy_object_to(
         let crc = crc64nvme(&data);
         verify_body(&skey, &data, crc, &meta)?;
         check_same_file(src, &skey, &entry.meta, &meta)?;
-        let mut opts = put_options(src.kind, dst, &entry.rel, &meta, cfg)
+        let mut opts = put_options(src.kind, dst, entry, &meta, cfg)
             .crc64nvme(Some(crc))
             .mode(mode.clone());
         if src.kind == SideKind::Remote && dst.kind == SideKind::Remote && both_tag(src, dst) {
@@ -430,7 +440,7 @@ pub async fn copy_object_to(
         SideKind::Remote => RangedReader::open(src.store.clone(), &skey, cfg).await?,
         SideKind::Local => RangedReader::new(src.store.clone(), &skey, entry.meta.clone(), cfg),
     };
-    let mut opts = put_options(src.kind, dst, &entry.rel, reader.meta(), cfg)
+    let mut opts = put_options(src.kind, dst, entry, reader.meta(), cfg)
         .size(Some(reader.size()))
         .mode(mode);
     if src.kind == SideKind::Remote && dst.kind == SideKind::Remote && both_tag(src, dst) {
@@ -504,7 +514,7 @@ async fn multipart_copy(
     let skey = src.key(&entry.rel);
     let smeta = src.store.head(&skey).await?;
     let layout = PartLayout::Uniform(part_size_for(smeta.size, cfg.part_size));
-    let mut opts = put_options(SideKind::Remote, dst, &entry.rel, &smeta, cfg);
+    let mut opts = put_options(SideKind::Remote, dst, entry, &smeta, cfg);
     if let Some(r) = &cfg.copy_replace {
         opts.metadata = r.metadata.clone();
         opts.content_type = r.content_type.clone();

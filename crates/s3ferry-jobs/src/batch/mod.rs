@@ -514,16 +514,11 @@ impl Runner {
     }
 }
 
-/// The entries of one phase of a job.
-type Tasks = BoxStream<'static, Result<Task, BatchError>>;
-
-/// The entries of a job, in input order, as phases run one after the other (each to its end
-/// before the next starts: the older versions of an all-versions inventory before the latest),
-/// and their number when it is known before the run.
+/// The entries of a job, in input order.
 async fn tasks(
     spec: &JobSpec,
     buckets: &Arc<dyn Buckets>,
-) -> Result<(Vec<Tasks>, Option<u64>), BatchError> {
+) -> Result<(BoxStream<'static, Result<Task, BatchError>>, Option<u64>), BatchError> {
     match &spec.input {
         Input::Manifest(uri) => {
             let (db, dp) = spec
@@ -550,7 +545,7 @@ async fn tasks(
                     })
                 })
                 .boxed();
-            Ok((vec![s], Some(n)))
+            Ok((s, Some(n)))
         }
         Input::Inventory(uri) => {
             let (db, dp) = spec
@@ -574,48 +569,35 @@ async fn tasks(
                 .check()
                 .await?;
             let data_store = buckets.open(inv.data_bucket(), true).await?;
-            // An inventory of all versions: every version is copied, with its version id, as
-            // Batch Operations does. The older versions are one phase and the latest ones a
-            // second, which starts when the first has ended, so the destination's current object
-            // is the source's (the order among a key's older versions is not kept). Delete
-            // markers are skipped.
-            let versions = inv.file_schema.split(',').any(|c| c.trim() == "VersionId");
-            let phase = |latest: bool| -> Tasks {
-                let (db, dp) = (db.clone(), dp.clone());
-                inv.rows(data_store.clone())
-                    .filter_map(move |r| {
-                        let (db, dp) = (db.clone(), dp.clone());
-                        async move {
-                            match r {
-                                Ok(row) if row.is_delete_marker || row.is_latest != latest => None,
-                                Ok(row) => Some(Ok(Task {
-                                    meta: Some(ObjectMeta {
-                                        key: row.key.clone(),
-                                        size: row.size,
-                                        etag: row.etag.clone(),
-                                        last_modified: row.last_modified,
-                                        ..Default::default()
-                                    }),
-                                    entry: ManifestEntry {
-                                        bucket: row.bucket,
-                                        key: row.key,
-                                        version_id: row.version_id,
-                                    },
-                                    dst_bucket: db,
-                                    dst_prefix: dp,
-                                })),
-                                Err(e) => Some(Err(BatchError::Input(format!("inventory: {e}")))),
-                            }
+            let s = inv
+                .rows(data_store)
+                .filter_map(move |r| {
+                    let (db, dp) = (db.clone(), dp.clone());
+                    async move {
+                        match r {
+                            Ok(row) if row.is_delete_marker || !row.is_latest => None,
+                            Ok(row) => Some(Ok(Task {
+                                meta: Some(ObjectMeta {
+                                    key: row.key.clone(),
+                                    size: row.size,
+                                    etag: row.etag.clone(),
+                                    last_modified: row.last_modified,
+                                    ..Default::default()
+                                }),
+                                entry: ManifestEntry {
+                                    bucket: row.bucket,
+                                    key: row.key,
+                                    version_id: None,
+                                },
+                                dst_bucket: db,
+                                dst_prefix: dp,
+                            })),
+                            Err(e) => Some(Err(BatchError::Input(format!("inventory: {e}")))),
                         }
-                    })
-                    .boxed()
-            };
-            let phases = if versions {
-                vec![phase(false), phase(true)]
-            } else {
-                vec![phase(true)]
-            };
-            Ok((phases, None))
+                    }
+                })
+                .boxed();
+            Ok((s, None))
         }
         Input::Pairs(pairs) => {
             let rules: Vec<(bool, String)> = spec.rules.clone().unwrap_or_else(|| {
@@ -651,7 +633,7 @@ async fn tasks(
                     })
                 })
                 .boxed();
-            Ok((vec![s], None))
+            Ok((s, None))
         }
     }
 }
@@ -808,35 +790,27 @@ async fn execute(
     spec: &JobSpec,
     buckets: &Arc<dyn Buckets>,
 ) -> Result<(), BatchError> {
-    let (phases, total) = tasks(spec, buckets).await?;
+    let (input, total) = tasks(spec, buckets).await?;
     if let Some(n) = total {
         r.state.lock().unwrap_or_else(|p| p.into_inner()).total = n;
     }
     let mut seen = 0u64;
-    let mut result = Ok(());
-    for input in phases {
-        let counted = input.map(|t| {
-            if total.is_none() {
-                // Listed live: the total grows as the listing goes.
-                seen += 1;
-                r.state.lock().unwrap_or_else(|p| p.into_inner()).total = seen;
-            }
-            t
-        });
-        // Each phase to its end (the items in flight too) before the next starts.
-        result = exec
-            .run(counted, |t: Task, _| {
-                r.reporter
-                    .planned(1, t.meta.as_ref().map(|m| m.size).unwrap_or(0));
-                let r = r.clone();
-                async move { r.task(t).await }
-            })
-            .await
-            .map(drop);
-        if result.is_err() || exec.stopping() {
-            break;
+    let counted = input.map(|t| {
+        if total.is_none() {
+            // Listed live: the total grows as the listing goes.
+            seen += 1;
+            r.state.lock().unwrap_or_else(|p| p.into_inner()).total = seen;
         }
-    }
+        t
+    });
+    let result = exec
+        .run(counted, |t: Task, _| {
+            r.reporter
+                .planned(1, t.meta.as_ref().map(|m| m.size).unwrap_or(0));
+            let r = r.clone();
+            async move { r.task(t).await }
+        })
+        .await;
     r.save();
-    result
+    result.map(drop)
 }
