@@ -131,12 +131,11 @@ impl RetryPolicy {
 /// [`RetryStore::with_stats`].
 #[derive(Debug, Default)]
 pub struct RetryStats {
-    retries: AtomicU64,
-    throttles: AtomicU64,
     gave_up: AtomicU64,
     budget_exhausted: AtomicU64,
     /// Attempts and retries by (operation, result): `ok` or the error kind
     /// ([`ErrorKind::as_str`]). Both label sets are bounded (the store's operations, the kinds).
+    /// The totals of retries and throttles are sums over it.
     by_op: Mutex<BTreeMap<(&'static str, &'static str), OpCounts>>,
 }
 
@@ -165,17 +164,26 @@ pub struct RetryCounts {
 impl RetryStats {
     pub fn snapshot(&self) -> RetryCounts {
         RetryCounts {
-            retries: self.retries.load(Ordering::Relaxed),
-            throttles: self.throttles.load(Ordering::Relaxed),
+            retries: self.retries(),
+            throttles: self.throttles(),
             gave_up: self.gave_up.load(Ordering::Relaxed),
             budget_exhausted: self.budget_exhausted.load(Ordering::Relaxed),
         }
     }
+    /// Retries made (attempts after the first), of every operation.
     pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.sum(|_, c| c.retries)
     }
+
+    /// Attempts answered with a throttle, of every operation.
     pub fn throttles(&self) -> u64 {
-        self.throttles.load(Ordering::Relaxed)
+        let throttled = ErrorKind::Throttled.as_str();
+        self.sum(|result, c| if result == throttled { c.requests } else { 0 })
+    }
+
+    fn sum(&self, f: impl Fn(&str, &OpCounts) -> u64) -> u64 {
+        let m = self.by_op.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().map(|((_, result), c)| f(result, c)).sum()
     }
 
     /// Requests and retries by (operation, result), `result` being `ok` or an error kind. A
@@ -244,9 +252,6 @@ impl Shared {
         attempt: u32,
         idempotent: bool,
     ) -> Result<Duration, GiveUp> {
-        if err.kind == ErrorKind::Throttled {
-            self.stats.throttles.fetch_add(1, Ordering::Relaxed);
-        }
         if !err.retryable() || (!idempotent && err.kind == ErrorKind::Transient) {
             return Err(GiveUp::NotRetryable);
         }
@@ -281,7 +286,6 @@ impl Shared {
             let backoff = self.policy.backoff(attempt - 1, &mut *rng);
             retry_after.map_or(backoff, |ra| ra.max(backoff))
         };
-        self.stats.retries.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(op, key, attempt, error = %err, delay_ms = delay.as_millis() as u64, "retrying");
         Ok(delay)
     }
