@@ -1343,19 +1343,44 @@ FAILURES
     directory, and the next `pipe up` or `pipe join` into the same bucket aborts it.
 
 SEGMENTED UPLOADS (--segmented)
-    The stream is stored as S3_URI/000000000000, S3_URI/000000000001, ... of --segment-size each
-    (the last may be shorter) and S3_URI/manifest.json, which lists the finished segments in
-    order with their sizes and CRC64NVME checksums and is rewritten as each one completes (and
-    at least every --heartbeat while none does). At the end the manifest is marked complete with
-    the total length and the whole stream's CRC64NVME. The manifest is created only if it does
-    not exist and then rewritten only if unchanged since this writer wrote it, so a second
-    writer on the same URI fails at once. On failure the manifest is marked failed; segments
-    already written stay.
+    The stream is stored as S3_URI/000000000000, S3_URI/000000000001, ... and
+    S3_URI/manifest.json, which lists the finished segments in order with their sizes and
+    CRC64NVME checksums and is rewritten as each one is published (and at least every
+    --heartbeat while none is). A segment is published when it holds --segment-size bytes, or
+    when --segment-interval has passed since its first byte was read, whichever comes first: a
+    slow writer (a log) reaches its followers within the interval, a fast one fills its segments
+    and is cut by size. At the end the manifest is marked complete with the total length and the
+    whole stream's CRC64NVME. The manifest is created only if it does not exist and then
+    rewritten only if unchanged since this writer wrote it, so a second writer on the same URI
+    fails at once. On failure the manifest is marked failed; segments already written stay.
+
+    Cost: each published segment is one PUT and one manifest PUT (a slow stream at the default
+    5 s interval: at most 24 PUTs a minute, about 35,000 a day); each follower makes one GET of
+    the manifest per --poll-interval and one GET per segment. The manifest grows by about 110
+    bytes a segment: for a stream that runs for days, start a new URI every day or so.
+
+APPEND (--append)
+    Continue the segmented upload at S3_URI instead of refusing to touch it (with none there, it
+    starts one): this run's input becomes the next segments of the same stream, and followers
+    that are reading it carry on. Its writer must be gone: the stream is complete, failed (its
+    writer was stopped), or its manifest has not changed for --writer-timeout (default: three
+    times the heartbeat the old writer states in the manifest, 90 s for the default 30 s). If the
+    manifest was written more recently, s3ferry watches it for the rest of that time and refuses
+    (status 2) as soon as it changes: a live writer is never joined. The takeover is a
+    conditional write of the manifest, so of two runs appending at once exactly one goes on and
+    the other is refused; a writer that was only thought dead fails at its next manifest write.
+    Segments a killed writer wrote but never listed are deleted first.
+
+STAGING
+    With --staging-dir, parts are staged in DIR/s3ferry-pipe-<run id>/ and removed as they are
+    sent. A staging folder left by a run that was killed (its run is known dead in the state
+    directory) is removed by the next `pipe up` with the same --staging-dir.
 
 EXAMPLES
     tar c /data | s3ferry pipe up s3://bucket/data.tar
     s3ferry pipe up --part-size 64MiB --part-concurrency 16 s3://bucket/big.bin < big.bin
-    tail -F app.log | s3ferry pipe up --segmented --segment-size 16MiB s3://bucket/logs/app";
+    tail -F app.log | s3ferry pipe up --segmented --segment-interval 2s s3://bucket/logs/app
+    tail -F app.log | s3ferry pipe up --segmented --append s3://bucket/logs/app   # after a restart";
 
 const PIPE_DOWN_ABOUT: &str = "\
 Write the object at S3_URI to stdout.
@@ -1373,18 +1398,30 @@ written in order, each checked against the manifest, and the whole stream too. W
 the upload is read while it is written: new segments are written as the manifest lists them
 (it is polled every --poll-interval), and s3ferry ends exactly when the manifest says the
 stream is complete. If the manifest does not change for --writer-timeout (the writer died or
-is stuck), or the writer marks it failed, s3ferry stops with status 2 and says so. Any number
-of followers can read one upload at once.
+is stuck), or the writer marks it failed, s3ferry stops with status 2 and says so. A stream
+continued by `pipe up --append` is followed across the change of writer. Any number of
+followers can read one upload at once.
+
+--from-start (the default) writes the stream from its first byte; --from-end starts at the
+newest segment listed when s3ferry starts (like `tail -f`), and each segment is still checked
+(the whole stream's checksum cannot be, then). In the steady state a follower is at most the
+writer's --segment-interval + --poll-interval + one GET behind it.
 
 EXAMPLES
     s3ferry pipe down s3://bucket/data.tar | tar x
-    s3ferry pipe down --follow s3://bucket/logs/app | grep ERROR";
+    s3ferry pipe down --follow s3://bucket/logs/app | grep ERROR
+    s3ferry pipe down --follow --from-end --poll-interval 1s s3://bucket/logs/app";
 
 const PIPE_JOIN_ABOUT: &str = "\
 Make one ordinary object at DEST_URI from the finished segmented upload at S3_URI, copied
-server-side (UploadPartCopy, one part per segment, each pinned to the segment's ETag); no data
-passes through this machine. Both URIs must be on the same S3 endpoint. The result is checked
-against the manifest (length and CRC64NVME); the segments are left in place.
+server-side where it can be: when every segment (but the last) has one size of at least 5 MiB,
+each segment is one UploadPartCopy pinned to its ETag and no data passes through this machine.
+Segments cut by time (small, of any size) are joined in parts of at least 5 MiB: a part that
+lies inside one segment is still copied server-side, a part that spans segments (a run of small
+ones, the edges of large ones) is read through in ranged GETs pinned to each segment's ETag
+(bounded memory, --part-concurrency parts at a time), each whole segment read checked against
+its CRC64NVME. Both URIs must be on the same S3 endpoint. The result is checked against the
+manifest (length and CRC64NVME); the segments are left in place.
 
 EXAMPLE
     s3ferry pipe join s3://bucket/logs/app s3://bucket/archive/app.log";
@@ -1439,7 +1476,7 @@ pub struct PipeUpArgs {
     /// Write numbered segments plus a manifest that followers can read while the upload runs.
     #[arg(long)]
     pub segmented: bool,
-    /// Size of each segment (5 MiB to 5 GiB).
+    /// Largest segment (4 KiB to 5 GiB): a segment is published when it is this full.
     #[arg(
         long,
         default_value = "100MiB",
@@ -1447,6 +1484,15 @@ pub struct PipeUpArgs {
         requires = "segmented"
     )]
     pub segment_size: String,
+    /// Publish a segment at most this long after its first byte was read, full or not (0:
+    /// only when full). Bounds how far followers lag a slow writer.
+    #[arg(
+        long,
+        default_value = "5s",
+        value_name = "DURATION",
+        requires = "segmented"
+    )]
+    pub segment_interval: String,
     /// Rewrite the manifest at least this often while no segment completes (lets followers
     /// tell a slow writer from a dead one; keep it well below their --writer-timeout).
     #[arg(
@@ -1456,6 +1502,13 @@ pub struct PipeUpArgs {
         requires = "segmented"
     )]
     pub heartbeat: String,
+    /// Continue the segmented upload at S3_URI once its writer is gone (see APPEND).
+    #[arg(long, requires = "segmented")]
+    pub append: bool,
+    /// With --append: the old writer is gone once the manifest has not changed for this long
+    /// (default: three times its heartbeat).
+    #[arg(long, value_name = "DURATION", requires = "append")]
+    pub writer_timeout: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -1469,6 +1522,12 @@ pub struct PipeDownArgs {
     /// Read a segmented upload while it is written, until its manifest says complete.
     #[arg(long)]
     pub follow: bool,
+    /// Start at the stream's first byte (the default).
+    #[arg(long, overrides_with = "from_end")]
+    pub from_start: bool,
+    /// Start at the newest segment listed (like `tail -f`).
+    #[arg(long, overrides_with = "from_start")]
+    pub from_end: bool,
     /// How often to look for new segments.
     #[arg(long, default_value = "2s", value_name = "DURATION")]
     pub poll_interval: String,

@@ -161,14 +161,26 @@ async fn up(g: &Global, a: &PipeUpArgs) -> Result<u8, Fatal> {
         let segment_size = parse_size(&a.segment_size)?;
         if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&segment_size) {
             return Err(Fatal(format!(
-                "--segment-size {} is outside 5 MiB to 5 GiB (a segment must fit one part of a \
-                 multipart copy)",
+                "--segment-size {} is outside 4 KiB to 5 GiB (smaller segments cost more in \
+                 requests and manifest than they carry; a larger one would not fit one part of \
+                 a multipart copy)",
                 a.segment_size
             )));
         }
+        let interval = parse_duration(&a.segment_interval)
+            .map_err(|e| Fatal(format!("--segment-interval: {e}")))?;
+        let writer_timeout = a
+            .writer_timeout
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| Fatal(format!("--writer-timeout: {e}")))?;
         Some(SegmentOptions {
             segment_size,
+            interval: (!interval.is_zero()).then_some(interval),
             heartbeat: parse_duration(&a.heartbeat)?,
+            append: a.append,
+            writer_timeout,
         })
     } else {
         None
@@ -207,9 +219,12 @@ async fn up(g: &Global, a: &PipeUpArgs) -> Result<u8, Fatal> {
         "pipe up",
         serde_json::to_value(&rep).unwrap_or_default(),
         format!(
-            "pipe up: {} bytes to {} in {:.1} s ({:.0} MiB/s), {} part(s){}, CRC64NVME {}",
+            "pipe up: {} bytes to {}{} in {:.1} s ({:.0} MiB/s), {} part(s){}, CRC64NVME {}",
             rep.bytes,
             rep.uri,
+            rep.appended_to
+                .map(|n| format!(" (appended after {n} bytes)"))
+                .unwrap_or_default(),
             rep.elapsed_secs,
             mib_s(rep.bytes, rep.elapsed_secs),
             rep.parts,
@@ -227,6 +242,7 @@ pub async fn down(g: &Global, a: &PipeDownArgs) -> Result<u8, Fatal> {
     let opts = DownOptions {
         transfer: transfer(&a.common, 1)?,
         follow: a.follow,
+        from_end: a.from_end,
         poll_interval: parse_duration(&a.poll_interval)?,
         writer_timeout: parse_duration(&a.writer_timeout)?,
     };

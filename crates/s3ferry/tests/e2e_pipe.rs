@@ -268,7 +268,15 @@ fn round_trips_segmented_and_join() {
         let o = up(
             &cx,
             &b.uri(&key),
-            &["--segmented", "--segment-size", seg, "--part-size", "5MiB"],
+            &[
+                "--segmented",
+                "--segment-size",
+                seg,
+                "--segment-interval",
+                "0",
+                "--part-size",
+                "5MiB",
+            ],
             &[],
             &data,
         );
@@ -333,6 +341,8 @@ fn followers_stream_a_segmented_upload_while_it_is_written() {
             "--segmented",
             "--segment-size",
             "5MiB",
+            "--segment-interval",
+            "0",
             "--part-size",
             "5MiB",
             &uri,
@@ -515,6 +525,8 @@ fn follower_of_a_dead_writer_gives_up_clearly() {
             "--segmented",
             "--segment-size",
             "5MiB",
+            "--segment-interval",
+            "0",
             "--part-size",
             "5MiB",
             &uri,
@@ -655,7 +667,7 @@ fn bad_input_is_one_line_and_exit_2() {
                 "up".into(),
                 "--segmented".into(),
                 "--segment-size".into(),
-                "1MiB".into(),
+                "1KiB".into(),
                 b.uri("x"),
             ],
             "--segment-size",
@@ -744,4 +756,372 @@ fn sse_c_objects_go_up_and_down_a_pipe() {
     assert!(o.stderr.contains("--sse"), "{o:?}");
     assert!(b.keys("x").is_empty());
     assert!(b.uploads().is_empty());
+}
+
+// ---- live streams: time cuts, followers from the end, writers that restart ----------------
+
+/// A process whose stdout is collected as it comes, so a test can wait for bytes to arrive
+/// while it runs.
+struct Live {
+    p: Proc,
+    got: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: JoinHandle<()>,
+}
+
+fn live(cx: &Ctx, args: &[&str]) -> Live {
+    let mut p = spawn(cx, args, &[], false);
+    p.close_stdin();
+    let mut so = p.stdout.take().expect("stdout");
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = so.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            g.lock().expect("lock").extend_from_slice(&buf[..n]);
+        }
+    });
+    Live { p, got, reader }
+}
+
+impl Live {
+    fn got(&self) -> Vec<u8> {
+        self.got.lock().expect("lock").clone()
+    }
+
+    #[track_caller]
+    fn wait_for(&self, want: &[u8], what: &str) {
+        wait_until(what, || self.got.lock().expect("lock").len() >= want.len());
+        same(&self.got(), want, what);
+    }
+
+    fn finish(self) -> Out {
+        let mut o = self.p.wait(T);
+        let _ = self.reader.join();
+        o.stdout = self.got.lock().expect("lock").clone();
+        o
+    }
+}
+
+fn segments_of(b: &Bucket, key: &str) -> usize {
+    manifest(b, key).map_or(0, |m| m["segments"].as_array().map_or(0, |s| s.len()))
+}
+
+fn writer(cx: &Ctx, uri: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["pipe", "up", "--segmented", "--part-size", "5MiB"];
+    args.extend_from_slice(extra);
+    args.push(uri);
+    spawn(cx, &args, &[], true)
+}
+
+/// A slow writer's bytes reach a follower while the writer's input is still open (a segment
+/// is published when its interval has passed, far from full), segments cut by time and by
+/// size mix in one stream, and `pipe join` makes one object of small and large segments alike.
+#[test]
+fn time_cuts_reach_followers_while_the_writer_runs_and_join_reassembles_them() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-cuts");
+    let uri = b.uri("log");
+    let mut w = writer(
+        &cx,
+        &uri,
+        &["--segment-size", "6MiB", "--segment-interval", "300ms"],
+    );
+    let f = live(
+        &cx,
+        &["pipe", "down", "--follow", "--poll-interval", "50ms", &uri],
+    );
+    let mut sent = Vec::new();
+    for (i, n) in [1000usize, 20_000, 2 * MIB].into_iter().enumerate() {
+        let chunk = random_bytes(n, 70 + i as u64);
+        w.write(&chunk);
+        sent.extend_from_slice(&chunk);
+        f.wait_for(
+            &sent,
+            &format!("the follower has the first {} bytes", sent.len()),
+        );
+        let m = manifest(&b, "log").expect("manifest");
+        assert_eq!(
+            m["complete"], false,
+            "the writer's input is still open: {m}"
+        );
+        assert!(segments_of(&b, "log") > i, "{m}");
+    }
+    let big = random_bytes(13 * MIB + 7, 79);
+    w.write(&big);
+    sent.extend_from_slice(&big);
+    w.close_stdin();
+    ok(&w.wait(T));
+    let o = f.finish();
+    ok(&o);
+    same(&o.stdout, &sent, "the follower's stream");
+
+    let m = manifest(&b, "log").expect("manifest");
+    assert_eq!(m["version"], 2, "{m}");
+    assert_eq!(m["segment_interval_ms"], 300, "{m}");
+    assert_eq!(m["complete"], true);
+    assert_eq!(m["total_size"], sent.len() as u64);
+    assert_eq!(m["crc64nvme"], format!("{:016x}", crc64nvme(&sent)));
+    let sizes: Vec<u64> = m["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .map(|s| s["size"].as_u64().expect("size"))
+        .collect();
+    assert_eq!(sizes[..2], [1000, 20_000], "cut by time: {sizes:?}");
+    assert!(sizes.iter().all(|&s| s <= 6 * MIB as u64), "{sizes:?}");
+    let o = down(&cx, &uri, &[], &[]);
+    ok(&o);
+    same(&o.stdout, &sent, "the finished stream");
+
+    let o = up_join(&cx, &uri, &b.uri("joined.log"));
+    ok(&o);
+    same(&b.get("joined.log"), &sent, "the joined object");
+    assert!(b.uploads().is_empty(), "{:?}", b.uploads());
+}
+
+/// `--from-end` starts at the newest segment listed (like `tail -f`) and follows from there.
+#[test]
+fn a_follower_from_the_end_starts_at_the_newest_segment() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-tail");
+    let uri = b.uri("log");
+    let mut w = writer(&cx, &uri, &["--segment-interval", "200ms"]);
+    let (a, bb, c) = (
+        random_bytes(1000, 81),
+        random_bytes(3000, 82),
+        random_bytes(500, 83),
+    );
+    w.write(&a);
+    wait_until("segment 0", || segments_of(&b, "log") == 1);
+    w.write(&bb);
+    wait_until("segment 1", || segments_of(&b, "log") == 2);
+    let f = live(
+        &cx,
+        &[
+            "pipe",
+            "down",
+            "--follow",
+            "--from-end",
+            "--poll-interval",
+            "50ms",
+            &uri,
+        ],
+    );
+    f.wait_for(&bb, "the newest segment first");
+    w.write(&c);
+    let want = [bb.clone(), c.clone()].concat();
+    f.wait_for(&want, "then what is written after it");
+    w.close_stdin();
+    ok(&w.wait(T));
+    let o = f.finish();
+    ok(&o);
+    same(&o.stdout, &want, "from the end");
+}
+
+/// A writer killed with -9 is continued with `--append`: of two appenders racing, exactly one
+/// takes the stream over (the other is refused), a segment the dead writer wrote but never
+/// listed is replaced, and a follower reads across the change of writer to the end.
+#[test]
+fn append_continues_a_killed_writer_and_only_one_of_two_appenders_wins() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-append");
+    let uri = b.uri("log");
+    let mut w1 = writer(
+        &cx,
+        &uri,
+        &["--segment-interval", "200ms", "--heartbeat", "1s"],
+    );
+    let a = random_bytes(5000, 91);
+    w1.write(&a);
+    wait_until("segment 0", || segments_of(&b, "log") == 1);
+    let stream = manifest(&b, "log").expect("manifest")["stream"].clone();
+    let f = live(
+        &cx,
+        &["pipe", "down", "--follow", "--poll-interval", "50ms", &uri],
+    );
+    f.wait_for(&a, "the first writer's bytes");
+    kill9(&mut w1.child);
+    // Killed between a segment's write and the manifest's: a segment nobody listed.
+    b.put("log/000000000001", b"never published");
+
+    // Refused outright without --append, with the hint.
+    let o = up(&cx, &uri, &["--segmented"], &[], b"x");
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(
+        assert_one_error_line(&o.stderr).contains("--append"),
+        "{o:?}"
+    );
+
+    let args = [
+        "--append",
+        "--writer-timeout",
+        "2s",
+        "--segment-interval",
+        "200ms",
+    ];
+    let mut w2 = writer(&cx, &uri, &args);
+    let mut w3 = writer(&cx, &uri, &args);
+    let (d2, d3) = (random_bytes(7000, 92), random_bytes(9000, 93));
+    w2.write(&d2);
+    w3.write(&d3);
+    let mut loser = None;
+    wait_until("one appender to be refused", || {
+        if let Ok(Some(_)) = w2.child.try_wait() {
+            loser = Some(2);
+        } else if let Ok(Some(_)) = w3.child.try_wait() {
+            loser = Some(3);
+        }
+        loser.is_some()
+    });
+    let (lost, mut won, data) = match loser {
+        Some(2) => (w2, w3, d3),
+        _ => (w3, w2, d2),
+    };
+    let o = lost.wait(T);
+    assert_eq!(o.code, 2, "{o:?}");
+    let line = assert_one_error_line(&o.stderr);
+    assert!(
+        line.contains("took the stream over first") || line.contains("still being written"),
+        "{line}"
+    );
+    won.close_stdin();
+    let o = won.wait(T);
+    ok(&o);
+    let want = [a.clone(), data.clone()].concat();
+    let o = f.finish();
+    ok(&o);
+    same(&o.stdout, &want, "the follower across the append");
+
+    let m = manifest(&b, "log").expect("manifest");
+    assert_eq!(m["stream"], stream, "the same stream: {m}");
+    assert_eq!(m["complete"], true, "{m}");
+    assert_eq!(m["appends"].as_array().map(|v| v.len()), Some(1), "{m}");
+    assert_eq!(m["appends"][0]["first_segment"], 1, "{m}");
+    assert_eq!(m["crc64nvme"], format!("{:016x}", crc64nvme(&want)));
+    same(
+        &b.get("log/000000000001"),
+        &data,
+        "segment 1 is the appender's",
+    );
+    let o = down(&cx, &uri, &[], &[]);
+    ok(&o);
+    same(&o.stdout, &want, "the whole stream");
+}
+
+/// `--append` refuses while the writer is alive (its heartbeat changes the manifest while the
+/// appender watches), and continues a finished stream at once.
+#[test]
+fn append_refuses_a_live_writer_and_extends_a_finished_stream() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-alive");
+    let uri = b.uri("log");
+    let mut w1 = writer(
+        &cx,
+        &uri,
+        &["--segment-interval", "200ms", "--heartbeat", "1s"],
+    );
+    let a = random_bytes(3000, 95);
+    w1.write(&a);
+    wait_until("segment 0", || segments_of(&b, "log") == 1);
+    let o = up(
+        &cx,
+        &uri,
+        &["--segmented", "--append", "--writer-timeout", "20s"],
+        &[],
+        b"intruder",
+    );
+    assert_eq!(o.code, 2, "{o:?}");
+    let line = assert_one_error_line(&o.stderr);
+    assert!(line.contains("still being written"), "{line}");
+    assert!(
+        o.elapsed < Duration::from_secs(15),
+        "refused when the heartbeat came: {o:?}"
+    );
+    w1.close_stdin();
+    ok(&w1.wait(T));
+    let m = manifest(&b, "log").expect("manifest");
+    assert_eq!(
+        m["total_size"],
+        a.len() as u64,
+        "the intruder wrote nothing: {m}"
+    );
+
+    let c = random_bytes(4000, 96);
+    let o = up(&cx, &uri, &["--segmented", "--append", "--json"], &[], &c);
+    ok(&o);
+    assert!(
+        o.elapsed < Duration::from_secs(15),
+        "a finished stream is not waited for"
+    );
+    let sum: serde_json::Value = serde_json::from_str(
+        o.stderr
+            .lines()
+            .find(|l| l.contains("\"summary\""))
+            .unwrap_or_else(|| panic!("no summary: {o:?}")),
+    )
+    .expect("JSON");
+    assert_eq!(sum["bytes"], c.len() as u64, "{sum}");
+    assert_eq!(sum["appended_to"], a.len() as u64, "{sum}");
+    let want = [a, c].concat();
+    assert_eq!(
+        sum["crc64nvme"],
+        format!("{:016x}", crc64nvme(&want)),
+        "{sum}"
+    );
+    let o = down(&cx, &uri, &[], &[]);
+    ok(&o);
+    same(&o.stdout, &want, "the finished stream, extended");
+}
+
+/// A staging folder left by a run killed with -9 is removed by the next run with the same
+/// --staging-dir.
+#[test]
+fn a_killed_runs_staging_folder_goes_with_the_next_run() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-staging");
+    let dir = cx.path("staging");
+    std::fs::create_dir_all(&dir).expect("staging dir");
+    let staged = |d: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .expect("read staging dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("s3ferry-pipe-"))
+            .collect()
+    };
+    let dir_s = dir.to_str().expect("UTF-8").to_string();
+    let mut w = spawn(
+        &cx,
+        &[
+            "pipe",
+            "up",
+            "--staging-dir",
+            &dir_s,
+            "--part-size",
+            "5MiB",
+            &b.uri("k"),
+        ],
+        &[],
+        true,
+    );
+    w.write(&random_bytes(6 * MIB, 97));
+    wait_until("a staged part", || {
+        staged(&dir)
+            .iter()
+            .any(|d| std::fs::read_dir(dir.join(d)).is_ok_and(|mut e| e.next().is_some()))
+    });
+    kill9(&mut w.child);
+    assert_eq!(
+        staged(&dir).len(),
+        1,
+        "the killed run's folder is left behind"
+    );
+
+    let o = up(&cx, &b.uri("k2"), &["--staging-dir", &dir_s], &[], b"hello");
+    ok(&o);
+    assert_eq!(staged(&dir), Vec::<String>::new(), "{o:?}");
+    assert_eq!(b.get("k2"), b"hello");
 }

@@ -5,14 +5,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::transfer::{
     cleanup_orphan_uploads, upload_parts, MultipartWriter, PartBody, RangedReader,
 };
-use s3ferry_store::checksum::crc64nvme_combine;
+use s3ferry_store::checksum::{
+    crc64nvme_combine, part_size_for, Crc64, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE,
+};
 use s3ferry_store::{
-    CopySource, ErrorKind, ObjectMeta, PartLayout, PutOptions, StoreError, StoreExt,
+    ByteStream, CopySource, ErrorKind, GetOptions, ObjectMeta, PartLayout, PutOptions, StoreError,
+    StoreExt,
 };
 
 use super::manifest::{manifest_key, parse_crc, Manifest};
@@ -173,6 +176,7 @@ async fn segments(
     let muri = target.at(&mkey);
     let mut seen: Option<Manifest> = None;
     let mut next = 0usize;
+    let mut first: Option<usize> = None;
     let mut crc = 0u64;
     let mut total = 0u64;
     let mut progress = Instant::now();
@@ -196,7 +200,13 @@ async fn segments(
                     "{muri} disappeared while the upload was read; the output is incomplete"
                 )))
             }
-            (Some(_), None) => progress = Instant::now(),
+            (Some(m), None) => {
+                progress = Instant::now();
+                if opts.from_end {
+                    next = m.segments.len().saturating_sub(1);
+                    first = Some(next);
+                }
+            }
             (None, None) if !opts.follow => {
                 return Err(PipeError::Failed(format!(
                     "{uri}: no such segmented upload (no {muri})"
@@ -232,7 +242,8 @@ async fn segments(
                     Copied::Closed => {
                         return Ok(DownReport {
                             bytes: out.written,
-                            segments: Some(next as u64),
+                            segments: Some((next - first.unwrap_or(0)) as u64),
+                            first_segment: first.map(|f| f as u64),
                             closed_early: true,
                             ..Default::default()
                         })
@@ -253,6 +264,15 @@ async fn segments(
                 next += 1;
                 progress = Instant::now();
             }
+            if m.complete && first.is_some_and(|f| f > 0) {
+                // Started mid-stream: each segment was checked, the whole cannot be.
+                return Ok(DownReport {
+                    bytes: total,
+                    segments: Some((next - first.unwrap_or(0)) as u64),
+                    first_segment: first.map(|f| f as u64),
+                    ..Default::default()
+                });
+            }
             if m.complete {
                 let want = m.whole_crc().unwrap_or_default();
                 if m.total_size != Some(total) || want != crc {
@@ -267,6 +287,7 @@ async fn segments(
                 return Ok(DownReport {
                     bytes: total,
                     segments: Some(next as u64),
+                    first_segment: first.map(|f| f as u64),
                     verified: true,
                     ..Default::default()
                 });
@@ -351,32 +372,24 @@ pub async fn join(
             .await
             .map_err(|e| PipeError::store(&duri, e))?
     } else {
-        let layout = PartLayout::Uniform(m.segment_size);
+        let size = join_part_size(&m, total);
         let w = MultipartWriter::create(
             dst.store.clone(),
             &dst.key,
             put,
-            layout,
+            PartLayout::Uniform(size),
             &transfer,
             journal.clone(),
         )
         .await
         .map_err(|e| PipeError::store(&duri, e))?
         .with_window(transfer.part_concurrency.max(1) * 2);
-        let bodies = m.segments.iter().map(|s| {
-            let from = CopySource {
-                bucket: bucket.clone(),
-                key: format!("{base}/{}", s.key),
-                if_match: s.etag.clone(),
-                version_id: None,
-            };
-            PartBody::Copy(from, 0..s.size)
-        });
+        let bodies = join_parts(&src, &bucket, &base, &m, size);
         upload_parts(w, bodies, want).await.map_err(|e| {
-            if e.kind == ErrorKind::PreconditionFailed {
+            if matches!(e.kind, ErrorKind::PreconditionFailed | ErrorKind::Corrupt) {
                 PipeError::Failed(format!(
-                    "{suri}: a segment changed since the manifest was written; {duri} was not \
-                     written"
+                    "{suri}: a segment changed since the manifest was written ({e}); {duri} was \
+                     not written"
                 ))
             } else {
                 PipeError::store(&duri, e)
@@ -406,7 +419,136 @@ pub async fn join(
         segments: Some(m.segments.len() as u64),
         crc64nvme: m.crc64nvme.clone().unwrap_or_default(),
         etag: res.etag,
+        appended_to: None,
         cleaned_up: cleaned,
         elapsed_secs: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The part size of a joined object. Segments all of one size (but the last) that is a valid
+/// part size: that size, one server-side copy per segment. Otherwise (segments cut by time)
+/// the smallest part size that fits 10,000 parts: ranges inside one segment are still copied
+/// server-side, and only parts that span segments (runs of small ones, the edges of large
+/// ones) pass through this machine.
+pub(super) fn join_part_size(m: &Manifest, total: u64) -> u64 {
+    let n = m.segments.len();
+    let first = m.segments.first().map_or(0, |s| s.size);
+    let uniform = m.segments[..n.saturating_sub(1)]
+        .iter()
+        .all(|s| s.size == first);
+    if uniform && (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&first) && n as u64 <= MAX_PARTS {
+        return first;
+    }
+    part_size_for(total, MIN_PART_SIZE)
+}
+
+/// The parts of the joined object, in order: byte range `[k x size, (k+1) x size)` of the
+/// stream is UploadPartCopy of one segment's range when it lies in one segment, else the
+/// pieces read in order (ranged GETs pinned to each segment's ETag, streamed through; a whole
+/// segment read is checked against its CRC64NVME on the way).
+pub(super) fn join_parts<'a>(
+    src: &'a Target,
+    bucket: &'a str,
+    base: &'a str,
+    m: &'a Manifest,
+    size: u64,
+) -> impl Iterator<Item = PartBody> + 'a {
+    // Offset of each segment in the stream.
+    let starts: Vec<u64> = m
+        .segments
+        .iter()
+        .scan(0u64, |at, s| {
+            let here = *at;
+            *at += s.size;
+            Some(here)
+        })
+        .collect();
+    let total = m.segments.iter().map(|s| s.size).sum::<u64>();
+    let mut seg = 0usize;
+    let mut at = 0u64;
+    std::iter::from_fn(move || {
+        if at >= total {
+            return None;
+        }
+        let end = (at + size).min(total);
+        let mut pieces = Vec::new();
+        while at < end {
+            while starts[seg] + m.segments[seg].size <= at {
+                seg += 1;
+            }
+            let s = &m.segments[seg];
+            let from = at - starts[seg];
+            let to = (end - starts[seg]).min(s.size);
+            pieces.push((seg, from..to));
+            at = starts[seg] + to;
+        }
+        let key = |i: usize| format!("{base}/{}", m.segments[i].key);
+        if let [(i, r)] = &pieces[..] {
+            let from = CopySource {
+                bucket: bucket.to_string(),
+                key: key(*i),
+                if_match: m.segments[*i].etag.clone(),
+                version_id: None,
+            };
+            return Some(PartBody::Copy(from, r.clone()));
+        }
+        let len = pieces.iter().map(|(_, r)| r.end - r.start).sum();
+        let store = src.store.clone();
+        let reads: Vec<_> = pieces
+            .into_iter()
+            .map(|(i, r)| {
+                let s = &m.segments[i];
+                let whole = (r.start == 0 && r.end == s.size)
+                    .then(|| parse_crc(&s.crc64nvme))
+                    .flatten();
+                (key(i), s.etag.clone(), r, whole)
+            })
+            .collect();
+        let body = futures::stream::iter(reads)
+            .then(move |(key, etag, r, whole)| {
+                let store = store.clone();
+                async move {
+                    let g = store
+                        .get(&key, GetOptions::new().range(r).if_match(etag))
+                        .await?;
+                    Ok::<_, StoreError>(match whole {
+                        Some(want) => checked(g.body, key, want),
+                        None => g.body,
+                    })
+                }
+            })
+            .try_flatten()
+            .boxed();
+        Some(PartBody::Stream(len, body))
+    })
+}
+
+/// `body` as it comes, then an error if its CRC64NVME is not `want`.
+fn checked(body: ByteStream, key: String, want: u64) -> ByteStream {
+    let crc = Arc::new(std::sync::Mutex::new(Crc64::default()));
+    let seen = crc.clone();
+    let data = body.inspect(move |b| {
+        if let (Ok(b), Ok(mut c)) = (b, seen.lock()) {
+            c.update(b);
+        }
+    });
+    let end = futures::stream::once(async move {
+        let got = crc.lock().map(|c| c.clone().finish()).unwrap_or_default();
+        if got == want {
+            None
+        } else {
+            Some(Err(StoreError::new(
+                ErrorKind::Corrupt,
+                "get",
+                format!(
+                    "read CRC64NVME {}, the manifest says {}",
+                    crc_hex(got),
+                    crc_hex(want)
+                ),
+            )
+            .with_key(&key)))
+        }
+    })
+    .filter_map(futures::future::ready);
+    data.chain(end).boxed()
 }

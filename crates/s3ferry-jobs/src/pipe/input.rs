@@ -1,17 +1,30 @@
 //! Reading the input stream in parts: into memory under the shared budget, or staged in files.
+//!
+//! A thread of its own reads the input (a blocking read of stdin cannot be interrupted) and
+//! hands what each read returned to the async side through a short queue (at most
+//! [`QUEUE`] blocks of at most [`BLOCK`] bytes: about 1 MiB beyond the parts themselves). The
+//! async side cuts the blocks into parts, which lets a segmented upload publish a segment when
+//! its time is up ([`Input::begin_segment`]) even though the input is quiet: a blocking read
+//! of exactly one part could not.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bytes::Bytes;
 use s3ferry_engine::transfer::{PartBody, Reservation, TransferConfig};
 use s3ferry_store::checksum::{crc64nvme_combine, Crc64};
 use s3ferry_store::FileRange;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::PipeError;
 
-/// Staged parts: bytes read from the stream at once go through a buffer of this size.
-const STAGE_BUF: usize = 1024 * 1024;
+/// Largest block one read of the input hands over.
+const BLOCK: usize = 256 * 1024;
+/// Blocks read ahead of the parts being filled.
+const QUEUE: usize = 4;
 
 /// One part of the stream.
 pub(super) struct Chunk {
@@ -53,98 +66,212 @@ impl Chunk {
     }
 }
 
-/// The input stream, read one part at a time on a blocking thread.
+/// Where the bytes of the part being filled go.
+enum Sink {
+    Mem(Vec<u8>, Reservation),
+    /// A staged file being written (about one block of memory reserved while it is).
+    File {
+        path: PathBuf,
+        file: tokio::fs::File,
+        _mem: Reservation,
+    },
+}
+
+/// The input stream, cut into parts.
 pub(super) struct Input {
-    reader: Option<Box<dyn Read + Send>>,
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    /// The rest of a block that did not fit the previous part.
+    carry: Option<Bytes>,
     staging: Option<PathBuf>,
     cfg: TransferConfig,
+    /// The reader saw the end of the input (the queue is closed).
     eof: bool,
     /// Bytes read so far and their CRC64NVME.
     pub total: u64,
     pub crc: u64,
     parts: u64,
+    /// Time cuts: a segment ends `interval` after its first byte was read.
+    interval: Option<Duration>,
+    cut_at: Option<Instant>,
+    /// The segment's time is up: [`Input::next`] gives nothing more until
+    /// [`Input::begin_segment`].
+    cut: bool,
 }
 
 impl Input {
-    /// `staging`: a directory (created, owned by this run) for staged parts.
+    /// `staging`: a directory (created, owned by this run) for staged parts. `interval`: cut
+    /// segments by time as well as by size (see [`Input::begin_segment`]).
     pub fn new(
         reader: Box<dyn Read + Send>,
         staging: Option<PathBuf>,
         cfg: &TransferConfig,
-    ) -> Self {
-        Self {
-            reader: Some(reader),
+        interval: Option<Duration>,
+    ) -> Result<Self, PipeError> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("s3ferry-input".into())
+            .spawn(move || read_blocks(reader, tx))
+            .map_err(|e| PipeError::Failed(format!("starting the input reader: {e}")))?;
+        Ok(Self {
+            rx,
+            carry: None,
             staging,
             cfg: cfg.clone(),
             eof: false,
             total: 0,
             crc: 0,
             parts: 0,
+            interval: interval.filter(|d| !d.is_zero()),
+            cut_at: None,
+            cut: false,
+        })
+    }
+
+    /// Continue a stream that already has `total` bytes with this CRC64NVME (an append).
+    pub fn resume_at(&mut self, total: u64, crc: u64) {
+        self.total = total;
+        self.crc = crc;
+    }
+
+    /// A new segment starts: with a time cut, it ends `interval` after its first byte.
+    pub fn begin_segment(&mut self) {
+        self.cut_at = None;
+        self.cut = false;
+    }
+
+    /// The input has ended and every byte of it was handed out.
+    pub fn ended(&self) -> bool {
+        self.eof && self.carry.is_none()
+    }
+
+    /// Is the segment's time up? (Then it is cut: no more of it.)
+    fn time_up(&mut self) -> bool {
+        if self.cut_at.is_some_and(|at| at <= Instant::now()) {
+            self.cut = true;
+        }
+        self.cut
+    }
+
+    /// The next block of input; `None` at the end of the input or when the segment's time is
+    /// up (a segment's clock starts at its first byte, so a cut never makes an empty part).
+    async fn block(&mut self) -> Result<Option<Bytes>, PipeError> {
+        if self.time_up() {
+            return Ok(None);
+        }
+        if let Some(b) = self.carry.take() {
+            return Ok(Some(b));
+        }
+        if self.eof {
+            return Ok(None);
+        }
+        let got = match self.cut_at {
+            Some(at) => match tokio::time::timeout_at(at, self.rx.recv()).await {
+                Ok(got) => got,
+                Err(_) => {
+                    self.cut = true;
+                    return Ok(None);
+                }
+            },
+            None => self.rx.recv().await,
+        };
+        match got {
+            Some(Ok(b)) => Ok(Some(b)),
+            Some(Err(e)) => {
+                self.eof = true;
+                Err(PipeError::Failed(format!("reading the input: {e}")))
+            }
+            None => {
+                self.eof = true;
+                Ok(None)
+            }
         }
     }
 
-    /// The next up to `len` bytes (fewer only at the end of the stream); `None` at the end.
+    /// The next up to `len` bytes: fewer at the end of the input or when the segment's time is
+    /// up. `None` when there is nothing more (then see [`Input::ended`] and [`Input::cut`]).
     pub async fn next(&mut self, len: u64) -> Result<Option<Chunk>, PipeError> {
-        if self.eof || len == 0 {
+        if self.time_up() || self.ended() || len == 0 {
             return Ok(None);
         }
-        let Some(mut reader) = self.reader.take() else {
-            return Err(PipeError::Failed("input already failed".into()));
-        };
         self.parts += 1;
-        let chunk = match &self.staging {
+        let mut sink = match &self.staging {
             None => {
                 let mem = self
                     .cfg
                     .reserve(len)
                     .await
                     .map_err(|e| PipeError::Failed(e.to_string()))?;
-                let (reader_back, r) = tokio::task::spawn_blocking(move || {
-                    let mut buf = Vec::with_capacity(len as usize);
-                    let r = (&mut reader).take(len).read_to_end(&mut buf);
-                    (reader, r.map(|_| buf))
-                })
-                .await
-                .map_err(|e| PipeError::Failed(format!("input reader: {e}")))?;
-                reader = reader_back;
-                let buf = r.map_err(|e| PipeError::Failed(format!("reading the input: {e}")))?;
-                let crc = s3ferry_store::checksum::crc64nvme(&buf);
-                Chunk {
-                    len: buf.len() as u64,
-                    crc,
-                    data: ChunkData::Mem(Bytes::from(buf), mem),
-                }
+                Sink::Mem(Vec::with_capacity(len as usize), mem)
             }
             Some(dir) => {
                 let path = dir.join(format!("part-{:06}", self.parts));
-                let _mem = self
+                let mem = self
                     .cfg
-                    .reserve(STAGE_BUF as u64)
+                    .reserve(BLOCK as u64)
                     .await
                     .map_err(|e| PipeError::Failed(e.to_string()))?;
-                let (reader_back, r) = tokio::task::spawn_blocking(move || {
-                    let r = stage(&mut reader, &path, len);
-                    (reader, r.map(|(n, crc)| (path, n, crc)))
-                })
-                .await
-                .map_err(|e| PipeError::Failed(format!("input reader: {e}")))?;
-                reader = reader_back;
-                let (path, n, crc) = r.map_err(PipeError::Failed)?;
-                Chunk {
-                    len: n,
-                    crc,
-                    data: ChunkData::File(FileRange {
-                        path,
-                        offset: 0,
-                        len: n,
-                    }),
+                let f = tokio::fs::File::create(&path).await.map_err(|e| {
+                    PipeError::Failed(format!("creating staged part {}: {e}", path.display()))
+                })?;
+                Sink::File {
+                    path,
+                    file: f,
+                    _mem: mem,
                 }
             }
         };
-        self.reader = Some(reader);
-        if chunk.len < len {
-            self.eof = true;
+        let mut crc = Crc64::default();
+        let mut n = 0u64;
+        let filled = async {
+            while n < len {
+                let Some(mut b) = self.block().await? else {
+                    break;
+                };
+                if b.len() as u64 > len - n {
+                    self.carry = Some(b.split_off((len - n) as usize));
+                }
+                if let (Some(every), None) = (self.interval, self.cut_at) {
+                    self.cut_at = Some(Instant::now() + every);
+                }
+                crc.update(&b);
+                n += b.len() as u64;
+                match &mut sink {
+                    Sink::Mem(v, _) => v.extend_from_slice(&b),
+                    Sink::File { path, file, .. } => file.write_all(&b).await.map_err(|e| {
+                        PipeError::Failed(format!("writing staged part {}: {e}", path.display()))
+                    })?,
+                }
+            }
+            Ok::<_, PipeError>(())
         }
+        .await;
+        let data = match sink {
+            Sink::Mem(v, mem) => ChunkData::Mem(Bytes::from(v), mem),
+            Sink::File { path, mut file, .. } => {
+                let flushed = file.flush().await;
+                drop(file);
+                if filled.is_err() || flushed.is_err() {
+                    let _ = fs_err::remove_file(&path);
+                }
+                if let (Ok(()), Err(e)) = (&filled, flushed) {
+                    return Err(PipeError::Failed(format!(
+                        "writing staged part {}: {e}",
+                        path.display()
+                    )));
+                }
+                ChunkData::File(FileRange {
+                    path,
+                    offset: 0,
+                    len: n,
+                })
+            }
+        };
+        filled?;
+        let chunk = Chunk {
+            len: n,
+            crc: crc.finish(),
+            data,
+        };
         if chunk.len == 0 {
             if let ChunkData::File(f) = &chunk.data {
                 let _ = fs_err::remove_file(&f.path);
@@ -157,30 +284,25 @@ impl Input {
     }
 }
 
-/// Copy up to `len` bytes of `reader` into a new file at `path`; (bytes, CRC64NVME).
-fn stage(reader: &mut dyn Read, path: &std::path::Path, len: u64) -> Result<(u64, u64), String> {
-    let err = |what: &str, e: std::io::Error| format!("{what} {}: {e}", path.display());
-    let mut f = fs_err::File::create(path).map_err(|e| err("creating staged part", e))?;
-    let mut buf = vec![0u8; STAGE_BUF.min(len as usize).max(1)];
-    let mut crc = Crc64::default();
-    let mut n = 0u64;
-    while n < len {
-        let want = ((len - n) as usize).min(buf.len());
-        let got = match reader.read(&mut buf[..want]) {
-            Ok(0) => break,
-            Ok(g) => g,
+/// The reader thread: hand over what each read returns until the end of the input, an error,
+/// or the other side going away.
+fn read_blocks(mut reader: Box<dyn Read + Send>, tx: mpsc::Sender<std::io::Result<Bytes>>) {
+    let mut buf = vec![0u8; BLOCK];
+    loop {
+        let got = match reader.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                let _ = fs_err::remove_file(path);
-                return Err(format!("reading the input: {e}"));
+                let _ = tx.blocking_send(Err(e));
+                return;
             }
         };
-        if let Err(e) = f.write_all(&buf[..got]) {
-            let _ = fs_err::remove_file(path);
-            return Err(err("writing staged part", e));
+        if tx
+            .blocking_send(Ok(Bytes::copy_from_slice(&buf[..got])))
+            .is_err()
+        {
+            return;
         }
-        crc.update(&buf[..got]);
-        n += got as u64;
     }
-    Ok((n, crc.finish()))
 }

@@ -4,15 +4,22 @@
 //! ```json
 //! {
 //!   "format": "s3ferry-pipe-segments",
-//!   "version": 1,
-//!   "writer": "5b0e…",              // id of the writing run
-//!   "segment_size": 104857600,      // every segment but the last has exactly this size
+//!   "version": 2,
+//!   "stream": "5b0e…",              // id of the stream: its first writer's run id
+//!   "writer": "5b0e…",              // id of the run writing it now (changes with --append)
+//!   "segment_size": 104857600,      // the largest a segment may be
+//!   "segment_interval_ms": 5000,    // a segment is published at most this long after its
+//!                                   // first byte (absent: segments are cut by size only)
+//!   "heartbeat_secs": 30,           // the writer rewrites the manifest at least this often
 //!   "started": "2025-01-01T00:00:00Z",
 //!   "updated": "2025-01-01T00:01:00Z",   // the writer's clock; informational
 //!   "heartbeat": 3,                 // bumped when the writer rewrites it without a new segment
 //!   "segments": [                   // in stream order; segment i is <uri>/<i as 12 digits>
 //!     {"key": "000000000000", "size": 104857600, "crc64nvme": "0123456789abcdef",
 //!      "etag": "…"}
+//!   ],
+//!   "appends": [                    // writers that continued the stream (pipe up --append)
+//!     {"writer": "77c1…", "at": "2025-01-01T02:00:00Z", "first_segment": 12}
 //!   ],
 //!   "complete": true,               // the stream ended; then total_size and crc64nvme are set
 //!   "total_size": 104857600,
@@ -21,23 +28,37 @@
 //! }
 //! ```
 //!
+//! Version 1 (s3ferry before segments were cut by time) has no `stream`, `appends`,
+//! `segment_interval_ms` or `heartbeat_secs`, and every segment but the last has exactly
+//! `segment_size` bytes. Version 2 segments have 1 to `segment_size` bytes each: a segment is
+//! cut when it is full, or when its time is up. Both are read; version 2 is written.
+//!
 //! The writer creates the manifest with a create-only write and rewrites it with If-Match on
 //! the ETag of its previous write, so a second writer on the same URI fails at once and loudly.
-//! Segments are create-only writes too. A reader checks that each new version of the manifest
-//! extends the one it read before (same writer, same segments so far).
+//! An appending writer takes the stream over with the same If-Match, so of two appenders one
+//! wins and the other is refused, and a writer that was thought dead but was not fails at its
+//! next rewrite. Segments are create-only writes too. A reader checks that each new version of
+//! the manifest extends the one it read before (same stream, same segments so far).
 
 use serde::{Deserialize, Serialize};
 
 pub const FORMAT: &str = "s3ferry-pipe-segments";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const MANIFEST_NAME: &str = "manifest.json";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,
     pub version: u32,
+    /// The stream's id (its first writer's); empty in version 1 (then `writer` is the id).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stream: String,
     pub writer: String,
     pub segment_size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_interval_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_secs: Option<u64>,
     #[serde(default)]
     pub started: String,
     #[serde(default)]
@@ -45,6 +66,8 @@ pub struct Manifest {
     #[serde(default)]
     pub heartbeat: u64,
     pub segments: Vec<Segment>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub appends: Vec<Append>,
     pub complete: bool,
     #[serde(default)]
     pub total_size: Option<u64>,
@@ -62,6 +85,15 @@ pub struct Segment {
     pub crc64nvme: String,
     #[serde(default)]
     pub etag: Option<String>,
+}
+
+/// A writer that continued the stream where a dead one stopped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Append {
+    pub writer: String,
+    pub at: String,
+    /// Index of the first segment it wrote.
+    pub first_segment: usize,
 }
 
 /// Key of the manifest of the upload at `base`.
@@ -90,12 +122,16 @@ impl Manifest {
         Self {
             format: FORMAT.into(),
             version: VERSION,
+            stream: writer.into(),
             writer: writer.into(),
             segment_size,
+            segment_interval_ms: None,
+            heartbeat_secs: None,
             started: t.clone(),
             updated: t,
             heartbeat: 0,
             segments: Vec::new(),
+            appends: Vec::new(),
             complete: false,
             total_size: None,
             crc64nvme: None,
@@ -120,9 +156,10 @@ impl Manifest {
         if m.format != FORMAT {
             return Err(format!("not a pipe manifest (format {:?})", m.format));
         }
-        if m.version != VERSION {
+        if !(1..=VERSION).contains(&m.version) {
             return Err(format!(
-                "manifest version {} is not supported (this s3ferry reads version {VERSION})",
+                "manifest version {} is not supported (this s3ferry reads versions 1 to \
+                 {VERSION}; a newer s3ferry wrote it)",
                 m.version
             ));
         }
@@ -137,19 +174,19 @@ impl Manifest {
             if parse_crc(&s.crc64nvme).is_none() {
                 return Err(format!("segment {i} has a bad crc64nvme {:?}", s.crc64nvme));
             }
-            let last = i + 1 == n;
-            if s.size > m.segment_size || (!last && s.size != m.segment_size) || s.size == 0 {
+            if s.size == 0 || s.size > m.segment_size {
                 return Err(format!(
                     "segment {i} has {} bytes (segment size {})",
                     s.size, m.segment_size
                 ));
             }
-            if !last && s.size < m.segment_size {
+            // Version 1 cut by size only: every segment but the last is full.
+            if m.version == 1 && i + 1 < n && s.size != m.segment_size {
                 return Err(format!("segment {i} is short but not the last"));
             }
         }
         if let Some(last) = m.segments.last() {
-            if !m.complete && last.size != m.segment_size {
+            if m.version == 1 && !m.complete && last.size != m.segment_size {
                 return Err("a short segment in an upload that is not complete".into());
             }
         }
@@ -168,13 +205,32 @@ impl Manifest {
         Ok(m)
     }
 
-    /// `self` (newer) continues `old`: same upload, same segments so far, not un-completed.
+    /// The stream's id: the same across appends.
+    pub fn stream_id(&self) -> &str {
+        if self.stream.is_empty() {
+            &self.writer
+        } else {
+            &self.stream
+        }
+    }
+
+    /// `self` (newer) continues `old`: same stream, same segments so far, not un-completed.
     pub fn extends(&self, old: &Manifest) -> bool {
-        self.writer == old.writer
-            && self.segment_size == old.segment_size
+        self.stream_id() == old.stream_id()
             && self.segments.len() >= old.segments.len()
             && self.segments[..old.segments.len()] == old.segments[..]
             && (self.complete || !old.complete)
+    }
+
+    /// The CRC64NVME and length of the segments listed (the stream so far).
+    pub fn segments_crc(&self) -> (u64, u64) {
+        self.segments.iter().fold((0, 0), |(crc, len), s| {
+            let c = parse_crc(&s.crc64nvme).unwrap_or_default();
+            (
+                s3ferry_store::checksum::crc64nvme_combine(crc, c, s.size),
+                len + s.size,
+            )
+        })
     }
 
     pub fn whole_crc(&self) -> Option<u64> {
@@ -210,13 +266,34 @@ mod tests {
         assert!(done.extends(&old));
         assert!(!old.extends(&done));
         let mut other = done.clone();
-        other.writer = "w2".into();
-        assert!(!other.extends(&old));
+        other.stream = "w2".into();
+        assert!(!other.extends(&old), "another stream");
+        let mut appended = done.clone();
+        appended.writer = "w2".into();
+        assert!(
+            appended.extends(&old),
+            "the same stream, continued by another writer"
+        );
 
-        // A short segment in the middle, a wrong total, a wrong name: refused.
-        let mut bad = m.clone();
-        bad.segments[1].size = 9;
-        assert!(Manifest::parse(&bad.to_json()).is_err());
+        // Version 2: a short segment in the middle is a time cut; empty or oversized ones are
+        // refused. Version 1 cut by size only: a short one in the middle is refused.
+        let mut cut = m.clone();
+        cut.segments[1].size = 9;
+        cut.total_size = Some(22);
+        assert!(Manifest::parse(&cut.to_json()).is_ok());
+        let mut v1 = cut.clone();
+        v1.version = 1;
+        assert!(Manifest::parse(&v1.to_json()).is_err());
+        for size in [0, 11] {
+            let mut bad = m.clone();
+            bad.segments[1].size = size;
+            bad.total_size = Some(13 + size);
+            assert!(Manifest::parse(&bad.to_json()).is_err(), "size {size}");
+        }
+        let mut future = m.clone();
+        future.version = VERSION + 1;
+        let e = Manifest::parse(&future.to_json()).unwrap_err();
+        assert!(e.contains("newer s3ferry"), "{e}");
         let mut bad = m.clone();
         bad.total_size = Some(22);
         assert!(Manifest::parse(&bad.to_json()).is_err());

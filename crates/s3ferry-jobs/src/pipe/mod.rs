@@ -80,18 +80,34 @@ pub struct UpOptions {
 
 #[derive(Clone, Debug)]
 pub struct SegmentOptions {
-    /// Bytes per segment (every segment but the last has exactly this size).
+    /// The largest a segment may be (a segment is cut when it is full).
     pub segment_size: u64,
+    /// A segment is also cut, and published, this long after its first byte was read (`None`:
+    /// by size only). Bounds how far followers lag a slow writer.
+    pub interval: Option<Duration>,
+    /// Continue the segmented upload already at the URI (its writer must be gone) instead of
+    /// refusing to touch it.
+    pub append: bool,
+    /// `append`: the old writer is gone once its manifest has not changed for this long
+    /// (`None`: three times the heartbeat the manifest states).
+    pub writer_timeout: Option<Duration>,
     /// Rewrite the manifest at least this often while no segment completes, so followers can
     /// tell a slow writer from a dead one.
     pub heartbeat: Duration,
 }
 
-/// Smallest segment: a segment must be usable as a part of a multipart copy (`join`).
-pub const MIN_SEGMENT_SIZE: u64 = s3ferry_store::checksum::MIN_PART_SIZE;
+/// Smallest `--segment-size`. Every segment costs a PUT and a manifest rewrite on the writer's
+/// side, a GET on each follower's, and about 110 bytes of manifest: below 4 KiB the requests
+/// and the manifest cost more than the data they carry. (A time cut can still publish a
+/// smaller segment: whatever arrived within the interval.)
+pub const MIN_SEGMENT_SIZE: u64 = 4 * 1024;
 /// Largest segment (largest part of a multipart copy).
 pub const MAX_SEGMENT_SIZE: u64 = s3ferry_store::checksum::MAX_PART_SIZE;
 pub const DEFAULT_SEGMENT_SIZE: u64 = 100 * 1024 * 1024;
+/// Default time cut: a follower sees a line at most about 5 s (plus its poll interval) after the
+/// writer read it, at a cost of at most two PUTs per 5 s for a slow stream (a fast one fills
+/// its segments first and is cut by size).
+pub const DEFAULT_SEGMENT_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct DownOptions {
@@ -100,6 +116,9 @@ pub struct DownOptions {
     pub transfer: TransferConfig,
     /// Read a segmented upload as it is written.
     pub follow: bool,
+    /// Start at the newest segment listed instead of the first (like `tail -f`); the whole
+    /// stream's checksum cannot be checked then, each segment's still is.
+    pub from_end: bool,
     /// How often a follower looks at the manifest for new segments.
     pub poll_interval: Duration,
     /// A follower gives up when the manifest has not changed for this long.
@@ -116,6 +135,9 @@ pub struct UpReport {
     /// Segments written (segmented mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segments: Option<u64>,
+    /// `--append`: bytes the stream had before this run (then `bytes` counts this run's only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub appended_to: Option<u64>,
     /// CRC64NVME of the whole stream, 16 hex digits.
     pub crc64nvme: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,6 +155,9 @@ pub struct DownReport {
     /// Segments read (segmented uploads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segments: Option<u64>,
+    /// `--from-end`: the segment reading started at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_segment: Option<u64>,
     /// The reader of our output went away (e.g. `| head`): we stopped early, quietly.
     pub closed_early: bool,
     /// The full-object (or whole-stream) checksum was checked.

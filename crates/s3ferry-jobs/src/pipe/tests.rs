@@ -51,7 +51,10 @@ fn up_opts(segmented: Option<u64>) -> UpOptions {
         staging_dir: None,
         segmented: segmented.map(|s| SegmentOptions {
             segment_size: s,
+            interval: None,
             heartbeat: Duration::from_secs(30),
+            append: false,
+            writer_timeout: None,
         }),
     }
 }
@@ -60,6 +63,7 @@ fn down_opts() -> DownOptions {
     DownOptions {
         transfer: cfg(),
         follow: false,
+        from_end: false,
         poll_interval: Duration::from_millis(10),
         writer_timeout: Duration::from_secs(5),
     }
@@ -229,4 +233,71 @@ async fn cancel_during_completion_still_aborts_the_upload() {
         "upload left open"
     );
     assert!(mem.head("fin").await.is_err(), "no object");
+}
+
+/// `join`'s plan: segments of one size are one server-side copy each; segments cut by time are
+/// joined in uniform parts, copied where a part lies in one segment and read through where it
+/// spans several.
+#[test]
+fn join_copies_inside_segments_and_reads_through_across_them() {
+    use super::download::{join_part_size, join_parts};
+    use super::manifest::{segment_name, Manifest, Segment};
+    use s3ferry_engine::transfer::PartBody;
+
+    let manifest = |sizes: &[u64]| {
+        let mut m = Manifest::new("w", 8 * MIB as u64);
+        m.segments = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| Segment {
+                key: segment_name(i),
+                size,
+                crc64nvme: "0000000000000000".into(),
+                etag: Some(format!("e{i}")),
+            })
+            .collect();
+        m
+    };
+    let plan = |m: &Manifest| {
+        let total = m.segments.iter().map(|s| s.size).sum();
+        let size = join_part_size(m, total);
+        let src = Target::new(Arc::new(MemoryStore::new()) as DynStore, "s");
+        let parts: Vec<String> = join_parts(&src, "b", "s", m, size)
+            .map(|p| match p {
+                PartBody::Copy(from, r) => format!("copy {} {}..{}", from.key, r.start, r.end),
+                PartBody::Stream(len, _) => format!("read {len}"),
+                _ => "other".into(),
+            })
+            .collect();
+        (size, parts)
+    };
+    let m5 = 5 * MIB as u64;
+    // Cut by size: one copy per segment, the last shorter.
+    let (size, parts) = plan(&manifest(&[m5, m5, 3]));
+    assert_eq!(size, m5);
+    assert_eq!(
+        parts,
+        [
+            "copy s/000000000000 0..5242880",
+            "copy s/000000000001 0..5242880",
+            "copy s/000000000002 0..3"
+        ]
+    );
+    // Cut by time: three small segments, two large ones, a small last one.
+    let mib = MIB as u64;
+    let (size, parts) = plan(&manifest(&[mib, mib, mib, 6 * mib, 6 * mib, 2 * mib]));
+    assert_eq!(size, m5);
+    assert_eq!(
+        parts,
+        [
+            // [0, 5M): segments 0-2 and 2 MiB of segment 3
+            "read 5242880".to_string(),
+            // [5M, 10M): the rest of segment 3 and 1 MiB of segment 4
+            "read 5242880".to_string(),
+            // [10M, 15M): inside segment 4
+            format!("copy s/000000000004 {}..{}", mib, 6 * mib),
+            // [15M, 17M): segment 5
+            format!("copy s/000000000005 0..{}", 2 * mib),
+        ]
+    );
 }

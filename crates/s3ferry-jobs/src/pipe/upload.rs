@@ -6,16 +6,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::transfer::{
     cleanup_orphan_uploads, MultipartWriter, TransferConfig, UploadAbortHandle,
 };
 use s3ferry_store::checksum::crc64nvme_combine;
-use s3ferry_store::{DynStore, ErrorKind, PartLayout, PutMode, PutOptions, StoreError};
+use s3ferry_store::{
+    DynStore, ErrorKind, GetOptions, ListOptions, PartLayout, PutMode, PutOptions, StoreError,
+};
 use tokio::sync::Mutex;
 
 use super::input::{Chunk, Input};
-use super::manifest::{manifest_key, segment_name, Manifest, Segment};
+use super::manifest::{manifest_key, segment_name, Append, Manifest, Segment};
 use super::{crc_hex, PipeError, SegmentOptions, Target, UpOptions, UpReport};
 
 /// One object written.
@@ -68,17 +71,19 @@ pub async fn up(
         .check()
         .await
         .map_err(|e| PipeError::store(&uri, e))?;
-    let cleaned = cleanup_orphan_uploads(&target.store, journal, None).await as u64;
     let staging = match &opts.staging_dir {
         Some(d) => {
-            let dir = d.join(format!("s3ferry-pipe-{}", journal.run_id()));
+            remove_dead_staging(d, journal).await;
+            let dir = d.join(format!("{STAGING_PREFIX}{}", journal.run_id()));
             fs_err::create_dir_all(&dir)
                 .map_err(|e| PipeError::Failed(format!("--staging-dir {}: {e}", d.display())))?;
             Some(dir)
         }
         None => None,
     };
-    let mut input = Input::new(input, staging.clone(), &opts.transfer);
+    let cleaned = cleanup_orphan_uploads(&target.store, journal, None).await as u64;
+    let interval = opts.segmented.as_ref().and_then(|s| s.interval);
+    let mut input = Input::new(input, staging.clone(), &opts.transfer, interval)?;
     let mut up = Uploader {
         store: target.store.clone(),
         cfg: opts.transfer.clone(),
@@ -128,6 +133,41 @@ pub async fn up(
     rep.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(rep)
 }
+
+/// Staging folders of runs that are provably dead (killed before they could remove their own):
+/// removed. Those of live runs, and of runs this state database does not know, are left alone.
+async fn remove_dead_staging(dir: &std::path::Path, journal: &Journal) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let runs: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let run = name.strip_prefix(STAGING_PREFIX)?;
+            (!run.is_empty() && e.path().is_dir()).then(|| run.to_string())
+        })
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    let Ok(dead) = journal.dead(runs).await else {
+        return;
+    };
+    for run in dead {
+        let d = dir.join(format!("{STAGING_PREFIX}{run}"));
+        match fs_err::remove_dir_all(&d) {
+            Ok(()) => tracing::info!(
+                "removed the staging folder of a killed run: {}",
+                d.display()
+            ),
+            Err(e) => tracing::warn!("could not remove a killed run's staging folder: {e}"),
+        }
+    }
+}
+
+/// A run's staging folder is `<--staging-dir>/s3ferry-pipe-<run id>`.
+const STAGING_PREFIX: &str = "s3ferry-pipe-";
 
 fn put_error(uri: &str, e: StoreError) -> PipeError {
     PipeError::store(uri, e)
@@ -272,8 +312,8 @@ impl Uploader {
         })
     }
 
-    /// Segmented mode: segments of `seg.segment_size` and a manifest rewritten as they
-    /// complete.
+    /// Segmented mode: segments of at most `seg.segment_size` (cut early when `seg.interval`
+    /// has passed since a segment's first byte) and a manifest rewritten as they complete.
     async fn segmented(
         &mut self,
         target: &Target,
@@ -285,22 +325,45 @@ impl Uploader {
         let base = target.key.trim_end_matches('/').to_string();
         let mkey = manifest_key(&base);
         let muri = self.at(&mkey);
-        let m = Manifest::new(writer, seg.segment_size);
-        let res = self
-            .store
-            .put(&mkey, Bytes::from(m.to_json()), manifest_put(PutMode::Create))
-            .await
-            .map_err(|e| match e.kind {
-                ErrorKind::AlreadyExists | ErrorKind::PreconditionFailed => PipeError::Failed(format!(
-                    "{muri} already exists: another writer is using {}, or an earlier upload is \
-                     there (pipe up --segmented never overwrites one; delete it or pick another URI)",
-                    target.uri()
-                )),
-                _ => put_error(&muri, e),
-            })?;
+        let taken = if seg.append {
+            self.take_over(target, &base, &mkey, seg, writer).await?
+        } else {
+            None
+        };
+        let (m, etag) = match taken {
+            Some(t) => t,
+            None => {
+                let mut m = Manifest::new(writer, seg.segment_size);
+                describe_writer(&mut m, seg);
+                let res = self
+                    .store
+                    .put(
+                        &mkey,
+                        Bytes::from(m.to_json()),
+                        manifest_put(PutMode::Create),
+                    )
+                    .await
+                    .map_err(|e| match e.kind {
+                        ErrorKind::AlreadyExists | ErrorKind::PreconditionFailed => {
+                            PipeError::Failed(format!(
+                                "{muri} already exists: another writer is using {}, or an earlier \
+                                 upload is there (pipe up --segmented never overwrites one; use \
+                                 --append to continue it once its writer is gone, delete it, or \
+                                 pick another URI)",
+                                target.uri()
+                            ))
+                        }
+                        _ => put_error(&muri, e),
+                    })?;
+                (m, etag_of(&muri, res.etag)?)
+            }
+        };
+        let first = m.segments.len();
+        let (before_crc, before) = m.segments_crc();
+        input.resume_at(before, before_crc);
         let state = Arc::new(Mutex::new(ManifestState {
             m,
-            etag: etag_of(&muri, res.etag)?,
+            etag,
             last_write: Instant::now(),
         }));
         self.manifest = Some((mkey.clone(), state.clone()));
@@ -315,13 +378,15 @@ impl Uploader {
 
         let layout = PartLayout::Uniform(self.cfg.part_size.min(seg.segment_size));
         let mut parts = 0u64;
-        for i in 0usize.. {
+        for i in first.. {
             let name = segment_name(i);
             let key = format!("{base}/{name}");
             let put = opts.put.clone().mode(PutMode::Create);
+            input.begin_segment();
             let Some(u) = self
                 .object(&key, input, seg.segment_size, layout, put, false)
-                .await?
+                .await
+                .map_err(|e| segment_taken(e, &muri))?
             else {
                 break;
             };
@@ -333,8 +398,8 @@ impl Uploader {
                 crc64nvme: crc_hex(u.crc),
                 etag: u.etag,
             });
-            // A short segment is the last: the manifest says complete in the same write.
-            let last = u.size < seg.segment_size;
+            // The input has ended: the manifest says complete in the same write.
+            let last = input.ended();
             if last {
                 complete(&mut st.m, input);
             }
@@ -353,13 +418,162 @@ impl Uploader {
         drop(st);
         self.manifest = None;
         Ok(UpReport {
-            bytes: input.total,
+            bytes: input.total - before,
             parts,
             segments: Some(segments),
+            appended_to: seg.append.then_some(before),
             crc64nvme: crc_hex(input.crc),
             etag,
             ..Default::default()
         })
+    }
+
+    /// `--append`: continue the segmented upload at `base` if there is one (`None`: there is
+    /// none, start it). Its writer must be gone: the stream is complete or failed, or its
+    /// manifest has not changed for the writer timeout (partly waited for here, partly known
+    /// from the manifest's age). Taken over with a compare-and-swap of the manifest, so of two
+    /// appenders one wins; segment objects a killed writer left beyond the manifest go.
+    async fn take_over(
+        &self,
+        target: &Target,
+        base: &str,
+        mkey: &str,
+        seg: &SegmentOptions,
+        writer: &str,
+    ) -> Result<Option<(Manifest, String)>, PipeError> {
+        let (uri, muri) = (target.uri(), self.at(mkey));
+        let got = match self.store.get(mkey, GetOptions::new()).await {
+            Ok(g) => g,
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(put_error(&muri, e)),
+        };
+        let meta = got.meta.clone();
+        let data = got.bytes().await.map_err(|e| put_error(&muri, e))?;
+        let old = Manifest::parse(&data).map_err(|e| {
+            PipeError::Failed(format!(
+                "{muri}: {e} (--append continues only a segmented upload written by pipe up)"
+            ))
+        })?;
+        let etag = etag_of(&muri, meta.etag.clone())?;
+        if !old.complete && old.failed.is_none() {
+            let timeout = seg.writer_timeout.unwrap_or_else(|| {
+                old.heartbeat_secs
+                    .map(|h| Duration::from_secs(h.max(1) * 3))
+                    .unwrap_or(DEFAULT_WRITER_TIMEOUT)
+            });
+            self.wait_until_gone(&uri, mkey, &old, &etag, meta.last_modified, timeout)
+                .await?;
+        }
+        let mut m = old.clone();
+        m.version = super::manifest::VERSION;
+        if m.stream.is_empty() {
+            m.stream = old.writer.clone();
+        }
+        m.writer = writer.to_string();
+        m.segment_size = m.segment_size.max(seg.segment_size);
+        describe_writer(&mut m, seg);
+        m.complete = false;
+        m.total_size = None;
+        m.crc64nvme = None;
+        m.failed = None;
+        m.appends.push(Append {
+            writer: writer.to_string(),
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            first_segment: old.segments.len(),
+        });
+        m.touch();
+        let res = self
+            .store
+            .put(
+                mkey,
+                Bytes::from(m.to_json()),
+                manifest_put(PutMode::Update { etag }),
+            )
+            .await
+            .map_err(|e| match e.kind {
+                ErrorKind::PreconditionFailed | ErrorKind::NotFound => PipeError::Failed(format!(
+                    "{uri}: another writer took the stream over first ({muri} changed while this \
+                     one did); not appending"
+                )),
+                _ => put_error(&muri, e),
+            })?;
+        let etag = etag_of(&muri, res.etag)?;
+        // Segments the dead writer wrote but never listed (killed between the two writes).
+        let mut stray = self.store.list(ListOptions::prefix(format!("{base}/")));
+        let mut gone = Vec::new();
+        while let Some(o) = stray.next().await {
+            let o = o.map_err(|e| put_error(&uri, e))?;
+            let name = &o.key[base.len() + 1..];
+            let index = (name.len() == 12)
+                .then(|| name.parse::<usize>().ok())
+                .flatten();
+            if index.is_some_and(|i| i >= old.segments.len()) {
+                gone.push(o.key);
+            }
+        }
+        if !gone.is_empty() {
+            let results = self
+                .store
+                .delete_many(&gone)
+                .await
+                .map_err(|e| put_error(&uri, e))?;
+            for (k, r) in gone.iter().zip(results) {
+                r.map_err(|e| put_error(&self.at(k), e))?;
+                tracing::info!(
+                    "removed {}: a segment its killed writer never listed",
+                    self.at(k)
+                );
+            }
+        }
+        Ok(Some((m, etag)))
+    }
+
+    /// Wait until the manifest has not changed for `timeout` (counting its age by its
+    /// Last-Modified, which needs this machine's clock to be roughly right); refuse at once if
+    /// it changes: its writer is alive.
+    async fn wait_until_gone(
+        &self,
+        uri: &str,
+        mkey: &str,
+        old: &Manifest,
+        etag: &str,
+        modified: Option<std::time::SystemTime>,
+        timeout: Duration,
+    ) -> Result<(), PipeError> {
+        let age = modified
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default();
+        let Some(left) = timeout.checked_sub(age).filter(|d| !d.is_zero()) else {
+            return Ok(());
+        };
+        tracing::warn!(
+            "{uri}: its writer ({}) wrote the manifest {:.0} s ago; waiting up to {:.0} s to be \
+             sure it is gone before appending",
+            old.writer,
+            age.as_secs_f64(),
+            left.as_secs_f64()
+        );
+        let until = Instant::now() + left;
+        let step = (timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            tokio::time::sleep(step.min(until - now)).await;
+            let changed = match self.store.head(mkey).await {
+                Ok(m) => m.etag.as_deref() != Some(etag),
+                Err(e) if e.kind == ErrorKind::NotFound => true,
+                Err(e) => return Err(put_error(&self.at(mkey), e)),
+            };
+            if changed {
+                return Err(PipeError::Failed(format!(
+                    "{uri} is still being written: its writer ({}) changed the manifest while \
+                     this one waited; --append continues a stream only once its writer is gone",
+                    old.writer
+                )));
+            }
+        }
     }
 
     /// The run failed or was cancelled: abort the upload in progress; mark a segmented upload
@@ -388,6 +602,34 @@ impl Uploader {
         }
     }
 }
+
+/// What a writer promises its readers: how long a segment may wait, how often it rewrites.
+fn describe_writer(m: &mut Manifest, seg: &SegmentOptions) {
+    m.segment_interval_ms = seg.interval.map(|d| d.as_millis() as u64);
+    m.heartbeat_secs = Some(seg.heartbeat.as_secs().max(1));
+}
+
+/// A segment's create-only write found an object there: a writer that was thought dead wrote
+/// it after this one took the stream over.
+fn segment_taken(e: PipeError, muri: &str) -> PipeError {
+    match e {
+        PipeError::Store { uri, source }
+            if matches!(
+                source.kind,
+                ErrorKind::AlreadyExists | ErrorKind::PreconditionFailed
+            ) =>
+        {
+            PipeError::Failed(format!(
+                "{uri} was written by another writer (one thought dead?); stopping ({muri} lists \
+                 what was published)"
+            ))
+        }
+        e => e,
+    }
+}
+
+/// A writer whose manifest says nothing of its heartbeat (version 1) is gone after this long.
+const DEFAULT_WRITER_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn complete(m: &mut Manifest, input: &Input) {
     m.complete = true;
