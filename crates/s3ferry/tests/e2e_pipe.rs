@@ -1125,3 +1125,50 @@ fn a_killed_runs_staging_folder_goes_with_the_next_run() {
     assert_eq!(staged(&dir), Vec::<String>::new(), "{o:?}");
     assert_eq!(b.get("k2"), b"hello");
 }
+
+/// SIGTERM leaves a segmented stream open (exit 130, the message names --append); its
+/// follower waits instead of failing, and carries on when `--append` continues the stream at
+/// once (a stopped writer is known to be gone: no waiting for a timeout).
+#[test]
+fn a_writer_stopped_by_sigterm_is_continued_and_its_follower_carries_on() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-restart");
+    let uri = b.uri("log");
+    let mut w1 = writer(&cx, &uri, &["--segment-interval", "200ms"]);
+    let a = random_bytes(2000, 98);
+    w1.write(&a);
+    wait_until("segment 0", || segments_of(&b, "log") == 1);
+    let f = live(
+        &cx,
+        &["pipe", "down", "--follow", "--poll-interval", "50ms", &uri],
+    );
+    f.wait_for(&a, "the first writer's bytes");
+    let st = Command::new("kill")
+        .args(["-TERM", &w1.pid().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(st.success());
+    let o = w1.wait(T);
+    assert_eq!(o.code, 130, "{o:?}");
+    assert!(o.stderr.contains("--append"), "{o:?}");
+    let m = manifest(&b, "log").expect("manifest");
+    assert!(
+        m["stopped"].as_str().is_some_and(|s| s.contains("SIGTERM")),
+        "{m}"
+    );
+
+    let c = random_bytes(3000, 99);
+    let o = up(&cx, &uri, &["--segmented", "--append"], &[], &c);
+    ok(&o);
+    assert!(
+        o.elapsed < Duration::from_secs(20),
+        "no wait for a stopped writer: {o:?}"
+    );
+    let o = f.finish();
+    ok(&o);
+    same(
+        &o.stdout,
+        &[a, c].concat(),
+        "the follower across the restart",
+    );
+}

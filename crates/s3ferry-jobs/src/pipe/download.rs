@@ -223,10 +223,17 @@ async fn segments(
                 )));
             }
             if !m.complete && !opts.follow {
-                return Err(PipeError::Failed(format!(
-                    "{uri} is still being written (or its writer died): {muri} is not complete; \
-                     use --follow to stream it as it grows"
-                )));
+                return Err(PipeError::Failed(match &m.stopped {
+                    Some(why) => format!(
+                        "{uri}: its writer was stopped ({why}) and left it open: {muri} is not \
+                         complete; use --follow to stream it while a writer continues it \
+                         (pipe up --append)"
+                    ),
+                    None => format!(
+                        "{uri} is still being written (or its writer died): {muri} is not \
+                         complete; use --follow to stream it as it grows"
+                    ),
+                }));
             }
             while next < m.segments.len() {
                 let s = &m.segments[next];
@@ -295,6 +302,13 @@ async fn segments(
             seen = Some(m);
         }
         if progress.elapsed() >= opts.writer_timeout {
+            if let Some(why) = seen.as_ref().and_then(|m| m.stopped.as_ref()) {
+                return Err(PipeError::Failed(format!(
+                    "{uri}: its writer was stopped ({why}) and no writer continued it (pipe up \
+                     --append) within {} s; {total} bytes were read (see --writer-timeout)",
+                    opts.writer_timeout.as_secs_f64()
+                )));
+            }
             let what = match &seen {
                 Some(m) => format!(
                     "{muri} has not changed for {} s ({} segments, {total} bytes read; last \

@@ -11,7 +11,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use s3ferry_engine::transfer::{PartBody, Reservation, TransferConfig};
 use s3ferry_store::checksum::{crc64nvme_combine, Crc64};
 use s3ferry_store::FileRange;
@@ -287,9 +287,14 @@ impl Input {
 /// The reader thread: hand over what each read returns until the end of the input, an error,
 /// or the other side going away.
 fn read_blocks(mut reader: Box<dyn Read + Send>, tx: mpsc::Sender<std::io::Result<Bytes>>) {
-    let mut buf = vec![0u8; BLOCK];
+    // Reads land in a shared buffer that is handed over piece by piece without a copy; a new
+    // one (fresh zero pages) is taken when little of it is left.
+    let mut buf = BytesMut::zeroed(BLOCK);
     loop {
-        let got = match reader.read(&mut buf) {
+        if buf.len() < BLOCK / 4 {
+            buf = BytesMut::zeroed(BLOCK);
+        }
+        let got = match reader.read(&mut buf[..]) {
             Ok(0) => return,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -298,10 +303,7 @@ fn read_blocks(mut reader: Box<dyn Read + Send>, tx: mpsc::Sender<std::io::Resul
                 return;
             }
         };
-        if tx
-            .blocking_send(Ok(Bytes::copy_from_slice(&buf[..got])))
-            .is_err()
-        {
+        if tx.blocking_send(Ok(buf.split_to(got).freeze())).is_err() {
             return;
         }
     }

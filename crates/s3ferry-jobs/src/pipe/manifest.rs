@@ -24,7 +24,9 @@
 //!   "complete": true,               // the stream ended; then total_size and crc64nvme are set
 //!   "total_size": 104857600,
 //!   "crc64nvme": "0123456789abcdef",   // the whole stream's CRC64NVME
-//!   "failed": null                  // the writer's error if it gave up (the upload is dead)
+//!   "failed": null,                 // the writer's error if it gave up (the upload is dead)
+//!   "stopped": null                 // the writer was stopped (a signal) and left the stream
+//!                                   // open: followers wait for a writer to --append
 //! }
 //! ```
 //!
@@ -75,6 +77,10 @@ pub struct Manifest {
     pub crc64nvme: Option<String>,
     #[serde(default)]
     pub failed: Option<String>,
+    /// The writer was stopped on request (SIGINT, SIGTERM) and left the stream open for another
+    /// writer to continue (`--append`); followers wait for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -136,6 +142,7 @@ impl Manifest {
             total_size: None,
             crc64nvme: None,
             failed: None,
+            stopped: None,
         }
     }
 

@@ -128,7 +128,7 @@ impl Read for Endless {
 }
 
 #[tokio::test]
-async fn cancel_aborts_the_upload_and_marks_a_segmented_one_failed() {
+async fn cancel_aborts_the_upload_and_leaves_a_segmented_one_open_for_append() {
     let mem = MemoryStore::new();
     let store: DynStore = Arc::new(mem.clone());
     let journal = Arc::new(s3ferry_engine::journal::Journal::in_memory().unwrap());
@@ -178,18 +178,45 @@ async fn cancel_aborts_the_upload_and_marks_a_segmented_one_failed() {
                     .unwrap();
                 let m = manifest::Manifest::parse(&m).unwrap();
                 assert!(
-                    m.failed.as_deref().unwrap_or("").contains("a test"),
+                    m.stopped.as_deref().unwrap_or("").contains("a test"),
                     "{m:?}"
                 );
-                // A follower stops at once, saying so.
+                assert!(m.failed.is_none() && !m.complete, "{m:?}");
+                assert!(err.contains("--append"), "{err}");
+                // A follower waits for a writer to continue it, then says why it stopped.
                 let mut o = down_opts();
                 o.follow = true;
+                o.writer_timeout = Duration::from_millis(200);
                 let mut out = Output::new(Box::new(Shared::default()));
                 let e = down(Target::new(store.clone(), key.as_str()), &mut out, o)
                     .await
                     .unwrap_err()
                     .to_string();
-                assert!(e.contains("the writer gave up"), "{e}");
+                assert!(
+                    e.contains("was stopped (interrupted by a test)") && e.contains("--append"),
+                    "{e}"
+                );
+                // A writer that failed (not stopped): its followers stop at once.
+                let mut failed = m.clone();
+                failed.stopped = None;
+                failed.failed = Some("disk on fire".into());
+                store
+                    .put(
+                        &format!("{key}/manifest.json"),
+                        failed.to_json().into(),
+                        PutOptions::new(),
+                    )
+                    .await
+                    .unwrap();
+                let mut o = down_opts();
+                o.follow = true;
+                o.writer_timeout = Duration::from_secs(60);
+                let mut out = Output::new(Box::new(Shared::default()));
+                let e = down(Target::new(store.clone(), key.as_str()), &mut out, o)
+                    .await
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains("the writer gave up (disk on fire)"), "{e}");
             }
         }
     }

@@ -116,11 +116,11 @@ pub async fn up(
     let result = match result {
         Ok(r) => Ok(r),
         Err(PipeError::Interrupted(e)) => {
-            let what = up.abort(&e).await;
+            let what = up.abort(&e, true).await;
             Err(PipeError::Interrupted(format!("{e}; {what}")))
         }
         Err(e) => {
-            let what = up.abort(&e.to_string()).await;
+            let what = up.abort(&e.to_string(), false).await;
             Err(PipeError::Failed(format!("{e}; {what}")))
         }
     };
@@ -429,7 +429,7 @@ impl Uploader {
     }
 
     /// `--append`: continue the segmented upload at `base` if there is one (`None`: there is
-    /// none, start it). Its writer must be gone: the stream is complete or failed, or its
+    /// none, start it). Its writer must be gone: the stream is complete, failed or stopped, or its
     /// manifest has not changed for the writer timeout (partly waited for here, partly known
     /// from the manifest's age). Taken over with a compare-and-swap of the manifest, so of two
     /// appenders one wins; segment objects a killed writer left beyond the manifest go.
@@ -455,7 +455,7 @@ impl Uploader {
             ))
         })?;
         let etag = etag_of(&muri, meta.etag.clone())?;
-        if !old.complete && old.failed.is_none() {
+        if !old.complete && old.failed.is_none() && old.stopped.is_none() {
             let timeout = seg.writer_timeout.unwrap_or_else(|| {
                 old.heartbeat_secs
                     .map(|h| Duration::from_secs(h.max(1) * 3))
@@ -476,6 +476,7 @@ impl Uploader {
         m.total_size = None;
         m.crc64nvme = None;
         m.failed = None;
+        m.stopped = None;
         m.appends.push(Append {
             writer: writer.to_string(),
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -576,9 +577,10 @@ impl Uploader {
         }
     }
 
-    /// The run failed or was cancelled: abort the upload in progress; mark a segmented upload
-    /// failed so its followers stop at once. Says what was left behind.
-    async fn abort(&mut self, why: &str) -> String {
+    /// The run failed or was cancelled: abort the upload in progress. A segmented upload is
+    /// marked failed (its followers stop at once), or, when the run was stopped on request,
+    /// stopped: left open for `--append`, its followers waiting for it. Says what was left.
+    async fn abort(&mut self, why: &str, stopped: bool) -> String {
         if let Some(h) = self.creating.take() {
             if let Ok(Ok(w)) = h.await {
                 w.abort().await;
@@ -595,10 +597,18 @@ impl Uploader {
         };
         let muri = self.at(&mkey);
         let mut st = state.lock().await;
-        st.m.failed = Some(why.to_string());
+        if stopped {
+            st.m.stopped = Some(why.to_string());
+        } else {
+            st.m.failed = Some(why.to_string());
+        }
         match write_manifest(&self.store, &mkey, &muri, &mut st).await {
+            Ok(()) if stopped => format!(
+                "the segmented upload is left open in {muri}: `pipe up --segmented --append` \
+                 continues it"
+            ),
             Ok(()) => format!("the segmented upload is marked failed in {muri}"),
-            Err(e) => format!("could not mark the segmented upload failed ({e})"),
+            Err(e) => format!("could not mark the segmented upload in {muri} ({e})"),
         }
     }
 }
