@@ -1356,8 +1356,10 @@ SEGMENTED UPLOADS (--segmented)
 
     Cost: each published segment is one PUT and one manifest PUT (a slow stream at the default
     5 s interval: at most 24 PUTs a minute, about 35,000 a day); each follower makes one GET of
-    the manifest per --poll-interval and one GET per segment. The manifest grows by about 110
-    bytes a segment: for a stream that runs for days, start a new URI every day or so.
+    the manifest per --poll-interval and one GET per segment. The manifest stays short however
+    long the stream runs: it lists at most 512 segments (about 50 KB), and the oldest 256 at a
+    time move into an index object (S3_URI/index-<first segment>.json) that readers fetch only
+    to read that far back.
 
 APPEND (--append)
     Continue the segmented upload at S3_URI instead of refusing to touch it (with none there, it

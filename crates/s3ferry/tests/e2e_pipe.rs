@@ -1172,3 +1172,45 @@ fn a_writer_stopped_by_sigterm_is_continued_and_its_follower_carries_on() {
         "the follower across the restart",
     );
 }
+
+/// Many small segments: the manifest moves the oldest into a sealed index as the stream grows
+/// (it stays short), a follower reads through the change, `pipe down` and `pipe join` read the
+/// sealed segments back from the index.
+#[test]
+fn a_long_stream_seals_its_oldest_segments_into_an_index() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("pipe-sealed");
+    let uri = b.uri("long");
+    let data = random_bytes(600 * 4096 + 100, 101);
+    let f = live(
+        &cx,
+        &["pipe", "down", "--follow", "--poll-interval", "50ms", &uri],
+    );
+    let o = up(
+        &cx,
+        &uri,
+        &[
+            "--segmented",
+            "--segment-size",
+            "4KiB",
+            "--segment-interval",
+            "0",
+        ],
+        &[],
+        &data,
+    );
+    ok(&o);
+    let m = manifest(&b, "long").expect("manifest");
+    assert_eq!(m["first_segment"], 256, "{}", m["sealed"]);
+    assert_eq!(m["sealed"][0]["key"], "index-000000000000.json");
+    assert_eq!(m["segments"].as_array().map(|s| s.len()), Some(601 - 256));
+    let o = f.finish();
+    ok(&o);
+    same(&o.stdout, &data, "the follower");
+    let o = down(&cx, &uri, &[], &[]);
+    ok(&o);
+    same(&o.stdout, &data, "the stream read back");
+    let o = up_join(&cx, &uri, &b.uri("joined"));
+    ok(&o);
+    same(&b.get("joined"), &data, "joined");
+}

@@ -18,7 +18,7 @@ use s3ferry_store::{
     StoreExt,
 };
 
-use super::manifest::{manifest_key, parse_crc, Manifest};
+use super::manifest::{manifest_key, parse_crc, Index, Manifest, Sealed, Segment};
 use super::output::Output;
 use super::{crc_hex, DownOptions, DownReport, PipeError, Target};
 
@@ -163,6 +163,78 @@ async fn read_manifest(target: &Target, mkey: &str) -> Result<Option<Manifest>, 
     }
 }
 
+/// The segments of a stream by number: from the manifest's own list, or from the sealed index
+/// that lists them (fetched when first needed and kept until the reader moves past it).
+#[derive(Default)]
+struct SegmentList {
+    cached: Option<(usize, Vec<Segment>)>,
+}
+
+impl SegmentList {
+    async fn get(
+        &mut self,
+        target: &Target,
+        base: &str,
+        m: &Manifest,
+        i: usize,
+    ) -> Result<Segment, PipeError> {
+        if i >= m.first_segment {
+            return Ok(m.segments[i - m.first_segment].clone());
+        }
+        if let Some((first, segs)) = &self.cached {
+            if let Some(s) = i.checked_sub(*first).and_then(|j| segs.get(j)) {
+                return Ok(s.clone());
+            }
+        }
+        let Some(x) = m
+            .sealed
+            .iter()
+            .find(|x| (x.first..x.first + x.count).contains(&i))
+        else {
+            return Err(PipeError::Failed(format!(
+                "{}: segment {i} is in no sealed index",
+                target.uri()
+            )));
+        };
+        let segs = read_index(target, base, m, x).await?;
+        let s = segs[i - x.first].clone();
+        self.cached = Some((x.first, segs));
+        Ok(s)
+    }
+}
+
+/// The segments a sealed index lists, checked against its entry in the manifest.
+async fn read_index(
+    target: &Target,
+    base: &str,
+    m: &Manifest,
+    x: &Sealed,
+) -> Result<Vec<Segment>, PipeError> {
+    let key = format!("{base}/{}", x.key);
+    let uri = target.at(&key);
+    let got = target
+        .store
+        .get(&key, GetOptions::new().if_match(x.etag.clone()))
+        .await
+        .map_err(|e| read_error(&uri, x.etag.as_deref(), e))?;
+    let data = got.bytes().await.map_err(|e| PipeError::store(&uri, e))?;
+    Index::parse(&data, m.stream_id(), x).map_err(|e| PipeError::Failed(format!("{uri}: {e}")))
+}
+
+/// Every segment of the stream, in order (the sealed indexes read one after another).
+async fn all_segments(
+    target: &Target,
+    base: &str,
+    m: &Manifest,
+) -> Result<Vec<Segment>, PipeError> {
+    let mut all = Vec::with_capacity(m.segment_count());
+    for x in &m.sealed {
+        all.extend(read_index(target, base, m, x).await?);
+    }
+    all.extend(m.segments.iter().cloned());
+    Ok(all)
+}
+
 /// A segmented upload: its segments in order as the manifest lists them; with `follow`, waits
 /// for more until the manifest says complete.
 async fn segments(
@@ -175,6 +247,7 @@ async fn segments(
     let mkey = manifest_key(&base);
     let muri = target.at(&mkey);
     let mut seen: Option<Manifest> = None;
+    let mut list = SegmentList::default();
     let mut next = 0usize;
     let mut first: Option<usize> = None;
     let mut crc = 0u64;
@@ -203,7 +276,7 @@ async fn segments(
             (Some(m), None) => {
                 progress = Instant::now();
                 if opts.from_end {
-                    next = m.segments.len().saturating_sub(1);
+                    next = m.segment_count().saturating_sub(1);
                     first = Some(next);
                 }
             }
@@ -219,7 +292,7 @@ async fn segments(
                 return Err(PipeError::Failed(format!(
                     "{uri}: the writer gave up ({why}); {} of {} segments were read",
                     next,
-                    m.segments.len()
+                    m.segment_count()
                 )));
             }
             if !m.complete && !opts.follow {
@@ -235,8 +308,8 @@ async fn segments(
                     ),
                 }));
             }
-            while next < m.segments.len() {
-                let s = &m.segments[next];
+            while next < m.segment_count() {
+                let s = &list.get(target, &base, &m, next).await?;
                 let key = format!("{base}/{}", s.key);
                 let meta = ObjectMeta {
                     key: key.clone(),
@@ -314,7 +387,7 @@ async fn segments(
                     "{muri} has not changed for {} s ({} segments, {total} bytes read; last \
                      written by the writer at {})",
                     opts.writer_timeout.as_secs_f64(),
-                    m.segments.len(),
+                    m.segment_count(),
                     m.updated
                 ),
                 None => format!(
@@ -380,13 +453,14 @@ pub async fn join(
     let want = m.whole_crc();
     let total = m.total_size.unwrap_or_default();
     let cleaned = cleanup_orphan_uploads(&dst.store, journal, None).await as u64;
-    let res = if m.segments.is_empty() {
+    let segs = all_segments(&src, &base, &m).await?;
+    let res = if segs.is_empty() {
         dst.store
             .put(&dst.key, bytes::Bytes::new(), put.crc64nvme(Some(0)))
             .await
             .map_err(|e| PipeError::store(&duri, e))?
     } else {
-        let size = join_part_size(&m, total);
+        let size = join_part_size(&segs, total);
         let w = MultipartWriter::create(
             dst.store.clone(),
             &dst.key,
@@ -398,7 +472,7 @@ pub async fn join(
         .await
         .map_err(|e| PipeError::store(&duri, e))?
         .with_window(transfer.part_concurrency.max(1) * 2);
-        let bodies = join_parts(&src, &bucket, &base, &m, size);
+        let bodies = join_parts(&src, &bucket, &base, &segs, size);
         upload_parts(w, bodies, want).await.map_err(|e| {
             if matches!(e.kind, ErrorKind::PreconditionFailed | ErrorKind::Corrupt) {
                 PipeError::Failed(format!(
@@ -429,8 +503,8 @@ pub async fn join(
     Ok(super::UpReport {
         uri: duri,
         bytes: total,
-        parts: m.segments.len() as u64,
-        segments: Some(m.segments.len() as u64),
+        parts: segs.len() as u64,
+        segments: Some(segs.len() as u64),
         crc64nvme: m.crc64nvme.clone().unwrap_or_default(),
         etag: res.etag,
         appended_to: None,
@@ -444,12 +518,10 @@ pub async fn join(
 /// the smallest part size that fits 10,000 parts: ranges inside one segment are still copied
 /// server-side, and only parts that span segments (runs of small ones, the edges of large
 /// ones) pass through this machine.
-pub(super) fn join_part_size(m: &Manifest, total: u64) -> u64 {
-    let n = m.segments.len();
-    let first = m.segments.first().map_or(0, |s| s.size);
-    let uniform = m.segments[..n.saturating_sub(1)]
-        .iter()
-        .all(|s| s.size == first);
+pub(super) fn join_part_size(segs: &[Segment], total: u64) -> u64 {
+    let n = segs.len();
+    let first = segs.first().map_or(0, |s| s.size);
+    let uniform = segs[..n.saturating_sub(1)].iter().all(|s| s.size == first);
     if uniform && (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&first) && n as u64 <= MAX_PARTS {
         return first;
     }
@@ -464,12 +536,11 @@ pub(super) fn join_parts<'a>(
     src: &'a Target,
     bucket: &'a str,
     base: &'a str,
-    m: &'a Manifest,
+    segs: &'a [Segment],
     size: u64,
 ) -> impl Iterator<Item = PartBody> + 'a {
     // Offset of each segment in the stream.
-    let starts: Vec<u64> = m
-        .segments
+    let starts: Vec<u64> = segs
         .iter()
         .scan(0u64, |at, s| {
             let here = *at;
@@ -477,7 +548,7 @@ pub(super) fn join_parts<'a>(
             Some(here)
         })
         .collect();
-    let total = m.segments.iter().map(|s| s.size).sum::<u64>();
+    let total = segs.iter().map(|s| s.size).sum::<u64>();
     let mut seg = 0usize;
     let mut at = 0u64;
     std::iter::from_fn(move || {
@@ -487,21 +558,21 @@ pub(super) fn join_parts<'a>(
         let end = (at + size).min(total);
         let mut pieces = Vec::new();
         while at < end {
-            while starts[seg] + m.segments[seg].size <= at {
+            while starts[seg] + segs[seg].size <= at {
                 seg += 1;
             }
-            let s = &m.segments[seg];
+            let s = &segs[seg];
             let from = at - starts[seg];
             let to = (end - starts[seg]).min(s.size);
             pieces.push((seg, from..to));
             at = starts[seg] + to;
         }
-        let key = |i: usize| format!("{base}/{}", m.segments[i].key);
+        let key = |i: usize| format!("{base}/{}", segs[i].key);
         if let [(i, r)] = &pieces[..] {
             let from = CopySource {
                 bucket: bucket.to_string(),
                 key: key(*i),
-                if_match: m.segments[*i].etag.clone(),
+                if_match: segs[*i].etag.clone(),
                 version_id: None,
             };
             return Some(PartBody::Copy(from, r.clone()));
@@ -511,7 +582,7 @@ pub(super) fn join_parts<'a>(
         let reads: Vec<_> = pieces
             .into_iter()
             .map(|(i, r)| {
-                let s = &m.segments[i];
+                let s = &segs[i];
                 let whole = (r.start == 0 && r.end == s.size)
                     .then(|| parse_crc(&s.crc64nvme))
                     .flatten();

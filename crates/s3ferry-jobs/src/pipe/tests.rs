@@ -287,9 +287,9 @@ fn join_copies_inside_segments_and_reads_through_across_them() {
     };
     let plan = |m: &Manifest| {
         let total = m.segments.iter().map(|s| s.size).sum();
-        let size = join_part_size(m, total);
+        let size = join_part_size(&m.segments, total);
         let src = Target::new(Arc::new(MemoryStore::new()) as DynStore, "s");
-        let parts: Vec<String> = join_parts(&src, "b", "s", m, size)
+        let parts: Vec<String> = join_parts(&src, "b", "s", &m.segments, size)
             .map(|p| match p {
                 PartBody::Copy(from, r) => format!("copy {} {}..{}", from.key, r.start, r.end),
                 PartBody::Stream(len, _) => format!("read {len}"),
@@ -327,4 +327,53 @@ fn join_copies_inside_segments_and_reads_through_across_them() {
             format!("copy s/000000000005 0..{}", 2 * mib),
         ]
     );
+}
+
+/// A stream of many small segments: the manifest seals the oldest into index objects, a reader
+/// gets every byte through the indexes, and a writer that appends continues after them.
+#[tokio::test]
+async fn many_segments_are_sealed_into_indexes_and_read_back() {
+    let mem = MemoryStore::new();
+    let store: DynStore = Arc::new(mem.clone());
+    let journal = Arc::new(s3ferry_engine::journal::Journal::in_memory().unwrap());
+    let n = 2 * manifest::SEAL_EVERY + 100;
+    let input = data(n * 16 + 5, 9);
+    let rep = up(
+        Target::new(store.clone(), "many"),
+        Box::new(Cursor::new(input.clone())),
+        up_opts(Some(16)),
+        &journal,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rep.segments, Some(n as u64 + 1));
+    let m =
+        manifest::Manifest::parse(&store.get_bytes("many/manifest.json").await.unwrap()).unwrap();
+    assert_eq!(m.sealed.len(), 1, "{:?}", m.sealed);
+    assert_eq!(m.first_segment, manifest::SEAL_EVERY);
+    assert!(m.segments.len() < 2 * manifest::SEAL_EVERY);
+    assert!(store.head("many/index-000000000000.json").await.is_ok());
+    let (rep, got) = read_back(&store, "many").await;
+    assert!(rep.verified);
+    assert_eq!(got, input);
+
+    // Appended to: the new segments follow the sealed and listed ones.
+    let more = data(100, 10);
+    let mut opts = up_opts(Some(16));
+    if let Some(s) = opts.segmented.as_mut() {
+        s.append = true;
+    }
+    let rep = up(
+        Target::new(store.clone(), "many"),
+        Box::new(Cursor::new(more.clone())),
+        opts,
+        &journal,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rep.appended_to, Some(input.len() as u64));
+    let (_, got) = read_back(&store, "many").await;
+    assert_eq!(got, [input, more].concat());
 }

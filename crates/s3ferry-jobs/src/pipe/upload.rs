@@ -358,7 +358,7 @@ impl Uploader {
                 (m, etag_of(&muri, res.etag)?)
             }
         };
-        let first = m.segments.len();
+        let first = m.segment_count();
         let (before_crc, before) = m.segments_crc();
         input.resume_at(before, before_crc);
         let state = Arc::new(Mutex::new(ManifestState {
@@ -398,6 +398,21 @@ impl Uploader {
                 crc64nvme: crc_hex(u.crc),
                 etag: u.etag,
             });
+            // Keep the manifest short: the oldest segments go into an index object first.
+            if let Some((index, mut entry)) = st.m.due_seal() {
+                let ikey = format!("{base}/{}", entry.key);
+                let res = self
+                    .store
+                    .put(
+                        &ikey,
+                        Bytes::from(index.to_json()),
+                        manifest_put(PutMode::Create),
+                    )
+                    .await
+                    .map_err(|e| segment_taken(put_error(&self.at(&ikey), e), &muri))?;
+                entry.etag = res.etag;
+                st.m.seal(entry);
+            }
             // The input has ended: the manifest says complete in the same write.
             let last = input.ended();
             if last {
@@ -413,7 +428,7 @@ impl Uploader {
             complete(&mut st.m, input);
             write_manifest(&self.store, &mkey, &muri, &mut st).await?;
         }
-        let segments = st.m.segments.len() as u64;
+        let segments = st.m.segment_count() as u64;
         let etag = Some(st.etag.clone());
         drop(st);
         self.manifest = None;
@@ -480,7 +495,7 @@ impl Uploader {
         m.appends.push(Append {
             writer: writer.to_string(),
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            first_segment: old.segments.len(),
+            first_segment: old.segment_count(),
         });
         m.touch();
         let res = self
@@ -499,16 +514,26 @@ impl Uploader {
                 _ => put_error(&muri, e),
             })?;
         let etag = etag_of(&muri, res.etag)?;
-        // Segments the dead writer wrote but never listed (killed between the two writes).
+        // Segments (and indexes) the dead writer wrote but never listed: killed between a write
+        // and the manifest's.
         let mut stray = self.store.list(ListOptions::prefix(format!("{base}/")));
         let mut gone = Vec::new();
         while let Some(o) = stray.next().await {
             let o = o.map_err(|e| put_error(&uri, e))?;
             let name = &o.key[base.len() + 1..];
-            let index = (name.len() == 12)
-                .then(|| name.parse::<usize>().ok())
-                .flatten();
-            if index.is_some_and(|i| i >= old.segments.len()) {
+            let number = |n: &str| {
+                (n.len() == 12 && n.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| n.parse::<usize>().ok())
+                    .flatten()
+            };
+            let stray = match name
+                .strip_prefix("index-")
+                .and_then(|n| n.strip_suffix(".json"))
+            {
+                Some(first) => number(first).is_some_and(|i| i >= old.first_segment),
+                None => number(name).is_some_and(|i| i >= old.segment_count()),
+            };
+            if stray {
                 gone.push(o.key);
             }
         }
