@@ -805,6 +805,26 @@ impl Live {
     }
 }
 
+/// An appender's refusal: its one error line (after, at most, the notice that it waits to see
+/// whether the writer is alive).
+#[track_caller]
+fn refusal(o: &Out) -> String {
+    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let errors: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("s3ferry: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{o:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("s3ferry: error:") || l.contains("waiting up to")),
+        "{o:?}"
+    );
+    assert!(!errors[0].contains("aborted"), "nothing was started: {o:?}");
+    errors[0].to_string()
+}
+
 fn segments_of(b: &Bucket, key: &str) -> usize {
     manifest(b, key).map_or(0, |m| m["segments"].as_array().map_or(0, |s| s.len()))
 }
@@ -982,7 +1002,7 @@ fn append_continues_a_killed_writer_and_only_one_of_two_appenders_wins() {
     };
     let o = lost.wait(T);
     assert_eq!(o.code, 2, "{o:?}");
-    let line = assert_one_error_line(&o.stderr);
+    let line = refusal(&o);
     assert!(
         line.contains("took the stream over first") || line.contains("still being written"),
         "{line}"
@@ -1034,7 +1054,7 @@ fn append_refuses_a_live_writer_and_extends_a_finished_stream() {
         b"intruder",
     );
     assert_eq!(o.code, 2, "{o:?}");
-    let line = assert_one_error_line(&o.stderr);
+    let line = refusal(&o);
     assert!(line.contains("still being written"), "{line}");
     assert!(
         o.elapsed < Duration::from_secs(15),

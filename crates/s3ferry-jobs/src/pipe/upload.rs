@@ -48,6 +48,7 @@ struct Uploader {
     finishing: Option<UploadAbortHandle>,
     /// Segmented mode: the manifest's key and state.
     manifest: Option<(String, Arc<Mutex<ManifestState>>)>,
+    segmented: bool,
 }
 
 /// Read `input` to its end and write it to `target`: one object (default) or a segmented
@@ -92,6 +93,7 @@ pub async fn up(
         creating: None,
         finishing: None,
         manifest: None,
+        segmented: opts.segmented.is_some(),
     };
     let outcome = {
         let work = async {
@@ -117,11 +119,11 @@ pub async fn up(
         Ok(r) => Ok(r),
         Err(PipeError::Interrupted(e)) => {
             let what = up.abort(&e, true).await;
-            Err(PipeError::Interrupted(format!("{e}; {what}")))
+            Err(PipeError::Interrupted(format!("{e}{what}")))
         }
         Err(e) => {
             let what = up.abort(&e.to_string(), false).await;
-            Err(PipeError::Failed(format!("{e}; {what}")))
+            Err(PipeError::Failed(format!("{e}{what}")))
         }
     };
     if let Some(d) = staging {
@@ -604,8 +606,10 @@ impl Uploader {
 
     /// The run failed or was cancelled: abort the upload in progress. A segmented upload is
     /// marked failed (its followers stop at once), or, when the run was stopped on request,
-    /// stopped: left open for `--append`, its followers waiting for it. Says what was left.
+    /// stopped: left open for `--append`, its followers waiting for it. Says what was left
+    /// ("; …"), or nothing when a segmented run stopped before it wrote anything.
     async fn abort(&mut self, why: &str, stopped: bool) -> String {
+        let started = self.creating.is_some() || self.active.is_some() || self.finishing.is_some();
         if let Some(h) = self.creating.take() {
             if let Ok(Ok(w)) = h.await {
                 w.abort().await;
@@ -618,7 +622,10 @@ impl Uploader {
             h.abort().await;
         }
         let Some((mkey, state)) = self.manifest.take() else {
-            return "the upload was aborted; no object was written".into();
+            if self.segmented && !started {
+                return String::new();
+            }
+            return "; the upload was aborted; no object was written".into();
         };
         let muri = self.at(&mkey);
         let mut st = state.lock().await;
@@ -629,11 +636,11 @@ impl Uploader {
         }
         match write_manifest(&self.store, &mkey, &muri, &mut st).await {
             Ok(()) if stopped => format!(
-                "the segmented upload is left open in {muri}: `pipe up --segmented --append` \
+                "; the segmented upload is left open in {muri}: `pipe up --segmented --append` \
                  continues it"
             ),
-            Ok(()) => format!("the segmented upload is marked failed in {muri}"),
-            Err(e) => format!("could not mark the segmented upload in {muri} ({e})"),
+            Ok(()) => format!("; the segmented upload is marked failed in {muri}"),
+            Err(e) => format!("; could not mark the segmented upload in {muri} ({e})"),
         }
     }
 }
