@@ -136,6 +136,7 @@ impl BatchOps {
         if let Some(u) = &cfg.endpoint_url {
             loader = loader.endpoint_url(u);
         }
+        let loader = crate::settings::configure(loader, cfg.profile.as_deref()).await?;
         let sdk = loader.load().await;
         let Some(region) = sdk.region().map(|r| r.to_string()) else {
             return Err(StoreError::new(

@@ -46,6 +46,7 @@ impl CloudFrontInvalidator {
         if let Some(u) = &cfg.endpoint_url {
             loader = loader.endpoint_url(u);
         }
+        let loader = crate::settings::configure(loader, cfg.profile.as_deref()).await?;
         let sdk = loader.load().await;
         Ok(Self {
             client: Client::new(&sdk),

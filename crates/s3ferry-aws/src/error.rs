@@ -316,6 +316,16 @@ where
                     ErrorKind::Transient,
                     format!("timed out talking to endpoint {}: {cause}", ctx.endpoint),
                 )
+            } else if chain_contains(&err, "certificate") {
+                // Not retried: the same certificate comes back every time.
+                (
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "cannot reach endpoint {}: {cause} (signed by a private CA? give its \
+                         certificate with --ca-bundle FILE or AWS_CA_BUNDLE)",
+                        ctx.endpoint
+                    ),
+                )
             } else if d.is_io() {
                 (
                     ErrorKind::Transient,

@@ -11,6 +11,7 @@ mod creds;
 mod error;
 mod list;
 mod s3;
+pub mod settings;
 mod sqs;
 
 pub use batch_ops::{

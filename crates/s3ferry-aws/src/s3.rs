@@ -66,9 +66,10 @@ pub struct S3Config {
     pub region: Option<String>,
     /// Path-style addressing; `None` = on when a custom endpoint is set, off for AWS.
     pub force_path_style: Option<bool>,
-    /// Only send/validate checksums when an operation requires them (for S3-compatible servers
-    /// that reject the SDK's default checksums); we then verify data ourselves.
-    pub checksum_when_required: bool,
+    /// Only send checksums when an operation requires them (for S3-compatible servers that
+    /// reject the SDK's default checksums); we then verify data ourselves. `None`: as
+    /// `AWS_REQUEST_CHECKSUM_CALCULATION` or the profile's `request_checksum_calculation` say.
+    pub checksum_when_required: Option<bool>,
     /// Explicit credentials; override the standard chain when `access_key_id` and
     /// `secret_access_key` are both set.
     pub access_key_id: Option<String>,
@@ -288,6 +289,9 @@ pub struct S3Store {
     ctx: ErrCtx,
     copy_domain: String,
     when_required: bool,
+    /// Ask GETs for the object's checksums (which the SDK then validates): off when
+    /// `response_checksum_validation` is `when_required`, as aws-cli does.
+    validate_responses: bool,
     lister: Arc<Lister>,
     /// SSE-C: the key of this bucket's objects, and of the sources of server-side copies.
     sse_c: SseC,
@@ -347,11 +351,30 @@ impl S3Store {
                 .read_timeout(cfg.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT))
                 .build(),
         );
-        if cfg.checksum_when_required {
-            loader = loader
-                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        // What aws-cli reads from the environment and the profile and the SDK does not apply
+        // to what s3ferry sends itself: the CA bundle, the checksum settings.
+        let profile = crate::settings::profile(cfg.profile.as_deref()).await;
+        let when_required = cfg.checksum_when_required.unwrap_or_else(|| {
+            crate::settings::setting(
+                profile.as_ref(),
+                "AWS_REQUEST_CHECKSUM_CALCULATION",
+                "request_checksum_calculation",
+            )
+            .is_some_and(|v| v == "when_required")
+        });
+        let validate_responses = crate::settings::setting(
+            profile.as_ref(),
+            "AWS_RESPONSE_CHECKSUM_VALIDATION",
+            "response_checksum_validation",
+        )
+        .is_none_or(|v| v != "when_required");
+        if when_required {
+            loader = loader.request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
         }
+        if !validate_responses || when_required {
+            loader = loader.response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        }
+        loader = crate::settings::configure(loader, cfg.profile.as_deref()).await?;
         if cfg.clock_offset_secs != 0 {
             SIGNING_OFFSET.store(cfg.clock_offset_secs, std::sync::atomic::Ordering::Relaxed);
             loader = loader.time_source(OffsetClock(cfg.clock_offset_secs));
@@ -438,7 +461,8 @@ impl S3Store {
             client,
             ctx,
             copy_domain,
-            when_required: cfg.checksum_when_required,
+            when_required,
+            validate_responses,
             lister,
             sse_c: SseC(cfg.sse_customer_key.clone()),
             copy_source_sse_c: SseC(cfg.copy_source_sse_customer_key.clone()),
@@ -1029,7 +1053,8 @@ impl Store for S3Store {
             // open-ended: the answer is clamped to the object either way.
             Some(r) if r.end > i64::MAX as u64 => req = req.range(format!("bytes={}-", r.start)),
             Some(r) => req = req.range(format!("bytes={}-{}", r.start, r.end - 1)),
-            None => req = req.checksum_mode(ChecksumMode::Enabled),
+            None if self.validate_responses => req = req.checksum_mode(ChecksumMode::Enabled),
+            None => {}
         }
         let o = req
             .send()

@@ -65,6 +65,7 @@ impl SqsQueue {
         if let Some(u) = &cfg.endpoint_url {
             loader = loader.endpoint_url(u);
         }
+        let loader = crate::settings::configure(loader, cfg.profile.as_deref()).await?;
         let sdk = loader.load().await;
         let sdk = if sdk.region().is_none() {
             sdk.into_builder().region(Region::new("us-east-1")).build()

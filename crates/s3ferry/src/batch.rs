@@ -531,7 +531,7 @@ fn global_args(g: &Global) -> Vec<String> {
             .into(),
         );
     }
-    if g.checksum_mode == crate::cli::ChecksumMode::WhenRequired {
+    if g.checksum_mode == Some(crate::cli::ChecksumMode::WhenRequired) {
         v.push("--checksum-mode".into());
         v.push("when-required".into());
     }

@@ -53,21 +53,29 @@ pub struct Global {
     /// (bucket in the host name; default for AWS).
     #[arg(long, global = true, value_enum, value_name = "STYLE")]
     pub addressing_style: Option<Addressing>,
-    /// When to send request checksums: when-supported (default) or when-required, for
+    /// When to send request checksums: when-supported (the default) or when-required, for
     /// S3-compatible servers that reject the SDK's default checksums. s3ferry verifies the data
-    /// itself either way.
-    /// AWS_REQUEST_CHECKSUM_CALCULATION (when_supported, when_required) sets it as for the AWS
-    /// CLI and SDKs.
+    /// itself either way. Without it, AWS_REQUEST_CHECKSUM_CALCULATION or the profile's
+    /// request_checksum_calculation (when_supported, when_required) decide, as for aws-cli;
+    /// AWS_RESPONSE_CHECKSUM_VALIDATION / response_checksum_validation = when_required stops
+    /// asking GETs for the object's checksums.
     #[arg(
         long,
         global = true,
         value_enum,
         ignore_case = true,
-        env = "AWS_REQUEST_CHECKSUM_CALCULATION",
-        default_value = "when-supported",
         value_name = "MODE"
     )]
-    pub checksum_mode: ChecksumMode,
+    pub checksum_mode: Option<ChecksumMode>,
+    /// Trust the certificate authorities in FILE (PEM) for HTTPS endpoints, besides the
+    /// system's: a private CA in front of an S3-compatible server. As aws-cli's --ca-bundle;
+    /// AWS_CA_BUNDLE and the profile's ca_bundle do the same when it is not given.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Refused: s3ferry never turns certificate checks off. Give the endpoint's certificate
+    /// (or its CA's) with --ca-bundle instead.
+    #[arg(long, global = true, hide = true)]
+    pub no_verify_ssl: bool,
     /// Send S3 requests unsigned, without looking for credentials: public buckets, as aws-cli's
     /// --no-sign-request (both sides).
     #[arg(long, global = true)]

@@ -74,6 +74,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if cli.global.no_verify_ssl {
+        logs::say!(
+            Error,
+            "s3ferry: error: --no-verify-ssl: s3ferry does not turn certificate checks off; give \
+             the endpoint's certificate (or its CA's) with --ca-bundle FILE or AWS_CA_BUNDLE"
+        );
+        return ExitCode::from(2);
+    }
+    if let Some(p) = &cli.global.ca_bundle {
+        s3ferry_aws::settings::set_ca_bundle(p.clone());
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

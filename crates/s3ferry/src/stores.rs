@@ -35,7 +35,7 @@ fn s3_config(g: &Global, bucket: &str, role: Role) -> S3Config {
         g.region.clone()
     };
     cfg.force_path_style = g.addressing_style.map(|a| a == Addressing::Path);
-    cfg.checksum_when_required = g.checksum_mode == ChecksumMode::WhenRequired;
+    cfg.checksum_when_required = g.checksum_mode.map(|m| m == ChecksumMode::WhenRequired);
     cfg.request_payer = g.request_payer.is_some();
     cfg.anonymous = g.no_sign_request;
     // Checked when the command line is read (main), so a bad value never gets here.

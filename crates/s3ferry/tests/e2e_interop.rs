@@ -299,3 +299,126 @@ fn a_multipart_object_of_an_unknown_part_size_is_compared_by_whole_object_hashes
     let why = copies[0]["reason"].as_str().unwrap();
     assert!(why.starts_with("content not comparable"), "{why}");
 }
+
+// ---- a private CA in front of the server ---------------------------------------------------
+
+/// An HTTPS endpoint whose certificate a private CA signed: a TLS proxy (tokio-rustls) on
+/// `localhost` in front of the local server. Returns the endpoint URL and the CA's PEM; the
+/// proxy runs until the test process ends.
+fn tls_endpoint(upstream: &str) -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("CA cert");
+    let key = KeyPair::generate().expect("server key");
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("server params")
+        .signed_by(&key, &ca_cert, &ca_key)
+        .expect("server cert");
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                });
+            }
+        });
+    });
+    (format!("https://localhost:{port}"), ca_cert.pem())
+}
+
+/// A private-CA endpoint: refused without the CA (one line that points at --ca-bundle), used
+/// with it from `--ca-bundle`, `AWS_CA_BUNDLE` or the profile's `ca_bundle` as aws-cli does; a
+/// file that holds no certificate is one line naming it; `--no-verify-ssl` is refused with the
+/// way to do it safely.
+#[test]
+fn a_private_ca_endpoint_is_trusted_through_the_ca_bundle_settings() {
+    let Some(cx) = Ctx::new() else { return };
+    let b = cx.bucket("interop-tls");
+    let (endpoint, ca_pem) = tls_endpoint(&cx.endpoint);
+    let ca = cx.path("ca.pem");
+    std::fs::write(&ca, &ca_pem).expect("ca.pem");
+    let src = cx.path("src");
+    write_tree(&src, &tree(&[("a.txt", b"over TLS")]));
+    let uri = format!("s3://{}/tls/", b.name);
+    let at = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["--endpoint-url", endpoint.as_str()];
+        all.extend_from_slice(args);
+        cx.run_env(&all, env)
+    };
+
+    let r = at(&["ls", &uri], &[]);
+    let line = r.assert_fatal();
+    assert!(
+        line.contains("certificate") && line.contains("--ca-bundle"),
+        "{line}"
+    );
+
+    let r = at(
+        &["--ca-bundle", s(&ca), "cp", "--recursive", s(&src), &uri],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(b.get("tls/a.txt"), b"over TLS");
+    let r = at(&["ls", &uri], &[("AWS_CA_BUNDLE", s(&ca))]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("a.txt"), "{r}");
+    let conf = cx.path("aws-config");
+    std::fs::write(
+        &conf,
+        format!("[profile private]\nca_bundle = {}\n", s(&ca)),
+    )
+    .expect("config");
+    let r = at(
+        &["ls", &uri],
+        &[("AWS_CONFIG_FILE", s(&conf)), ("AWS_PROFILE", "private")],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("a.txt"), "{r}");
+
+    let junk = cx.path("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").expect("junk");
+    let r = at(&["--ca-bundle", s(&junk), "ls", &uri], &[]);
+    let line = r.assert_fatal();
+    assert!(
+        line.contains("junk.pem") && line.contains("no certificate"),
+        "{line}"
+    );
+
+    let r = at(&["--no-verify-ssl", "ls", &uri], &[]);
+    let line = r.assert_fatal();
+    assert!(line.contains("--ca-bundle"), "{line}");
+}

@@ -140,9 +140,11 @@ fn a_server_rejecting_checksum_headers_gets_a_hint_and_when_required_works() {
                     "The Content-MD5 you specified did not match what we received.",
                 );
             }
-            st.lock()
-                .unwrap()
-                .push((key, req.body.clone(), md5.is_some()));
+            // One object per key, listed in key order, as S3 keeps them.
+            let mut all = st.lock().unwrap();
+            all.retain(|(k, _, _)| *k != key);
+            all.push((key, req.body.clone(), md5.is_some()));
+            all.sort_by(|a, b| a.0.cmp(&b.0));
             return put_reply(&req.body);
         }
         let objects: Vec<(String, Vec<u8>)> = st
@@ -205,6 +207,28 @@ fn a_server_rejecting_checksum_headers_gets_a_hint_and_when_required_works() {
         got.iter().all(|(_, _, md5)| *md5),
         "every body carried a Content-MD5"
     );
+    // And the profile's setting, as aws-cli reads it.
+    let conf = src.path().join("aws-config");
+    std::fs::write(
+        &conf,
+        "[default]\nrequest_checksum_calculation = when_required\n",
+    )
+    .expect("config");
+    let up = tempfile::tempdir().expect("tempdir");
+    std::fs::write(up.path().join("c.txt"), b"the profile too").expect("write");
+    let (r, _h) = run_at(
+        &endpoint,
+        &[("AWS_CONFIG_FILE", s(&conf))],
+        &["sync", s(up.path()), "s3://ck-bucket/"],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let got = stored.lock().unwrap().clone();
+    let c = got
+        .iter()
+        .find(|(k, _, _)| k == "c.txt")
+        .expect("c.txt stored");
+    assert_eq!(c.1, b"the profile too");
+    assert!(c.2, "the body carried a Content-MD5");
 }
 
 /// F12: temporary credentials (here from a container credentials endpoint, as on ECS) that S3
@@ -516,4 +540,57 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Issue 23, point 8: GETs of whole objects ask for the object's checksums (which the SDK then
+/// validates) unless AWS_RESPONSE_CHECKSUM_VALIDATION or the profile's
+/// response_checksum_validation says when_required, as for aws-cli.
+#[test]
+fn response_checksum_validation_when_required_stops_asking_for_checksums() {
+    let asked: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let a = asked.clone();
+    let data = b"validated or not".to_vec();
+    let d = data.clone();
+    let endpoint = standin(move |req| {
+        if req.target.contains("list-type=2") {
+            return list_xml("rv-bucket", &[("a.txt".to_string(), d.clone())]);
+        }
+        if req.method == "GET" && req.target.starts_with("/rv-bucket/a.txt") {
+            a.lock().unwrap().push(
+                req.headers
+                    .get("x-amz-checksum-mode")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("enabled")),
+            );
+        }
+        object_reply(&d)
+    });
+    let get = |env: &[(&str, &str)]| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (r, _h) = run_at(
+            &endpoint,
+            env,
+            &["cp", "s3://rv-bucket/a.txt", s(&dir.path().join("a.txt"))],
+        );
+        assert_eq!(r.code, 0, "{r}");
+        assert_eq!(std::fs::read(dir.path().join("a.txt")).expect("read"), data);
+        asked.lock().unwrap().drain(..).collect::<Vec<bool>>()
+    };
+    let default = get(&[]);
+    assert!(
+        !default.is_empty() && default.iter().all(|x| *x),
+        "{default:?}"
+    );
+    let env = get(&[("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")]);
+    assert!(!env.is_empty() && env.iter().all(|x| !*x), "{env:?}");
+    let conf = tempfile::NamedTempFile::new().expect("config");
+    std::fs::write(
+        conf.path(),
+        "[default]\nresponse_checksum_validation = WHEN_REQUIRED\n",
+    )
+    .expect("config");
+    let profile = get(&[("AWS_CONFIG_FILE", s(conf.path()))]);
+    assert!(
+        !profile.is_empty() && profile.iter().all(|x| !*x),
+        "{profile:?}"
+    );
 }
