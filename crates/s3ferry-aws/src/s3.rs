@@ -70,6 +70,9 @@ pub struct S3Config {
     /// reject the SDK's default checksums); we then verify data ourselves. `None`: as
     /// `AWS_REQUEST_CHECKSUM_CALCULATION` or the profile's `request_checksum_calculation` say.
     pub checksum_when_required: Option<bool>,
+    /// A write that asked for server-side encryption and whose answer does not confirm it
+    /// (`x-amz-server-side-encryption`) is accepted instead of failed.
+    pub allow_unconfirmed_sse: bool,
     /// Explicit credentials; override the standard chain when `access_key_id` and
     /// `secret_access_key` are both set.
     pub access_key_id: Option<String>,
@@ -292,6 +295,11 @@ pub struct S3Store {
     /// Ask GETs for the object's checksums (which the SDK then validates): off when
     /// `response_checksum_validation` is `when_required`, as aws-cli does.
     validate_responses: bool,
+    allow_unconfirmed_sse: bool,
+    /// Multipart uploads that asked for server-side encryption and whose CreateMultipartUpload
+    /// answer did not confirm it (some servers confirm it on the parts only): upload id -> the
+    /// encryption asked for, until a part's answer confirms it.
+    unconfirmed_sse: Arc<std::sync::Mutex<HashMap<String, String>>>,
     lister: Arc<Lister>,
     /// SSE-C: the key of this bucket's objects, and of the sources of server-side copies.
     sse_c: SseC,
@@ -463,6 +471,8 @@ impl S3Store {
             copy_domain,
             when_required,
             validate_responses,
+            allow_unconfirmed_sse: cfg.allow_unconfirmed_sse,
+            unconfirmed_sse: Arc::default(),
             lister,
             sse_c: SseC(cfg.sse_customer_key.clone()),
             copy_source_sse_c: SseC(cfg.copy_source_sse_customer_key.clone()),
@@ -665,6 +675,7 @@ impl S3Store {
                 e.message = format!("part {part_number}: {}", e.message);
                 e
             })?;
+        self.confirm_part_sse("upload_part", key, upload_id, out.server_side_encryption())?;
         let etag = out.e_tag().map(clean_etag).unwrap_or_default();
         if etag.is_empty() {
             return Err(StoreError::new(
@@ -679,6 +690,65 @@ impl S3Store {
             etag,
             crc64nvme: out.checksum_crc64_nvme().and_then(crc64_from_b64).or(crc),
         })
+    }
+
+    /// A write that asked for server-side encryption `asked` must be answered with it
+    /// (`x-amz-server-side-encryption`): a server without SSE (some S3-compatible ones) writes
+    /// the object plainly and says nothing, and the user asked for encryption at rest. Fails
+    /// the object (not retried) unless `--allow-unconfirmed-sse`.
+    fn confirm_sse(
+        &self,
+        op: &'static str,
+        key: &str,
+        asked: Option<&str>,
+        got: Option<&ServerSideEncryption>,
+    ) -> Result<()> {
+        let Some(asked) = asked else {
+            return Ok(());
+        };
+        let got = got.map(|g| g.as_str().to_string());
+        if self.allow_unconfirmed_sse || got.as_deref() == Some(asked) {
+            return Ok(());
+        }
+        let what = match op {
+            "upload_part" | "upload_part_copy" => "the upload is aborted, no object was written",
+            _ => "the object was written, but may be stored unencrypted",
+        };
+        let answer = match &got {
+            Some(g) => format!("answered {g}"),
+            None => "did not confirm it (no x-amz-server-side-encryption)".to_string(),
+        };
+        Err(StoreError::new(
+            ErrorKind::Unsupported,
+            op,
+            format!(
+                "server-side encryption {asked} was asked for and the server {answer}: {what} \
+                 (a server without SSE? --allow-unconfirmed-sse accepts that)"
+            ),
+        )
+        .with_key(key))
+    }
+
+    /// A part of an upload whose creation did not confirm the encryption asked for: its answer
+    /// must (then the upload is confirmed), else the part fails and the upload with it.
+    fn confirm_part_sse(
+        &self,
+        op: &'static str,
+        key: &str,
+        upload_id: &str,
+        got: Option<&ServerSideEncryption>,
+    ) -> Result<()> {
+        let Ok(mut m) = self.unconfirmed_sse.lock() else {
+            return Ok(());
+        };
+        let Some(asked) = m.get(upload_id).cloned() else {
+            return Ok(());
+        };
+        let r = self.confirm_sse(op, key, Some(&asked), got);
+        if r.is_ok() {
+            m.remove(upload_id);
+        }
+        r
     }
 
     /// The CRC64NVME a request carries: none with `when_required` (the server may reject
@@ -1154,6 +1224,12 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| mode_error(self.err("put", Some(key), e), &opts.mode))?;
+        self.confirm_sse(
+            "put",
+            key,
+            opts.sse.as_deref(),
+            out.server_side_encryption(),
+        )?;
         Ok(PutResult {
             etag: out.e_tag().map(clean_etag),
             version_id: out.version_id().map(str::to_string),
@@ -1215,6 +1291,22 @@ impl Store for S3Store {
                 "the server returned no upload id",
             )
             .with_key(key));
+        }
+        if let Some(asked) = &opts.sse {
+            if self
+                .confirm_sse(
+                    "create_multipart",
+                    key,
+                    Some(asked),
+                    out.server_side_encryption(),
+                )
+                .is_err()
+            {
+                // Some servers confirm it on each part only: the first part decides.
+                if let Ok(mut m) = self.unconfirmed_sse.lock() {
+                    m.insert(id.clone(), asked.clone());
+                }
+            }
         }
         Ok(id)
     }
@@ -1298,6 +1390,12 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| self.err("upload_part_copy", Some(key), e))?;
+        self.confirm_part_sse(
+            "upload_part_copy",
+            key,
+            upload_id,
+            out.server_side_encryption(),
+        )?;
         let r = out.copy_part_result();
         let etag = r
             .and_then(|r| r.e_tag())
@@ -1371,6 +1469,19 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| mode_error(self.err("complete_multipart", Some(key), e), &mode))?;
+        let unconfirmed = self
+            .unconfirmed_sse
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(upload_id));
+        if let Some(asked) = unconfirmed {
+            self.confirm_sse(
+                "complete_multipart",
+                key,
+                Some(&asked),
+                out.server_side_encryption(),
+            )?;
+        }
         Ok(PutResult {
             etag: out.e_tag().map(clean_etag),
             version_id: out.version_id().map(str::to_string),
@@ -1380,6 +1491,9 @@ impl Store for S3Store {
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
+        if let Ok(mut m) = self.unconfirmed_sse.lock() {
+            m.remove(upload_id);
+        }
         match self
             .client
             .abort_multipart_upload()
@@ -1510,6 +1624,8 @@ impl Store for S3Store {
             }
             e
         })?;
+        let asked = opts.replace.as_ref().and_then(|p| p.sse.as_deref());
+        self.confirm_sse("copy", dst_key, asked, out.server_side_encryption())?;
         let r = out.copy_object_result();
         Ok(PutResult {
             etag: r.and_then(|r| r.e_tag()).map(clean_etag),

@@ -80,6 +80,11 @@ pub struct Global {
     /// --no-sign-request (both sides).
     #[arg(long, global = true)]
     pub no_sign_request: bool,
+    /// Accept a write that asked for server-side encryption (--sse) although the server's
+    /// answer does not confirm it (servers without SSE store the object plainly and say
+    /// nothing); without it such an object fails, with this option named.
+    #[arg(long, global = true)]
+    pub allow_unconfirmed_sse: bool,
     /// Requester Pays buckets: `requester` sends `x-amz-request-payer: requester` on every S3
     /// request (both sides), so this account is charged for the requests and the data sent.
     #[arg(long, global = true, value_parser = ["requester"], value_name = "PAYER")]

@@ -38,6 +38,7 @@ fn s3_config(g: &Global, bucket: &str, role: Role) -> S3Config {
     cfg.checksum_when_required = g.checksum_mode.map(|m| m == ChecksumMode::WhenRequired);
     cfg.request_payer = g.request_payer.is_some();
     cfg.anonymous = g.no_sign_request;
+    cfg.allow_unconfirmed_sse = g.allow_unconfirmed_sse;
     // Checked when the command line is read (main), so a bad value never gets here.
     cfg.read_timeout = crate::cli::parse_duration(&g.read_timeout).ok();
     cfg.clock_offset_secs = test_clock_offset();

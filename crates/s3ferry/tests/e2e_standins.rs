@@ -419,7 +419,14 @@ fn a_bucket_blocking_sse_c_is_explained_and_kms_throttling_is_retried() {
             let path = req.target.split('?').next().unwrap_or("");
             let key = path.trim_start_matches("/kms-bucket/").to_string();
             st.lock().unwrap().push((key, req.body.clone()));
-            return put_reply(&req.body);
+            // As S3 does: the answer confirms the encryption applied.
+            let mut reply = put_reply(&req.body);
+            if let Some(sse) = req.headers.get("x-amz-server-side-encryption") {
+                reply
+                    .1
+                    .push(("x-amz-server-side-encryption".into(), sse.clone()));
+            }
+            return reply;
         }
         if req.target.contains("list-type=2") {
             return list_xml("kms-bucket", &[]);
@@ -593,4 +600,119 @@ fn response_checksum_validation_when_required_stops_asking_for_checksums() {
         !profile.is_empty() && profile.iter().all(|x| !*x),
         "{profile:?}"
     );
+}
+
+/// Issue 23, point 12: a server without server-side encryption (Garage, for one) takes a PUT
+/// that asks for `--sse AES256` and answers without `x-amz-server-side-encryption`. The object
+/// fails (exit 1) with the option that accepts it named; a multipart upload is aborted at its
+/// first unconfirmed part, before any object exists; `--allow-unconfirmed-sse` accepts both.
+#[test]
+fn requested_encryption_the_server_does_not_confirm_fails_the_object() {
+    #[derive(Default)]
+    struct Seen {
+        objects: Vec<String>,
+        aborted: usize,
+        completed: usize,
+    }
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let sn = seen.clone();
+    let endpoint = standin(move |req| {
+        let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+        let key = path.trim_start_matches("/plain-bucket/").to_string();
+        let mut g = sn.lock().unwrap();
+        match req.method.as_str() {
+            "POST" if query.starts_with("uploads") => (
+                "200 OK",
+                vec![],
+                format!(
+                    "<InitiateMultipartUploadResult><Bucket>plain-bucket</Bucket><Key>{key}</Key>\
+                     <UploadId>u1</UploadId></InitiateMultipartUploadResult>"
+                )
+                .into_bytes(),
+            ),
+            "POST" => {
+                g.completed += 1;
+                g.objects.push(key.clone());
+                (
+                    "200 OK",
+                    vec![],
+                    format!(
+                        "<CompleteMultipartUploadResult><Key>{key}</Key><ETag>\"x-2\"</ETag>\
+                         </CompleteMultipartUploadResult>"
+                    )
+                    .into_bytes(),
+                )
+            }
+            "PUT" if query.contains("partNumber") => put_reply(&req.body),
+            "PUT" => {
+                g.objects.push(key);
+                put_reply(&req.body)
+            }
+            "DELETE" => {
+                g.aborted += 1;
+                ("204 No Content", vec![], vec![])
+            }
+            _ if req.target.contains("list-type=2") => list_xml("plain-bucket", &[]),
+            _ => ("200 OK", vec![], vec![]),
+        }
+    });
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::write(src.path().join("small.txt"), b"meant to be encrypted").expect("write");
+    let (r, _h) = run_at(
+        &endpoint,
+        &[],
+        &[
+            "cp",
+            "--sse",
+            "AES256",
+            s(&src.path().join("small.txt")),
+            "s3://plain-bucket/small.txt",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.to_string().contains("did not confirm")
+            && r.to_string().contains("--allow-unconfirmed-sse"),
+        "{r}"
+    );
+    let big = src.path().join("big.bin");
+    std::fs::write(&big, random_bytes(12 << 20, 7)).expect("write");
+    let (r, _h) = run_at(
+        &endpoint,
+        &[],
+        &[
+            "cp",
+            "--sse",
+            "AES256",
+            s(&big),
+            "s3://plain-bucket/big.bin",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.to_string().contains("no object was written"), "{r}");
+    {
+        let g = seen.lock().unwrap();
+        assert_eq!(g.completed, 0, "the unconfirmed upload was not completed");
+        assert!(g.aborted >= 1, "the unconfirmed upload was aborted");
+        assert_eq!(g.objects, vec!["small.txt".to_string()]);
+    }
+    for (file, key) in [
+        (src.path().join("small.txt"), "small.txt"),
+        (big, "big.bin"),
+    ] {
+        let (r, _h) = run_at(
+            &endpoint,
+            &[],
+            &[
+                "--allow-unconfirmed-sse",
+                "cp",
+                "--sse",
+                "AES256",
+                s(&file),
+                &format!("s3://plain-bucket/{key}"),
+            ],
+        );
+        assert_eq!(r.code, 0, "{r}");
+    }
+    assert_eq!(seen.lock().unwrap().completed, 1);
 }
