@@ -350,3 +350,92 @@ fn a_killed_import_is_finished_by_the_next_run() {
         "{third}"
     );
 }
+
+/// Issue 23, point 6: plain tools read archives right. `tar -x` of every volume of a split
+/// export (GNU tar) never leaves a part of an object under its key: the pieces land under
+/// `<key>.s3ferry-piece-<offset>` and `cat` joins them back; each member carries its exact
+/// mtime as a PAX `mtime` (Python's tarfile reads it; GNU tar restores it to the nanosecond);
+/// s3ferry imports the same volumes.
+#[test]
+fn plain_tar_never_extracts_a_piece_as_the_object_and_keeps_exact_mtimes() {
+    let Some(cx) = Ctx::new() else { return };
+    if std::process::Command::new("tar")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("GNU tar is needed for this test");
+    }
+    let src = cx.path("src");
+    let big = random_bytes(3 << 20, 31);
+    write(&src, "d/big.bin", &big);
+    write(&src, "d/small.txt", b"exact time");
+    set_mtime(&src.join("d/small.txt"), 1_700_000_000, 123_456_789);
+    let media = cx.path("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let r = export(
+        &cx,
+        s(&src),
+        &format!("{}/", media.display()),
+        &["--volume-size", "1MiB"],
+    );
+    r.assert_ok();
+    let vols = volumes(&r);
+    assert!(vols.len() >= 3, "{vols:?}");
+
+    let out = cx.path("extracted");
+    std::fs::create_dir_all(&out).unwrap();
+    for v in &vols {
+        let st = std::process::Command::new("tar")
+            .args(["-xf", v, "-C", s(&out)])
+            .status()
+            .expect("tar");
+        assert!(st.success(), "tar -xf {v}");
+    }
+    assert!(
+        !out.join("d/big.bin").exists(),
+        "a piece must not be extracted as the object"
+    );
+    let mut pieces: Vec<String> = std::fs::read_dir(out.join("d"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("big.bin.s3ferry-piece-"))
+        .collect();
+    pieces.sort();
+    assert!(pieces.len() >= 2, "{pieces:?}");
+    let joined: Vec<u8> = pieces
+        .iter()
+        .flat_map(|p| std::fs::read(out.join("d").join(p)).unwrap())
+        .collect();
+    assert!(joined == big, "the pieces in name order are the object");
+    assert_eq!(
+        std::fs::read(out.join("d/small.txt")).unwrap(),
+        b"exact time"
+    );
+    assert_eq!(
+        mtime_ns(&out.join("d/small.txt")),
+        1_700_000_000_123_456_789,
+        "GNU tar restores the PAX mtime"
+    );
+    let py = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, tarfile\nfor v in sys.argv[1:]:\n    for m in tarfile.open(v):\n        \
+             if m.name == 'd/small.txt': print(m.pax_headers.get('mtime'))",
+        ])
+        .args(&vols)
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&py.stdout).trim(),
+        "1700000000.123456789",
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+
+    let dst = cx.bucket("arch-plain");
+    let imp = import(&cx, &vols, &dst.uri("m/"), &[]);
+    assert_eq!(imp.code, 0, "{imp}");
+    assert!(dst.get("m/d/big.bin") == big);
+}

@@ -983,14 +983,18 @@ async fn write_volume(
             })
             .boxed();
         let member = Member {
-            name: l.key.clone(),
+            name: l.member_name(),
             size: l.length,
             mtime: l
                 .last_modified
                 .as_deref()
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                 .map_or(mtime, |t| t.timestamp()),
-            records: vec![],
+            // The exact time for tools that read PAX (GNU tar, Python's tarfile, bsdtar).
+            records: l
+                .pax_mtime()
+                .map(|t| vec![("mtime".to_string(), t)])
+                .unwrap_or_default(),
         };
         tar.append(&member, body)
             .await

@@ -153,7 +153,40 @@ impl Line {
     pub fn ends_object(&self) -> bool {
         self.offset + self.length == self.size
     }
+
+    /// The tar member name of a put: the key for a whole object; for a piece of an object
+    /// split across volumes, `<key>.s3ferry-piece-<offset, 15 digits>`, so that plain
+    /// `tar -x` of the volumes never leaves a part of the object under its name (it leaves
+    /// the pieces, which `cat <key>.s3ferry-piece-* > <key>` joins in order).
+    pub fn member_name(&self) -> String {
+        if self.is_piece() {
+            piece_name(&self.key, self.offset)
+        } else {
+            self.key.clone()
+        }
+    }
+
+    /// The PAX `mtime` of a put's member: the source file's time to the nanosecond where known,
+    /// else when the source last wrote the object.
+    pub fn pax_mtime(&self) -> Option<String> {
+        self.mtime.clone().or_else(|| {
+            let t = chrono::DateTime::parse_from_rfc3339(self.last_modified.as_deref()?).ok()?;
+            Some(format!(
+                "{}.{:09}",
+                t.timestamp(),
+                t.timestamp_subsec_nanos()
+            ))
+        })
+    }
 }
+
+/// See [`Line::member_name`].
+pub fn piece_name(key: &str, offset: u64) -> String {
+    format!("{key}{PIECE_INFIX}{offset:015}")
+}
+
+/// Between a split object's key and its piece's offset in a member name.
+pub const PIECE_INFIX: &str = ".s3ferry-piece-";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateHeader {

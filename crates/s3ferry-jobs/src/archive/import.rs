@@ -100,6 +100,17 @@ fn bad(path: &Path, msg: impl std::fmt::Display) -> ArchiveError {
     ArchiveError::Input(format!("{}: {msg}", path.display()))
 }
 
+/// A volume whose manifest does not read as text and JSON: damaged (a flipped byte inside a
+/// compressed volume decodes to garbage), or not an archive of ours.
+fn damaged(path: &Path, msg: impl std::fmt::Display) -> ArchiveError {
+    bad(
+        path,
+        format!(
+            "damaged volume: its manifest does not read ({msg}); copy it again from the export"
+        ),
+    )
+}
+
 /// A volume opened for reading: its tar positioned after the manifest, its header, and the
 /// manifest's entry lines (from a temp copy: any number of them in flat memory).
 struct Volume {
@@ -127,7 +138,7 @@ impl Volume {
         let h = lines
             .next()
             .ok_or_else(|| bad(path, "the manifest is empty"))?
-            .map_err(|e| bad(path, e))?;
+            .map_err(|e| damaged(path, e))?;
         Ok(Self {
             tar,
             header: parse_header(path, &h)?,
@@ -141,9 +152,9 @@ impl Volume {
         let Some(l) = self.lines.next() else {
             return Ok(None);
         };
-        let l = l.map_err(|e| bad(&self.path, e))?;
+        let l = l.map_err(|e| damaged(&self.path, format!("line {}: {e}", n + 2)))?;
         let line: Line = serde_json::from_str(&l)
-            .map_err(|e| bad(&self.path, format!("manifest line {}: {e}", n + 2)))?;
+            .map_err(|e| damaged(&self.path, format!("line {}: {e}", n + 2)))?;
         for k in std::iter::once(&line.key).chain(line.from.as_ref()) {
             safe_member_name(k).map_err(|e| {
                 bad(
@@ -169,12 +180,18 @@ impl Volume {
             .await
             .map_err(|e| bad(&self.path, e))?
             .ok_or_else(|| bad(&self.path, format!("ends before the member of {:?}", l.key)))?;
-        if m.name != l.key || m.size != l.length {
+        // A piece is named apart from its object (archives of s3ferry before that named it by
+        // the key: read either way).
+        let named = m.name == l.member_name() || (l.is_piece() && m.name == l.key);
+        if !named || m.size != l.length {
             return Err(bad(
                 &self.path,
                 format!(
                     "member {:?} ({} bytes) where the manifest lists {:?} ({} bytes)",
-                    m.name, m.size, l.key, l.length
+                    m.name,
+                    m.size,
+                    l.member_name(),
+                    l.length
                 ),
             ));
         }
@@ -262,7 +279,7 @@ async fn open_manifest(path: &Path) -> Result<TarReader, ArchiveError> {
 /// The manifest's first line as a header of a format and volume this s3ferry reads.
 fn parse_header(path: &Path, line: &str) -> Result<Header, ArchiveError> {
     let header: Header =
-        serde_json::from_str(line).map_err(|e| bad(path, format!("bad manifest header: {e}")))?;
+        serde_json::from_str(line).map_err(|e| damaged(path, format!("its header: {e}")))?;
     if header.format != FORMAT || header.version != VERSION {
         return Err(bad(
             path,
@@ -437,7 +454,8 @@ async fn verify_group(
                         return Err(bad(
                             path,
                             format!(
-                                "{:?}: SHA-256 {piece} differs from the manifest's {}",
+                                "damaged volume: {:?}: SHA-256 {piece} differs from the \
+                                 manifest's {}",
                                 l.key,
                                 want.as_deref().unwrap_or("(none)")
                             ),

@@ -128,7 +128,15 @@ impl VolumeSink {
 
     fn wrap(w: Box<dyn Write + Send>, compress: bool, path: &Path) -> Result<Out> {
         Ok(if compress {
-            Out::Zstd(zstd::stream::write::Encoder::new(w, 3).map_err(|e| io_err("zstd", path, e))?)
+            Out::Zstd({
+                let mut z =
+                    zstd::stream::write::Encoder::new(w, 3).map_err(|e| io_err("zstd", path, e))?;
+                // A frame checksum: a damaged volume fails to decode instead of reading as
+                // other bytes.
+                z.include_checksum(true)
+                    .map_err(|e| io_err("zstd", path, e))?;
+                z
+            })
         } else {
             Out::Plain(w)
         })
@@ -199,6 +207,12 @@ fn read_file_as(path: &Path, decompress: bool) -> std::result::Result<ByteStream
         .map_err(|e| ArchiveError::Input(format!("{}: {e}", path.display())))?;
     let head = std::io::Cursor::new(magic[..n].to_vec());
     let raw = BufReader::with_capacity(CHUNK, head.chain(f));
+    let codec = match () {
+        _ if !decompress => None,
+        _ if magic[..n] == ZSTD_MAGIC => Some("zstd"),
+        _ if n >= 2 && magic[..2] == GZIP_MAGIC => Some("gzip"),
+        _ => None,
+    };
     let mut reader: Box<dyn Read + Send> = if !decompress {
         Box::new(raw)
     } else if magic[..n] == ZSTD_MAGIC {
@@ -224,11 +238,14 @@ fn read_file_as(path: &Path, decompress: bool) -> std::result::Result<ByteStream
                 }
             }
             Err(e) => {
-                let _ = tx.blocking_send(Err(StoreError::new(
-                    ErrorKind::Corrupt,
-                    "read",
-                    format!("{shown}: {e}"),
-                )));
+                let msg = match codec {
+                    Some(c) => format!(
+                        "{shown}: damaged volume: its {c} data does not decode ({e}); copy it \
+                         again from the export"
+                    ),
+                    None => format!("{shown}: {e}"),
+                };
+                let _ = tx.blocking_send(Err(StoreError::new(ErrorKind::Corrupt, "read", msg)));
                 return;
             }
         }

@@ -296,6 +296,29 @@ async fn damaged_archives_are_refused_with_the_destination_untouched() {
     assert!(err.contains("truncated"), "{err}");
     assert!(tree(&fx.dst).is_empty());
 
+    // A compressed volume with a byte changed near its start (the manifest) and in its
+    // middle (the data): "damaged", naming the volume, never a parse error of the garbage.
+    let mut o = fx.opts(None);
+    o.compress = true;
+    let (z, _) = fx.export("z.tar", &o).await;
+    let good = std::fs::read(&z.volumes[0]).unwrap();
+    for at in [good.len() / 5, good.len() / 2] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x55;
+        let f = fx.out.join(format!("damaged-{at}.tar.zst"));
+        std::fs::write(&f, &bad).unwrap();
+        let err = fx
+            .import(&[f.display().to_string()])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("damaged") && err.contains(&format!("damaged-{at}.tar.zst")),
+            "byte {at}: {err}"
+        );
+        assert!(tree(&fx.dst).is_empty(), "byte {at}");
+    }
+
     // Not an archive at all.
     let n = fx.out.join("not.tar");
     std::fs::write(&n, b"hello").unwrap();
