@@ -104,6 +104,8 @@ pub(crate) struct Lister {
     pub ctx: ErrCtx,
     pub mode: ListMode,
     pub server: Arc<OnceLock<String>>,
+    /// Keys per listing request (aws-cli's `--page-size`); `None` = the server's (1,000).
+    pub page_size: Option<i32>,
 }
 
 /// Whole sub-tree `dir` (ending in `/`) sorts at or before `start_after`.
@@ -252,6 +254,7 @@ impl State {
                         .list_objects_v2()
                         .bucket(&l.ctx.bucket)
                         .encoding_type(EncodingType::Url)
+                        .set_max_keys(l.page_size)
                         .set_continuation_token(token.clone());
                     if !self.opts.prefix.is_empty() {
                         req = req.prefix(&self.opts.prefix);
@@ -310,6 +313,7 @@ impl State {
                             .list_objects_v2()
                             .bucket(&l.ctx.bucket)
                             .encoding_type(EncodingType::Url)
+                            .set_max_keys(l.page_size)
                             .delimiter("/")
                             .set_prefix((!top.prefix.is_empty()).then(|| top.prefix.clone()))
                             .set_continuation_token(top.token.clone());

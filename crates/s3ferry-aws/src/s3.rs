@@ -73,6 +73,8 @@ pub struct S3Config {
     /// A write that asked for server-side encryption and whose answer does not confirm it
     /// (`x-amz-server-side-encryption`) is accepted instead of failed.
     pub allow_unconfirmed_sse: bool,
+    /// Keys per listing request (1 to 1,000; aws-cli's `--page-size`).
+    pub page_size: Option<u32>,
     /// Explicit credentials; override the standard chain when `access_key_id` and
     /// `secret_access_key` are both set.
     pub access_key_id: Option<String>,
@@ -464,6 +466,7 @@ impl S3Store {
             ctx: ctx.clone(),
             mode: cfg.list_mode,
             server,
+            page_size: cfg.page_size.map(|n| n as i32),
         });
         Ok(S3Store {
             client,
@@ -810,7 +813,12 @@ fn copy_source(src: &CopySource) -> String {
 macro_rules! with_headers {
     ($req:expr, $h:expr) => {{
         let h = $h;
-        $req.set_cache_control(h.cache_control.clone())
+        $req.set_website_redirect_location(h.website_redirect.clone())
+            .set_grant_read(h.grant_read.clone())
+            .set_grant_read_acp(h.grant_read_acp.clone())
+            .set_grant_write_acp(h.grant_write_acp.clone())
+            .set_grant_full_control(h.grant_full_control.clone())
+            .set_cache_control(h.cache_control.clone())
             .set_content_disposition(h.content_disposition.clone())
             .set_content_encoding(h.content_encoding.clone())
             .set_content_language(h.content_language.clone())

@@ -118,6 +118,14 @@ pub struct ObjectHeaders {
     pub expires: Option<SystemTime>,
     /// Canned ACL: private, public-read, bucket-owner-full-control, ...
     pub acl: Option<String>,
+    /// `x-amz-website-redirect-location`: where a website bucket redirects this key.
+    pub website_redirect: Option<String>,
+    /// Explicit ACL grants (`x-amz-grant-*`): grantees as S3 takes them
+    /// (`id=…, uri=…, emailAddress=…`, comma-separated).
+    pub grant_read: Option<String>,
+    pub grant_read_acp: Option<String>,
+    pub grant_write_acp: Option<String>,
+    pub grant_full_control: Option<String>,
 }
 
 impl PutOptions {

@@ -125,6 +125,10 @@ pub struct Global {
     /// concurrency limit that backs off on 503 SlowDown).
     #[arg(long, global = true, env = "S3FERRY_MAX_RPS", value_parser = parse_rps, value_name = "N")]
     pub max_rps: Option<f64>,
+    /// Keys asked for per listing request (1 to 1,000; S3's default is 1,000), as aws-cli's
+    /// --page-size: smaller pages for servers that time out on large ones.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub page_size: Option<u32>,
     /// Log level (overrides -v/-q for logs): error, warn, info or debug.
     #[arg(long, global = true, env = "S3FERRY_LOG_LEVEL", value_parser = ["error", "warn", "info", "debug"], value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -1764,8 +1768,22 @@ pub struct SseCKeyArgs {
 pub struct WriteArgs {
     /// Canned ACL: private, public-read, public-read-write, authenticated-read,
     /// bucket-owner-read, bucket-owner-full-control.
-    #[arg(long, value_name = "ACL", value_parser = ["private", "public-read", "public-read-write", "authenticated-read", "aws-exec-read", "bucket-owner-read", "bucket-owner-full-control"])]
+    #[arg(long, value_name = "ACL", value_parser = ["private", "public-read", "public-read-write", "authenticated-read", "aws-exec-read", "bucket-owner-read", "bucket-owner-full-control"], conflicts_with = "grants")]
     pub acl: Option<String>,
+    /// Explicit ACL grants, as aws-cli takes them: PERMISSION=GRANTEE_TYPE=GRANTEE, with
+    /// PERMISSION read, readacl, writeacl or full and GRANTEE_TYPE id, uri or emailaddress
+    /// (e.g. read=uri=http://acs.amazonaws.com/groups/global/AllUsers full=id=CANONICAL_ID).
+    #[arg(long, value_name = "GRANT", num_args = 1..)]
+    pub grants: Vec<String>,
+    /// Where a website bucket redirects requests for the written objects
+    /// (x-amz-website-redirect-location: /other/key or https://…).
+    #[arg(long, value_name = "LOCATION")]
+    pub website_redirect: Option<String>,
+    /// The checksum S3 stores with written objects. s3ferry sends and checks CRC64NVME (S3's
+    /// full-object default) on every upload; CRC64NVME is accepted here for aws-cli scripts.
+    /// Server-side copies (S3 to S3) take any of CRC32, CRC32C, SHA1, SHA256, CRC64NVME.
+    #[arg(long, value_name = "ALGORITHM", ignore_case = true, value_parser = ["CRC64NVME", "CRC32", "CRC32C", "SHA1", "SHA256"])]
+    pub checksum_algorithm: Option<String>,
     /// Server-side encryption: AES256, aws:kms or aws:kms:dsse.
     #[arg(long, value_name = "ALGORITHM", value_parser = ["AES256", "aws:kms", "aws:kms:dsse"])]
     pub sse: Option<String>,

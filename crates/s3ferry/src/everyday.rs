@@ -214,6 +214,7 @@ async fn copy_spec(
     let mut transfer = base.clone();
     transfer.storage_class = a.storage_class.clone();
     crate::apply_write_options(&mut transfer, &a.write)?;
+    crate::upload_checksum(&a.write, &Location::parse_exact(&a.src)?)?;
     Ok(Spec::Copy(CopySpec {
         src,
         dst,

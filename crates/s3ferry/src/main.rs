@@ -255,6 +255,7 @@ async fn run_sync(cli: &Cli, args: &SyncArgs) -> Result<u8, Fatal> {
     transfer.server_side = !args.no_server_side_copy;
     transfer.max_single_copy = parse_size(&args.copy_threshold)?;
     apply_write_options(&mut transfer, &args.write)?;
+    upload_checksum(&args.write, &src_loc)?;
 
     let (src_sse_c, dst_sse_c) =
         stores::SseCKeys::for_sync(&args.sse_c, args.write.sse.as_deref(), &src_loc, &dst_loc)?;
@@ -326,6 +327,13 @@ async fn run_sync(cli: &Cli, args: &SyncArgs) -> Result<u8, Fatal> {
 /// `--content-type`, `--metadata`, ..., `--metadata-directive` into a transfer configuration.
 fn apply_write_options(transfer: &mut TransferConfig, w: &cli::WriteArgs) -> Result<(), Fatal> {
     transfer.write = write_options(w)?;
+    // CRC64NVME is what every write carries anyway; another algorithm is asked of server-side
+    // copies (an upload from a local source with one is refused: see `upload_checksum`).
+    transfer.copy_checksum = w
+        .checksum_algorithm
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .filter(|a| a != "CRC64NVME");
     if w.metadata_directive.as_deref() == Some("REPLACE") {
         let w = &transfer.write;
         transfer.copy_replace = Some(
@@ -336,6 +344,61 @@ fn apply_write_options(transfer: &mut TransferConfig, w: &cli::WriteArgs) -> Res
                 .sse(w.sse.clone(), w.sse_kms_key_id.clone()),
         );
     }
+    Ok(())
+}
+
+/// `--checksum-algorithm` other than CRC64NVME with a local source: s3ferry's uploads send and
+/// check CRC64NVME (per part and for the whole object); no other algorithm is computed.
+fn upload_checksum(w: &cli::WriteArgs, src: &Location) -> Result<(), Fatal> {
+    match (&w.checksum_algorithm, src) {
+        (Some(a), Location::Local(_)) if !a.eq_ignore_ascii_case("CRC64NVME") => {
+            Err(Fatal(format!(
+            "--checksum-algorithm {a}: uploads carry CRC64NVME, S3's full-object checksum, which \
+             s3ferry computes and checks for every part and object; other algorithms apply to \
+             server-side copies (S3 to S3) only"
+        )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `--grants PERMISSION=TYPE=GRANTEE ...` as S3's `x-amz-grant-*` headers (aws-cli's form).
+fn grants(list: &[String], h: &mut s3ferry_store::ObjectHeaders) -> Result<(), Fatal> {
+    let mut by: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for g in list {
+        let bad = || {
+            Fatal(format!(
+                "--grants {g:?}: use PERMISSION=GRANTEE_TYPE=GRANTEE with PERMISSION read, \
+                 readacl, writeacl or full and GRANTEE_TYPE id, uri or emailaddress"
+            ))
+        };
+        let (perm, grantee) = g.split_once('=').ok_or_else(bad)?;
+        let (kind, who) = grantee.split_once('=').ok_or_else(bad)?;
+        let kind = match kind.to_ascii_lowercase().as_str() {
+            "id" => "id",
+            "uri" => "uri",
+            "emailaddress" => "emailAddress",
+            _ => return Err(bad()),
+        };
+        let perm = match perm.to_ascii_lowercase().as_str() {
+            "read" => "read",
+            "readacl" => "readacl",
+            "writeacl" => "writeacl",
+            "full" => "full",
+            _ => return Err(bad()),
+        };
+        if who.is_empty() {
+            return Err(bad());
+        }
+        by.entry(perm)
+            .or_default()
+            .push(format!("{kind}=\"{who}\""));
+    }
+    let join = |p: &str| by.get(p).map(|v| v.join(", "));
+    h.grant_read = join("read");
+    h.grant_read_acp = join("readacl");
+    h.grant_write_acp = join("writeacl");
+    h.grant_full_control = join("full");
     Ok(())
 }
 
@@ -357,18 +420,22 @@ fn write_options(w: &cli::WriteArgs) -> Result<s3ferry_engine::transfer::WriteOp
             ))
         })?),
     };
+    let mut headers = s3ferry_store::ObjectHeaders {
+        cache_control: w.cache_control.clone(),
+        content_disposition: w.content_disposition.clone(),
+        content_encoding: w.content_encoding.clone(),
+        content_language: w.content_language.clone(),
+        expires,
+        acl: w.acl.clone(),
+        website_redirect: w.website_redirect.clone(),
+        ..Default::default()
+    };
+    grants(&w.grants, &mut headers)?;
     Ok(s3ferry_engine::transfer::WriteOptions {
         content_type: w.content_type.clone(),
         no_guess_content_type: w.no_guess_mime_type,
         metadata,
-        headers: s3ferry_store::ObjectHeaders {
-            cache_control: w.cache_control.clone(),
-            content_disposition: w.content_disposition.clone(),
-            content_encoding: w.content_encoding.clone(),
-            content_language: w.content_language.clone(),
-            expires,
-            acl: w.acl.clone(),
-        },
+        headers,
         sse: w.sse.clone(),
         sse_kms_key_id: w.sse_kms_key_id.clone(),
     })

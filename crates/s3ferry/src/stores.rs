@@ -39,6 +39,7 @@ fn s3_config(g: &Global, bucket: &str, role: Role) -> S3Config {
     cfg.request_payer = g.request_payer.is_some();
     cfg.anonymous = g.no_sign_request;
     cfg.allow_unconfirmed_sse = g.allow_unconfirmed_sse;
+    cfg.page_size = g.page_size;
     // Checked when the command line is read (main), so a bad value never gets here.
     cfg.read_timeout = crate::cli::parse_duration(&g.read_timeout).ok();
     cfg.clock_offset_secs = test_clock_offset();

@@ -716,3 +716,153 @@ fn requested_encryption_the_server_does_not_confirm_fails_the_object() {
     }
     assert_eq!(seen.lock().unwrap().completed, 1);
 }
+
+/// Issue 23, point 9, on the wire: aws-cli's `--website-redirect` and `--grants` become
+/// `x-amz-website-redirect-location` and `x-amz-grant-*` on the PUT (and on the
+/// CreateMultipartUpload of a large file), `--page-size N` asks each listing for N keys, and
+/// `--checksum-algorithm` other than CRC64NVME with a local source is refused, as is `--acl`
+/// with `--grants`.
+#[test]
+fn aws_cli_write_and_listing_options_reach_the_wire() {
+    type Seen = Vec<(String, String, std::collections::HashMap<String, String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let sn = seen.clone();
+    let endpoint = standin(move |req| {
+        sn.lock()
+            .unwrap()
+            .push((req.method.clone(), req.target.clone(), req.headers.clone()));
+        let (_, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+        match req.method.as_str() {
+            "POST" if query.starts_with("uploads") => (
+                "200 OK",
+                vec![],
+                b"<InitiateMultipartUploadResult><Bucket>www</Bucket><Key>big.bin</Key>\
+                  <UploadId>u1</UploadId></InitiateMultipartUploadResult>"
+                    .to_vec(),
+            ),
+            "POST" => (
+                "200 OK",
+                vec![],
+                b"<CompleteMultipartUploadResult><Key>big.bin</Key><ETag>\"x-2\"</ETag>\
+                  </CompleteMultipartUploadResult>"
+                    .to_vec(),
+            ),
+            "PUT" => put_reply(&req.body),
+            _ if query.contains("list-type=2") => list_xml(
+                "www",
+                &[
+                    ("a".to_string(), b"1".to_vec()),
+                    ("b".to_string(), b"2".to_vec()),
+                ],
+            ),
+            _ => ("200 OK", vec![], vec![]),
+        }
+    });
+    let src = tempfile::tempdir().expect("tempdir");
+    let small = src.path().join("small.txt");
+    std::fs::write(&small, b"redirected").expect("write");
+    let big = src.path().join("big.bin");
+    std::fs::write(&big, random_bytes(12 << 20, 5)).expect("write");
+    let write = [
+        "--website-redirect",
+        "/elsewhere.html",
+        "--grants",
+        "read=uri=http://acs.amazonaws.com/groups/global/AllUsers",
+        "full=id=abc123",
+        "read=id=def456",
+    ];
+    for (file, key) in [(&small, "small.txt"), (&big, "big.bin")] {
+        // aws-cli's order: the paths, then the options (--grants takes every value after it).
+        let dst = format!("s3://www/{key}");
+        let mut args = vec!["cp", s(file), &dst];
+        args.extend_from_slice(&write);
+        let (r, _h) = run_at(&endpoint, &[], &args);
+        assert_eq!(r.code, 0, "{r}");
+    }
+    let got = seen.lock().unwrap().clone();
+    let creates: Vec<_> = got
+        .iter()
+        .filter(|(m, t, _)| {
+            (m == "PUT" && t.starts_with("/www/small.txt"))
+                || (m == "POST" && t.starts_with("/www/big.bin?uploads"))
+        })
+        .collect();
+    assert_eq!(creates.len(), 2, "{got:?}");
+    for (_, t, h) in creates {
+        assert_eq!(
+            h.get("x-amz-website-redirect-location").map(String::as_str),
+            Some("/elsewhere.html"),
+            "{t}"
+        );
+        assert_eq!(
+            h.get("x-amz-grant-read").map(String::as_str),
+            Some("uri=\"http://acs.amazonaws.com/groups/global/AllUsers\", id=\"def456\""),
+            "{t}"
+        );
+        assert_eq!(
+            h.get("x-amz-grant-full-control").map(String::as_str),
+            Some("id=\"abc123\""),
+            "{t}"
+        );
+    }
+
+    seen.lock().unwrap().clear();
+    let (r, _h) = run_at(&endpoint, &[], &["--page-size", "7", "ls", "s3://www/"]);
+    assert_eq!(r.code, 0, "{r}");
+    let lists: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, t, _)| t.contains("list-type=2"))
+        .map(|(_, t, _)| t.clone())
+        .collect();
+    assert!(
+        !lists.is_empty() && lists.iter().all(|t| t.contains("max-keys=7")),
+        "{lists:?}"
+    );
+
+    for (args, want) in [
+        (
+            vec![
+                "cp",
+                "--checksum-algorithm",
+                "SHA256",
+                s(&small),
+                "s3://www/x",
+            ],
+            "--checksum-algorithm SHA256",
+        ),
+        (
+            vec![
+                "cp",
+                "--acl",
+                "private",
+                "--grants",
+                "read=id=x",
+                s(&small),
+                "s3://www/x",
+            ],
+            "--grants",
+        ),
+        (
+            vec!["cp", s(&small), "s3://www/x", "--grants", "write=id=x"],
+            "--grants",
+        ),
+    ] {
+        let (r, _h) = run_at(&endpoint, &[], &args);
+        assert_eq!(r.code, 2, "{args:?}: {r}");
+        assert!(r.stderr.contains(want), "{args:?}: {r}");
+    }
+    let (r, _h) = run_at(
+        &endpoint,
+        &[],
+        &[
+            "cp",
+            "--checksum-algorithm",
+            "crc64nvme",
+            s(&small),
+            "s3://www/y",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r}");
+}
