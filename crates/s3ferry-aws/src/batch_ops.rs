@@ -121,7 +121,26 @@ pub struct BatchOps {
     s3control: S3ControlClient,
     iam: IamClient,
     account_id: String,
+    /// The ARN partition of the region (`aws`, `aws-cn`, `aws-us-gov`, ...).
+    partition: &'static str,
     ctx: ErrCtx,
+}
+
+/// The ARN partition of `region`: `aws-cn` for China, `aws-us-gov` for GovCloud, the ISO
+/// partitions, else `aws`.
+pub fn partition_of(region: &str) -> &'static str {
+    const BY_PREFIX: [(&str, &str); 6] = [
+        ("cn-", "aws-cn"),
+        ("us-gov-", "aws-us-gov"),
+        ("us-isob-", "aws-iso-b"),
+        ("us-isof-", "aws-iso-f"),
+        ("eu-isoe-", "aws-iso-e"),
+        ("us-iso-", "aws-iso"),
+    ];
+    BY_PREFIX
+        .iter()
+        .find(|(p, _)| region.starts_with(p))
+        .map_or("aws", |(_, partition)| partition)
 }
 
 impl BatchOps {
@@ -163,6 +182,7 @@ impl BatchOps {
             s3control: S3ControlClient::new(&sdk),
             iam: IamClient::new(&sdk),
             account_id,
+            partition: partition_of(&region),
             ctx,
         })
     }
@@ -180,11 +200,36 @@ impl BatchOps {
             s3control,
             iam,
             account_id,
+            partition: "aws",
         }
     }
 
     pub fn account_id(&self) -> &str {
         &self.account_id
+    }
+
+    /// The ARN partition jobs, roles and buckets are named in (from the region).
+    pub fn partition(&self) -> &'static str {
+        self.partition
+    }
+
+    /// [`Self::create_copy_job`] with a role created moments ago. IAM is eventually consistent:
+    /// until the role has propagated, S3 Control answers that it cannot assume or pass it.
+    /// Such answers are retried for about a minute, with the same client request token (so
+    /// never two jobs); any other error is returned at once.
+    pub async fn create_copy_job_new_role(&self, spec: &CopyJobSpec) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + NEW_ROLE_WAIT;
+        let mut wait = Duration::from_secs(2);
+        loop {
+            match self.create_copy_job(spec).await {
+                Err(e) if role_not_ready(&e) && tokio::time::Instant::now() + wait < deadline => {
+                    tracing::info!("{e}; the role is new, trying again in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(16));
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Create an `S3PutObjectCopy` job; returns its id. A role created just before may take a
@@ -419,6 +464,17 @@ impl BatchOps {
     }
 }
 
+/// How long a new role may take to become usable by S3 Batch Operations.
+const NEW_ROLE_WAIT: Duration = Duration::from_secs(60);
+
+/// An answer to CreateJob that a role not yet propagated gives: a 400 or 403 whose service
+/// message is about the role.
+fn role_not_ready(e: &StoreError) -> bool {
+    let status = e.http.as_ref().and_then(|h| h.status);
+    let service_message = e.message.split(" (the caller needs").next().unwrap_or("");
+    matches!(status, Some(400 | 403)) && service_message.to_ascii_lowercase().contains("role")
+}
+
 /// The trust policy that lets Batch Operations assume a role.
 pub fn trust_policy() -> Value {
     json!({
@@ -431,18 +487,22 @@ pub fn trust_policy() -> Value {
     })
 }
 
-/// Least-privilege inline policy for a copy job. Buckets may be names or ARNs; the partition of
-/// names is the manifest ARN's. `dest` holds (bucket, target prefix). An inventory
-/// `.../<config>/<date>/manifest.json` also grants reading `.../<config>/data/*`, where S3
-/// Inventory writes the data files the manifest lists.
+/// Least-privilege inline policy for the copy jobs of one s3ferry job (one role for all of
+/// them). Buckets may be names or ARNs; the partition of names is the manifests' ARNs'.
+/// `dest` holds (bucket, target prefix); `manifest_object_arns` every job's manifest. An
+/// inventory `.../<config>/<date>/manifest.json` also grants reading `.../<config>/data/*`,
+/// where S3 Inventory writes the data files the manifest lists.
 pub fn copy_role_policy(
     source_buckets: &[String],
     dest: &[(String, Option<String>)],
-    manifest_object_arn: &str,
+    manifest_object_arns: &[String],
     report_bucket: &str,
     report_prefix: Option<&str>,
 ) -> Value {
-    let partition = manifest_object_arn
+    let partition = manifest_object_arns
+        .first()
+        .map(String::as_str)
+        .unwrap_or_default()
         .strip_prefix("arn:")
         .and_then(|rest| rest.split(':').next())
         .filter(|p| !p.is_empty())
@@ -462,12 +522,15 @@ pub fn copy_role_policy(
         .iter()
         .map(|(b, p)| format!("{}/{}*", bucket(b), p.as_deref().unwrap_or("")))
         .collect();
-    let mut manifest = vec![manifest_object_arn.to_string()];
-    if let Some(dir) = manifest_object_arn.strip_suffix("/manifest.json") {
-        // <config>/<date>/manifest.json -> <config>/data/*
-        if let Some((config, _date)) = dir.rsplit_once('/') {
-            if config.contains('/') {
-                manifest.push(format!("{config}/data/*"));
+    let mut manifest = BTreeSet::new();
+    for arn in manifest_object_arns {
+        manifest.insert(arn.clone());
+        if let Some(dir) = arn.strip_suffix("/manifest.json") {
+            // <config>/<date>/manifest.json -> <config>/data/*
+            if let Some((config, _date)) = dir.rsplit_once('/') {
+                if config.contains('/') {
+                    manifest.insert(format!("{config}/data/*"));
+                }
             }
         }
     }

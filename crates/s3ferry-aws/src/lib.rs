@@ -15,8 +15,8 @@ pub mod settings;
 mod sqs;
 
 pub use batch_ops::{
-    copy_role_policy, trust_policy, BatchOps, BatchOpsConfig, CopyJobSpec, JobStatus, ManifestSpec,
-    BATCH_OPS_PRINCIPAL, ROLE_POLICY_NAME,
+    copy_role_policy, partition_of, trust_policy, BatchOps, BatchOpsConfig, CopyJobSpec, JobStatus,
+    ManifestSpec, BATCH_OPS_PRINCIPAL, ROLE_POLICY_NAME,
 };
 pub use cloudfront::{CloudFrontConfig, CloudFrontInvalidator};
 pub use list::ListMode;

@@ -78,26 +78,31 @@ pub async fn configure(loader: ConfigLoader, profile_name: Option<&str>) -> Resu
     }
 }
 
-/// One HTTPS client per CA bundle (its connections are shared by every store that uses it).
+/// An HTTPS client that trusts the bundle at `path` besides the system's roots. A client of its
+/// own per store, as the SDK's default is (a client's pooled connections belong to the runtime
+/// that made them); the bundle is read and checked once per process.
 fn https_client(path: &Path) -> Result<SharedHttpClient> {
-    static CLIENTS: OnceLock<Mutex<HashMap<PathBuf, SharedHttpClient>>> = OnceLock::new();
-    let clients = CLIENTS.get_or_init(Default::default);
-    if let Some(c) = clients.lock().ok().and_then(|m| m.get(path).cloned()) {
-        return Ok(c);
-    }
-    let pem = read_bundle(path)?;
+    static BUNDLES: OnceLock<Mutex<HashMap<PathBuf, Vec<u8>>>> = OnceLock::new();
+    let bundles = BUNDLES.get_or_init(Default::default);
+    let cached = bundles.lock().ok().and_then(|m| m.get(path).cloned());
+    let pem = match cached {
+        Some(p) => p,
+        None => {
+            let p = read_bundle(path)?;
+            if let Ok(mut m) = bundles.lock() {
+                m.insert(path.to_path_buf(), p.clone());
+            }
+            p
+        }
+    };
     let ctx = TlsContext::builder()
         .with_trust_store(TrustStore::default().with_pem_certificate(pem))
         .build()
         .map_err(|e| bad_bundle(path, &e.to_string()))?;
-    let client = aws_smithy_http_client::Builder::new()
+    Ok(aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
         .tls_context(ctx)
-        .build_https();
-    if let Ok(mut m) = clients.lock() {
-        m.insert(path.to_path_buf(), client.clone());
-    }
-    Ok(client)
+        .build_https())
 }
 
 fn bad_bundle(path: &Path, why: &str) -> StoreError {

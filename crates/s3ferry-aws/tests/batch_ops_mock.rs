@@ -19,7 +19,7 @@ use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
 use aws_smithy_runtime_api::http::{Response as HttpResponse, StatusCode};
 use aws_smithy_types::body::SdkBody;
 use s3ferry_aws::{
-    copy_role_policy, trust_policy, BatchOps, CopyJobSpec, JobStatus, ManifestSpec,
+    copy_role_policy, partition_of, trust_policy, BatchOps, CopyJobSpec, JobStatus, ManifestSpec,
     ROLE_POLICY_NAME,
 };
 use s3ferry_store::ErrorKind;
@@ -484,7 +484,10 @@ fn copy_role_policy_grants_exactly_what_a_copy_job_needs() {
             ("dst".into(), Some("backup/".into())),
             ("arn:aws:s3:::dst2".into(), None),
         ],
-        "arn:aws:s3:::manifests/jobs/m.csv",
+        &[
+            "arn:aws:s3:::manifests/jobs/m-1.csv".to_string(),
+            "arn:aws:s3:::manifests/jobs/m-0.csv".to_string(),
+        ],
         "reports",
         Some("batch/"),
     );
@@ -513,7 +516,11 @@ fn copy_role_policy_grants_exactly_what_a_copy_job_needs() {
                 "Sid": "ReadManifest",
                 "Effect": "Allow",
                 "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-                "Resource": ["arn:aws:s3:::manifests/jobs/m.csv"]
+                // Every job's manifest (one role serves all the jobs of a run).
+                "Resource": [
+                    "arn:aws:s3:::manifests/jobs/m-0.csv",
+                    "arn:aws:s3:::manifests/jobs/m-1.csv"
+                ]
             },
             {
                 "Sid": "WriteReport",
@@ -537,7 +544,7 @@ fn copy_role_policy_for_an_inventory_reads_its_data_files_in_the_manifests_parti
     let policy = copy_role_policy(
         &["src".into()],
         &[("dst".into(), None)],
-        "arn:aws-cn:s3:::inv/src/cfg1/2024-01-01T00-00Z/manifest.json",
+        &["arn:aws-cn:s3:::inv/src/cfg1/2024-01-01T00-00Z/manifest.json".to_string()],
         "reports",
         None,
     );
@@ -601,7 +608,7 @@ fn example_policy() -> Value {
     copy_role_policy(
         &["src".into()],
         &[("dst".into(), None)],
-        "arn:aws:s3:::m/m.csv",
+        &["arn:aws:s3:::m/m.csv".to_string()],
         "reports",
         None,
     )
@@ -734,4 +741,82 @@ async fn create_role_leaves_an_existing_role_for_another_service_alone() {
         "{err}"
     );
     assert_eq!(put.num_calls(), 0, "its policy was not touched");
+}
+
+/// Issue 23, point 14: ARNs are named in the region's partition, not always `aws`.
+#[test]
+fn the_partition_follows_the_region() {
+    for (region, want) in [
+        ("us-east-1", "aws"),
+        ("eu-central-1", "aws"),
+        ("cn-north-1", "aws-cn"),
+        ("cn-northwest-1", "aws-cn"),
+        ("us-gov-west-1", "aws-us-gov"),
+        ("us-iso-east-1", "aws-iso"),
+        ("us-isob-east-1", "aws-iso-b"),
+    ] {
+        assert_eq!(partition_of(region), want, "{region}");
+    }
+}
+
+fn create_job_error(status: u16, code: &'static str, message: &'static str) -> Rule {
+    mock!(aws_sdk_s3control::Client::create_job).then_http_response(move || {
+        HttpResponse::new(
+            StatusCode::try_from(status).expect("status"),
+            SdkBody::from(format!(
+                "<ErrorResponse><Error><Code>{code}</Code><Message>{message}</Message></Error>\
+                 <RequestId>R</RequestId></ErrorResponse>"
+            )),
+        )
+    })
+}
+
+/// Issue 23, point 14: CreateJob right after CreateRole. Until IAM has propagated the role,
+/// S3 Control refuses it; a job for a new role is asked for again (same request token) until
+/// it is accepted, and any other refusal is returned at once.
+#[tokio::test(start_paused = true)]
+async fn a_job_for_a_new_role_waits_for_the_role_to_propagate() {
+    let spec = full_spec(ManifestSpec::Csv {
+        object_arn: "arn:aws:s3:::manifests/m.csv".into(),
+        etag: "e1".into(),
+        with_version_ids: false,
+    });
+    let not_yet = || {
+        create_job_error(
+            400,
+            "InvalidRequest",
+            "Unable to assume role arn:aws:iam::123456789012:role/s3ferry-batch",
+        )
+    };
+    let (first, second) = (not_yet(), not_yet());
+    let (ok, seen) = recording_create_job();
+    let ops = batch_ops(RuleMode::Sequential, &[&first, &second, &ok], &[]);
+    let id = ops.create_copy_job_new_role(&spec).await.expect("created");
+    assert!(id.starts_with("job-"), "{id}");
+    assert_eq!((first.num_calls(), second.num_calls()), (1, 1));
+    assert_eq!(seen.lock().expect("lock").len(), 1);
+
+    // Another refusal is not about the role: returned at once, not retried.
+    let other = create_job_error(400, "InvalidRequest", "The manifest object was not found");
+    let ops = batch_ops(RuleMode::Sequential, &[&other], &[]);
+    let err = ops
+        .create_copy_job_new_role(&spec)
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("manifest"), "{err}");
+    assert_eq!(other.num_calls(), 1);
+
+    // The role never becomes usable: given up after about a minute.
+    let never = create_job_error(400, "InvalidRequest", "Unable to assume role");
+    let ops = batch_ops(RuleMode::MatchAny, &[&never], &[]);
+    let t0 = tokio::time::Instant::now();
+    ops.create_copy_job_new_role(&spec)
+        .await
+        .expect_err("never");
+    assert!(
+        t0.elapsed() <= Duration::from_secs(60),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(never.num_calls() >= 3, "{}", never.num_calls());
 }

@@ -573,8 +573,46 @@ async fn batch_ops(
     .await?)
 }
 
-fn arn(bucket: &str) -> String {
-    format!("arn:aws:s3:::{bucket}")
+/// One S3 Batch Operations job of an s3ferry job.
+struct ServiceJob {
+    /// The one bucket its manifest lists.
+    source: String,
+    manifest_arn: String,
+    etag: String,
+    csv: bool,
+    with_version_ids: bool,
+    dest: String,
+    prefix: String,
+}
+
+/// The rows of a CSV manifest grouped by source bucket, in the order first seen: (bucket, its
+/// rows as they were written, whether any has a version id). A byte order mark and blank lines
+/// are dropped.
+fn rows_by_bucket(data: &[u8], what: &str) -> Result<Vec<(String, Vec<u8>, bool)>, Fatal> {
+    let text = std::str::from_utf8(data).map_err(|_| Fatal(format!("{what}: not UTF-8 text")))?;
+    let mut out: Vec<(String, Vec<u8>, bool)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_start_matches('\u{feff}').trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let e = ManifestEntry::parse_row(line)
+            .map_err(|m| Fatal(format!("{what}: line {}: {m}", i + 1)))?;
+        let at = match out.iter().position(|(b, _, _)| *b == e.bucket) {
+            Some(p) => p,
+            None => {
+                out.push((e.bucket.clone(), Vec::new(), false));
+                out.len() - 1
+            }
+        };
+        out[at].1.extend_from_slice(line.as_bytes());
+        out[at].1.push(b'\n');
+        out[at].2 |= e.version_id.is_some();
+    }
+    if out.is_empty() {
+        return Err(Fatal(format!("{what}: no rows")));
+    }
+    Ok(out)
 }
 
 /// Totals over the service jobs of one s3ferry job.
@@ -647,8 +685,9 @@ async fn create_service_jobs(
     let buckets = CliBuckets(g.clone());
     let rstore = buckets.open(&rbucket, false).await?;
     rstore.check().await?;
-    // (manifest object, its ETag, csv?, destination bucket, prefix, source buckets) per job.
-    let mut groups: Vec<(String, String, bool, String, String, Vec<String>)> = Vec::new();
+    let ops = batch_ops(g, a.account_id.clone(), a.s3control_endpoint_url.clone()).await?;
+    let partition = ops.partition();
+    let arn = |bucket: &str| format!("arn:{partition}:s3:::{bucket}");
     let upload = |name: String, data: Vec<u8>| {
         let rstore = rstore.clone();
         let key = format!(
@@ -670,134 +709,179 @@ async fn create_service_jobs(
             Ok::<_, Fatal>((key, r.etag.unwrap_or_default()))
         }
     };
+    // Batch Copy reads one source bucket per job: one service job per source bucket (and per
+    // destination, for --pairs).
+    let mut jobs: Vec<ServiceJob> = Vec::new();
     match &spec.input {
-        Input::Manifest(m) | Input::Inventory(m) => {
-            let csv = matches!(spec.input, Input::Manifest(_));
-            let (db, dp) = spec
+        Input::Manifest(m) => {
+            let (dest, prefix) = spec
                 .to
                 .clone()
                 .ok_or_else(|| Fatal("--to is required".into()))?;
-            let (mbucket, mkey, etag) = if let Some(rest) = m.strip_prefix("s3://") {
-                let (b, k) = rest
-                    .split_once('/')
-                    .ok_or_else(|| Fatal(format!("{m}: names no object")))?;
-                let meta = buckets.open(b, true).await?.head(k).await?;
-                (b.to_string(), k.to_string(), meta.etag.unwrap_or_default())
-            } else if csv {
-                let data = std::fs::read(m).map_err(|e| Fatal(format!("manifest {m}: {e}")))?;
-                let (k, e) = upload(format!("{}.csv", spec.id), data).await?;
-                (rbucket.clone(), k, e)
-            } else {
-                return Err(Fatal(
+            let (data, object) = match m.strip_prefix("s3://") {
+                Some(rest) => {
+                    let (b, k) = rest
+                        .split_once('/')
+                        .ok_or_else(|| Fatal(format!("{m}: names no object")))?;
+                    let got = buckets
+                        .open(b, true)
+                        .await?
+                        .get(k, s3ferry_store::GetOptions::new())
+                        .await?;
+                    let etag = got.meta.etag.clone().unwrap_or_default();
+                    (
+                        got.bytes().await?.to_vec(),
+                        Some((b.to_string(), k.to_string(), etag)),
+                    )
+                }
+                None => (
+                    std::fs::read(m).map_err(|e| Fatal(format!("manifest {m}: {e}")))?,
+                    None,
+                ),
+            };
+            let groups = rows_by_bucket(&data, &format!("manifest {m}"))?;
+            let whole = groups.len() == 1;
+            for (n, (source, rows, versions)) in groups.into_iter().enumerate() {
+                let (mbucket, mkey, etag) = match (&object, whole) {
+                    (Some(o), true) => o.clone(),
+                    _ => {
+                        let (k, e) = upload(format!("{}-{n}.csv", spec.id), rows).await?;
+                        (rbucket.clone(), k, e)
+                    }
+                };
+                jobs.push(ServiceJob {
+                    source,
+                    manifest_arn: arn(&format!("{mbucket}/{mkey}")),
+                    etag,
+                    csv: true,
+                    with_version_ids: versions,
+                    dest: dest.clone(),
+                    prefix: prefix.clone(),
+                });
+            }
+        }
+        Input::Inventory(m) => {
+            let (dest, prefix) = spec
+                .to
+                .clone()
+                .ok_or_else(|| Fatal("--to is required".into()))?;
+            let rest = m.strip_prefix("s3://").ok_or_else(|| {
+                Fatal(
                     "--engine s3-batch reads an inventory from S3: give --inventory s3://..."
                         .into(),
-                ));
-            };
-            groups.push((
-                format!("arn:aws:s3:::{mbucket}/{mkey}"),
+                )
+            })?;
+            let (b, k) = rest
+                .split_once('/')
+                .ok_or_else(|| Fatal(format!("{m}: names no object")))?;
+            let got = buckets
+                .open(b, true)
+                .await?
+                .get(k, s3ferry_store::GetOptions::new())
+                .await?;
+            let etag = got.meta.etag.clone().unwrap_or_default();
+            let data = got.bytes().await?;
+            // The bucket the inventory lists, which the role must read.
+            let inv = s3ferry_engine::formats::inventory::InventoryManifest::parse(&data, m)?;
+            jobs.push(ServiceJob {
+                source: inv.source_bucket,
+                manifest_arn: arn(&format!("{b}/{k}")),
                 etag,
-                csv,
-                db,
-                dp,
-                vec![],
-            ));
+                csv: false,
+                with_version_ids: false,
+                dest,
+                prefix,
+            });
         }
         Input::Pairs(pairs) => {
-            // One manifest and one job per destination bucket and prefix.
-            let mut by_dest: Vec<((String, String), Vec<String>)> = Vec::new();
-            for (s, d, p) in pairs {
-                match by_dest.iter_mut().find(|(k, _)| k.0 == *d && k.1 == *p) {
-                    Some((_, v)) => v.push(s.clone()),
-                    None => by_dest.push(((d.clone(), p.clone()), vec![s.clone()])),
-                }
-            }
-            for (n, ((d, p), srcs)) in by_dest.into_iter().enumerate() {
+            for (n, (source, dest, prefix)) in pairs.iter().enumerate() {
+                let store = buckets.open(source, true).await?;
+                store.check().await?;
                 let mut data = Vec::new();
-                for s in &srcs {
-                    let store = buckets.open(s, true).await?;
-                    store.check().await?;
-                    let mut list = store.list(s3ferry_store::ListOptions::prefix(""));
-                    while let Some(o) = list.next().await {
-                        let o = o?;
-                        let row = ManifestEntry {
-                            bucket: s.clone(),
-                            key: o.key,
-                            version_id: None,
-                        };
-                        data.extend_from_slice(row.to_row().as_bytes());
-                        data.push(b'\n');
-                    }
+                let mut list = store.list(s3ferry_store::ListOptions::prefix(""));
+                while let Some(o) = list.next().await {
+                    let row = ManifestEntry {
+                        bucket: source.clone(),
+                        key: o?.key,
+                        version_id: None,
+                    };
+                    data.extend_from_slice(row.to_row().as_bytes());
+                    data.push(b'\n');
                 }
-                let (k, e) = upload(format!("{}-{n}.csv", spec.id), data).await?;
-                groups.push((format!("arn:aws:s3:::{rbucket}/{k}"), e, true, d, p, srcs));
+                let (k, etag) = upload(format!("{}-{n}.csv", spec.id), data).await?;
+                jobs.push(ServiceJob {
+                    source: source.clone(),
+                    manifest_arn: arn(&format!("{rbucket}/{k}")),
+                    etag,
+                    csv: true,
+                    with_version_ids: false,
+                    dest: dest.clone(),
+                    prefix: prefix.clone(),
+                });
             }
         }
     }
-    let ops = batch_ops(g, a.account_id.clone(), a.s3control_endpoint_url.clone()).await?;
-    let role = match (&a.role_arn, &a.create_role) {
-        (Some(r), _) => r.clone(),
+    let (role, new_role) = match (&a.role_arn, &a.create_role) {
+        (Some(r), _) => (r.clone(), false),
         (None, Some(name)) => {
-            let mut sources: Vec<String> = groups.iter().flat_map(|g| g.5.clone()).collect();
-            if let Input::Manifest(_) | Input::Inventory(_) = spec.input {
-                // The manifest's buckets are not known without reading it: allow its bucket
-                // family explicitly via --role-arn for anything else.
-                sources.push(
-                    groups[0]
-                        .0
-                        .trim_start_matches("arn:aws:s3:::")
-                        .split('/')
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            }
-            let dests: Vec<(String, Option<String>)> = groups
+            // One role for every job: all their sources, destinations and manifests.
+            let sources: Vec<String> = jobs.iter().map(|j| arn(&j.source)).collect();
+            let dests: Vec<(String, Option<String>)> = jobs
                 .iter()
-                .map(|g| (g.3.clone(), (!g.4.is_empty()).then(|| g.4.clone())))
+                .map(|j| {
+                    (
+                        arn(&j.dest),
+                        (!j.prefix.is_empty()).then(|| j.prefix.clone()),
+                    )
+                })
                 .collect();
+            let manifests: Vec<String> = jobs.iter().map(|j| j.manifest_arn.clone()).collect();
             let policy = s3ferry_aws::copy_role_policy(
                 &sources,
                 &dests,
-                &groups[0].0,
-                &rbucket,
+                &manifests,
+                &arn(&rbucket),
                 (!rprefix.is_empty()).then_some(rprefix.as_str()),
             );
-            ops.create_role(name, &policy).await?
+            (ops.create_role(name, &policy).await?, true)
         }
         (None, None) => unreachable!("checked above"),
     };
     let mut ids = Vec::new();
-    for (i, (manifest_arn, etag, csv, d, p, _)) in groups.iter().enumerate() {
-        let manifest = if *csv {
+    for (i, j) in jobs.iter().enumerate() {
+        let manifest = if j.csv {
             ManifestSpec::Csv {
-                object_arn: manifest_arn.clone(),
-                etag: etag.clone(),
-                with_version_ids: false,
+                object_arn: j.manifest_arn.clone(),
+                etag: j.etag.clone(),
+                with_version_ids: j.with_version_ids,
             }
         } else {
             ManifestSpec::Inventory {
-                object_arn: manifest_arn.clone(),
-                etag: etag.clone(),
+                object_arn: j.manifest_arn.clone(),
+                etag: j.etag.clone(),
             }
         };
-        let id = ops
-            .create_copy_job(&CopyJobSpec {
-                manifest,
-                target_bucket_arn: arn(d),
-                target_prefix: (!p.is_empty()).then(|| p.clone()),
-                storage_class: a.storage_class.clone(),
-                metadata_directive: a.metadata_directive.clone(),
-                checksum_algorithm: a.checksum_algorithm.clone(),
-                report_bucket_arn: arn(&rbucket),
-                report_prefix: (!rprefix.is_empty()).then(|| rprefix.clone()),
-                report_failed_only: a.report_scope == ReportScope::Failed,
-                role_arn: role.clone(),
-                priority: a.priority,
-                confirmation_required: a.confirm,
-                client_request_token: format!("{}-{i}", spec.id),
-                description: format!("s3ferry {}", spec.id),
-            })
-            .await?;
+        let job = CopyJobSpec {
+            manifest,
+            target_bucket_arn: arn(&j.dest),
+            target_prefix: (!j.prefix.is_empty()).then(|| j.prefix.clone()),
+            storage_class: a.storage_class.clone(),
+            metadata_directive: a.metadata_directive.clone(),
+            checksum_algorithm: a.checksum_algorithm.clone(),
+            report_bucket_arn: arn(&rbucket),
+            report_prefix: (!rprefix.is_empty()).then(|| rprefix.clone()),
+            report_failed_only: a.report_scope == ReportScope::Failed,
+            role_arn: role.clone(),
+            priority: a.priority,
+            confirmation_required: a.confirm,
+            client_request_token: format!("{}-{i}", spec.id),
+            description: format!("s3ferry {} ({} to {})", spec.id, j.source, j.dest),
+        };
+        let id = if new_role {
+            ops.create_copy_job_new_role(&job).await?
+        } else {
+            ops.create_copy_job(&job).await?
+        };
         ids.push(id);
     }
     spec.cli = serde_json::to_value(ServiceJobs {
@@ -832,4 +916,44 @@ async fn wait_service(
     let st = combine(&spec.id, &finals);
     print_state(g, &st);
     Ok(exit_of(&st))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rows_by_bucket;
+
+    /// Issue 23, point 14: Batch Copy reads one source bucket per job, so a manifest that lists
+    /// several is split by bucket (rows kept as written, in first-seen order), and the buckets
+    /// found are the ones the role must read.
+    #[test]
+    fn a_manifest_of_several_buckets_is_split_by_bucket() {
+        let csv = "\u{feff}src-a,one.txt\r\nsrc-b,two%20words.txt,v2\n\nsrc-a,dir/three.txt\n";
+        let groups =
+            rows_by_bucket(csv.as_bytes(), "manifest m.csv").unwrap_or_else(|e| panic!("{}", e.0));
+        let got: Vec<(String, String, bool)> = groups
+            .into_iter()
+            .map(|(b, rows, v)| (b, String::from_utf8(rows).expect("utf-8"), v))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "src-a".to_string(),
+                    "src-a,one.txt\nsrc-a,dir/three.txt\n".to_string(),
+                    false
+                ),
+                (
+                    "src-b".to_string(),
+                    "src-b,two%20words.txt,v2\n".to_string(),
+                    true
+                ),
+            ]
+        );
+        let err = match rows_by_bucket(b"src-a,ok\nnot a row\n", "manifest m.csv") {
+            Err(e) => e.0,
+            Ok(_) => panic!("a bad row was taken"),
+        };
+        assert!(err.contains("manifest m.csv: line 2"), "{err}");
+        assert!(rows_by_bucket(b"\n\n", "manifest e.csv").is_err());
+    }
 }
