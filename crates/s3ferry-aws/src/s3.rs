@@ -1245,6 +1245,30 @@ impl Store for S3Store {
         })
     }
 
+    async fn head_part(&self, key: &str, part_number: u32) -> Result<(u64, u32)> {
+        let o = self
+            .client
+            .head_object()
+            .bucket(&self.ctx.bucket)
+            .key(key)
+            .set_sse_customer_algorithm(self.sse_c.algorithm())
+            .set_sse_customer_key(self.sse_c.key())
+            .set_sse_customer_key_md5(self.sse_c.key_md5())
+            .part_number(part_number as i32)
+            .send()
+            .await
+            .map_err(|e| self.err("head_part", Some(key), e))?;
+        match (o.content_length(), o.parts_count()) {
+            (Some(len), Some(parts)) if len >= 0 && parts > 0 => Ok((len as u64, parts as u32)),
+            _ => Err(StoreError::new(
+                ErrorKind::Unsupported,
+                "head_part",
+                "the server does not say the object's parts (no PartsCount)",
+            )
+            .with_key(key)),
+        }
+    }
+
     async fn get_tags(&self, key: &str) -> Result<Vec<(String, String)>> {
         let out = self
             .client

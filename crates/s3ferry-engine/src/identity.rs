@@ -179,6 +179,24 @@ pub async fn resolve_check(
                     ) => {}
                 Err(e) => return Err(e),
             }
+            // The uploader's part size, learnt from the store (S3: HEAD with partNumber=1 says
+            // part 1's length): the ETag recomputed with it decides, either way.
+            match rside.store.head_part(&rside.key(&re.rel), 1).await {
+                Ok((p, n)) if u64::from(n) == parts && p > 0 => {
+                    let local = local_hash(lside, le, &format!("etag:{p}:1"), journal).await?;
+                    return Ok(same(local == etag));
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        ErrorKind::NotFound
+                            | ErrorKind::PermissionDenied
+                            | ErrorKind::InvalidInput
+                            | ErrorKind::Unsupported
+                    ) => {}
+                Err(e) => return Err(e),
+            }
             // The ETag, recomputed with the part sizes that give its part count (ours first).
             for p in candidate_part_sizes(le.meta.size, parts, part_size)
                 .into_iter()

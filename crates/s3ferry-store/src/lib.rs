@@ -489,6 +489,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult>;
     async fn put(&self, key: &str, body: Bytes, opts: PutOptions) -> Result<PutResult>;
     async fn get_tags(&self, key: &str) -> Result<Vec<(String, String)>>;
+    /// The length of part `part_number` of a multipart object as it was uploaded, and the
+    /// object's part count (S3: HEAD with `partNumber`): the uploader's part size, which its
+    /// multipart ETag depends on. Stores that keep no parts answer `Unsupported`.
+    async fn head_part(&self, key: &str, part_number: u32) -> Result<(u64, u32)> {
+        let _ = part_number;
+        Err(StoreError::new(
+            ErrorKind::Unsupported,
+            "head_part",
+            format!("{} keeps no parts", self.describe()),
+        )
+        .with_key(key))
+    }
 
     /// Start a multipart upload whose parts follow `layout` (every part but the last has the
     /// size the layout gives its number).

@@ -276,6 +276,9 @@ fn replace_metadata(a: &BatchRunArgs) -> Result<Option<batch::ReplaceMetadata>, 
 fn read_pairs(path: &std::path::Path) -> Result<Vec<(String, String, String)>, Fatal> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Fatal(format!("--pairs {}: {e}", path.display())))?;
+    // A byte order mark (a spreadsheet's) belongs to no line: a first line that is a comment
+    // stays one.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();

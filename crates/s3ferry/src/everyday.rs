@@ -574,6 +574,8 @@ pub async fn run(g: &Global, a: &RunArgs) -> Result<u8, Fatal> {
     let base = transfer_of(&a.transfer)?;
     let (printer, objects) = runner(g, concurrency_of(&a.transfer), "the work in flight")?;
     printer.begin("run", &a.file, "", false);
+    // A file saved by an editor that writes a byte order mark: not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let lines: Vec<(usize, String)> = text
         .lines()
         .enumerate()

@@ -114,6 +114,31 @@ fn a_manifest_with_a_byte_order_mark_runs() {
     ]);
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(b.keys("c/"), vec!["x.txt", "y.txt"]);
+
+    // A pairs file whose first line, after the mark, is a comment.
+    let p = cx.path("pairs.csv");
+    std::fs::write(
+        &p,
+        format!(
+            "\u{feff}# source,destination,prefix\r\n{},{},d\r\n",
+            a.name, b.name
+        ),
+    )
+    .unwrap();
+    let r = cx.run(&["--json", "batch", "run", "--pairs", s(&p)]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(b.keys("d/"), vec!["x.txt", "y.txt"]);
+
+    // A command file (`s3ferry run FILE`) that starts with the mark.
+    let f = cx.path("cmds.txt");
+    std::fs::write(
+        &f,
+        format!("\u{feff}cp {} {}\n", a.uri("x.txt"), b.uri("e/x.txt")),
+    )
+    .unwrap();
+    let r = cx.run(&["run", s(&f)]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(b.keys("e/"), vec!["x.txt"]);
 }
 
 /// aws-cli's `--dryrun` and `--only-show-errors` are accepted as they are typed there.
@@ -259,9 +284,12 @@ fn multipart_as_another_tool(
     });
 }
 
-/// A multipart object whose part size is none s3ferry guesses (rclone `--s3-chunk-size 6M`):
-/// rclone's whole-object MD5 (`md5chksum`) decides; without any whole-object hash the reason
-/// says the content could not be compared, instead of "content differs".
+/// A multipart object whose part size is none s3ferry guesses (rclone `--s3-chunk-size 6M`,
+/// aws-cli `multipart_chunksize = 6MB`): rclone's whole-object MD5 (`md5chksum`) decides where
+/// it is stored; otherwise the uploader's part size, learnt with a HEAD of part 1, recomputes
+/// the ETag, which says "same" for the same bytes and "differs" for other bytes of the same
+/// size. (A server that does not say part sizes: `content not comparable`, in
+/// e2e_standins.rs.)
 #[test]
 fn a_multipart_object_of_an_unknown_part_size_is_compared_by_whole_object_hashes() {
     use base64::Engine as _;
@@ -271,33 +299,41 @@ fn a_multipart_object_of_an_unknown_part_size_is_compared_by_whole_object_hashes
     let dir = cx.path("src");
     std::fs::create_dir_all(&dir).unwrap();
     let (one, two) = (random_bytes(13 << 20, 5), random_bytes(13 << 20, 6));
+    let mut other = two.clone();
+    other[7 << 20] ^= 1;
     std::fs::write(dir.join("rclone.bin"), &one).unwrap();
     std::fs::write(dir.join("plain.bin"), &two).unwrap();
+    std::fs::write(dir.join("changed.bin"), &other).unwrap();
     let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&one));
     multipart_as_another_tool(&b, "p/rclone.bin", &one, 6 << 20, &[("md5chksum", &md5)]);
     multipart_as_another_tool(&b, "p/plain.bin", &two, 6 << 20, &[]);
-    for k in ["p/rclone.bin", "p/plain.bin"] {
+    multipart_as_another_tool(&b, "p/changed.bin", &two, 6 << 20, &[]);
+    for k in ["p/rclone.bin", "p/plain.bin", "p/changed.bin"] {
         let etag = b.head(k).etag.unwrap();
         assert!(etag.ends_with("-3"), "three parts of 6 MiB: {etag}");
     }
     // The files are older than the objects: only content can decide.
     let old = now_secs() - 3600;
-    set_mtime(&dir.join("rclone.bin"), old, 0);
-    set_mtime(&dir.join("plain.bin"), old, 0);
+    for f in ["rclone.bin", "plain.bin", "changed.bin"] {
+        set_mtime(&dir.join(f), old, 0);
+    }
     let r = cx.sync(&["-v", s(&dir), &b.uri("p")]);
     r.assert_ok();
     let skips = r.skips();
-    assert!(
-        skips
-            .iter()
-            .any(|(k, why)| k == "rclone.bin" && why.contains("same content")),
-        "{r}"
-    );
+    for k in ["rclone.bin", "plain.bin"] {
+        assert!(
+            skips
+                .iter()
+                .any(|(s, why)| s == k && why.contains("same content")),
+            "{k}: {r}"
+        );
+    }
     let copies = r.records("copy");
     assert_eq!(copies.len(), 1, "{r}");
-    assert_eq!(copies[0]["key"], "plain.bin");
+    assert_eq!(copies[0]["key"], "changed.bin");
     let why = copies[0]["reason"].as_str().unwrap();
-    assert!(why.starts_with("content not comparable"), "{why}");
+    assert!(why.starts_with("content differs"), "{why}");
+    assert!(b.get("p/changed.bin") == other);
 }
 
 // ---- a private CA in front of the server ---------------------------------------------------

@@ -866,3 +866,59 @@ fn aws_cli_write_and_listing_options_reach_the_wire() {
     );
     assert_eq!(r.code, 0, "{r}");
 }
+
+/// Issue 23, point 2: a multipart object of a part size nothing reproduces, on a server that
+/// neither stores a whole-object checksum nor says part sizes (HEAD with partNumber answers
+/// without PartsCount): the reason says the content could not be compared, not that it
+/// differs, and the file is sent.
+#[test]
+fn a_multipart_etag_nothing_can_check_is_not_comparable() {
+    let data = random_bytes(1000, 11);
+    let etag = "\"0123456789abcdef0123456789abcdef-3\"";
+    let puts = Arc::new(AtomicUsize::new(0));
+    let p = puts.clone();
+    let endpoint = standin(move |req| {
+        if req.target.contains("list-type=2") {
+            let xml = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult><Name>nc-bucket</Name>\
+                 <KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>\
+                 <Contents><Key>x.bin</Key><LastModified>2024-01-01T00:00:00.000Z</LastModified>\
+                 <ETag>{}</ETag><Size>1000</Size><StorageClass>STANDARD</StorageClass>\
+                 </Contents></ListBucketResult>",
+                etag.replace('"', "&quot;")
+            );
+            return ("200 OK", vec![], xml.into_bytes());
+        }
+        match req.method.as_str() {
+            // (The length goes out as Content-Length; a HEAD sends no body.)
+            "HEAD" => (
+                "200 OK",
+                vec![
+                    ("ETag".into(), etag.into()),
+                    (
+                        "Last-Modified".into(),
+                        "Mon, 01 Jan 2024 00:00:00 GMT".into(),
+                    ),
+                ],
+                vec![0u8; 1000],
+            ),
+            "PUT" => {
+                p.fetch_add(1, Ordering::SeqCst);
+                put_reply(&req.body)
+            }
+            _ => ("200 OK", vec![], vec![]),
+        }
+    });
+    let src = tempfile::tempdir().expect("tempdir");
+    let f = src.path().join("x.bin");
+    std::fs::write(&f, &data).expect("write");
+    set_mtime(&f, 1_600_000_000, 0);
+    let (r, _h) = run_at(
+        &endpoint,
+        &[],
+        &["sync", "-v", s(src.path()), "s3://nc-bucket/"],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.to_string().contains("content not comparable"), "{r}");
+    assert_eq!(puts.load(Ordering::SeqCst), 1, "{r}");
+}

@@ -871,6 +871,15 @@ impl Store for FaultStore {
         self.call(Op::GetTags, Some(key), "", self.inner.get_tags(key))
             .await
     }
+    async fn head_part(&self, key: &str, part_number: u32) -> Result<(u64, u32)> {
+        self.call(
+            Op::Head,
+            Some(key),
+            "",
+            self.inner.head_part(key, part_number),
+        )
+        .await
+    }
     async fn create_multipart(
         &self,
         key: &str,

@@ -402,6 +402,9 @@ impl Store for LimitStore {
     async fn get_tags(&self, key: &str) -> Result<Vec<(String, String)>> {
         self.run(self.inner.get_tags(key)).await
     }
+    async fn head_part(&self, key: &str, part_number: u32) -> Result<(u64, u32)> {
+        self.run(self.inner.head_part(key, part_number)).await
+    }
     async fn create_multipart(
         &self,
         key: &str,

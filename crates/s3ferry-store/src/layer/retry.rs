@@ -577,6 +577,14 @@ impl Store for RetryStore {
             .await
     }
 
+    async fn head_part(&self, key: &str, part_number: u32) -> Result<(u64, u32)> {
+        self.shared
+            .run("head_part", key, true, || {
+                self.inner.head_part(key, part_number)
+            })
+            .await
+    }
+
     async fn create_multipart(
         &self,
         key: &str,
