@@ -106,6 +106,18 @@ async fn mtime_of(side: &Side, e: &Entry) -> Result<Option<SystemTime>> {
     }
 }
 
+/// A HEAD that may not tell (denied, gone, SSE-C, a store without parts): the comparison goes on
+/// with what else there is.
+fn may_not_tell(e: &s3ferry_store::StoreError) -> bool {
+    matches!(
+        e.kind,
+        ErrorKind::NotFound
+            | ErrorKind::PermissionDenied
+            | ErrorKind::InvalidInput
+            | ErrorKind::Unsupported
+    )
+}
+
 /// The user metadata rclone stores with a multipart upload: the whole object's MD5, base64.
 const RCLONE_MD5: &str = "md5chksum";
 
@@ -169,14 +181,7 @@ pub async fn resolve_check(
                         return Ok(same(local == hex::encode(md5)));
                     }
                 }
-                Err(e)
-                    if matches!(
-                        e.kind,
-                        ErrorKind::NotFound
-                            | ErrorKind::PermissionDenied
-                            | ErrorKind::InvalidInput
-                            | ErrorKind::Unsupported
-                    ) => {}
+                Err(e) if may_not_tell(&e) => {}
                 Err(e) => return Err(e),
             }
             // The uploader's part size, learnt from the store (S3: HEAD with partNumber=1 says
@@ -187,14 +192,7 @@ pub async fn resolve_check(
                     return Ok(same(local == etag));
                 }
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind,
-                        ErrorKind::NotFound
-                            | ErrorKind::PermissionDenied
-                            | ErrorKind::InvalidInput
-                            | ErrorKind::Unsupported
-                    ) => {}
+                Err(e) if may_not_tell(&e) => {}
                 Err(e) => return Err(e),
             }
             // The ETag, recomputed with the part sizes that give its part count (ours first).

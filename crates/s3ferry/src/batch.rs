@@ -576,6 +576,29 @@ async fn batch_ops(
     .await?)
 }
 
+/// The object `uri` names (`rest` is it without `s3://`): (bucket, key, ETag, bytes).
+async fn read_object(
+    buckets: &CliBuckets,
+    uri: &str,
+    rest: &str,
+) -> Result<(String, String, String, Vec<u8>), Fatal> {
+    let (b, k) = rest
+        .split_once('/')
+        .ok_or_else(|| Fatal(format!("{uri}: names no object")))?;
+    let got = buckets
+        .open(b, true)
+        .await?
+        .get(k, s3ferry_store::GetOptions::new())
+        .await?;
+    let etag = got.meta.etag.clone().unwrap_or_default();
+    Ok((
+        b.to_string(),
+        k.to_string(),
+        etag,
+        got.bytes().await?.to_vec(),
+    ))
+}
+
 /// One S3 Batch Operations job of an s3ferry job.
 struct ServiceJob {
     /// The one bucket its manifest lists.
@@ -723,19 +746,8 @@ async fn create_service_jobs(
                 .ok_or_else(|| Fatal("--to is required".into()))?;
             let (data, object) = match m.strip_prefix("s3://") {
                 Some(rest) => {
-                    let (b, k) = rest
-                        .split_once('/')
-                        .ok_or_else(|| Fatal(format!("{m}: names no object")))?;
-                    let got = buckets
-                        .open(b, true)
-                        .await?
-                        .get(k, s3ferry_store::GetOptions::new())
-                        .await?;
-                    let etag = got.meta.etag.clone().unwrap_or_default();
-                    (
-                        got.bytes().await?.to_vec(),
-                        Some((b.to_string(), k.to_string(), etag)),
-                    )
+                    let (b, k, etag, data) = read_object(&buckets, m, rest).await?;
+                    (data, Some((b, k, etag)))
                 }
                 None => (
                     std::fs::read(m).map_err(|e| Fatal(format!("manifest {m}: {e}")))?,
@@ -774,16 +786,7 @@ async fn create_service_jobs(
                         .into(),
                 )
             })?;
-            let (b, k) = rest
-                .split_once('/')
-                .ok_or_else(|| Fatal(format!("{m}: names no object")))?;
-            let got = buckets
-                .open(b, true)
-                .await?
-                .get(k, s3ferry_store::GetOptions::new())
-                .await?;
-            let etag = got.meta.etag.clone().unwrap_or_default();
-            let data = got.bytes().await?;
+            let (b, k, etag, data) = read_object(&buckets, m, rest).await?;
             // The bucket the inventory lists, which the role must read.
             let inv = s3ferry_engine::formats::inventory::InventoryManifest::parse(&data, m)?;
             jobs.push(ServiceJob {
