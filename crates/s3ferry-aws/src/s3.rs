@@ -715,14 +715,15 @@ impl S3Store {
         }
         let what = match op {
             "upload_part" | "upload_part_copy" => "the upload is aborted, no object was written",
-            _ => "the object was written, but may be stored unencrypted",
+            _ => "the object may have been stored unencrypted",
         };
         let answer = match &got {
             Some(g) => format!("answered {g}"),
             None => "did not confirm it (no x-amz-server-side-encryption)".to_string(),
         };
+        // Not `Unsupported`: no fallback (a streamed copy) may write the object again.
         Err(StoreError::new(
-            ErrorKind::Unsupported,
+            ErrorKind::Other,
             op,
             format!(
                 "server-side encryption {asked} was asked for and the server {answer}: {what} \
@@ -730,6 +731,21 @@ impl S3Store {
             ),
         )
         .with_key(key))
+    }
+
+    /// A write whose encryption was not confirmed: the object it made goes again, so that no
+    /// plain copy stays where the user asked for an encrypted one (and a later run, seeing the
+    /// same content, would keep it). Returns `e` saying which happened.
+    async fn remove_unencrypted(&self, key: &str, mut e: StoreError) -> StoreError {
+        let removed = match Store::delete_many(self, &[key.to_string()]).await {
+            Ok(mut r) => r.pop().unwrap_or(Ok(())),
+            Err(d) => Err(d),
+        };
+        e.message = match removed {
+            Ok(()) => format!("{}; the object was removed again", e.message),
+            Err(d) => format!("{}; removing the object failed too ({d})", e.message),
+        };
+        e
     }
 
     /// A part of an upload whose creation did not confirm the encryption asked for: its answer
@@ -1232,12 +1248,14 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| mode_error(self.err("put", Some(key), e), &opts.mode))?;
-        self.confirm_sse(
+        if let Err(e) = self.confirm_sse(
             "put",
             key,
             opts.sse.as_deref(),
             out.server_side_encryption(),
-        )?;
+        ) {
+            return Err(self.remove_unencrypted(key, e).await);
+        }
         Ok(PutResult {
             etag: out.e_tag().map(clean_etag),
             version_id: out.version_id().map(str::to_string),
@@ -1507,12 +1525,14 @@ impl Store for S3Store {
             .ok()
             .and_then(|mut m| m.remove(upload_id));
         if let Some(asked) = unconfirmed {
-            self.confirm_sse(
+            if let Err(e) = self.confirm_sse(
                 "complete_multipart",
                 key,
                 Some(&asked),
                 out.server_side_encryption(),
-            )?;
+            ) {
+                return Err(self.remove_unencrypted(key, e).await);
+            }
         }
         Ok(PutResult {
             etag: out.e_tag().map(clean_etag),
@@ -1657,7 +1677,9 @@ impl Store for S3Store {
             e
         })?;
         let asked = opts.replace.as_ref().and_then(|p| p.sse.as_deref());
-        self.confirm_sse("copy", dst_key, asked, out.server_side_encryption())?;
+        if let Err(e) = self.confirm_sse("copy", dst_key, asked, out.server_side_encryption()) {
+            return Err(self.remove_unencrypted(dst_key, e).await);
+        }
         let r = out.copy_object_result();
         Ok(PutResult {
             etag: r.and_then(|r| r.e_tag()).map(clean_etag),

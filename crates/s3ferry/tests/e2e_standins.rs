@@ -613,6 +613,7 @@ fn requested_encryption_the_server_does_not_confirm_fails_the_object() {
         objects: Vec<String>,
         aborted: usize,
         completed: usize,
+        removed: usize,
     }
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let sn = seen.clone();
@@ -630,6 +631,15 @@ fn requested_encryption_the_server_does_not_confirm_fails_the_object() {
                 )
                 .into_bytes(),
             ),
+            "POST" if query.starts_with("delete") => {
+                g.removed += 1;
+                (
+                    "200 OK",
+                    vec![],
+                    b"<DeleteResult><Deleted><Key>small.txt</Key></Deleted></DeleteResult>"
+                        .to_vec(),
+                )
+            }
             "POST" => {
                 g.completed += 1;
                 g.objects.push(key.clone());
@@ -672,7 +682,8 @@ fn requested_encryption_the_server_does_not_confirm_fails_the_object() {
     assert_eq!(r.code, 1, "{r}");
     assert!(
         r.to_string().contains("did not confirm")
-            && r.to_string().contains("--allow-unconfirmed-sse"),
+            && r.to_string().contains("--allow-unconfirmed-sse")
+            && r.to_string().contains("removed again"),
         "{r}"
     );
     let big = src.path().join("big.bin");
@@ -695,6 +706,7 @@ fn requested_encryption_the_server_does_not_confirm_fails_the_object() {
         assert_eq!(g.completed, 0, "the unconfirmed upload was not completed");
         assert!(g.aborted >= 1, "the unconfirmed upload was aborted");
         assert_eq!(g.objects, vec!["small.txt".to_string()]);
+        assert_eq!(g.removed, 1, "the plain copy of small.txt was removed again");
     }
     for (file, key) in [
         (src.path().join("small.txt"), "small.txt"),

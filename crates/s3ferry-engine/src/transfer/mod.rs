@@ -312,7 +312,7 @@ pub async fn copy_unsized(
             ErrorKind::Unsupported,
             "copy",
             format!(
-                "version {} is larger than one CopyObject can copy; copying a given version in parts needs --engine s3-batch",
+                "version {} is larger than one CopyObject can copy (5 GiB; S3 Batch Operations' Copy has the same limit)",
                 version.unwrap_or_default()
             ),
         )
