@@ -467,12 +467,27 @@ impl BatchOps {
 /// How long a new role may take to become usable by S3 Batch Operations.
 const NEW_ROLE_WAIT: Duration = Duration::from_secs(60);
 
-/// An answer to CreateJob that a role not yet propagated gives: a 400 or 403 whose service
-/// message is about the role.
+/// An answer to CreateJob that a role not yet propagated gives: a 400 or 403 that says the
+/// service cannot assume (or find) the job's role. Not the caller's own AccessDenied, whose
+/// message names the caller (an assumed role too) and is not about propagation.
 fn role_not_ready(e: &StoreError) -> bool {
     let status = e.http.as_ref().and_then(|h| h.status);
-    let service_message = e.message.split(" (the caller needs").next().unwrap_or("");
-    matches!(status, Some(400 | 403)) && service_message.to_ascii_lowercase().contains("role")
+    let message = e
+        .message
+        .split(" (the caller needs")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    matches!(status, Some(400 | 403))
+        && !message.contains("not authorized to perform")
+        && [
+            "assume",
+            "cannot be assumed",
+            "role does not exist",
+            "invalid role",
+        ]
+        .iter()
+        .any(|m| message.contains(m))
 }
 
 /// The trust policy that lets Batch Operations assume a role.

@@ -806,6 +806,21 @@ async fn a_job_for_a_new_role_waits_for_the_role_to_propagate() {
     assert!(err.to_string().contains("manifest"), "{err}");
     assert_eq!(other.num_calls(), 1);
 
+    // The caller may not pass the role (an assumed role of its own): its own error, at once.
+    let denied = create_job_error(
+        403,
+        "AccessDenied",
+        "User: arn:aws:sts::123456789012:assumed-role/ci/x is not authorized to perform: \
+         iam:PassRole on resource: arn:aws:iam::123456789012:role/s3ferry-batch",
+    );
+    let ops = batch_ops(RuleMode::Sequential, &[&denied], &[]);
+    let err = ops
+        .create_copy_job_new_role(&spec)
+        .await
+        .expect_err("denied");
+    assert_eq!(err.kind, ErrorKind::PermissionDenied, "{err}");
+    assert_eq!(denied.num_calls(), 1);
+
     // The role never becomes usable: given up after about a minute.
     let never = create_job_error(400, "InvalidRequest", "Unable to assume role");
     let ops = batch_ops(RuleMode::MatchAny, &[&never], &[]);

@@ -185,9 +185,13 @@ pub async fn resolve_check(
                 Err(e) => return Err(e),
             }
             // The uploader's part size, learnt from the store (S3: HEAD with partNumber=1 says
-            // part 1's length): the ETag recomputed with it decides, either way.
+            // part 1's length): where parts of that size make the ETag's count (a uniform
+            // layout, as aws-cli, rclone and s5cmd use), the ETag recomputed with it decides,
+            // either way. Other layouts go on to the candidates.
             match rside.store.head_part(&rside.key(&re.rel), 1).await {
-                Ok((p, n)) if u64::from(n) == parts && p > 0 => {
+                Ok((p, n))
+                    if u64::from(n) == parts && p > 0 && le.meta.size.div_ceil(p) == parts =>
+                {
                     let local = local_hash(lside, le, &format!("etag:{p}:1"), journal).await?;
                     return Ok(same(local == etag));
                 }

@@ -1381,8 +1381,8 @@ SEGMENTED UPLOADS (--segmented)
 APPEND (--append)
     Continue the segmented upload at S3_URI instead of refusing to touch it (with none there, it
     starts one): this run's input becomes the next segments of the same stream, and followers
-    that are reading it carry on. Its writer must be gone: the stream is complete, failed (its
-    writer was stopped), or its manifest has not changed for --writer-timeout (default: three
+    that are reading it carry on. Its writer must be gone: the stream is complete, failed,
+    stopped by a signal, or its manifest has not changed for --writer-timeout (default: three
     times the heartbeat the old writer states in the manifest, 90 s for the default 30 s). If the
     manifest was written more recently, s3ferry watches it for the rest of that time and refuses
     (status 2) as soon as it changes: a live writer is never joined. The takeover is a
@@ -1781,7 +1781,8 @@ pub struct WriteArgs {
     pub website_redirect: Option<String>,
     /// The checksum S3 stores with written objects. s3ferry sends and checks CRC64NVME (S3's
     /// full-object default) on every upload; CRC64NVME is accepted here for aws-cli scripts.
-    /// Server-side copies (S3 to S3) take any of CRC32, CRC32C, SHA1, SHA256, CRC64NVME.
+    /// Server-side copies in one CopyObject (S3 to S3, up to --copy-threshold) take any of
+    /// CRC32, CRC32C, SHA1, SHA256, CRC64NVME; larger and streamed copies carry CRC64NVME.
     #[arg(long, value_name = "ALGORITHM", ignore_case = true, value_parser = ["CRC64NVME", "CRC32", "CRC32C", "SHA1", "SHA256"])]
     pub checksum_algorithm: Option<String>,
     /// Server-side encryption: AES256, aws:kms or aws:kms:dsse.

@@ -706,7 +706,10 @@ fn requested_encryption_the_server_does_not_confirm_fails_the_object() {
         assert_eq!(g.completed, 0, "the unconfirmed upload was not completed");
         assert!(g.aborted >= 1, "the unconfirmed upload was aborted");
         assert_eq!(g.objects, vec!["small.txt".to_string()]);
-        assert_eq!(g.removed, 1, "the plain copy of small.txt was removed again");
+        assert_eq!(
+            g.removed, 1,
+            "the plain copy of small.txt was removed again"
+        );
     }
     for (file, key) in [
         (src.path().join("small.txt"), "small.txt"),

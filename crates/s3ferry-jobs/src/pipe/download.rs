@@ -5,17 +5,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use s3ferry_engine::journal::Journal;
 use s3ferry_engine::transfer::{
     cleanup_orphan_uploads, upload_parts, MultipartWriter, PartBody, RangedReader,
 };
 use s3ferry_store::checksum::{
-    crc64nvme_combine, part_size_for, Crc64, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE,
+    crc64nvme_combine, part_size_for, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE,
 };
 use s3ferry_store::{
-    ByteStream, CopySource, ErrorKind, GetOptions, ObjectMeta, PartLayout, PutOptions, StoreError,
-    StoreExt,
+    CopySource, ErrorKind, GetOptions, ObjectMeta, PartLayout, PutOptions, StoreError, StoreExt,
 };
 
 use super::manifest::{manifest_key, parse_crc, Index, Manifest, Sealed, Segment};
@@ -503,7 +502,11 @@ pub async fn join(
     Ok(super::UpReport {
         uri: duri,
         bytes: total,
-        parts: segs.len() as u64,
+        parts: if segs.is_empty() {
+            1
+        } else {
+            total.div_ceil(join_part_size(&segs, total))
+        },
         segments: Some(segs.len() as u64),
         crc64nvme: m.crc64nvme.clone().unwrap_or_default(),
         etag: res.etag,
@@ -521,7 +524,8 @@ pub async fn join(
 pub(super) fn join_part_size(segs: &[Segment], total: u64) -> u64 {
     let n = segs.len();
     let first = segs.first().map_or(0, |s| s.size);
-    let uniform = segs[..n.saturating_sub(1)].iter().all(|s| s.size == first);
+    let uniform = segs[..n.saturating_sub(1)].iter().all(|s| s.size == first)
+        && segs.last().is_some_and(|l| l.size <= first);
     if uniform && (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&first) && n as u64 <= MAX_PARTS {
         return first;
     }
@@ -589,51 +593,35 @@ pub(super) fn join_parts<'a>(
                 (key(i), s.etag.clone(), r, whole)
             })
             .collect();
-        let body = futures::stream::iter(reads)
-            .then(move |(key, etag, r, whole)| {
-                let store = store.clone();
-                async move {
-                    let g = store
-                        .get(&key, GetOptions::new().range(r).if_match(etag))
-                        .await?;
-                    Ok::<_, StoreError>(match whole {
-                        Some(want) => checked(g.body, key, want),
-                        None => g.body,
-                    })
+        // Read into memory (one part: at least 5 MiB, within the memory budget) so that the
+        // part's upload is retried like any other.
+        let read = async move {
+            let mut buf = Vec::with_capacity(len as usize);
+            for (key, etag, r, whole) in reads {
+                let got = store
+                    .get(&key, GetOptions::new().range(r).if_match(etag))
+                    .await?
+                    .bytes()
+                    .await?;
+                if let Some(want) = whole {
+                    let crc = s3ferry_store::checksum::crc64nvme(&got);
+                    if crc != want {
+                        return Err(StoreError::new(
+                            ErrorKind::Corrupt,
+                            "get",
+                            format!(
+                                "read CRC64NVME {}, the manifest says {}",
+                                crc_hex(crc),
+                                crc_hex(want)
+                            ),
+                        )
+                        .with_key(&key));
+                    }
                 }
-            })
-            .try_flatten()
-            .boxed();
-        Some(PartBody::Stream(len, body))
+                buf.extend_from_slice(&got);
+            }
+            Ok(bytes::Bytes::from(buf))
+        };
+        Some(PartBody::Read(len, futures::FutureExt::boxed(read)))
     })
-}
-
-/// `body` as it comes, then an error if its CRC64NVME is not `want`.
-fn checked(body: ByteStream, key: String, want: u64) -> ByteStream {
-    let crc = Arc::new(std::sync::Mutex::new(Crc64::default()));
-    let seen = crc.clone();
-    let data = body.inspect(move |b| {
-        if let (Ok(b), Ok(mut c)) = (b, seen.lock()) {
-            c.update(b);
-        }
-    });
-    let end = futures::stream::once(async move {
-        let got = crc.lock().map(|c| c.clone().finish()).unwrap_or_default();
-        if got == want {
-            None
-        } else {
-            Some(Err(StoreError::new(
-                ErrorKind::Corrupt,
-                "get",
-                format!(
-                    "read CRC64NVME {}, the manifest says {}",
-                    crc_hex(got),
-                    crc_hex(want)
-                ),
-            )
-            .with_key(&key)))
-        }
-    })
-    .filter_map(futures::future::ready);
-    data.chain(end).boxed()
 }

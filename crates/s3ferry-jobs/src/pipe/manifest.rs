@@ -281,7 +281,9 @@ impl Manifest {
         }
         let mut next = 0usize;
         for x in &m.sealed {
-            if x.first != next || x.count == 0 || x.key != index_name(x.first) {
+            // (A forged count must not wrap the arithmetic below.)
+            if x.first != next || x.count == 0 || x.count > 1 << 40 || x.key != index_name(x.first)
+            {
                 return Err(format!(
                     "sealed index {:?} does not follow the one before it",
                     x.key
@@ -290,7 +292,7 @@ impl Manifest {
             if parse_crc(&x.crc64nvme).is_none() {
                 return Err(format!("sealed index {:?} has a bad crc64nvme", x.key));
             }
-            next += x.count;
+            next = next.checked_add(x.count).ok_or("sealed counts overflow")?;
         }
         if m.first_segment != next || (m.version == 1 && next > 0) {
             return Err(format!(

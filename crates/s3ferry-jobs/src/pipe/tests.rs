@@ -292,7 +292,7 @@ fn join_copies_inside_segments_and_reads_through_across_them() {
         let parts: Vec<String> = join_parts(&src, "b", "s", &m.segments, size)
             .map(|p| match p {
                 PartBody::Copy(from, r) => format!("copy {} {}..{}", from.key, r.start, r.end),
-                PartBody::Stream(len, _) => format!("read {len}"),
+                PartBody::Read(len, _) => format!("read {len}"),
                 _ => "other".into(),
             })
             .collect();
@@ -376,4 +376,56 @@ async fn many_segments_are_sealed_into_indexes_and_read_back() {
     assert_eq!(rep.appended_to, Some(input.len() as u64));
     let (_, got) = read_back(&store, "many").await;
     assert_eq!(got, [input, more].concat());
+}
+
+struct Broken;
+impl Read for Broken {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("the input broke"))
+    }
+}
+
+/// An append that fails before it adds a segment puts the stream back as it was: a finished
+/// stream stays finished (readable, joinable), not failed.
+#[tokio::test]
+async fn an_append_that_adds_nothing_leaves_the_stream_as_it_was() {
+    let store: DynStore = Arc::new(MemoryStore::new());
+    let journal = Arc::new(s3ferry_engine::journal::Journal::in_memory().unwrap());
+    let first = data(100, 3);
+    up(
+        Target::new(store.clone(), "s"),
+        Box::new(Cursor::new(first.clone())),
+        up_opts(Some(16)),
+        &journal,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let before = store.get_bytes("s/manifest.json").await.unwrap();
+    let mut opts = up_opts(Some(16));
+    if let Some(s) = opts.segmented.as_mut() {
+        s.append = true;
+    }
+    let err = up(
+        Target::new(store.clone(), "s"),
+        Box::new(Broken),
+        opts,
+        &journal,
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("the input broke") && err.contains("as it was"),
+        "{err}"
+    );
+    let after =
+        manifest::Manifest::parse(&store.get_bytes("s/manifest.json").await.unwrap()).unwrap();
+    let was = manifest::Manifest::parse(&before).unwrap();
+    assert!(after.complete && after.failed.is_none(), "{after:?}");
+    assert_eq!(after.segments, was.segments);
+    assert_eq!(after.appends, was.appends, "no append recorded");
+    let (_, got) = read_back(&store, "s").await;
+    assert_eq!(got, first);
 }

@@ -34,6 +34,9 @@ struct ManifestState {
     m: Manifest,
     etag: String,
     last_write: Instant,
+    /// `--append`: the manifest as it was before this writer took the stream over, and the
+    /// segment count then. A run that fails before it adds a segment puts it back as it was.
+    taken_from: Option<(Manifest, usize)>,
 }
 
 struct Uploader {
@@ -328,12 +331,12 @@ impl Uploader {
         let mkey = manifest_key(&base);
         let muri = self.at(&mkey);
         let taken = if seg.append {
-            self.take_over(target, &base, &mkey, seg, writer).await?
+            self.take_over(target, &mkey, seg, writer).await?
         } else {
             None
         };
-        let (m, etag) = match taken {
-            Some(t) => t,
+        let (m, etag, taken_from) = match taken {
+            Some((m, etag, old)) => (m, etag, Some(old)),
             None => {
                 let mut m = Manifest::new(writer, seg.segment_size);
                 describe_writer(&mut m, seg);
@@ -357,18 +360,25 @@ impl Uploader {
                         }
                         _ => put_error(&muri, e),
                     })?;
-                (m, etag_of(&muri, res.etag)?)
+                (m, etag_of(&muri, res.etag)?, None)
             }
         };
         let first = m.segment_count();
         let (before_crc, before) = m.segments_crc();
         input.resume_at(before, before_crc);
+        let strays_after = taken_from
+            .as_ref()
+            .map(|o| (o.first_segment, o.segment_count()));
         let state = Arc::new(Mutex::new(ManifestState {
             m,
             etag,
             last_write: Instant::now(),
+            taken_from: taken_from.map(|o| (o, first)),
         }));
         self.manifest = Some((mkey.clone(), state.clone()));
+        if let Some((sealed, listed)) = strays_after {
+            self.remove_strays(target, &base, sealed, listed).await?;
+        }
         let heartbeat = tokio::spawn(heartbeat(
             self.store.clone(),
             mkey.clone(),
@@ -430,7 +440,8 @@ impl Uploader {
             complete(&mut st.m, input);
             write_manifest(&self.store, &mkey, &muri, &mut st).await?;
         }
-        let segments = st.m.segment_count() as u64;
+        // This run's segments (an append adds to the ones before it).
+        let segments = (st.m.segment_count() - first) as u64;
         let etag = Some(st.etag.clone());
         drop(st);
         self.manifest = None;
@@ -453,11 +464,10 @@ impl Uploader {
     async fn take_over(
         &self,
         target: &Target,
-        base: &str,
         mkey: &str,
         seg: &SegmentOptions,
         writer: &str,
-    ) -> Result<Option<(Manifest, String)>, PipeError> {
+    ) -> Result<Option<(Manifest, String, Manifest)>, PipeError> {
         let (uri, muri) = (target.uri(), self.at(mkey));
         let got = match self.store.get(mkey, GetOptions::new()).await {
             Ok(g) => g,
@@ -516,8 +526,19 @@ impl Uploader {
                 _ => put_error(&muri, e),
             })?;
         let etag = etag_of(&muri, res.etag)?;
-        // Segments (and indexes) the dead writer wrote but never listed: killed between a write
-        // and the manifest's.
+        Ok(Some((m, etag, old)))
+    }
+
+    /// Segments (and indexes) a dead writer wrote but never listed (killed between a write and
+    /// the manifest's): segments from `listed` on, indexes from `sealed` on.
+    async fn remove_strays(
+        &self,
+        target: &Target,
+        base: &str,
+        sealed: usize,
+        listed: usize,
+    ) -> Result<(), PipeError> {
+        let uri = target.uri();
         let mut stray = self.store.list(ListOptions::prefix(format!("{base}/")));
         let mut gone = Vec::new();
         while let Some(o) = stray.next().await {
@@ -532,8 +553,8 @@ impl Uploader {
                 .strip_prefix("index-")
                 .and_then(|n| n.strip_suffix(".json"))
             {
-                Some(first) => number(first).is_some_and(|i| i >= old.first_segment),
-                None => number(name).is_some_and(|i| i >= old.segment_count()),
+                Some(first) => number(first).is_some_and(|i| i >= sealed),
+                None => number(name).is_some_and(|i| i >= listed),
             };
             if stray {
                 gone.push(o.key);
@@ -553,7 +574,7 @@ impl Uploader {
                 );
             }
         }
-        Ok(Some((m, etag)))
+        Ok(())
     }
 
     /// Wait until the manifest has not changed for `timeout` (counting its age by its
@@ -629,6 +650,17 @@ impl Uploader {
         };
         let muri = self.at(&mkey);
         let mut st = state.lock().await;
+        // An append that added nothing: the stream goes back to what it was (complete stays
+        // complete, a dead writer's stays open for the next --append).
+        if let Some((old, first)) = st.taken_from.clone() {
+            if st.m.segment_count() == first {
+                st.m = old;
+                return match write_manifest(&self.store, &mkey, &muri, &mut st).await {
+                    Ok(()) => format!("; {muri} is as it was before this run"),
+                    Err(e) => format!("; could not put {muri} back as it was ({e})"),
+                };
+            }
+        }
         if stopped {
             st.m.stopped = Some(why.to_string());
         } else {
