@@ -1163,12 +1163,16 @@ fn a_writer_stopped_by_sigterm_is_continued_and_its_follower_carries_on() {
         &["pipe", "down", "--follow", "--poll-interval", "50ms", &uri],
     );
     f.wait_for(&a, "the first writer's bytes");
+    // Its input stays open until it has exited: an end of input racing the signal would end
+    // the stream normally instead.
+    let input = w1.stdin.take();
     let st = Command::new("kill")
         .args(["-TERM", &w1.pid().to_string()])
         .status()
         .expect("kill -TERM");
     assert!(st.success());
     let o = w1.wait(T);
+    drop(input);
     assert_eq!(o.code, 130, "{o:?}");
     assert!(o.stderr.contains("--append"), "{o:?}");
     let m = manifest(&b, "log").expect("manifest");
