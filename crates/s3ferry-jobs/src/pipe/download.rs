@@ -14,7 +14,8 @@ use s3ferry_store::checksum::{
     crc64nvme_combine, part_size_for, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE,
 };
 use s3ferry_store::{
-    CopySource, ErrorKind, GetOptions, ObjectMeta, PartLayout, PutOptions, StoreError, StoreExt,
+    CopyOptions, CopySource, ErrorKind, GetOptions, ObjectMeta, PartLayout, PutOptions, StoreError,
+    StoreExt,
 };
 
 use super::manifest::{manifest_key, parse_crc, Index, Manifest, Sealed, Segment};
@@ -458,6 +459,19 @@ pub async fn join(
             .put(&dst.key, bytes::Bytes::new(), put.crc64nvme(Some(0)))
             .await
             .map_err(|e| PipeError::store(&duri, e))?
+    } else if let [one] = &segs[..] {
+        // One segment: one CopyObject (some servers refuse an UploadPartCopy under 5 MiB even
+        // as the only part).
+        let from = CopySource {
+            bucket: bucket.clone(),
+            key: format!("{base}/{}", one.key),
+            if_match: one.etag.clone(),
+            version_id: None,
+        };
+        dst.store
+            .copy(&from, &dst.key, CopyOptions::new().replace(Some(put)))
+            .await
+            .map_err(|e| PipeError::store(&duri, e))?
     } else {
         let size = join_part_size(&segs, total);
         let w = MultipartWriter::create(
@@ -572,14 +586,18 @@ pub(super) fn join_parts<'a>(
             at = starts[seg] + to;
         }
         let key = |i: usize| format!("{base}/{}", segs[i].key);
+        // A range in one segment is copied server-side; a last part under 5 MiB is read
+        // through instead (some servers refuse so small an UploadPartCopy even as the last).
         if let [(i, r)] = &pieces[..] {
-            let from = CopySource {
-                bucket: bucket.to_string(),
-                key: key(*i),
-                if_match: segs[*i].etag.clone(),
-                version_id: None,
-            };
-            return Some(PartBody::Copy(from, r.clone()));
+            if r.end - r.start >= MIN_PART_SIZE {
+                let from = CopySource {
+                    bucket: bucket.to_string(),
+                    key: key(*i),
+                    if_match: segs[*i].etag.clone(),
+                    version_id: None,
+                };
+                return Some(PartBody::Copy(from, r.clone()));
+            }
         }
         let len = pieces.iter().map(|(_, r)| r.end - r.start).sum();
         let store = src.store.clone();
