@@ -384,7 +384,7 @@ impl S3Store {
         if !validate_responses || when_required {
             loader = loader.response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         }
-        loader = crate::settings::configure(loader, cfg.profile.as_deref()).await?;
+        loader = crate::settings::configure_with(loader, profile.as_ref())?;
         if cfg.clock_offset_secs != 0 {
             SIGNING_OFFSET.store(cfg.clock_offset_secs, std::sync::atomic::Ordering::Relaxed);
             loader = loader.time_source(OffsetClock(cfg.clock_offset_secs));
@@ -748,6 +748,20 @@ impl S3Store {
         e
     }
 
+    /// HeadObject of `key` in this bucket, with this store's SSE-C key (`head`, `head_part`).
+    fn head_request(
+        &self,
+        key: &str,
+    ) -> aws_sdk_s3::operation::head_object::builders::HeadObjectFluentBuilder {
+        self.client
+            .head_object()
+            .bucket(&self.ctx.bucket)
+            .key(key)
+            .set_sse_customer_algorithm(self.sse_c.algorithm())
+            .set_sse_customer_key(self.sse_c.key())
+            .set_sse_customer_key_md5(self.sse_c.key_md5())
+    }
+
     /// A part of an upload whose creation did not confirm the encryption asked for: its answer
     /// must (then the upload is confirmed), else the part fails and the upload with it.
     fn confirm_part_sse(
@@ -1071,13 +1085,7 @@ impl Store for S3Store {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         let o = self
-            .client
-            .head_object()
-            .bucket(&self.ctx.bucket)
-            .key(key)
-            .set_sse_customer_algorithm(self.sse_c.algorithm())
-            .set_sse_customer_key(self.sse_c.key())
-            .set_sse_customer_key_md5(self.sse_c.key_md5())
+            .head_request(key)
             .checksum_mode(ChecksumMode::Enabled)
             .send()
             .await
@@ -1265,13 +1273,7 @@ impl Store for S3Store {
 
     async fn head_part(&self, key: &str, part_number: u32) -> Result<(u64, u32)> {
         let o = self
-            .client
-            .head_object()
-            .bucket(&self.ctx.bucket)
-            .key(key)
-            .set_sse_customer_algorithm(self.sse_c.algorithm())
-            .set_sse_customer_key(self.sse_c.key())
-            .set_sse_customer_key_md5(self.sse_c.key_md5())
+            .head_request(key)
             .part_number(part_number as i32)
             .send()
             .await

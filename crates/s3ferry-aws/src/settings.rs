@@ -71,8 +71,13 @@ fn expand_home(p: &str) -> PathBuf {
 
 /// Apply the CA bundle (if one is set anywhere) to a client's loader.
 pub async fn configure(loader: ConfigLoader, profile_name: Option<&str>) -> Result<ConfigLoader> {
-    let set = profile(profile_name).await;
-    match ca_bundle(set.as_ref()) {
+    configure_with(loader, profile(profile_name).await.as_ref())
+}
+
+/// [`configure`] with the profile already read (the S3 client reads it for its checksum
+/// settings too).
+pub fn configure_with(loader: ConfigLoader, set: Option<&ProfileSet>) -> Result<ConfigLoader> {
+    match ca_bundle(set) {
         Some(path) => Ok(loader.http_client(https_client(&path)?)),
         None => Ok(loader),
     }

@@ -454,6 +454,13 @@ pub async fn join(
     let total = m.total_size.unwrap_or_default();
     let cleaned = cleanup_orphan_uploads(&dst.store, journal, None).await as u64;
     let segs = all_segments(&src, &base, &m).await?;
+    let size = join_part_size(&segs, total);
+    // One part for an empty stream or a single segment (one PUT or CopyObject).
+    let parts = if segs.len() <= 1 {
+        1
+    } else {
+        total.div_ceil(size)
+    };
     let res = if segs.is_empty() {
         dst.store
             .put(&dst.key, bytes::Bytes::new(), put.crc64nvme(Some(0)))
@@ -473,7 +480,6 @@ pub async fn join(
             .await
             .map_err(|e| PipeError::store(&duri, e))?
     } else {
-        let size = join_part_size(&segs, total);
         let w = MultipartWriter::create(
             dst.store.clone(),
             &dst.key,
@@ -516,11 +522,7 @@ pub async fn join(
     Ok(super::UpReport {
         uri: duri,
         bytes: total,
-        parts: if segs.is_empty() {
-            1
-        } else {
-            total.div_ceil(join_part_size(&segs, total))
-        },
+        parts,
         segments: Some(segs.len() as u64),
         crc64nvme: m.crc64nvme.clone().unwrap_or_default(),
         etag: res.etag,
